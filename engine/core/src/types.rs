@@ -1,0 +1,126 @@
+//! Domain types: what the origin holds and what a destination remembers having copied.
+//!
+//! None of these types ever holds a secret value: paths, versions and timestamps only.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The KV secrets engine version of a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KvVersion {
+    /// KV v1: unversioned values.
+    #[serde(rename = "kv1")]
+    V1,
+    /// KV v2: versioned values with metadata.
+    #[serde(rename = "kv2")]
+    V2,
+}
+
+impl std::fmt::Display for KvVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvVersion::V1 => "kv1",
+            KvVersion::V2 => "kv2",
+        })
+    }
+}
+
+/// Identifies a secret at the origin: its mount (normalised, `secret/`) and its mount-relative
+/// path (`app/db`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SecretKey {
+    /// Origin mount, ending in `/`.
+    pub mount: String,
+    /// Path relative to the mount, no leading `/`.
+    pub path: String,
+}
+
+impl SecretKey {
+    /// Builds a key from a normalised mount and a relative path.
+    pub fn new(mount: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            mount: mount.into(),
+            path: path.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.mount, self.path)
+    }
+}
+
+/// Where a secret is written at a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Target {
+    /// Destination mount, ending in `/`.
+    pub mount: String,
+    /// Path relative to the destination mount.
+    pub path: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.mount, self.path)
+    }
+}
+
+/// What the origin scan saw for one secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginEntry {
+    /// Engine version of the secret's mount.
+    pub kind: KvVersion,
+    /// KV v2 `current_version` (0 for KV v1, which has no versions).
+    pub current_version: u64,
+    /// KV v2 metadata `created_time`, which changes only when the key is re-created
+    /// (empty for KV v1).
+    pub created_time: String,
+    /// Whether the current version can be read: false when it is soft-deleted or destroyed,
+    /// or when a KV v2 key has metadata but no version yet.
+    pub current_live: bool,
+}
+
+/// Everything one origin scan saw, keyed by origin secret.
+pub type OriginSnapshot = BTreeMap<SecretKey, OriginEntry>;
+
+/// What a destination remembers about one secret it copied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestEntry {
+    /// Engine version of the origin mount when copied.
+    pub kind: KvVersion,
+    /// The origin version that was copied (0 for KV v1).
+    pub origin_version: u64,
+    /// The origin metadata `created_time` when copied (empty for KV v1).
+    pub origin_created_time: String,
+    /// Where the secret was written.
+    pub target: Target,
+}
+
+/// A destination's memory of what it copied, keyed by origin secret.
+pub type DestinationState = BTreeMap<SecretKey, DestEntry>;
+
+/// What a destination does when a secret disappears at the origin (`deletes` in config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeletePolicy {
+    /// Remove the secret at the destination (KV v2: all versions and metadata).
+    #[default]
+    Mirror,
+    /// Soft-delete the latest version (KV v2); KV v1 values are left in place.
+    Soft,
+    /// Leave the destination copy alone.
+    Ignore,
+}
+
+/// Which KV v2 versions a destination replicates (`versions` in config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionsMode {
+    /// An exact replica of every version (version numbers, flags, key metadata).
+    #[default]
+    All,
+    /// Only the current version is copied.
+    Latest,
+}

@@ -1,0 +1,493 @@
+//! The HTTP layer: client construction (TLS, namespace, token), path encoding, request
+//! counting, error classification and bounded retries with backoff and jitter.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use tracing::{debug, warn};
+
+use crate::error::{Result, VaultError};
+
+/// Everything except RFC 3986 unreserved characters is percent-encoded in a path segment, so
+/// `?`, `#`, `%`, `+` and spaces reach the server as part of the name.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A Vault token. `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token, trimming surrounding whitespace (token files end in a newline).
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into().trim().to_owned())
+    }
+
+    /// Reads a token from a file (`token_file`).
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            VaultError::Config(format!("cannot read token file {}: {e}", path.display()))
+        })?;
+        let token = Self::new(text);
+        if token.0.is_empty() {
+            return Err(VaultError::Config(format!("token file {} is empty", path.display())));
+        }
+        Ok(token)
+    }
+
+    fn header(&self) -> Result<HeaderValue> {
+        let mut value = HeaderValue::from_str(&self.0)
+            .map_err(|_| VaultError::Config("token holds characters not allowed in a header".into()))?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Bounded retries for transient failures (connection errors, 5xx, 429, sealed).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first (1 = no retry).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each time.
+    pub base_delay: Duration,
+    /// Cap on a single delay (also caps a server's `Retry-After`).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full-jitter exponential backoff: a random delay in [d/2, d] where d doubles per attempt.
+    fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.base_delay.saturating_mul(1u32 << attempt.min(16));
+        let capped = exp.min(self.max_delay);
+        let half = capped / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// How to reach and authenticate to one Vault server.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// Base address, e.g. `http://127.0.0.1:8200`.
+    pub address: String,
+    /// Token sent as `X-Vault-Token`.
+    pub token: Token,
+    /// Namespace sent as `X-Vault-Namespace` (Vault Enterprise, OpenBao).
+    pub namespace: Option<String>,
+    /// PEM file with the CA(s) to trust instead of the built-in roots.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key for `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate. Dangerous; logged loudly.
+    pub tls_skip_verify: bool,
+    /// Retry policy for transient errors.
+    pub retry: RetryPolicy,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+}
+
+impl VaultConfig {
+    /// A config with defaults for everything but the address and token.
+    pub fn new(address: impl Into<String>, token: Token) -> Self {
+        Self {
+            address: address.into(),
+            token,
+            namespace: None,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            tls_skip_verify: false,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Class of a request, for the request counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// KV v2 data read or KV v1 value read.
+    DataRead,
+    /// KV v2 data write or KV v1 value write.
+    DataWrite,
+    /// KV v2 metadata read.
+    MetadataRead,
+    /// KV v2 metadata write, delete/undelete/destroy, KV v1 delete.
+    MetadataWrite,
+    /// LIST or SCAN.
+    List,
+    /// `sys/` and other calls.
+    Other,
+}
+
+/// Counts of requests sent, by class (each retry counts).
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    counts: [AtomicU64; 6],
+}
+
+/// A snapshot of [`RequestCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Data reads.
+    pub data_reads: u64,
+    /// Data writes.
+    pub data_writes: u64,
+    /// Metadata reads.
+    pub metadata_reads: u64,
+    /// Metadata writes and deletes.
+    pub metadata_writes: u64,
+    /// Listings.
+    pub lists: u64,
+    /// Everything else.
+    pub other: u64,
+}
+
+impl RequestCounters {
+    fn bump(&self, kind: RequestKind) {
+        self.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current counts.
+    pub fn snapshot(&self) -> RequestCounts {
+        let c = |k: RequestKind| self.counts[k as usize].load(Ordering::Relaxed);
+        RequestCounts {
+            data_reads: c(RequestKind::DataRead),
+            data_writes: c(RequestKind::DataWrite),
+            metadata_reads: c(RequestKind::MetadataRead),
+            metadata_writes: c(RequestKind::MetadataWrite),
+            lists: c(RequestKind::List),
+            other: c(RequestKind::Other),
+        }
+    }
+}
+
+/// An async Vault client. Cheap to clone; clones share the connection pool and counters.
+#[derive(Clone)]
+pub struct VaultClient {
+    pub(crate) http: reqwest::Client,
+    pub(crate) address: String,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) counters: Arc<RequestCounters>,
+    pub(crate) scan_unsupported: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl std::fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultClient").field("address", &self.address).finish_non_exhaustive()
+    }
+}
+
+/// A raw answer the caller interprets (2xx and 404 only; other statuses become errors).
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+impl VaultClient {
+    /// Builds a client. Fails on unreadable TLS files or a malformed address.
+    pub fn new(config: VaultConfig) -> Result<Self> {
+        let address = config.address.trim_end_matches('/').to_owned();
+        url::Url::parse(&address)
+            .map_err(|e| VaultError::Config(format!("invalid Vault address `{address}`: {e}")))?;
+        let mut headers = HeaderMap::new();
+        headers.insert("X-Vault-Token", config.token.header()?);
+        headers.insert("X-Vault-Request", HeaderValue::from_static("true"));
+        if let Some(ns) = &config.namespace {
+            let value = HeaderValue::from_str(ns)
+                .map_err(|_| VaultError::Config(format!("invalid namespace `{ns}`")))?;
+            headers.insert("X-Vault-Namespace", value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .default_headers(headers)
+            // A redirect would carry the token to wherever it points, and Vault only redirects
+            // to clean up paths we never send: treat redirects as errors instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(config.request_timeout)
+            .user_agent(concat!("vsync/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_cert {
+            let pem = std::fs::read(ca).map_err(|e| {
+                VaultError::Config(format!("cannot read ca_cert {}: {e}", ca.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                VaultError::Config(format!("ca_cert {} is not a PEM certificate: {e}", ca.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(VaultError::Config(format!("ca_cert {} holds no certificate", ca.display())));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = std::fs::read(cert).map_err(|e| {
+                    VaultError::Config(format!("cannot read client_cert {}: {e}", cert.display()))
+                })?;
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|e| {
+                    VaultError::Config(format!("cannot read client_key {}: {e}", key.display()))
+                })?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    VaultError::Config(format!(
+                        "client_cert {} / client_key {} are not a usable PEM pair: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(VaultError::Config(
+                    "client_cert and client_key must be given together".into(),
+                ));
+            }
+        }
+        if config.tls_skip_verify {
+            warn!(
+                address = %address,
+                "tls_skip_verify is set: the server's TLS certificate is NOT verified; anyone on \
+                 the path can read and change secrets. Use ca_cert instead."
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| VaultError::Config(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            address,
+            retry: config.retry,
+            counters: Arc::new(RequestCounters::default()),
+            scan_unsupported: Default::default(),
+        })
+    }
+
+    /// The server address this client talks to.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Requests sent so far, by class.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.counters.snapshot()
+    }
+
+    /// Builds the API path `<prefix segments>/<segments of path>` with every segment
+    /// percent-encoded. `path` is a secret path (validated); `prefix` is trusted API text.
+    pub(crate) fn api_path(prefix: &str, path: &str) -> Result<String> {
+        let mut out = prefix.trim_end_matches('/').to_owned();
+        if !path.is_empty() {
+            vsync_core::validate_relative_path(path)?;
+            for seg in path.split('/') {
+                out.push('/');
+                out.extend(utf8_percent_encode(seg, SEGMENT));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Encodes a mount (`secret/`, `team/kv/`) into its API prefix (`secret`, `team/kv`).
+    pub(crate) fn mount_prefix(mount: &str) -> Result<String> {
+        let trimmed = mount.trim_end_matches('/');
+        Self::api_path("", trimmed).map(|p| p.trim_start_matches('/').to_owned())
+    }
+
+    /// Sends one request with retries; returns 2xx and 404 answers, maps everything else to
+    /// a typed error.
+    pub(crate) async fn call(
+        &self,
+        kind: RequestKind,
+        method: Method,
+        api_path: &str,
+        query: &[(&str, String)],
+        body: Option<(Vec<u8>, &'static str)>,
+    ) -> Result<Answer> {
+        let request = format!("{method} {api_path}");
+        let url = format!("{}/v1/{api_path}", self.address);
+        let mut attempt = 0u32;
+        loop {
+            self.counters.bump(kind);
+            let mut req = self.http.request(method.clone(), &url);
+            if !query.is_empty() {
+                req = req.query(query);
+            }
+            if let Some((bytes, content_type)) = &body {
+                req = req.header("Content-Type", *content_type).body(bytes.clone());
+            }
+            debug!(%request, attempt, "vault request");
+            let outcome = match req.send().await {
+                Ok(resp) => self.classify(&request, resp).await,
+                Err(source) => Err(Attempt::Retry(
+                    VaultError::Connection {
+                        request: request.clone(),
+                        address: self.address.clone(),
+                        source: source.without_url(),
+                    },
+                    None,
+                )),
+            };
+            match outcome {
+                Ok(answer) => return Ok(answer),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry(e, retry_after)) => {
+                    attempt += 1;
+                    if attempt >= self.retry.max_attempts {
+                        return Err(e);
+                    }
+                    let delay = retry_after
+                        .map(|d| d.min(self.retry.max_delay))
+                        .unwrap_or_else(|| self.retry.delay(attempt - 1));
+                    debug!(%request, attempt, ?delay, error = %e, "retrying vault request");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn classify(&self, request: &str, resp: reqwest::Response) -> Result<Answer, Attempt> {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = match resp.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(source) => {
+                return Err(Attempt::Retry(
+                    VaultError::Connection {
+                        request: request.to_owned(),
+                        address: self.address.clone(),
+                        source: source.without_url(),
+                    },
+                    None,
+                ));
+            }
+        };
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            return Ok(Answer { status, body });
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.errors.join("; "))
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
+        let message = message.trim().to_owned();
+        let request = request.to_owned();
+        let code = status.as_u16();
+        Err(match code {
+            403 => Attempt::Fail(VaultError::PermissionDenied { request, message }),
+            413 => Attempt::Fail(VaultError::TooLarge { request, status: code, message }),
+            429 => Attempt::Retry(VaultError::RateLimited { request, retry_after }, retry_after),
+            400 if message.contains("check-and-set") => {
+                Attempt::Fail(VaultError::CasMismatch { request })
+            }
+            300..=399 => Attempt::Fail(VaultError::Rejected {
+                request,
+                status: code,
+                message: format!("unexpected redirect to {}", location.unwrap_or_default()),
+            }),
+            503 if message.contains("sealed") => Attempt::Retry(
+                VaultError::Sealed { request, address: self.address.clone() },
+                None,
+            ),
+            500 if message.contains("too large") => {
+                Attempt::Fail(VaultError::TooLarge { request, status: code, message })
+            }
+            500 if message.contains("invalid UTF-8") => {
+                Attempt::Fail(VaultError::Rejected { request, status: code, message })
+            }
+            500..=599 => Attempt::Retry(VaultError::Server { request, status: code, message }, None),
+            _ => Attempt::Fail(VaultError::Rejected { request, status: code, message }),
+        })
+    }
+}
+
+enum Attempt {
+    Retry(VaultError, Option<Duration>),
+    Fail(VaultError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        let p = VaultClient::api_path("secret/data", "a b/%/#?+/ключ/🔑/x.y~z").expect("valid");
+        assert_eq!(
+            p,
+            "secret/data/a%20b/%25/%23%3F%2B/%D0%BA%D0%BB%D1%8E%D1%87/%F0%9F%94%91/x.y~z"
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_never_sent() {
+        for bad in ["a/../b", "./a", "a//b", "..", "a/"] {
+            assert!(matches!(
+                VaultClient::api_path("secret/data", bad),
+                Err(VaultError::InvalidPath(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn token_is_redacted() {
+        let t = Token::new("s.supersecret\n");
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+        let cfg = VaultConfig::new("http://x", t);
+        assert!(!format!("{cfg:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let r = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        for _ in 0..100 {
+            let d0 = r.delay(0);
+            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
+            let d9 = r.delay(9);
+            assert!(d9 >= Duration::from_millis(500) && d9 <= Duration::from_secs(1));
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Typed errors of the Vault client, one variant per class of server answer
+//! (reference/vault-kv.md section 5). Messages name the request (method and API path) but never
+//! carry a token or a secret value.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// A failed Vault request.
+#[derive(Debug, Error)]
+pub enum VaultError {
+    /// 403: the token is bad, expired, revoked, or its policy denies this path. On a mount that
+    /// does not exist a limited token also gets 403, so this can mean "missing mount" too.
+    #[error("{request}: permission denied (HTTP 403){}", hint(.message))]
+    PermissionDenied {
+        /// Method and API path.
+        request: String,
+        /// Server's error text.
+        message: String,
+    },
+    /// The mount does not exist (root-token 404 "no handler for route", or 400 "No secret
+    /// engine mount").
+    #[error("mount `{mount}` does not exist on {address}: {message}")]
+    MountNotFound {
+        /// The mount asked for.
+        mount: String,
+        /// Server address.
+        address: String,
+        /// Server's error text.
+        message: String,
+    },
+    /// The mount exists but is not a KV secrets engine.
+    #[error("mount `{mount}` is a `{kind}` secrets engine, not KV")]
+    NotKv {
+        /// The mount.
+        mount: String,
+        /// The engine type the server reported.
+        kind: String,
+    },
+    /// 503 "Vault is sealed", still sealed after the retry budget.
+    #[error("{request}: the server at {address} is sealed (HTTP 503)")]
+    Sealed {
+        /// Method and API path.
+        request: String,
+        /// Server address.
+        address: String,
+    },
+    /// 429 rate-limit quota, still limited after the retry budget.
+    #[error("{request}: rate limited (HTTP 429){}", retry_after.map(|d| format!(", server asked to retry after {d:?}")).unwrap_or_default())]
+    RateLimited {
+        /// Method and API path.
+        request: String,
+        /// Last `Retry-After` the server sent.
+        retry_after: Option<Duration>,
+    },
+    /// The request or the stored entry is too large: 413 from the listener, or Raft's 500
+    /// "value/key being too large". Permanent for this key; never retried.
+    #[error("{request}: too large for the server (HTTP {status}): {message}")]
+    TooLarge {
+        /// Method and API path.
+        request: String,
+        /// 413 or 500.
+        status: u16,
+        /// Server's error text.
+        message: String,
+    },
+    /// 400 check-and-set mismatch: someone else wrote the key since it was read.
+    #[error("{request}: check-and-set did not match the current version (HTTP 400)")]
+    CasMismatch {
+        /// Method and API path.
+        request: String,
+    },
+    /// A write returned a version other than the one expected.
+    #[error("{request}: wrote version {got}, expected {expected}")]
+    UnexpectedVersion {
+        /// Method and API path.
+        request: String,
+        /// Version the CAS write should have produced.
+        expected: u64,
+        /// Version the server reported.
+        got: u64,
+    },
+    /// Any other 4xx (and permanent 5xx such as invalid UTF-8): the request itself is wrong.
+    #[error("{request}: rejected (HTTP {status}){}", hint(.message))]
+    Rejected {
+        /// Method and API path.
+        request: String,
+        /// HTTP status.
+        status: u16,
+        /// Server's error text.
+        message: String,
+    },
+    /// A 5xx that persisted through the retry budget.
+    #[error("{request}: server error (HTTP {status}){}", hint(.message))]
+    Server {
+        /// Method and API path.
+        request: String,
+        /// HTTP status.
+        status: u16,
+        /// Server's error text.
+        message: String,
+    },
+    /// The connection failed (refused, reset, timed out, TLS handshake) through the retry budget.
+    #[error("{request}: cannot reach {address}: {source}")]
+    Connection {
+        /// Method and API path.
+        request: String,
+        /// Server address.
+        address: String,
+        /// The transport error (its text holds the URL, never the token).
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with a body this client cannot read.
+    #[error("{request}: unexpected response: {message}")]
+    Decode {
+        /// Method and API path.
+        request: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The path cannot be sent safely (empty, `.` or `..` segment, ...).
+    #[error("invalid secret path: {0}")]
+    InvalidPath(#[from] vsync_core::PathError),
+    /// The client configuration is unusable (unreadable CA file, bad address, ...).
+    #[error("{0}")]
+    Config(String),
+}
+
+fn hint(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+impl VaultError {
+    /// True for errors that the same request may not hit next time (connection, 5xx, 429,
+    /// sealed). Permanent per-key errors (too large, rejected) and 403 are not retriable.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            VaultError::Sealed { .. }
+                | VaultError::RateLimited { .. }
+                | VaultError::Server { .. }
+                | VaultError::Connection { .. }
+        )
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = VaultError> = std::result::Result<T, E>;

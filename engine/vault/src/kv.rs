@@ -1,0 +1,470 @@
+//! KV operations: mount discovery, recursive listing, KV v2 metadata and versioned data,
+//! KV v1 values. Each call maps the server's answers to typed results (reference/vault-kv.md).
+
+use std::collections::VecDeque;
+
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::debug;
+use vsync_core::KvVersion;
+
+use crate::client::{RequestKind, VaultClient};
+use crate::error::{Result, VaultError};
+use crate::types::{DataRead, KvMetadata, ListedSecret, MountInfo, SecretData, VersionMeta};
+
+fn method(name: &'static str) -> Method {
+    // LIST and SCAN are valid method tokens; from_bytes only fails on invalid characters.
+    Method::from_bytes(name.as_bytes()).unwrap_or(Method::GET)
+}
+
+fn decode<'a, T: Deserialize<'a>>(request: &str, body: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| VaultError::Decode {
+        request: request.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// An error body: `{"errors":[...]}`.
+#[derive(Deserialize, Default)]
+struct Errors {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+fn errors_of(body: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Errors>(body).map(|e| e.errors).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct MountBody {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    options: Option<MountOptions>,
+    #[serde(default)]
+    uuid: String,
+}
+
+#[derive(Deserialize)]
+struct MountOptions {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Wrapped<T> {
+    data: T,
+}
+
+#[derive(Deserialize, Default)]
+struct ListData {
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    key_info: Option<std::collections::HashMap<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+struct DataResponse {
+    data: Option<DataInner>,
+}
+
+#[derive(Deserialize)]
+struct DataInner {
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    metadata: Option<VersionMeta>,
+}
+
+#[derive(Serialize)]
+struct WriteBody<'a> {
+    options: WriteOptions,
+    data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct WriteOptions {
+    cas: u64,
+}
+
+/// Settings of a KV v2 key that a metadata write sets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetadataSettings {
+    /// Versions to keep (0: mount default).
+    pub max_versions: u64,
+    /// Require CAS on writes.
+    pub cas_required: bool,
+    /// Auto soft-delete delay (`"0s"`: off).
+    pub delete_version_after: String,
+    /// User metadata.
+    pub custom_metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl VaultClient {
+    /// Looks up a mount: its KV version and UUID.
+    ///
+    /// Uses `sys/internal/ui/mounts/<mount>`, which any token with a capability under the
+    /// mount may read, and falls back to `sys/mounts/<mount>` (needs `read` on it).
+    pub async fn mount_info(&self, mount: &str) -> Result<MountInfo> {
+        let normalized = vsync_core::normalize_mount(mount)?;
+        let prefix = Self::mount_prefix(&normalized)?;
+        let ui = self
+            .call(RequestKind::Other, Method::GET, &format!("sys/internal/ui/mounts/{prefix}"), &[], None)
+            .await;
+        let answer = match ui {
+            Ok(a) if a.status.is_success() => a,
+            Ok(a) => return Err(self.mount_not_found(&normalized, &a.body)),
+            Err(VaultError::PermissionDenied { .. }) | Err(VaultError::Rejected { .. }) => {
+                let a = self
+                    .call(RequestKind::Other, Method::GET, &format!("sys/mounts/{prefix}"), &[], None)
+                    .await
+                    .map_err(|e| match e {
+                        VaultError::Rejected { message, .. } if message.contains("No secret engine mount") => {
+                            VaultError::MountNotFound {
+                                mount: normalized.clone(),
+                                address: self.address.clone(),
+                                message,
+                            }
+                        }
+                        other => other,
+                    })?;
+                if !a.status.is_success() {
+                    return Err(self.mount_not_found(&normalized, &a.body));
+                }
+                a
+            }
+            Err(e) => return Err(e),
+        };
+        let request = format!("GET sys/internal/ui/mounts/{prefix}");
+        // The same fields appear at top level and under `data`; prefer `data`.
+        let value: serde_json::Value = decode(&request, &answer.body)?;
+        let body = value.get("data").filter(|d| d.get("type").is_some()).unwrap_or(&value);
+        let body: MountBody = serde_json::from_value(body.clone()).map_err(|e| VaultError::Decode {
+            request: request.clone(),
+            message: e.to_string(),
+        })?;
+        let kind = match (body.kind.as_str(), body.options.and_then(|o| o.version).as_deref()) {
+            ("kv", Some("2")) => KvVersion::V2,
+            // A kv mount without a version option is KV v1; `generic` is KV v1's old name.
+            ("kv", _) | ("generic", _) => KvVersion::V1,
+            ("kv-v2", _) => KvVersion::V2,
+            (other, _) => {
+                return Err(VaultError::NotKv {
+                    mount: normalized,
+                    kind: other.to_owned(),
+                });
+            }
+        };
+        Ok(MountInfo {
+            path: normalized,
+            kind,
+            uuid: body.uuid,
+        })
+    }
+
+    fn mount_not_found(&self, mount: &str, body: &[u8]) -> VaultError {
+        VaultError::MountNotFound {
+            mount: mount.to_owned(),
+            address: self.address.clone(),
+            message: errors_of(body).join("; "),
+        }
+    }
+
+    /// Lists every secret under a mount, recursively.
+    ///
+    /// On OpenBao a KV v2 mount is read with one `SCAN <mount>/detailed-metadata/`, which also
+    /// returns every key's metadata; KV v1 with one `SCAN <mount>/`. Servers without SCAN (Vault)
+    /// or tokens without the `scan` capability fall back to a LIST walk (remembered per mount).
+    /// An empty mount (root lists as 404 `{"errors":[]}`) gives an empty list.
+    pub async fn list_secrets(&self, mount: &MountInfo) -> Result<Vec<ListedSecret>> {
+        let prefix = Self::mount_prefix(&mount.path)?;
+        let scan_known_bad = self
+            .scan_unsupported
+            .lock()
+            .map(|s| s.contains(&mount.path))
+            .unwrap_or(false);
+        if !scan_known_bad {
+            match self.scan(mount, &prefix).await {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {
+                    debug!(mount = %mount.path, "SCAN not available, falling back to LIST walk");
+                    if let Ok(mut s) = self.scan_unsupported.lock() {
+                        s.insert(mount.path.clone());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.list_walk(mount, &prefix).await
+    }
+
+    /// `Ok(None)` when SCAN is not supported or not permitted, so the caller walks instead.
+    async fn scan(&self, mount: &MountInfo, prefix: &str) -> Result<Option<Vec<ListedSecret>>> {
+        let api = match mount.kind {
+            KvVersion::V2 => format!("{prefix}/detailed-metadata/"),
+            KvVersion::V1 => format!("{prefix}/"),
+        };
+        let request = format!("SCAN {api}");
+        let answer = match self.call(RequestKind::List, method("SCAN"), &api, &[], None).await {
+            Ok(a) => a,
+            // 405/400 (method unknown), 403 (no scan capability): walk instead. A dead token
+            // fails the walk with the same 403, so nothing is hidden.
+            Err(VaultError::PermissionDenied { .. }) | Err(VaultError::Rejected { .. }) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if answer.status == StatusCode::NOT_FOUND {
+            // 404 {"errors":[]} is an empty mount; a 404 with an error text is an unknown path
+            // (no detailed-metadata on this server).
+            return Ok(if errors_of(&answer.body).is_empty() { Some(Vec::new()) } else { None });
+        }
+        let data: Option<ListData> = decode::<Wrapped<Option<ListData>>>(&request, &answer.body)
+            .map(|w| w.data)
+            .or_else(|_| Ok::<_, VaultError>(None))?;
+        let data = data.unwrap_or_default();
+        let mut info = data.key_info.unwrap_or_default();
+        let mut out = Vec::with_capacity(data.keys.len());
+        for key in data.keys {
+            if key.ends_with('/') {
+                continue;
+            }
+            let metadata = match (mount.kind, info.remove(&key)) {
+                (KvVersion::V2, Some(v)) => Some(serde_json::from_value::<KvMetadata>(v).map_err(|e| {
+                    VaultError::Decode {
+                        request: request.clone(),
+                        message: format!("metadata of `{key}`: {e}"),
+                    }
+                })?),
+                _ => None,
+            };
+            out.push(ListedSecret { path: key, metadata });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Some(out))
+    }
+
+    async fn list_walk(&self, mount: &MountInfo, prefix: &str) -> Result<Vec<ListedSecret>> {
+        let base = match mount.kind {
+            KvVersion::V2 => format!("{prefix}/metadata"),
+            KvVersion::V1 => prefix.to_owned(),
+        };
+        let mut out = Vec::new();
+        let mut folders = VecDeque::from([String::new()]);
+        while let Some(folder) = folders.pop_front() {
+            let api = format!("{}/", Self::api_path(&base, folder.trim_end_matches('/'))?);
+            let request = format!("LIST {api}");
+            let answer = self.call(RequestKind::List, method("LIST"), &api, &[], None).await?;
+            if answer.status == StatusCode::NOT_FOUND {
+                let errors = errors_of(&answer.body);
+                if errors.is_empty() {
+                    continue; // empty or vanished folder
+                }
+                return Err(self.mount_not_found(&mount.path, &answer.body));
+            }
+            let data: Wrapped<ListData> = decode(&request, &answer.body)?;
+            for key in data.data.keys {
+                let full = format!("{folder}{key}");
+                if key.ends_with('/') {
+                    folders.push_back(full);
+                } else {
+                    out.push(ListedSecret { path: full, metadata: None });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Reads KV v2 metadata; `None` if the key does not exist.
+    pub async fn read_metadata(&self, mount: &str, path: &str) -> Result<Option<KvMetadata>> {
+        let api = Self::api_path(&format!("{}/metadata", Self::mount_prefix(mount)?), path)?;
+        let answer = self.call(RequestKind::MetadataRead, Method::GET, &api, &[], None).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let w: Wrapped<KvMetadata> = decode(&format!("GET {api}"), &answer.body)?;
+        Ok(Some(w.data))
+    }
+
+    /// Writes KV v2 key settings (creates the metadata if missing).
+    pub async fn write_metadata(&self, mount: &str, path: &str, settings: &MetadataSettings) -> Result<()> {
+        let api = Self::api_path(&format!("{}/metadata", Self::mount_prefix(mount)?), path)?;
+        let body = serde_json::to_vec(settings).map_err(|e| VaultError::Config(e.to_string()))?;
+        self.call(RequestKind::MetadataWrite, Method::POST, &api, &[], Some((body, "application/json")))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a KV v2 key entirely (all versions and metadata). Succeeds if it is missing.
+    pub async fn delete_metadata(&self, mount: &str, path: &str) -> Result<()> {
+        let api = Self::api_path(&format!("{}/metadata", Self::mount_prefix(mount)?), path)?;
+        self.call(RequestKind::MetadataWrite, Method::DELETE, &api, &[], None).await?;
+        Ok(())
+    }
+
+    /// Reads KV v2 data at exactly `version` (never "latest": 0 would mean latest).
+    pub async fn read_version(&self, mount: &str, path: &str, version: u64) -> Result<DataRead> {
+        if version == 0 {
+            return Err(VaultError::Config(format!(
+                "refusing to read `{path}` at version 0, which the server reads as latest"
+            )));
+        }
+        let api = Self::api_path(&format!("{}/data", Self::mount_prefix(mount)?), path)?;
+        self.read_data(&api, &[("version", version.to_string())]).await
+    }
+
+    /// Reads the latest KV v2 version (used on destinations and in tests).
+    pub async fn read_latest(&self, mount: &str, path: &str) -> Result<DataRead> {
+        let api = Self::api_path(&format!("{}/data", Self::mount_prefix(mount)?), path)?;
+        self.read_data(&api, &[]).await
+    }
+
+    async fn read_data(&self, api: &str, query: &[(&str, String)]) -> Result<DataRead> {
+        let request = format!("GET {api}");
+        let answer = self.call(RequestKind::DataRead, Method::GET, api, query, None).await?;
+        let parsed: Option<DataResponse> = if answer.body.is_empty() {
+            None
+        } else {
+            Some(decode(&request, &answer.body)?)
+        };
+        let inner = parsed.and_then(|p| p.data);
+        if answer.status == StatusCode::NOT_FOUND {
+            // A 404 with metadata is a deleted or destroyed version; without, nothing is there.
+            return Ok(match inner.and_then(|i| i.metadata) {
+                Some(meta) if meta.destroyed => DataRead::Destroyed(meta),
+                Some(meta) => DataRead::Deleted(meta),
+                None => DataRead::Missing,
+            });
+        }
+        let inner = inner.ok_or_else(|| VaultError::Decode {
+            request: request.clone(),
+            message: "no `data` in a successful read".into(),
+        })?;
+        let meta = inner.metadata.ok_or_else(|| VaultError::Decode {
+            request: request.clone(),
+            message: "no `data.metadata` in a successful read".into(),
+        })?;
+        // `data: null` is a valid stored value; keep it as the JSON text `null`.
+        let data = match inner.data {
+            Some(raw) => SecretData::from_raw(raw),
+            None => SecretData::from_json("null").map_err(|e| VaultError::Decode {
+                request,
+                message: e.to_string(),
+            })?,
+        };
+        Ok(DataRead::Live(data, meta))
+    }
+
+    /// Writes a new KV v2 version with `options.cas = cas` (the version the caller believes is
+    /// current, 0 for a new key) and checks the server wrote `cas + 1`.
+    pub async fn write_version(&self, mount: &str, path: &str, data: &SecretData, cas: u64) -> Result<VersionMeta> {
+        let api = Self::api_path(&format!("{}/data", Self::mount_prefix(mount)?), path)?;
+        let request = format!("POST {api}");
+        let body = serde_json::to_vec(&WriteBody {
+            options: WriteOptions { cas },
+            data: data.raw(),
+        })
+        .map_err(|e| VaultError::Config(e.to_string()))?;
+        let answer = self
+            .call(RequestKind::DataWrite, Method::POST, &api, &[], Some((body, "application/json")))
+            .await?;
+        let meta: Wrapped<VersionMeta> = decode(&request, &answer.body)?;
+        if meta.data.version != cas + 1 {
+            return Err(VaultError::UnexpectedVersion {
+                request,
+                expected: cas + 1,
+                got: meta.data.version,
+            });
+        }
+        Ok(meta.data)
+    }
+
+    /// Soft-deletes the latest KV v2 version (no-op if already deleted or missing).
+    pub async fn soft_delete_latest(&self, mount: &str, path: &str) -> Result<()> {
+        let api = Self::api_path(&format!("{}/data", Self::mount_prefix(mount)?), path)?;
+        self.call(RequestKind::MetadataWrite, Method::DELETE, &api, &[], None).await?;
+        Ok(())
+    }
+
+    async fn versions_op(&self, op: &str, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+        let api = Self::api_path(&format!("{}/{op}", Self::mount_prefix(mount)?), path)?;
+        let body = serde_json::to_vec(&serde_json::json!({ "versions": versions }))
+            .map_err(|e| VaultError::Config(e.to_string()))?;
+        self.call(RequestKind::MetadataWrite, Method::POST, &api, &[], Some((body, "application/json")))
+            .await?;
+        Ok(())
+    }
+
+    /// Soft-deletes the given KV v2 versions.
+    pub async fn delete_versions(&self, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+        self.versions_op("delete", mount, path, versions).await
+    }
+
+    /// Undeletes the given KV v2 versions.
+    pub async fn undelete_versions(&self, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+        self.versions_op("undelete", mount, path, versions).await
+    }
+
+    /// Destroys the given KV v2 versions (their data is gone for good).
+    pub async fn destroy_versions(&self, mount: &str, path: &str, versions: &[u64]) -> Result<()> {
+        self.versions_op("destroy", mount, path, versions).await
+    }
+
+    /// Reads a KV v1 value; `None` if missing.
+    pub async fn read_v1(&self, mount: &str, path: &str) -> Result<Option<SecretData>> {
+        let api = Self::api_path(&Self::mount_prefix(mount)?, path)?;
+        let answer = self.call(RequestKind::DataRead, Method::GET, &api, &[], None).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let inner: Wrapped<Box<RawValue>> = decode(&format!("GET {api}"), &answer.body)?;
+        Ok(Some(SecretData::from_raw(inner.data)))
+    }
+
+    /// Writes a KV v1 value (replaces it whole).
+    pub async fn write_v1(&self, mount: &str, path: &str, data: &SecretData) -> Result<()> {
+        let api = Self::api_path(&Self::mount_prefix(mount)?, path)?;
+        self.call(
+            RequestKind::DataWrite,
+            Method::POST,
+            &api,
+            &[],
+            Some((data.as_json().as_bytes().to_vec(), "application/json")),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a KV v1 value (succeeds if missing).
+    pub async fn delete_v1(&self, mount: &str, path: &str) -> Result<()> {
+        let api = Self::api_path(&Self::mount_prefix(mount)?, path)?;
+        self.call(RequestKind::MetadataWrite, Method::DELETE, &api, &[], None).await?;
+        Ok(())
+    }
+
+    /// Sends an administrative request to a trusted API path (`sys/...`, `auth/...`) and returns
+    /// the status and the parsed body (if any). Used by checks and test set-up.
+    pub async fn sys(
+        &self,
+        method_name: &'static str,
+        api_path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, Option<serde_json::Value>)> {
+        let body = body
+            .map(|b| serde_json::to_vec(&b).map(|v| (v, "application/json")))
+            .transpose()
+            .map_err(|e| VaultError::Config(e.to_string()))?;
+        let answer = self
+            .call(RequestKind::Other, method(method_name), api_path, &[], body)
+            .await?;
+        let parsed = if answer.body.is_empty() {
+            None
+        } else {
+            Some(decode(&format!("{method_name} {api_path}"), &answer.body)?)
+        };
+        Ok((answer.status.as_u16(), parsed))
+    }
+}

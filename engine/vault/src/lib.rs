@@ -1,0 +1,21 @@
+//! `vsync-vault`: an async client for the KV v1 and v2 HTTP API of HashiCorp Vault, OpenBao
+//! and Deckhouse Stronghold.
+//!
+//! It encodes every path segment, never follows redirects (they would carry the token), reads
+//! 404 bodies (a deleted version is not a missing key), types every error class, retries the
+//! transient ones with backoff and jitter, counts requests by class, and never shows the token
+//! or a secret value in `Debug`, logs or errors.
+
+mod client;
+mod error;
+mod kv;
+mod types;
+
+pub use client::{
+    RequestCounts, RequestKind, RetryPolicy, Token, VaultClient, VaultConfig,
+};
+pub use error::{Result, VaultError};
+pub use kv::MetadataSettings;
+pub use types::{
+    DataRead, KvMetadata, ListedSecret, MountInfo, SecretData, VersionInfo, VersionMeta,
+};
