@@ -367,9 +367,13 @@ impl VaultClient {
                     if attempt >= self.retry.max_attempts {
                         return Err(e);
                     }
-                    let delay = retry_after
-                        .map(|d| d.min(self.retry.max_delay))
-                        .unwrap_or_else(|| self.retry.delay(attempt - 1));
+                    // Honour Retry-After, never sooner than our own backoff. It has whole-second
+                    // granularity, and OpenBao sends "0" when the window resets in under a
+                    // second, so 0 is read as 1 s.
+                    let backoff = self.retry.delay(attempt - 1);
+                    let delay = retry_after.map_or(backoff, |d| {
+                        d.max(Duration::from_secs(1)).min(self.retry.max_delay).max(backoff)
+                    });
                     debug!(%request, attempt, ?delay, error = %e, "retrying vault request");
                     tokio::time::sleep(delay).await;
                 }

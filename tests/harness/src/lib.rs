@@ -206,6 +206,16 @@ impl Bao {
             use std::os::unix::process::CommandExt;
             // Own process group, so stopping it also stops anything the wrapper started.
             cmd.process_group(0);
+            // If the test process dies without running Drop (SIGKILL, timeout), the kernel stops
+            // the server too, so no server outlives its test run.
+            #[allow(unsafe_code)]
+            // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
         self.child = Some(child);
@@ -223,8 +233,9 @@ impl Bao {
             }
             let accepting = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
             let ready = match self.kind {
-                // The dev banner is printed once the server is initialised and unsealed.
-                Kind::Dev | Kind::DevTls => accepting && self.log().contains("Root Token:"),
+                // Dev mode initialises, unseals and mounts `secret/` before it prints this line.
+                // (The "Root Token:" banner that follows is not always printed under -dev-tls.)
+                Kind::Dev | Kind::DevTls => accepting && self.log().contains("OpenBao server started!"),
                 Kind::Raft => accepting,
             };
             if ready {
