@@ -1,1 +1,212 @@
-//! placeholder
+//! `vsync-state`: where each side keeps its sync info.
+//!
+//! This first backend is the embedded **file store**: one directory that may hold the origin
+//! side and several destination sides. Each side is locked on its own (an OS file lock held for
+//! the life of the process), so an origin process and destination processes can share the
+//! directory while two writers of the same side cannot. Documents are written atomically (temp
+//! file, fsync, rename, fsync of the directory), so a crash leaves the old or the new version,
+//! never a torn one. The Consul backend and bucketed sync info follow (issue 3).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+/// A state-store failure. Every variant names the file or side concerned.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// An I/O operation failed.
+    #[error("state store {path}: {action}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds this side's lock.
+    #[error("state store {path}: side `{side}` is locked by another vsync process (only one writer per side)")]
+    Locked {
+        /// Lock file.
+        path: PathBuf,
+        /// Side name.
+        side: String,
+    },
+    /// A document is not valid JSON of the expected shape.
+    #[error("state store {path}: corrupt document: {message}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A document has a format version this build does not understand.
+    #[error("state store {path}: unknown sync-info format version {found} (this vsync understands {supported})")]
+    UnknownFormat {
+        /// File.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version this build writes.
+        supported: u32,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        action,
+        source,
+    }
+}
+
+/// A directory of state documents.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+/// The lock on one side of a [`FileStore`]; released when dropped (or when the process exits).
+#[derive(Debug)]
+pub struct SideLock {
+    _file: File,
+    side: String,
+}
+
+impl SideLock {
+    /// The side this lock holds.
+    pub fn side(&self) -> &str {
+        &self.side
+    }
+}
+
+impl FileStore {
+    /// Opens (creating if needed) a store directory.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        Ok(Self { dir })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the exclusive lock of `side` (`origin`, `destination-eu`). Fails at once with
+    /// [`StateError::Locked`] if another process holds it.
+    pub fn lock_side(&self, side: &str) -> Result<SideLock> {
+        let path = self.dir.join(format!("{side}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path, "open lock file"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(SideLock {
+                _file: file,
+                side: side.to_owned(),
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+                path,
+                side: side.to_owned(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&path, "lock")(e)),
+        }
+    }
+
+    fn doc_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Reads a document; `None` if it was never written.
+    pub fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let path = self.doc_path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path, "read")(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path,
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes a document atomically. The caller must hold the side's lock.
+    pub fn write<T: Serialize>(&self, _lock: &SideLock, name: &str, doc: &T) -> Result<()> {
+        let path = self.doc_path(name);
+        let tmp = self.dir.join(format!(".{name}.json.tmp-{}", std::process::id()));
+        let bytes = serde_json::to_vec(doc).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        {
+            let mut f = File::create(&tmp).map_err(io(&tmp, "create temp file"))?;
+            f.write_all(&bytes).map_err(io(&tmp, "write temp file"))?;
+            f.sync_all().map_err(io(&tmp, "fsync temp file"))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io(&path, "rename into place"))?;
+        // Make the rename itself durable.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir, "fsync directory"))?;
+        Ok(())
+    }
+
+    /// Modification time of a document, if present (used to tell whether a cycle wrote).
+    pub fn modified(&self, name: &str) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.doc_path(name)).and_then(|m| m.modified()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("s")).unwrap();
+        let lock = store.lock_side("destination-eu").unwrap();
+        assert_eq!(store.read::<Vec<u32>>("destination-eu").unwrap(), None);
+        store.write(&lock, "destination-eu", &vec![1u32, 2]).unwrap();
+        assert_eq!(store.read::<Vec<u32>>("destination-eu").unwrap(), Some(vec![1, 2]));
+        // No temp files left behind.
+        let names: Vec<_> = std::fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(names.iter().all(|n| !n.to_string_lossy().contains("tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn one_writer_per_side_but_sides_are_independent() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = FileStore::open(dir.path()).unwrap();
+        let b = FileStore::open(dir.path()).unwrap();
+        let _held = a.lock_side("origin").unwrap();
+        assert!(matches!(b.lock_side("origin"), Err(StateError::Locked { .. })));
+        let _other = b.lock_side("destination-eu").unwrap();
+        drop(_held);
+        b.lock_side("origin").unwrap();
+    }
+
+    #[test]
+    fn corrupt_document_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("x.json"), b"{not json").unwrap();
+        let err = store.read::<Vec<u32>>("x").unwrap_err().to_string();
+        assert!(err.contains("x.json") && err.contains("corrupt"), "{err}");
+    }
+}
