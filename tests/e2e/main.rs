@@ -1,1 +1,246 @@
+//! End-to-end tests of the `vsync` binary against real OpenBao dev servers.
 
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::json;
+use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
+use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
+
+fn vsync(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vsync"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("VSYNC_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn client(bao: &Bao) -> VaultClient {
+    VaultClient::new(VaultConfig::new(bao.addr(), Token::new(DEV_ROOT_TOKEN))).unwrap()
+}
+
+fn data(v: serde_json::Value) -> SecretData {
+    SecretData::from_json(&v.to_string()).unwrap()
+}
+
+/// Writes a config for origin `a` -> destination `b` (named `eu`), both mounts mapped.
+fn config(dir: &Path, a: &Bao, b: &Bao, extra: &str) -> PathBuf {
+    let path = dir.join("vsync.toml");
+    let state = dir.join("state");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[origin]
+vault = {{ address = "{}", token = "{DEV_ROOT_TOKEN}" }}
+mounts = ["secret/", "kv1/"]
+state = {{ backend = "file", path = "{state}" }}
+
+[[destination]]
+name = "eu"
+vault = {{ address = "{}", token_env = "VSYNC_E2E_DEST_TOKEN" }}
+mounts = {{ "secret/" = "secret/", "kv1/" = "kv1/" }}
+state = {{ backend = "file", path = "{state}" }}
+versions = "latest"
+{extra}
+"#,
+            a.addr(),
+            b.addr(),
+            state = state.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Reads every live secret of both mounts of a server: path -> JSON value.
+async fn contents(c: &VaultClient) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for m in ["secret/", "kv1/"] {
+        let info = c.mount_info(m).await.unwrap();
+        for s in c.list_secrets(&info).await.unwrap() {
+            let value = match info.kind {
+                vsync_core::KvVersion::V2 => match c.read_latest(m, &s.path).await.unwrap() {
+                    DataRead::Live(d, _) => Some(d),
+                    _ => None,
+                },
+                vsync_core::KvVersion::V1 => c.read_v1(m, &s.path).await.unwrap(),
+            };
+            if let Some(d) = value {
+                out.insert(format!("{m}{}", s.path), serde_json::from_str(d.as_json()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Current version of every KV v2 key at a server.
+async fn versions(c: &VaultClient) -> BTreeMap<String, u64> {
+    let info = c.mount_info("secret/").await.unwrap();
+    c.list_secrets(&info)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.path, s.metadata.map_or(0, |m| m.current_version)))
+        .collect()
+}
+
+fn odd_name(i: usize) -> String {
+    let names = ["sp ace", "pct%25", "hash#x", "q?uery", "plus+", "ключ", "🔑", ".dot", "a=b&c", "tail "];
+    format!("team{}/{}/{}-{i}", i % 4, names[i % names.len()], i % 7)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_converges_updates_deletes_and_then_writes_nothing() {
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let (ca, cb) = (client(&a), client(&b));
+    for i in 0..150 {
+        ca.write_version("secret/", &odd_name(i), &data(json!({"i": i, "big": 12345678901234567890u64})), 0).await.unwrap();
+    }
+    for i in 0..50 {
+        ca.write_v1("kv1/", &odd_name(i), &data(json!({"v1": i}))).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &a, &b, "");
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsync"));
+        cmd.arg("--config").arg(&cfg).args(args).env("VSYNC_LOG", "warn").env("VSYNC_E2E_DEST_TOKEN", DEV_ROOT_TOKEN);
+        cmd.output().unwrap()
+    };
+
+    // 1. First sync: everything copied.
+    let out = run(&["run", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("200 added"), "{}", text(&out));
+    let origin = contents(&ca).await;
+    assert_eq!(origin.len(), 200);
+    assert_eq!(contents(&cb).await, origin);
+
+    // 2. Update, delete (all ways) and add at the origin.
+    for i in 0..10 {
+        ca.write_version("secret/", &odd_name(i), &data(json!({"i": i, "updated": true})), 1).await.unwrap();
+    }
+    for i in 0..5 {
+        ca.write_v1("kv1/", &odd_name(i), &data(json!({"v1": i, "updated": true}))).await.unwrap();
+    }
+    for i in 10..15 {
+        ca.delete_metadata("secret/", &odd_name(i)).await.unwrap();
+    }
+    for i in 15..18 {
+        ca.soft_delete_latest("secret/", &odd_name(i)).await.unwrap();
+    }
+    ca.destroy_versions("secret/", &odd_name(18), &[1]).await.unwrap();
+    for i in 45..50 {
+        ca.delete_v1("kv1/", &odd_name(i)).await.unwrap();
+    }
+    for i in 200..207 {
+        ca.write_version("secret/", &format!("new/{}", odd_name(i)), &data(json!({"new": i})), 0).await.unwrap();
+    }
+    // Re-created at origin with the same version number: only created_time tells.
+    ca.delete_metadata("secret/", &odd_name(19)).await.unwrap();
+    ca.write_version("secret/", &odd_name(19), &data(json!({"recreated": true})), 0).await.unwrap();
+    let out = run(&["run", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let origin = contents(&ca).await;
+    assert_eq!(origin.len(), 200 - 5 - 3 - 1 - 5 + 7);
+    assert_eq!(contents(&cb).await, origin);
+    assert!(text(&out).contains("7 added, 16 updated, 14 deleted"), "{}", text(&out));
+
+    // 3. Nothing changed: no destination version written, state file untouched.
+    let before = versions(&cb).await;
+    let state_file = dir.path().join("state").join("destination-eu.json");
+    let mtime = std::fs::metadata(&state_file).unwrap().modified().unwrap();
+    let out = run(&["run", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("0 added, 0 updated, 0 deleted"), "{}", text(&out));
+    assert!(text(&out).contains("(state unchanged)"), "{}", text(&out));
+    assert_eq!(versions(&cb).await, before, "no new destination versions");
+    assert_eq!(std::fs::metadata(&state_file).unwrap().modified().unwrap(), mtime);
+    // The state holds paths and versions, never values or tokens.
+    let state = std::fs::read_to_string(&state_file).unwrap();
+    assert!(!state.contains("12345678901234567890") && !state.contains("updated") && !state.contains(DEV_ROOT_TOKEN));
+
+    // `vsync plan` agrees: only KV v1 checks remain.
+    let out = run(&["plan", "--name", "eu"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("45 write(s), 0 removal(s), 148 unchanged"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_delete_guard_and_origin_mount_recreation_are_fatal() {
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let ca = client(&a);
+    for i in 0..20 {
+        ca.write_version("secret/", &format!("k{i}"), &data(json!({"i": i})), 0).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &a, &b, "");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vsync"))
+            .arg("--config").arg(&cfg).args(args)
+            .env("VSYNC_LOG", "warn").env("VSYNC_E2E_DEST_TOKEN", DEV_ROOT_TOKEN)
+            .output().unwrap()
+    };
+    assert!(run(&["run", "--once"]).status.success());
+    for i in 0..15 {
+        ca.delete_metadata("secret/", &format!("k{i}")).await.unwrap();
+    }
+    let out = run(&["run", "--once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--allow-mass-delete"), "{}", text(&out));
+    assert_eq!(versions(&client(&b)).await.len(), 20, "destination untouched");
+    let out = run(&["run", "--once", "--allow-mass-delete"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(versions(&client(&b)).await.len(), 5);
+
+    // Disable and re-enable the origin kv1 mount: a new UUID halts the destination.
+    a.root("DELETE", "sys/mounts/kv1", None);
+    a.enable_kv("kv1", 1);
+    let out = run(&["run", "--once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("origin mount `kv1/` was re-created"), "{}", text(&out));
+    let out = run(&["run", "--once", "--allow-origin-change"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn cli_surface_and_config_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vsync")).arg("--help").output().unwrap();
+    let help = text(&out);
+    for sub in ["run", "origin", "destination", "plan", "check", "validate", "plugin", "status"] {
+        assert!(help.contains(&format!("\n  {sub} ")), "`{sub}` missing from:\n{help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[origin]\nvault = { address = \"http://127.0.0.1:1\", token = \"t\" }\nmounts = [\"secret/\"]\nstate = { backend = \"file\", path = \"s\" }\nintervall = \"1m\"\n",
+    )
+    .unwrap();
+    let out = vsync(&cfg, &["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out);
+    assert!(err.contains("bad.toml:5:") && err.contains("intervall"), "{err}");
+    let out = vsync(&dir.path().join("missing.toml"), &["run", "--once"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("missing.toml"));
+    // Not-yet-built subcommands say so and exit 2.
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, std::fs::read_to_string(&cfg).unwrap().replace("intervall", "interval")).unwrap();
+    let out = vsync(&good, &["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("not built yet"), "{}", text(&out));
+}
