@@ -83,11 +83,9 @@ pub async fn scan_origin(origin: &VaultClient, mounts: &[String], workers: usize
         }
         while let Some(joined) = fetches.join_next().await {
             let (key, meta) = joined.context("metadata task panicked")?;
-            match meta.with_context(|| format!("reading origin metadata of `{key}`"))? {
-                Some(meta) => {
-                    snapshot.insert(key, v2_entry(&meta, now));
-                }
-                None => {} // deleted between LIST and GET: not there
+            // None: deleted between LIST and GET, so not there.
+            if let Some(meta) = meta.with_context(|| format!("reading origin metadata of `{key}`"))? {
+                snapshot.insert(key, v2_entry(&meta, now));
             }
         }
         infos.insert(mount, info);
