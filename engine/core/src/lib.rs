@@ -5,12 +5,14 @@
 //! [`DestinationState`]) into a [`Plan`] of per-key actions. That keeps the rules of replication
 //! testable with plain unit tests and keeps the crate fast to compile.
 
+pub mod info;
 pub mod path;
 pub mod plan;
 pub mod types;
 
 pub use path::{PathError, join_mount, normalize_mount, validate_relative_path};
-pub use plan::{Action, CopyReason, Plan, PlanOptions, plan_latest};
+pub use info::{Buckets, Digest, SyncInfo};
+pub use plan::{Action, CopyReason, Plan, PlanOptions, plan_buckets, plan_latest};
 pub use types::{
     DeletePolicy, DestEntry, DestinationState, KvVersion, OriginEntry, OriginSnapshot, SecretKey,
     Target, VersionsMode,

@@ -70,6 +70,15 @@ pub enum Action {
         /// The copy to soft-delete.
         target: Target,
     },
+    /// Record the origin's entry without touching either Vault: its metadata changed but not
+    /// its data (`versions = "latest"` copies data only), or it has no live version (a
+    /// tombstone, so both infos agree bucket by bucket).
+    Record {
+        /// Origin secret.
+        key: SecretKey,
+        /// Where the secret is (or would be) written.
+        target: Target,
+    },
     /// Stop tracking a secret without touching the destination (`deletes = "ignore"`).
     Forget {
         /// Origin secret.
@@ -85,6 +94,7 @@ impl Action {
             | Action::SyncV1 { key, .. }
             | Action::Delete { key, .. }
             | Action::SoftDelete { key, .. }
+            | Action::Record { key, .. }
             | Action::Forget { key } => key,
         }
     }
@@ -93,7 +103,7 @@ impl Action {
 /// A cycle's work: writes first, then removals, so a moved secret is never missing at both places.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
-    /// Copies and checks, in key order.
+    /// Copies, checks and records, in key order.
     pub writes: Vec<Action>,
     /// Deletes, soft-deletes and forgets, in key order.
     pub removals: Vec<Action>,
@@ -138,12 +148,22 @@ pub fn plan_latest(
         let Some(target) = target_of(key) else {
             continue;
         };
-        if is_gone(entry) {
-            continue; // handled below as a removal if the destination knows it
-        }
         let known = dest.get(key);
+        if is_gone(entry) {
+            // Nothing to copy. The destination records the entry as a tombstone (no copy at
+            // the target) so both infos agree bucket by bucket; a copy it still has goes.
+            match known {
+                Some(k) if k.origin == *entry && k.target == target => plan.unchanged += 1,
+                Some(k) if has_copy(k) => plan.removals.push(removal(key, k, options.deletes, false)),
+                _ => plan.writes.push(Action::Record {
+                    key: key.clone(),
+                    target,
+                }),
+            }
+            continue;
+        }
         // A copy that moved leaves its old place behind.
-        let moved_from = known.filter(|old| old.target != target);
+        let moved_from = known.filter(|old| old.target != target && has_copy(old));
         if let Some(old) = moved_from {
             plan.removals.push(removal(key, old, options.deletes, true));
         }
@@ -155,23 +175,77 @@ pub fn plan_latest(
                     target,
                     reason,
                 }),
+                None if known.is_some_and(|k| k.origin != *entry) => plan.writes.push(Action::Record {
+                    key: key.clone(),
+                    target,
+                }),
                 None => plan.unchanged += 1,
             },
-            KvVersion::V1 => plan.writes.push(Action::SyncV1 {
-                key: key.clone(),
-                target,
-            }),
+            // A keyed value digest that matches what was copied proves the value is unchanged;
+            // without one the executor compares the values.
+            KvVersion::V1 => {
+                let same = entry.digest.is_some()
+                    && known.is_some_and(|k| k.origin == *entry && k.target == target);
+                if same {
+                    plan.unchanged += 1;
+                } else {
+                    plan.writes.push(Action::SyncV1 {
+                        key: key.clone(),
+                        target,
+                    });
+                }
+            }
         }
     }
     for (key, old) in dest {
-        let in_scope_and_live = origin
-            .get(key)
-            .is_some_and(|e| !is_gone(e) && target_of(key).is_some());
-        if !in_scope_and_live {
-            plan.removals.push(removal(key, old, options.deletes, false));
+        let in_scope = origin.contains_key(key) && target_of(key).is_some();
+        if !in_scope {
+            plan.removals.push(if has_copy(old) {
+                removal(key, old, options.deletes, false)
+            } else {
+                Action::Forget { key: key.clone() }
+            });
         }
     }
     plan
+}
+
+/// Plans a cycle bucket by bucket: a bucket whose digest equals the destination's is skipped
+/// whole, unless `recheck_all` (the destination's transform/filter configuration changed, so
+/// targets may move) or it holds KV v1 entries without a value digest (only a value comparison
+/// can tell those apart).
+///
+/// `dest` must use the origin's bucket count ([`crate::Buckets::rebucket`]); the digest slices
+/// hold one digest per bucket, as computed by [`crate::Buckets::digests`].
+pub fn plan_buckets(
+    origin: &crate::SyncInfo,
+    origin_digests: &[crate::Digest],
+    dest: &crate::Buckets<DestEntry>,
+    dest_digests: &[crate::Digest],
+    recheck_all: bool,
+    options: PlanOptions,
+    mut target_of: impl FnMut(&SecretKey) -> Option<Target>,
+) -> Plan {
+    let mut plan = Plan::default();
+    for i in 0..origin.count() {
+        let (o, d) = (origin.bucket(i), dest.bucket(i));
+        let equal = origin_digests.get(i as usize) == dest_digests.get(i as usize);
+        let unkeyed_v1 = o.values().any(|e| e.kind == KvVersion::V1 && e.digest.is_none());
+        if equal && !recheck_all && !unkeyed_v1 {
+            plan.unchanged += o.len();
+            continue;
+        }
+        let part = plan_latest(o, d, options, &mut target_of);
+        plan.writes.extend(part.writes);
+        plan.removals.extend(part.removals);
+        plan.unchanged += part.unchanged;
+    }
+    plan
+}
+
+/// Whether the destination holds a copy for this entry (not a tombstone).
+fn has_copy(known: &DestEntry) -> bool {
+    !is_gone(&known.origin)
 }
 
 /// A KV v2 secret with no readable current version counts as deleted under `latest`.
@@ -183,13 +257,14 @@ fn copy_reason(entry: &OriginEntry, known: Option<&DestEntry>, target: &Target) 
     let Some(known) = known else {
         return Some(CopyReason::Add);
     };
-    if known.kind != entry.kind {
+    let known_origin = &known.origin;
+    if known_origin.kind != entry.kind || !has_copy(known) {
         return Some(CopyReason::Update);
     }
-    if known.origin_created_time != entry.created_time {
+    if known_origin.created_time != entry.created_time {
         return Some(CopyReason::Recreated);
     }
-    if known.origin_version != entry.current_version {
+    if known_origin.current_version != entry.current_version {
         return Some(CopyReason::Update);
     }
     if known.target != *target {
@@ -202,7 +277,7 @@ fn copy_reason(entry: &OriginEntry, known: Option<&DestEntry>, target: &Target) 
 /// (the new copy replaces it), whatever the delete policy says about origin deletes.
 fn removal(key: &SecretKey, old: &DestEntry, policy: DeletePolicy, moved: bool) -> Action {
     let policy = if moved { DeletePolicy::Mirror } else { policy };
-    match (policy, old.kind) {
+    match (policy, old.origin.kind) {
         (DeletePolicy::Mirror, kind) => Action::Delete {
             key: key.clone(),
             kind,
@@ -228,6 +303,7 @@ mod tests {
             current_version: version,
             created_time: created.into(),
             current_live: true,
+            digest: Some(crate::Digest([version as u8; 32])),
         }
     }
 
@@ -237,6 +313,7 @@ mod tests {
             current_version: 0,
             created_time: String::new(),
             current_live: true,
+            digest: None,
         }
     }
 
@@ -253,9 +330,7 @@ mod tests {
 
     fn copied(entry: &OriginEntry, k: &SecretKey) -> DestEntry {
         DestEntry {
-            kind: entry.kind,
-            origin_version: entry.current_version,
-            origin_created_time: entry.created_time.clone(),
+            origin: entry.clone(),
             target: identity(k).expect("target"),
         }
     }
@@ -266,6 +341,7 @@ mod tests {
             let k = a.key();
             let target = match a {
                 Action::CopyV2 { target, .. } | Action::SyncV1 { target, .. } => target.clone(),
+                Action::Record { target, .. } => target.clone(),
                 _ => unreachable!(),
             };
             let mut e = copied(&origin[k], k);
@@ -275,8 +351,18 @@ mod tests {
         for a in &plan.removals {
             let k = a.key();
             let still_written = plan.writes.iter().any(|w| w.key() == k);
-            if !still_written {
-                dest.remove(k);
+            if still_written {
+                continue;
+            }
+            // A secret still at the origin (but gone) leaves a tombstone.
+            match (origin.get(k), dest.get(k)) {
+                (Some(e), Some(old)) if is_gone(e) && !matches!(a, Action::Forget { .. }) => {
+                    let t = old.target.clone();
+                    dest.insert(k.clone(), DestEntry { origin: e.clone(), target: t });
+                }
+                _ => {
+                    dest.remove(k);
+                }
             }
         }
     }
@@ -324,9 +410,16 @@ mod tests {
         let plan = plan_latest(&[(k.clone(), gone.clone())].into(), &dest, PlanOptions::default(), identity);
         assert!(plan.writes.is_empty());
         assert!(matches!(plan.removals[0], Action::Delete { kind: KvVersion::V2, .. }));
-        // Never copied and not live: nothing to do.
-        let plan = plan_latest(&[(k, gone)].into(), &DestinationState::new(), PlanOptions::default(), identity);
-        assert!(plan.is_empty());
+        // Never copied and not live: only a tombstone is recorded (no Vault I/O).
+        let plan = plan_latest(&[(k.clone(), gone.clone())].into(), &DestinationState::new(), PlanOptions::default(), identity);
+        assert!(plan.removals.is_empty());
+        assert!(matches!(plan.writes[..], [Action::Record { .. }]));
+        // Tombstone recorded: nothing more.
+        let tomb: DestinationState = [(k.clone(), copied(&gone, &k))].into();
+        assert!(plan_latest(&[(k.clone(), gone)].into(), &tomb, PlanOptions::default(), identity).is_empty());
+        // Undeleted at origin: copied again.
+        let plan = plan_latest(&[(k, v2(3, "t1"))].into(), &tomb, PlanOptions::default(), identity);
+        assert!(matches!(plan.writes[0], Action::CopyV2 { version: 3, .. }));
     }
 
     #[test]
@@ -392,7 +485,7 @@ mod tests {
                 }
                 if r % 5 < 2 {
                     let mut old = copied(&v2(next() % 5, "t1"), &k);
-                    old.kind = if next() % 4 == 0 { KvVersion::V1 } else { KvVersion::V2 };
+                    old.origin.kind = if next() % 4 == 0 { KvVersion::V1 } else { KvVersion::V2 };
                     dest.insert(k, old);
                 }
             }
@@ -404,6 +497,92 @@ mod tests {
                 again.writes.iter().all(|a| matches!(a, Action::SyncV1 { .. })),
                 "{again:?}"
             );
+        }
+    }
+
+    #[test]
+    fn metadata_only_change_is_recorded_without_copying() {
+        let k = key("a");
+        let e = v2(3, "t1");
+        let dest: DestinationState = [(k.clone(), copied(&e, &k))].into();
+        let mut changed = e.clone();
+        changed.digest = Some(crate::Digest([0xEE; 32]));
+        let plan = plan_latest(&[(k.clone(), changed)].into(), &dest, PlanOptions::default(), identity);
+        assert_eq!(plan.writes, vec![Action::Record { key: k.clone(), target: identity(&k).unwrap() }]);
+    }
+
+    #[test]
+    fn keyed_kv1_digest_skips_the_value_check() {
+        let k = key("v1");
+        let mut e = v1();
+        e.digest = Some(crate::Digest([7; 32]));
+        let dest: DestinationState = [(k.clone(), copied(&e, &k))].into();
+        assert!(plan_latest(&[(k.clone(), e.clone())].into(), &dest, PlanOptions::default(), identity).is_empty());
+        let mut changed = e;
+        changed.digest = Some(crate::Digest([8; 32]));
+        let plan = plan_latest(&[(k, changed)].into(), &dest, PlanOptions::default(), identity);
+        assert!(matches!(plan.writes[0], Action::SyncV1 { .. }));
+    }
+
+    fn world(seed: &mut u64, n: usize) -> (OriginSnapshot, DestinationState) {
+        let mut next = || {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        };
+        let mut origin = OriginSnapshot::new();
+        let mut dest = DestinationState::new();
+        for i in 0..n {
+            let k = key(&format!("k{i}"));
+            let r = next();
+            let mut e = if r % 4 == 0 { v1() } else { v2(r % 5, if r % 3 == 0 { "t1" } else { "t2" }) };
+            if e.kind == KvVersion::V1 {
+                e.digest = Some(crate::Digest([(r % 3) as u8; 32]));
+            }
+            e.current_live = r % 7 != 0;
+            if r % 2 == 0 {
+                origin.insert(k.clone(), e.clone());
+            }
+            if r % 5 < 2 {
+                let mut old = copied(&v2(next() % 5, "t1"), &k);
+                if next() % 4 == 0 {
+                    old.origin = v1();
+                    old.origin.digest = Some(crate::Digest([(next() % 3) as u8; 32]));
+                }
+                dest.insert(k, old);
+            }
+        }
+        (origin, dest)
+    }
+
+    #[test]
+    fn bucketed_plans_equal_flat_plans_and_converge_to_nothing() {
+        let mut seed = 0x1234_5678_9abc_def1;
+        for round in 0..200 {
+            let (origin, mut dest) = world(&mut seed, (round % 40) + 1);
+            let count = (round % 5 + 1) as u32;
+            let oi = crate::SyncInfo::from_entries(count, origin.clone());
+            let di = crate::Buckets::from_entries(count, dest.clone());
+            let bucketed = plan_buckets(&oi, &oi.digests(), &di, &di.digests(), false, PlanOptions::default(), identity);
+            let flat = plan_latest(&origin, &dest, PlanOptions::default(), identity);
+            let sorted = |mut v: Vec<Action>| {
+                v.sort_by(|a, b| a.key().cmp(b.key()));
+                v
+            };
+            assert_eq!(sorted(bucketed.writes.clone()), sorted(flat.writes.clone()));
+            assert_eq!(sorted(bucketed.removals.clone()), sorted(flat.removals.clone()));
+            // An info compared with itself plans nothing.
+            let mirror: DestinationState = origin.iter().map(|(k, e)| (k.clone(), copied(e, k))).collect();
+            let mi = crate::Buckets::from_entries(count, mirror);
+            assert_eq!(mi.digests(), oi.digests(), "same entries, same digests");
+            assert!(plan_buckets(&oi, &oi.digests(), &mi, &mi.digests(), false, PlanOptions::default(), identity).is_empty());
+            // Applying a plan then re-comparing plans nothing.
+            apply(&origin, &mut dest, &flat);
+            let di = crate::Buckets::from_entries(count, dest.clone());
+            let again = plan_buckets(&oi, &oi.digests(), &di, &di.digests(), false, PlanOptions::default(), identity);
+            assert!(again.is_empty(), "{again:?}");
+            assert_eq!(di.digests(), oi.digests(), "after a good cycle the infos are equal bucket by bucket");
         }
     }
 }

@@ -80,22 +80,30 @@ pub struct OriginEntry {
     /// Whether the current version can be read: false when it is soft-deleted or destroyed,
     /// or when a KV v2 key has metadata but no version yet.
     pub current_live: bool,
+    /// KV v2: digest of the whole metadata. KV v1: HMAC of the value, or `None` when the origin
+    /// has no digest key (the destination then compares values itself each cycle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<crate::info::Digest>,
 }
 
 /// Everything one origin scan saw, keyed by origin secret.
 pub type OriginSnapshot = BTreeMap<SecretKey, OriginEntry>;
 
-/// What a destination remembers about one secret it copied.
+/// What a destination remembers about one secret it copied: the origin's entry as it was
+/// copied (compared with the origin's info, bucket by bucket) and, outside the compared digest,
+/// where it was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestEntry {
-    /// Engine version of the origin mount when copied.
-    pub kind: KvVersion,
-    /// The origin version that was copied (0 for KV v1).
-    pub origin_version: u64,
-    /// The origin metadata `created_time` when copied (empty for KV v1).
-    pub origin_created_time: String,
+    /// The origin entry that was copied.
+    pub origin: OriginEntry,
     /// Where the secret was written.
     pub target: Target,
+}
+
+impl crate::info::HasOrigin for DestEntry {
+    fn origin(&self) -> &OriginEntry {
+        &self.origin
+    }
 }
 
 /// A destination's memory of what it copied, keyed by origin secret.
