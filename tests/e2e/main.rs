@@ -174,7 +174,7 @@ async fn run_once_converges_updates_deletes_and_then_writes_nothing() {
     // `vsync plan` agrees: only KV v1 checks remain.
     let out = run(&["plan", "--name", "eu"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("45 write(s), 0 removal(s), 148 unchanged"), "{}", text(&out));
+    assert!(text(&out).contains("45 write(s), 0 removal(s), 152 unchanged"), "{}", text(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,4 +243,104 @@ fn cli_surface_and_config_errors() {
     let out = vsync(&good, &["check"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("not built yet"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_and_destination_as_separate_processes() {
+    let (a, mut b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let (ca, cb) = (client(&a), client(&b));
+    for i in 0..60 {
+        ca.write_version("secret/", &odd_name(i), &data(json!({"i": i})), 0).await.unwrap();
+        ca.write_v1("kv1/", &odd_name(i), &data(json!({"v1": i}))).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("digest.key");
+    std::fs::write(&key, b"0123456789abcdef0123456789abcdef").unwrap();
+    let cfg = config(dir.path(), &a, &b, "");
+    // The digest key is an origin setting.
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "mounts = [\"secret/\", \"kv1/\"]",
+        &format!("mounts = [\"secret/\", \"kv1/\"]\ndigest_key_file = \"{}\"", key.display()),
+        1,
+    );
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vsync"))
+            .arg("--config").arg(&cfg).args(args)
+            .env("VSYNC_LOG", "warn").env("VSYNC_E2E_DEST_TOKEN", DEV_ROOT_TOKEN)
+            .output().unwrap()
+    };
+    // A destination before any origin info says what to do.
+    let out = run(&["destination", "--name", "eu", "--once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("vsync origin"), "{}", text(&out));
+
+    let out = run(&["origin", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("120 secrets") && text(&out).contains("published"), "{}", text(&out));
+    let out = run(&["destination", "--name", "eu", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("120 added"), "{}", text(&out));
+    assert_eq!(contents(&cb).await, contents(&ca).await);
+
+    // The origin info holds no values: the KV v1 digests are keyed HMACs.
+    let state = dir.path().join("state");
+    for entry in std::fs::read_dir(state.join("origin.buckets")).unwrap() {
+        let part = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(!part.contains("\"v1\"") && !part.contains(DEV_ROOT_TOKEN));
+    }
+
+    // No change: the destination makes zero Vault data reads or writes, writes no state.
+    let snapshot = |d: &Path| -> Vec<(String, std::time::SystemTime)> {
+        let mut v: Vec<_> = walk(d).into_iter().map(|p| (p.display().to_string(), std::fs::metadata(&p).unwrap().modified().unwrap())).collect();
+        v.sort();
+        v
+    };
+    let out = run(&["origin", "--once"]);
+    assert!(text(&out).contains("unchanged"), "{}", text(&out));
+    let before = snapshot(&state);
+    let out = run(&["destination", "--name", "eu", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("0 origin data reads, 0 destination data reads, 0 destination writes"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("(state unchanged)"), "{}", text(&out));
+    assert_eq!(snapshot(&state), before, "no state writes");
+
+    // Changes flow through a restart of both processes without re-copying the rest.
+    ca.write_version("secret/", &odd_name(1), &data(json!({"i": "changed"})), 1).await.unwrap();
+    ca.write_v1("kv1/", &odd_name(2), &data(json!({"v1": "changed"}))).await.unwrap();
+    assert!(run(&["origin", "--once"]).status.success());
+    let out = run(&["destination", "--name", "eu", "--once"]);
+    assert!(text(&out).contains("0 added, 2 updated, 0 deleted, 118 unchanged"), "{}", text(&out));
+    assert!(text(&out).contains("2 origin data reads"), "{}", text(&out));
+    assert_eq!(contents(&cb).await, contents(&ca).await);
+
+    // A failed cycle (destination down) commits nothing.
+    ca.write_version("secret/", &odd_name(3), &data(json!({"i": "again"})), 1).await.unwrap();
+    assert!(run(&["origin", "--once"]).status.success());
+    b.stop();
+    let before = snapshot(&state);
+    let out = run(&["destination", "--name", "eu", "--once"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let after: Vec<_> = snapshot(&state).into_iter().filter(|(p, _)| !p.ends_with(".lock")).collect();
+    let before: Vec<_> = before.into_iter().filter(|(p, _)| !p.ends_with(".lock")).collect();
+    assert_eq!(after, before, "nothing committed");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -11,6 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub mod info;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -163,6 +165,62 @@ impl FileStore {
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir, "fsync directory"))?;
         Ok(())
+    }
+
+    /// Writes raw bytes as document `name` atomically (parts are pre-serialised JSON).
+    pub fn write_raw(&self, _lock: &SideLock, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.doc_path(name);
+        let parent = path.parent().unwrap_or(&self.dir).to_owned();
+        std::fs::create_dir_all(&parent).map_err(io(&parent, "create directory"))?;
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
+        {
+            let mut f = File::create(&tmp).map_err(io(&tmp, "create temp file"))?;
+            f.write_all(bytes).map_err(io(&tmp, "write temp file"))?;
+            f.sync_all().map_err(io(&tmp, "fsync temp file"))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io(&path, "rename into place"))?;
+        File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&parent, "fsync directory"))?;
+        Ok(())
+    }
+
+    /// Whether document `name` exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.doc_path(name).is_file()
+    }
+
+    /// Names of the documents in folder `folder` (without `.json`), empty if it does not exist.
+    pub fn list(&self, folder: &str) -> Result<Vec<String>> {
+        let dir = self.dir.join(folder);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir, "list")(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io(&dir, "list"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".json")
+                && !name.starts_with('.')
+            {
+                out.push(stem.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes document `name` (no error if missing).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let path = self.doc_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path, "remove")(e)),
+        }
     }
 
     /// Modification time of a document, if present (used to tell whether a cycle wrote).

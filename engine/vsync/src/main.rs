@@ -38,13 +38,13 @@ enum Command {
         #[command(flatten)]
         cycle: CycleArgs,
     },
-    /// Run the origin role: scan and publish the origin sync info (not built yet).
+    /// Run the origin role: scan and publish the origin sync info.
     Origin {
-        /// Run one cycle and exit.
+        /// Run one scan, publish, and exit.
         #[arg(long)]
         once: bool,
     },
-    /// Run one destination role (not built yet).
+    /// Run one destination role: follow the origin's published info.
     Destination {
         /// Destination name from the config.
         #[arg(long)]
@@ -81,6 +81,15 @@ enum PluginCommand {
         #[arg(long, default_value = "human", value_parser = ["human", "json"])]
         format: String,
     },
+}
+
+impl CycleArgs {
+    fn flags(&self) -> sync::CycleFlags {
+        sync::CycleFlags {
+            allow_mass_delete: self.allow_mass_delete,
+            allow_origin_change: self.allow_origin_change,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -178,8 +187,8 @@ async fn dispatch(cli: Cli, config: Option<Config>) -> Result<ExitCode, Failure>
         }
         Command::Plan { name } => plan(&config, &name).await,
         Command::Validate => validate(&config),
-        Command::Origin { .. } => Err(Failure::NotBuilt("origin")),
-        Command::Destination { .. } => Err(Failure::NotBuilt("destination")),
+        Command::Origin { once } => origin_role(&config, once).await,
+        Command::Destination { name, cycle } => destination_role(&config, &name, &cycle).await,
         Command::Check => Err(Failure::NotBuilt("check")),
         Command::Status => Err(Failure::NotBuilt("status")),
         Command::Plugin { .. } => Err(Failure::NotBuilt("plugin validate")),
@@ -209,20 +218,48 @@ fn validate(config: &Config) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads the origin's KV v1 digest key, if configured.
+fn digest_key(config: &Config) -> Result<Option<Vec<u8>>, Failure> {
+    let Some(path) = &config.origin.digest_key_file else {
+        return Ok(None);
+    };
+    let key = std::fs::read(path)
+        .with_context(|| format!("cannot read digest_key_file {}", path.display()))
+        .map_err(Failure::Config)?;
+    if key.len() < 16 {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "digest_key_file {} holds {} bytes; use at least 16 random bytes",
+            path.display(),
+            key.len()
+        )));
+    }
+    Ok(Some(key))
+}
+
+/// One complete origin scan, bounded by the origin timeout.
+async fn scan(config: &Config, origin: &vsync_vault::VaultClient, key: Option<&[u8]>) -> Result<sync::OriginInfo> {
+    let info = tokio::time::timeout(
+        config.origin.timeout,
+        sync::scan_origin(origin, &config.origin.mounts, config.origin.workers, key),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("origin scan timed out after {:?}", config.origin.timeout))
+    .and_then(|r| r)
+    .context("origin scan")?;
+    info!(secrets = info.info.len(), buckets = info.info.count(), mounts = info.mounts.len(), "origin scanned");
+    Ok(info)
+}
+
 async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
     let d = config
         .destination(name)
         .ok_or_else(|| Failure::Config(anyhow::anyhow!("no destination named `{name}` in the config")))?;
     let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
     let store = setup::file_store(&format!("destination {name}"), &d.state).map_err(Failure::Config)?;
-    let scan = sync::scan_origin(&origin, &config.origin.mounts, config.origin.workers)
-        .await
-        .map_err(Failure::Fatal)?;
-    let state = sync::load_doc(&store, name)
-        .map_err(Failure::Fatal)?
-        .map(|doc| doc.entries.into_iter().map(|e| (e.key, e.entry)).collect())
-        .unwrap_or_default();
-    let plan = sync::plan_for(d, &scan, &state).map_err(Failure::Config)?;
+    let key = digest_key(config)?;
+    let info = scan(config, &origin, key.as_deref()).await.map_err(Failure::Fatal)?;
+    let dest = sync::load_dest(&store, name, info.info.count()).map_err(Failure::Fatal)?;
+    let plan = sync::plan_for(d, &info, &dest).map_err(Failure::Config)?;
     for action in plan.writes.iter().chain(plan.removals.iter()) {
         use vsync_core::Action;
         match action {
@@ -230,6 +267,7 @@ async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
                 println!("copy   {key} v{version} -> {target} ({reason:?})")
             }
             Action::SyncV1 { key, target } => println!("check  {key} -> {target} (kv1)"),
+            Action::Record { key, .. } => println!("record {key} (metadata only or no live version)"),
             Action::Delete { target, .. } => println!("delete {target}"),
             Action::SoftDelete { target, .. } => println!("soft-delete {target}"),
             Action::Forget { key } => println!("forget {key}"),
@@ -244,58 +282,145 @@ async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Waits for the next cycle; false when a shutdown signal arrived.
+async fn wait_next(interval: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => true,
+        _ = shutdown_signal() => {
+            info!("signal received; stopping");
+            false
+        }
+    }
+}
+
+/// `vsync origin`: scan and publish, every `interval`.
+async fn origin_role(config: &Config, once: bool) -> Result<ExitCode, Failure> {
+    let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
+    let store = setup::file_store("origin", &config.origin.state).map_err(Failure::Config)?;
+    let lock = store.lock_side(sync::ORIGIN_SIDE).map_err(|e| Failure::Fatal(e.into()))?;
+    let key = digest_key(config)?;
+    loop {
+        let result = scan(config, &origin, key.as_deref())
+            .await
+            .and_then(|info| Ok((sync::publish_origin(&store, &lock, &info)?, info)));
+        match result {
+            Ok((changed, info)) => println!(
+                "origin: {} secrets in {} buckets{}",
+                info.info.len(),
+                info.info.count(),
+                if changed { ", published" } else { ", unchanged" }
+            ),
+            Err(e) if once => return Err(Failure::Fatal(e)),
+            Err(e) => error!("{e:#}; nothing published this cycle"),
+        }
+        if once || !wait_next(config.origin.interval).await {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// A destination ready to run cycles.
+struct DestRuntime<'a> {
+    config: &'a vsync_config::Destination,
+    client: vsync_vault::VaultClient,
+    store: vsync_state::FileStore,
+    lock: vsync_state::SideLock,
+}
+
+fn dest_runtime<'a>(d: &'a vsync_config::Destination) -> Result<DestRuntime<'a>, Failure> {
+    let side = format!("destination {}", d.name);
+    let client = setup::vault_client(&side, &d.vault).map_err(Failure::Config)?;
+    let store = setup::file_store(&side, &d.state).map_err(Failure::Config)?;
+    let lock = store
+        .lock_side(&sync::side_name(&d.name))
+        .map_err(|e| Failure::Fatal(e.into()))?;
+    Ok(DestRuntime { config: d, client, store, lock })
+}
+
+/// Runs one cycle of one destination; `Ok(true)` when some secrets failed.
+async fn dest_cycle(
+    rt: &DestRuntime<'_>,
+    origin: &vsync_vault::VaultClient,
+    info: &sync::OriginInfo,
+    flags: sync::CycleFlags,
+) -> Result<bool> {
+    let d = rt.config;
+    let report = tokio::time::timeout(
+        d.timeout,
+        sync::destination_cycle(d, origin, &rt.client, info, &rt.store, &rt.lock, flags),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("cycle timed out after {:?}; nothing committed", d.timeout))
+    .and_then(|r| r)
+    .with_context(|| format!("destination `{}`", d.name))?;
+    println!("destination {}: {report}", d.name);
+    Ok(report.failed > 0)
+}
+
+/// `vsync destination --name NAME`: follow the origin's published info.
+async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Result<ExitCode, Failure> {
+    let d = config
+        .destination(name)
+        .ok_or_else(|| Failure::Config(anyhow::anyhow!("no destination named `{name}` in the config")))?;
+    let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
+    let origin_store = setup::file_store("origin", &config.origin.state).map_err(Failure::Config)?;
+    let rt = dest_runtime(d)?;
+    let flags = args.flags();
+    loop {
+        let outcome = sync::load_origin(&origin_store);
+        let failed = match outcome {
+            Ok(info) => match dest_cycle(&rt, &origin, &info, flags).await {
+                Ok(failed) => failed,
+                Err(e) if args.once => return Err(Failure::Fatal(e)),
+                Err(e) => {
+                    error!("{e:#}");
+                    true
+                }
+            },
+            Err(e) if args.once => return Err(Failure::Fatal(e)),
+            Err(e) => {
+                error!("{e:#}");
+                true
+            }
+        };
+        if args.once {
+            return Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
+        }
+        if !wait_next(d.interval).await {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// `vsync run`: origin and every destination in one process, sharing one scan.
 async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
     if config.destinations.is_empty() {
         return Err(Failure::Config(anyhow::anyhow!("`vsync run` needs at least one [[destination]]")));
     }
     let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
-    let mut dests = Vec::new();
-    for d in &config.destinations {
-        let side = format!("destination {}", d.name);
-        let client = setup::vault_client(&side, &d.vault).map_err(Failure::Config)?;
-        let store = setup::file_store(&side, &d.state).map_err(Failure::Config)?;
-        let lock = store
-            .lock_side(&sync::side_name(&d.name))
-            .map_err(|e| Failure::Fatal(e.into()))?;
-        dests.push((d, client, store, lock));
-    }
-    let flags = sync::CycleFlags {
-        allow_mass_delete: args.allow_mass_delete,
-        allow_origin_change: args.allow_origin_change,
-    };
+    let origin_store = setup::file_store("origin", &config.origin.state).map_err(Failure::Config)?;
+    let origin_lock = origin_store
+        .lock_side(sync::ORIGIN_SIDE)
+        .map_err(|e| Failure::Fatal(e.into()))?;
+    let key = digest_key(config)?;
+    let dests = config.destinations.iter().map(dest_runtime).collect::<Result<Vec<_>, _>>()?;
+    let flags = args.flags();
     let interval = config.destinations.iter().map(|d| d.interval).min().unwrap_or(config.origin.interval);
     loop {
-        let scan = tokio::time::timeout(
-            config.origin.timeout,
-            sync::scan_origin(&origin, &config.origin.mounts, config.origin.workers),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("origin scan timed out after {:?}", config.origin.timeout))
-        .and_then(|r| r)
-        .context("origin scan");
         let mut any_failed = false;
-        match scan {
+        match scan(config, &origin, key.as_deref()).await {
             Err(e) if args.once => return Err(Failure::Fatal(e)),
             Err(e) => {
                 error!("{e:#}; nothing synced this cycle");
                 any_failed = true;
             }
-            Ok(scan) => {
-                info!(secrets = scan.snapshot.len(), mounts = scan.mounts.len(), "origin scanned");
-                for (d, client, store, lock) in &dests {
-                    let cycle = tokio::time::timeout(
-                        d.timeout,
-                        sync::destination_cycle(d, &origin, client, &scan, store, lock, flags),
-                    )
-                    .await
-                    .map_err(|_| anyhow::anyhow!("cycle timed out after {:?}; nothing committed", d.timeout))
-                    .and_then(|r| r)
-                    .with_context(|| format!("destination `{}`", d.name));
-                    match cycle {
-                        Ok(report) => {
-                            println!("destination {}: {report}", d.name);
-                            any_failed |= report.failed > 0;
-                        }
+            Ok(info) => {
+                if let Err(e) = sync::publish_origin(&origin_store, &origin_lock, &info) {
+                    error!("publishing the origin info: {e:#}");
+                }
+                for rt in &dests {
+                    match dest_cycle(rt, &origin, &info, flags).await {
+                        Ok(failed) => any_failed |= failed,
                         Err(e) if args.once => return Err(Failure::Fatal(e)),
                         Err(e) => {
                             error!("{e:#}");
@@ -308,12 +433,8 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
         if args.once {
             return Ok(if any_failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown_signal() => {
-                info!("signal received; stopping");
-                return Ok(ExitCode::SUCCESS);
-            }
+        if !wait_next(interval).await {
+            return Ok(ExitCode::SUCCESS);
         }
     }
 }

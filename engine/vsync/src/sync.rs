@@ -1,7 +1,7 @@
 //! One sync cycle: scan the origin, plan per destination, copy with bounded concurrency, commit
 //! the destination's state only at the end.
 //!
-//! This is the first vertical slice (`versions = "latest"`, file state store, identity paths).
+//! `versions = "latest"`, file state store, identity paths (plugins come with issue 5).
 //! A cycle that fails commits nothing; a cycle with per-secret failures commits the entries of
 //! the secrets that succeeded and keeps the old entries of those that failed.
 
@@ -10,37 +10,50 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 use vsync_config::{Destination, VersionsMode};
+use vsync_core::info::{MetadataDigest, auto_bucket_count, value_hmac};
 use vsync_core::plan::{Action, Plan, PlanOptions};
 use vsync_core::{
-    DestEntry, DestinationState, KvVersion, OriginEntry, OriginSnapshot, SecretKey, Target,
-    normalize_mount, plan_latest,
+    Buckets, DestEntry, Digest, KvVersion, OriginEntry, SecretKey, SyncInfo, Target, normalize_mount,
+    plan_buckets,
 };
-use vsync_state::{FileStore, SideLock, StateError};
-use vsync_vault::{DataRead, MountInfo, SecretData, VaultClient, VaultError};
+use vsync_state::info as state_info;
+use vsync_state::{FileStore, SideLock};
+use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
-/// Format version of the destination state document this build reads and writes.
-pub const DEST_FORMAT: u32 = 1;
+/// The origin's side name in a state store.
+pub const ORIGIN_SIDE: &str = "origin";
 
-/// What the origin scan produced.
+/// What an origin scan produced, or what the origin published.
 #[derive(Debug)]
-pub struct Scan {
-    /// Every secret in the configured mounts.
-    pub snapshot: OriginSnapshot,
-    /// Mount info (kind, UUID) by normalised mount.
-    pub mounts: BTreeMap<String, MountInfo>,
+pub struct OriginInfo {
+    /// Every secret of the configured mounts, in buckets.
+    pub info: SyncInfo,
+    /// Bucket digests.
+    pub digests: Vec<Digest>,
+    /// Origin mount -> UUID.
+    pub mounts: BTreeMap<String, String>,
 }
 
-/// Scans every origin mount completely. Any listing or metadata error fails the whole scan, so
-/// a partial view (which would read as deletes) is never used.
-pub async fn scan_origin(origin: &VaultClient, mounts: &[String], workers: usize) -> Result<Scan> {
-    let mut snapshot = OriginSnapshot::new();
-    let mut infos = BTreeMap::new();
+/// Scans every origin mount completely. Any listing, metadata or value error fails the whole
+/// scan, so a partial view (which would read as deletes) is never published or used.
+///
+/// With `digest_key`, every KV v1 value is read and its HMAC recorded; without, KV v1 entries
+/// carry no digest and destinations compare values themselves.
+pub async fn scan_origin(
+    origin: &VaultClient,
+    mounts: &[String],
+    workers: usize,
+    digest_key: Option<&[u8]>,
+) -> Result<OriginInfo> {
+    let mut entries: Vec<(SecretKey, OriginEntry)> = Vec::new();
+    let mut uuids = BTreeMap::new();
     let now = SystemTime::now();
+    let key: Option<Arc<Vec<u8>>> = digest_key.map(|k| Arc::new(k.to_vec()));
     for m in mounts {
         let mount = normalize_mount(m)?;
         let info = origin
@@ -51,126 +64,165 @@ pub async fn scan_origin(origin: &VaultClient, mounts: &[String], workers: usize
             .list_secrets(&info)
             .await
             .with_context(|| format!("listing origin mount `{mount}`"))?;
-        // Servers without detailed-metadata need one metadata read per KV v2 key.
+        // Servers without detailed-metadata need one metadata read per KV v2 key; keyed KV v1
+        // digests need one value read per key.
         let limit = Arc::new(Semaphore::new(workers.max(1)));
-        let mut fetches = JoinSet::new();
+        let mut fetches: JoinSet<Result<Option<(SecretKey, OriginEntry)>>> = JoinSet::new();
         for item in listed {
-            let key = SecretKey::new(mount.clone(), item.path.clone());
-            match (info.kind, item.metadata) {
-                (KvVersion::V1, _) => {
-                    snapshot.insert(
-                        key,
-                        OriginEntry {
-                            kind: KvVersion::V1,
-                            current_version: 0,
-                            created_time: String::new(),
-                            current_live: true,
-                        },
-                    );
-                }
-                (KvVersion::V2, Some(meta)) => {
-                    snapshot.insert(key, v2_entry(&meta, now));
-                }
-                (KvVersion::V2, None) => {
+            let key_of = SecretKey::new(mount.clone(), item.path.clone());
+            match (info.kind, item.metadata, key.clone()) {
+                (KvVersion::V2, Some(meta), _) => entries.push((key_of, v2_entry(&meta, now))),
+                (KvVersion::V1, _, None) => entries.push((key_of, v1_entry(None))),
+                (kind, _, hmac_key) => {
                     let (client, limit, mount) = (origin.clone(), limit.clone(), mount.clone());
                     fetches.spawn(async move {
                         let _permit = limit.acquire_owned().await;
-                        let meta = client.read_metadata(&mount, &item.path).await;
-                        (key, meta)
+                        let ctx = || format!("reading origin `{mount}{}`", item.path);
+                        if kind == KvVersion::V2 {
+                            // None: deleted between LIST and GET, so not there.
+                            let meta = client.read_metadata(&mount, &item.path).await.with_context(ctx)?;
+                            return Ok(meta.map(|m| (key_of, v2_entry(&m, now))));
+                        }
+                        let value = client.read_v1(&mount, &item.path).await.with_context(ctx)?;
+                        Ok(value.map(|v| {
+                            let digest = hmac_key.map(|k| value_hmac(&k, &canonical_json(&v)));
+                            (key_of, v1_entry(digest))
+                        }))
                     });
                 }
             }
         }
         while let Some(joined) = fetches.join_next().await {
-            let (key, meta) = joined.context("metadata task panicked")?;
-            // None: deleted between LIST and GET, so not there.
-            if let Some(meta) = meta.with_context(|| format!("reading origin metadata of `{key}`"))? {
-                snapshot.insert(key, v2_entry(&meta, now));
+            if let Some(found) = joined.context("origin read task panicked")?? {
+                entries.push(found);
             }
         }
-        infos.insert(mount, info);
+        uuids.insert(mount, info.uuid);
     }
-    Ok(Scan {
-        snapshot,
-        mounts: infos,
+    let info = SyncInfo::from_entries(auto_bucket_count(entries.len()), entries);
+    let digests = info.digests();
+    Ok(OriginInfo {
+        info,
+        digests,
+        mounts: uuids,
     })
 }
 
+/// JSON with sorted keys and no whitespace, so equal values digest equally.
+fn canonical_json(data: &SecretData) -> String {
+    serde_json::from_str::<serde_json::Value>(data.as_json())
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| data.as_json().to_owned())
+}
+
+fn v1_entry(digest: Option<Digest>) -> OriginEntry {
+    OriginEntry {
+        kind: KvVersion::V1,
+        current_version: 0,
+        created_time: String::new(),
+        current_live: true,
+        digest,
+    }
+}
+
 fn v2_entry(meta: &vsync_vault::KvMetadata, now: SystemTime) -> OriginEntry {
+    let digest = MetadataDigest {
+        current_version: meta.current_version,
+        oldest_version: meta.oldest_version,
+        created_time: &meta.created_time,
+        max_versions: meta.max_versions,
+        cas_required: meta.cas_required,
+        delete_version_after: &meta.delete_version_after,
+        custom_metadata: meta
+            .custom_metadata
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        versions: meta
+            .versions
+            .iter()
+            .map(|(n, v)| (*n, v.created_time.as_str(), v.deletion_time.as_str(), v.destroyed))
+            .collect(),
+    }
+    .digest();
     OriginEntry {
         kind: KvVersion::V2,
         current_version: meta.current_version,
         created_time: meta.created_time.clone(),
         current_live: meta.current_is_live_at(now),
+        digest: Some(digest),
     }
 }
 
-/// The destination's document in the state store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DestinationDoc {
-    /// Format version ([`DEST_FORMAT`]).
-    pub format: u32,
-    /// Origin mount UUIDs this destination is bound to.
-    pub origin_mounts: BTreeMap<String, String>,
-    /// What was copied, per origin secret.
-    pub entries: Vec<StoredEntry>,
+/// Publishes the origin info (only complete scans get here). Returns whether anything changed.
+pub fn publish_origin(store: &FileStore, lock: &SideLock, origin: &OriginInfo) -> Result<bool> {
+    Ok(state_info::commit(store, lock, ORIGIN_SIDE, origin.mounts.clone(), None, &origin.info, &origin.digests)?)
 }
 
-/// One entry of [`DestinationDoc`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredEntry {
-    /// Origin secret.
-    pub key: SecretKey,
-    /// What was copied.
-    #[serde(flatten)]
-    pub entry: DestEntry,
+/// Loads what the origin published.
+pub fn load_origin(store: &FileStore) -> Result<OriginInfo> {
+    let loaded = state_info::load::<OriginEntry>(store, ORIGIN_SIDE)?.ok_or_else(|| {
+        anyhow!(
+            "no origin sync info in {} yet: run `vsync origin` (or `vsync run`) first",
+            store.dir().display()
+        )
+    })?;
+    Ok(OriginInfo {
+        digests: loaded.root.digests(),
+        mounts: loaded.root.origin_mounts,
+        info: loaded.buckets,
+    })
 }
 
-impl DestinationDoc {
-    fn state(&self) -> DestinationState {
-        self.entries.iter().map(|e| (e.key.clone(), e.entry.clone())).collect()
-    }
-
-    fn from_state(origin_mounts: BTreeMap<String, String>, state: &DestinationState) -> Self {
-        Self {
-            format: DEST_FORMAT,
-            origin_mounts,
-            entries: state
-                .iter()
-                .map(|(k, e)| StoredEntry {
-                    key: k.clone(),
-                    entry: e.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// Name of a destination's document and lock in the state store.
+/// Name of a destination's side in the state store.
 pub fn side_name(destination: &str) -> String {
     format!("destination-{destination}")
 }
 
-/// Loads a destination's document, refusing unknown format versions.
-pub fn load_doc(store: &FileStore, destination: &str) -> Result<Option<DestinationDoc>> {
-    let name = side_name(destination);
-    let Some(raw) = store.read::<serde_json::Value>(&name)? else {
-        return Ok(None);
-    };
-    let found = raw.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
-    if found != DEST_FORMAT {
-        return Err(StateError::UnknownFormat {
-            path: store.dir().join(format!("{name}.json")),
-            found,
-            supported: DEST_FORMAT,
+/// A destination's own state, in the origin's bucket layout.
+pub struct DestInfo {
+    /// What was copied.
+    pub buckets: Buckets<DestEntry>,
+    /// Their digests.
+    pub digests: Vec<Digest>,
+    /// Origin mount UUIDs this destination is bound to.
+    pub origin_mounts: BTreeMap<String, String>,
+    /// Config hash the entries were made with.
+    pub config_hash: Option<String>,
+}
+
+/// Loads a destination's info, re-bucketed to the origin's layout.
+pub fn load_dest(store: &FileStore, name: &str, bucket_count: u32) -> Result<DestInfo> {
+    Ok(match state_info::load::<DestEntry>(store, &side_name(name))? {
+        None => {
+            let buckets = Buckets::new(bucket_count);
+            DestInfo {
+                digests: buckets.digests(),
+                buckets,
+                origin_mounts: BTreeMap::new(),
+                config_hash: None,
+            }
         }
-        .into());
-    }
-    let doc = serde_json::from_value(raw).map_err(|e| StateError::Corrupt {
-        path: store.dir().join(format!("{name}.json")),
-        message: e.to_string(),
-    })?;
-    Ok(Some(doc))
+        Some(loaded) => {
+            let same_layout = loaded.buckets.count() == bucket_count;
+            let buckets = loaded.buckets.rebucket(bucket_count);
+            DestInfo {
+                digests: if same_layout { loaded.root.digests() } else { buckets.digests() },
+                buckets,
+                origin_mounts: loaded.root.origin_mounts,
+                config_hash: loaded.root.config_hash,
+            }
+        }
+    })
+}
+
+/// Hash of what decides where a destination writes (mount map, transforms, filters): when it
+/// changes, every target is re-checked.
+pub fn config_hash(d: &Destination) -> String {
+    // Debug of these ordered maps is deterministic; this hash only ever meets itself.
+    let text = format!("{:?}|{:?}|{:?}", d.mounts, d.transforms, d.filters);
+    Digest(Sha256::digest(text.as_bytes()).into()).to_hex()
 }
 
 /// Flags of one destination cycle.
@@ -189,7 +241,7 @@ pub struct CycleReport {
     pub added: usize,
     /// Secrets written again (new version, re-created, moved, KV v1 value changed).
     pub updated: usize,
-    /// Secrets checked and found equal (KV v1, or state lost but data equal).
+    /// Secrets checked and found equal (KV v1 without digest, or equal data already there).
     pub checked_equal: usize,
     /// Secrets removed or soft-deleted.
     pub deleted: usize,
@@ -199,15 +251,22 @@ pub struct CycleReport {
     pub skipped: usize,
     /// Per-secret failures.
     pub failed: usize,
-    /// Whether the state document was written.
+    /// Whether the state store was written.
     pub committed: bool,
+    /// Origin data reads during the cycle.
+    pub origin_data_reads: u64,
+    /// Destination data reads during the cycle.
+    pub dest_data_reads: u64,
+    /// Destination writes (data and metadata) during the cycle.
+    pub dest_writes: u64,
 }
 
 impl std::fmt::Display for CycleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} added, {} updated, {} deleted, {} unchanged, {} checked equal, {} skipped, {} failed{}",
+            "{} added, {} updated, {} deleted, {} unchanged, {} checked equal, {} skipped, {} failed{}; \
+             vault requests: {} origin data reads, {} destination data reads, {} destination writes",
             self.added,
             self.updated,
             self.deleted,
@@ -215,7 +274,10 @@ impl std::fmt::Display for CycleReport {
             self.checked_equal,
             self.skipped,
             self.failed,
-            if self.committed { "" } else { " (state unchanged)" }
+            if self.committed { "" } else { " (state unchanged)" },
+            self.origin_data_reads,
+            self.dest_data_reads,
+            self.dest_writes,
         )
     }
 }
@@ -237,7 +299,7 @@ pub fn mount_map(d: &Destination) -> Result<BTreeMap<String, String>> {
 }
 
 /// Plans a destination cycle without touching anything (used by `vsync plan` and the cycle).
-pub fn plan_for(d: &Destination, scan: &Scan, state: &DestinationState) -> Result<Plan> {
+pub fn plan_for(d: &Destination, origin: &OriginInfo, dest: &DestInfo) -> Result<Plan> {
     if d.versions == VersionsMode::All {
         bail!(
             "destination `{}`: versions = \"all\" (exact replica of every version) is not built \
@@ -246,9 +308,13 @@ pub fn plan_for(d: &Destination, scan: &Scan, state: &DestinationState) -> Resul
         );
     }
     let map = mount_map(d)?;
-    Ok(plan_latest(
-        &scan.snapshot,
-        state,
+    let recheck_all = dest.config_hash.as_deref() != Some(config_hash(d).as_str());
+    Ok(plan_buckets(
+        &origin.info,
+        &origin.digests,
+        &dest.buckets,
+        &dest.digests,
+        recheck_all,
         PlanOptions { deletes: d.deletes },
         |k| target_of(&map, k),
     ))
@@ -256,53 +322,51 @@ pub fn plan_for(d: &Destination, scan: &Scan, state: &DestinationState) -> Resul
 
 /// Outcome of one write action.
 enum Done {
-    Wrote(DestEntry),
-    Equal(DestEntry),
+    Wrote,
+    Equal,
+    Recorded,
     Skipped,
 }
 
-/// Runs one destination cycle against an origin scan and commits its state.
+/// Runs one destination cycle against the origin info and commits the destination's info.
 pub async fn destination_cycle(
     d: &Destination,
-    origin: &VaultClient,
-    dest: &VaultClient,
-    scan: &Scan,
+    origin_client: &VaultClient,
+    dest_client: &VaultClient,
+    origin: &OriginInfo,
     store: &FileStore,
     lock: &SideLock,
     flags: CycleFlags,
 ) -> Result<CycleReport> {
-    let old_doc = load_doc(store, &d.name)?;
-    let mut origin_mounts = old_doc.as_ref().map(|doc| doc.origin_mounts.clone()).unwrap_or_default();
-    let mut state = old_doc.as_ref().map(DestinationDoc::state).unwrap_or_default();
+    let origin_before = origin_client.request_counts();
+    let dest_before = dest_client.request_counts();
+    let mut dest = load_dest(store, &d.name, origin.info.count())?;
 
     // Bind to the origin mounts' UUIDs: a re-created mount is a different data set.
-    for (mount, info) in &scan.mounts {
+    let mut origin_mounts = dest.origin_mounts.clone();
+    for (mount, uuid) in &origin.mounts {
         match origin_mounts.get(mount) {
-            Some(uuid) if *uuid != info.uuid && !flags.allow_origin_change => bail!(
-                "destination `{}`: origin mount `{mount}` was re-created (UUID {uuid} is now {}); \
+            Some(old) if old != uuid && !flags.allow_origin_change => bail!(
+                "destination `{}`: origin mount `{mount}` was re-created (UUID {old} is now {uuid}); \
                  refusing to sync. Check the origin, then run once with --allow-origin-change",
-                d.name,
-                info.uuid
+                d.name
             ),
             _ => {
-                origin_mounts.insert(mount.clone(), info.uuid.clone());
+                origin_mounts.insert(mount.clone(), uuid.clone());
             }
         }
     }
 
-    let plan = plan_for(d, scan, &state)?;
+    let plan = plan_for(d, origin, &dest)?;
 
-    // Mass-delete guard.
+    // Mass-delete guard, against the copies the destination holds (not tombstones).
     let deletes = plan.delete_count();
-    if deletes > 10
-        && (deletes as f64) > d.max_delete_ratio * (state.len() as f64)
-        && !flags.allow_mass_delete
-    {
+    let copies = dest.buckets.iter().filter(|(_, e)| e.origin.current_live && (e.origin.kind == KvVersion::V1 || e.origin.current_version > 0)).count();
+    if deletes > 10 && (deletes as f64) > d.max_delete_ratio * (copies as f64) && !flags.allow_mass_delete {
         bail!(
-            "destination `{}`: the plan would delete {deletes} of {} secrets, over max_delete_ratio \
+            "destination `{}`: the plan would delete {deletes} of {copies} secrets, over max_delete_ratio \
              {}; nothing was changed. If this is intended, run once with --allow-mass-delete",
             d.name,
-            state.len(),
             d.max_delete_ratio
         );
     }
@@ -318,11 +382,11 @@ pub async fn destination_cycle(
             | Action::SyncV1 { target, .. }
             | Action::Delete { target, .. }
             | Action::SoftDelete { target, .. } => Some(target.mount.clone()),
-            Action::Forget { .. } => None,
+            Action::Record { .. } | Action::Forget { .. } => None,
         })
         .collect::<std::collections::BTreeSet<_>>();
     for m in mounts_needed {
-        let info = dest
+        let info = dest_client
             .mount_info(&m)
             .await
             .with_context(|| format!("destination `{}` mount `{m}`", d.name))?;
@@ -334,49 +398,51 @@ pub async fn destination_cycle(
         unchanged: plan.unchanged,
         ..Default::default()
     };
-
     let mut not_written = std::collections::HashSet::new();
+
     // Writes, `workers` at a time.
     let limit = Arc::new(Semaphore::new(d.workers.max(1)));
     let mut tasks = JoinSet::new();
     for action in plan.writes.iter().cloned() {
-        let (origin, dest, limit, kinds) = (origin.clone(), dest.clone(), limit.clone(), dest_kinds.clone());
-        let origin_entry = scan.snapshot.get(action.key()).cloned();
-        let is_new = !state.contains_key(action.key());
+        let Some(entry) = origin.info.get(action.key()).cloned() else {
+            continue;
+        };
+        let (oc, dc, limit, kinds) = (origin_client.clone(), dest_client.clone(), limit.clone(), dest_kinds.clone());
+        let is_new = !dest.buckets.get(action.key()).is_some_and(|e| e.origin.current_live);
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let result = run_write(&origin, &dest, &kinds, &action, origin_entry).await;
-            (action, is_new, result)
+            let result = run_write(&oc, &dc, &kinds, &action).await;
+            (action, entry, is_new, result)
         });
     }
     while let Some(joined) = tasks.join_next().await {
-        let (action, is_new, result) = joined.context("copy task panicked")?;
+        let (action, entry, is_new, result) = joined.context("copy task panicked")?;
+        let target = match &action {
+            Action::CopyV2 { target, .. } | Action::SyncV1 { target, .. } | Action::Record { target, .. } => target.clone(),
+            _ => continue,
+        };
         match result {
-            Ok(Done::Wrote(entry)) => {
-                if is_new {
-                    report.added += 1;
-                } else {
-                    report.updated += 1;
-                }
-                state.insert(action.key().clone(), entry);
-            }
-            Ok(Done::Equal(entry)) => {
-                report.checked_equal += 1;
-                state.insert(action.key().clone(), entry);
-            }
             Ok(Done::Skipped) => {
                 report.skipped += 1;
                 not_written.insert(action.key().clone());
+                continue;
             }
+            Ok(Done::Wrote) if is_new => report.added += 1,
+            Ok(Done::Wrote) => report.updated += 1,
+            Ok(Done::Equal) => report.checked_equal += 1,
+            Ok(Done::Recorded) => {}
             Err(e) => {
                 report.failed += 1;
                 not_written.insert(action.key().clone());
-                error!(destination = %d.name, secret = %action.key(), op = op_name(&action), error = %e, "secret failed; it is retried next cycle");
+                error!(destination = %d.name, secret = %action.key(), op = op_name(&action), error = %format!("{e:#}"), "secret failed; it is retried next cycle");
+                continue;
             }
         }
+        dest.buckets.insert(action.key().clone(), DestEntry { origin: entry, target });
     }
 
     // Removals, after every write (a moved secret is never missing at both places).
+    let map = mount_map(d)?;
     for action in &plan.removals {
         let key = action.key();
         if not_written.contains(key) {
@@ -384,44 +450,61 @@ pub async fn destination_cycle(
         }
         let result = match action {
             Action::Delete { target, .. } => match dest_kinds.get(&target.mount) {
-                Some(KvVersion::V2) => dest.delete_metadata(&target.mount, &target.path).await,
-                Some(KvVersion::V1) => dest.delete_v1(&target.mount, &target.path).await,
+                Some(KvVersion::V2) => dest_client.delete_metadata(&target.mount, &target.path).await,
+                Some(KvVersion::V1) => dest_client.delete_v1(&target.mount, &target.path).await,
                 None => Err(VaultError::Config(format!("unknown destination mount `{}`", target.mount))),
             },
             Action::SoftDelete { target, .. } => match dest_kinds.get(&target.mount) {
-                Some(KvVersion::V2) => dest.soft_delete_latest(&target.mount, &target.path).await,
+                Some(KvVersion::V2) => dest_client.soft_delete_latest(&target.mount, &target.path).await,
                 _ => Ok(()), // KV v1 has no soft delete: leave it
             },
             Action::Forget { .. } => Ok(()),
             _ => continue,
         };
-        match result {
-            Ok(()) => {
-                if !matches!(action, Action::Forget { .. }) {
-                    report.deleted += 1;
-                }
-                // Keep the entry of a secret that moved: it now points at its new place.
-                let removed_target = match action {
-                    Action::Delete { target, .. } | Action::SoftDelete { target, .. } => Some(target),
-                    _ => None,
-                };
-                let moved = removed_target.is_some_and(|t| state.get(key).is_some_and(|e| e.target != *t));
-                if !moved {
-                    state.remove(key);
-                }
+        if let Err(e) = result {
+            report.failed += 1;
+            error!(destination = %d.name, secret = %key, op = op_name(action), error = %e, "secret failed; it is retried next cycle");
+            continue;
+        }
+        let removed_target = match action {
+            Action::Delete { target, .. } | Action::SoftDelete { target, .. } => {
+                report.deleted += 1;
+                Some(target.clone())
             }
-            Err(e) => {
-                report.failed += 1;
-                error!(destination = %d.name, secret = %key, op = op_name(action), error = %e, "secret failed; it is retried next cycle");
+            _ => None,
+        };
+        // A secret that moved keeps its entry (it points at the new place now). One still at
+        // the origin, but with no live version, leaves a tombstone so the infos agree.
+        let moved = removed_target
+            .as_ref()
+            .is_some_and(|t| dest.buckets.get(key).is_some_and(|e| e.target != *t));
+        if moved {
+            continue;
+        }
+        match (origin.info.get(key), target_of(&map, key)) {
+            (Some(entry), Some(target)) => {
+                dest.buckets.insert(key.clone(), DestEntry { origin: entry.clone(), target });
+            }
+            _ => {
+                dest.buckets.remove(key);
             }
         }
     }
 
-    let new_doc = DestinationDoc::from_state(origin_mounts, &state);
-    if old_doc.as_ref() != Some(&new_doc) {
-        store.write(lock, &side_name(&d.name), &new_doc)?;
-        report.committed = true;
-    }
+    let digests = dest.buckets.digests();
+    report.committed = state_info::commit(
+        store,
+        lock,
+        &side_name(&d.name),
+        origin_mounts,
+        Some(config_hash(d)),
+        &dest.buckets,
+        &digests,
+    )?;
+    let (o, dc) = (origin_client.request_counts(), dest_client.request_counts());
+    report.origin_data_reads = o.data_reads - origin_before.data_reads;
+    report.dest_data_reads = dc.data_reads - dest_before.data_reads;
+    report.dest_writes = (dc.data_writes + dc.metadata_writes) - (dest_before.data_writes + dest_before.metadata_writes);
     Ok(report)
 }
 
@@ -429,6 +512,7 @@ fn op_name(action: &Action) -> &'static str {
     match action {
         Action::CopyV2 { .. } => "copy",
         Action::SyncV1 { .. } => "sync-kv1",
+        Action::Record { .. } => "record",
         Action::Delete { .. } => "delete",
         Action::SoftDelete { .. } => "soft-delete",
         Action::Forget { .. } => "forget",
@@ -440,10 +524,9 @@ async fn run_write(
     dest: &VaultClient,
     kinds: &HashMap<String, KvVersion>,
     action: &Action,
-    origin_entry: Option<OriginEntry>,
 ) -> Result<Done> {
-    let entry = origin_entry.ok_or_else(|| anyhow!("secret not in the origin scan"))?;
     let (key, target, data) = match action {
+        Action::Record { .. } => return Ok(Done::Recorded),
         Action::CopyV2 { key, version, target, .. } => {
             match origin.read_version(&key.mount, &key.path, *version).await? {
                 DataRead::Live(data, _) => (key, target, data),
@@ -464,14 +547,8 @@ async fn run_write(
         .get(&target.mount)
         .ok_or_else(|| anyhow!("unknown destination mount `{}`", target.mount))?;
     let wrote = write_if_different(dest, kind, target, &data).await?;
-    let done = DestEntry {
-        kind: entry.kind,
-        origin_version: entry.current_version,
-        origin_created_time: entry.created_time,
-        target: target.clone(),
-    };
     info!(secret = %key, target = %target, wrote, "synced");
-    Ok(if wrote { Done::Wrote(done) } else { Done::Equal(done) })
+    Ok(if wrote { Done::Wrote } else { Done::Equal })
 }
 
 /// Writes `data` at `target` unless the destination already holds an equal value.
