@@ -366,7 +366,8 @@ mod tests {
         let base = a.digests();
         let k = SecretKey::new("secret/", "k7");
         let i = bucket_of(&k, 4);
-        let mutations: Vec<Box<dyn Fn(&mut OriginEntry)>> = vec![
+        type Mutation = Box<dyn Fn(&mut OriginEntry)>;
+        let mutations: Vec<Mutation> = vec![
             Box::new(|e| e.current_version += 1),
             Box::new(|e| e.created_time.push('x')),
             Box::new(|e| e.current_live = false),

@@ -508,7 +508,7 @@ mod tests {
         let mut changed = e.clone();
         changed.digest = Some(crate::Digest([0xEE; 32]));
         let plan = plan_latest(&[(k.clone(), changed)].into(), &dest, PlanOptions::default(), identity);
-        assert_eq!(plan.writes, vec![Action::Record { key: k.clone(), target: identity(&k).unwrap() }]);
+        assert_eq!(plan.writes, vec![Action::Record { key: k.clone(), target: identity(&k).expect("target") }]);
     }
 
     #[test]
