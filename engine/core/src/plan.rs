@@ -141,14 +141,34 @@ pub fn plan_latest(
     origin: &OriginSnapshot,
     dest: &DestinationState,
     options: PlanOptions,
+    target_of: impl FnMut(&SecretKey) -> Option<Target>,
+) -> Plan {
+    plan_keys(origin, dest, options, target_of, false)
+}
+
+/// The per-key planner. With `trust_targets` (the destination's configuration is unchanged, so
+/// a key's target is what it was), a key whose origin entry equals the recorded one is
+/// unchanged without computing its target: the common case costs one comparison.
+fn plan_keys(
+    origin: &OriginSnapshot,
+    dest: &DestinationState,
+    options: PlanOptions,
     mut target_of: impl FnMut(&SecretKey) -> Option<Target>,
+    trust_targets: bool,
 ) -> Plan {
     let mut plan = Plan::default();
+    // Both maps are sorted by key: walk them side by side instead of looking every key up.
+    let mut recorded = dest.iter().peekable();
     for (key, entry) in origin {
+        while recorded.next_if(|(k, _)| *k < key).is_some() {}
+        let known = recorded.peek().filter(|(k, _)| *k == key).map(|(_, v)| *v);
+        if trust_targets && entry.digest.is_some() && known.is_some_and(|k| k.origin == *entry) {
+            plan.unchanged += 1;
+            continue;
+        }
         let Some(target) = target_of(key) else {
             continue;
         };
-        let known = dest.get(key);
         if is_gone(entry) {
             // Nothing to copy. The destination records the entry as a tombstone (no copy at
             // the target) so both infos agree bucket by bucket; a copy it still has goes.
@@ -197,8 +217,12 @@ pub fn plan_latest(
             }
         }
     }
+    let mut current = origin.keys().peekable();
     for (key, old) in dest {
-        let in_scope = origin.contains_key(key) && target_of(key).is_some();
+        while current.next_if(|k| *k < key).is_some() {}
+        let at_origin = current.peek().is_some_and(|k| *k == key);
+        // A recorded key was in scope when recorded; with trusted targets it still is.
+        let in_scope = at_origin && (trust_targets || target_of(key).is_some());
         if !in_scope {
             plan.removals.push(if has_copy(old) {
                 removal(key, old, options.deletes, false)
@@ -235,7 +259,7 @@ pub fn plan_buckets(
             plan.unchanged += o.len();
             continue;
         }
-        let part = plan_latest(o, d, options, &mut target_of);
+        let part = plan_keys(o, d, options, &mut target_of, !recheck_all);
         plan.writes.extend(part.writes);
         plan.removals.extend(part.removals);
         plan.unchanged += part.unchanged;
