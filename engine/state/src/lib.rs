@@ -147,27 +147,16 @@ impl FileStore {
     }
 
     /// Writes a document atomically. The caller must hold the side's lock.
-    pub fn write<T: Serialize>(&self, _lock: &SideLock, name: &str, doc: &T) -> Result<()> {
-        let path = self.doc_path(name);
-        let tmp = self.dir.join(format!(".{name}.json.tmp-{}", std::process::id()));
+    pub fn write<T: Serialize>(&self, lock: &SideLock, name: &str, doc: &T) -> Result<()> {
         let bytes = serde_json::to_vec(doc).map_err(|e| StateError::Corrupt {
-            path: path.clone(),
+            path: self.doc_path(name),
             message: e.to_string(),
         })?;
-        {
-            let mut f = File::create(&tmp).map_err(io(&tmp, "create temp file"))?;
-            f.write_all(&bytes).map_err(io(&tmp, "write temp file"))?;
-            f.sync_all().map_err(io(&tmp, "fsync temp file"))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io(&path, "rename into place"))?;
-        // Make the rename itself durable.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir, "fsync directory"))?;
-        Ok(())
+        self.write_raw(lock, name, &bytes)
     }
 
-    /// Writes raw bytes as document `name` atomically (parts are pre-serialised JSON).
+    /// Writes raw bytes as document `name` atomically: temp file, fsync, rename, fsync of the
+    /// directory, so a crash leaves the old or the new version (parts are pre-serialised JSON).
     pub fn write_raw(&self, _lock: &SideLock, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.doc_path(name);
         let parent = path.parent().unwrap_or(&self.dir).to_owned();
