@@ -169,12 +169,12 @@ fn plan_keys(
         let Some(target) = target_of(key) else {
             continue;
         };
-        if is_gone(entry) {
+        if entry.is_gone() {
             // Nothing to copy. The destination records the entry as a tombstone (no copy at
             // the target) so both infos agree bucket by bucket; a copy it still has goes.
             match known {
                 Some(k) if k.origin == *entry && k.target == target => plan.unchanged += 1,
-                Some(k) if has_copy(k) => plan.removals.push(removal(key, k, options.deletes, false)),
+                Some(k) if k.has_copy() => plan.removals.push(removal(key, k, options.deletes, false)),
                 _ => plan.writes.push(Action::Record {
                     key: key.clone(),
                     target,
@@ -183,7 +183,7 @@ fn plan_keys(
             continue;
         }
         // A copy that moved leaves its old place behind.
-        let moved_from = known.filter(|old| old.target != target && has_copy(old));
+        let moved_from = known.filter(|old| old.target != target && old.has_copy());
         if let Some(old) = moved_from {
             plan.removals.push(removal(key, old, options.deletes, true));
         }
@@ -224,7 +224,7 @@ fn plan_keys(
         // A recorded key was in scope when recorded; with trusted targets it still is.
         let in_scope = at_origin && (trust_targets || target_of(key).is_some());
         if !in_scope {
-            plan.removals.push(if has_copy(old) {
+            plan.removals.push(if old.has_copy() {
                 removal(key, old, options.deletes, false)
             } else {
                 Action::Forget { key: key.clone() }
@@ -267,22 +267,13 @@ pub fn plan_buckets(
     plan
 }
 
-/// Whether the destination holds a copy for this entry (not a tombstone).
-fn has_copy(known: &DestEntry) -> bool {
-    !is_gone(&known.origin)
-}
-
-/// A KV v2 secret with no readable current version counts as deleted under `latest`.
-fn is_gone(entry: &OriginEntry) -> bool {
-    entry.kind == KvVersion::V2 && (!entry.current_live || entry.current_version == 0)
-}
 
 fn copy_reason(entry: &OriginEntry, known: Option<&DestEntry>, target: &Target) -> Option<CopyReason> {
     let Some(known) = known else {
         return Some(CopyReason::Add);
     };
     let known_origin = &known.origin;
-    if known_origin.kind != entry.kind || !has_copy(known) {
+    if known_origin.kind != entry.kind || !known.has_copy() {
         return Some(CopyReason::Update);
     }
     if known_origin.created_time != entry.created_time {
@@ -380,7 +371,7 @@ mod tests {
             }
             // A secret still at the origin (but gone) leaves a tombstone.
             match (origin.get(k), dest.get(k)) {
-                (Some(e), Some(old)) if is_gone(e) && !matches!(a, Action::Forget { .. }) => {
+                (Some(e), Some(old)) if e.is_gone() && !matches!(a, Action::Forget { .. }) => {
                     let t = old.target.clone();
                     dest.insert(k.clone(), DestEntry { origin: e.clone(), target: t });
                 }

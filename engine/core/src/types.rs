@@ -86,6 +86,14 @@ pub struct OriginEntry {
     pub digest: Option<crate::info::Digest>,
 }
 
+impl OriginEntry {
+    /// A KV v2 secret with no readable current version (deleted, destroyed, or metadata only):
+    /// there is nothing to copy, and a copy made earlier goes.
+    pub fn is_gone(&self) -> bool {
+        self.kind == KvVersion::V2 && (!self.current_live || self.current_version == 0)
+    }
+}
+
 /// Everything one origin scan saw, keyed by origin secret.
 pub type OriginSnapshot = BTreeMap<SecretKey, OriginEntry>;
 
@@ -98,6 +106,13 @@ pub struct DestEntry {
     pub origin: OriginEntry,
     /// Where the secret was written.
     pub target: Target,
+}
+
+impl DestEntry {
+    /// Whether the destination holds a copy for this entry (it is not a tombstone).
+    pub fn has_copy(&self) -> bool {
+        !self.origin.is_gone()
+    }
 }
 
 impl crate::info::HasOrigin for DestEntry {

@@ -361,7 +361,7 @@ pub async fn destination_cycle(
 
     // Mass-delete guard, against the copies the destination holds (not tombstones).
     let deletes = plan.delete_count();
-    let copies = dest.buckets.iter().filter(|(_, e)| e.origin.current_live && (e.origin.kind == KvVersion::V1 || e.origin.current_version > 0)).count();
+    let copies = dest.buckets.iter().filter(|(_, e)| e.has_copy()).count();
     if deletes > 10 && (deletes as f64) > d.max_delete_ratio * (copies as f64) && !flags.allow_mass_delete {
         bail!(
             "destination `{}`: the plan would delete {deletes} of {copies} secrets, over max_delete_ratio \
