@@ -1,0 +1,1 @@
+//! vsync plugin SDK (being built).

@@ -1,0 +1,1 @@
+//! Dev-only Consul KV emulator (being built).
