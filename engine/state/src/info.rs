@@ -1,10 +1,10 @@
 //! Storing sync info: one small root document per side plus content-addressed bucket parts.
 //!
-//! Layout in the store directory, per side (`origin`, `destination-eu`):
-//! - `<side>.json`: the root ([`InfoRoot`]): format version, generation, bucket count, origin
-//!   mount UUIDs, configuration hash, and per bucket its digest and the names of its parts;
-//! - `<side>.buckets/<sha256 of the part>.json`: a part, a JSON array of `[key, entry]` rows,
-//!   never over [`PART_LIMIT`] bytes (Consul's value limit), however large the bucket.
+//! Per side (`origin`, `destination-eu`; key names per backend in [`crate::store`]):
+//! - the root ([`InfoRoot`]): format version, generation, bucket count, origin mount UUIDs,
+//!   configuration hash, and per bucket its digest and the names of its parts;
+//! - parts named by their SHA-256: a JSON array of `[key, entry]` rows, never over
+//!   [`PART_LIMIT`] bytes (Consul's value limit), however large the bucket.
 //!
 //! A commit writes the parts that do not exist yet, then replaces the root atomically; a commit
 //! that changes nothing writes nothing. Parts referenced by neither the new nor the previous
@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use vsync_core::info::{Buckets, Digest, HasOrigin, INFO_FORMAT, split_for_storage};
 use vsync_core::SecretKey;
 
-use crate::{FileStore, Result, SideLock, StateError};
+use crate::{Result, StateError, StateStore, StoreLock};
 
 /// Largest part written, in bytes (Consul rejects values over 512 KiB).
 pub const PART_LIMIT: usize = 512 * 1024;
@@ -63,73 +63,147 @@ impl InfoRoot {
 pub struct LoadedInfo<T> {
     /// The root.
     pub root: InfoRoot,
+    /// The root's store version (changes with every commit).
+    pub version: u64,
     /// Entries in the root's bucket layout.
     pub buckets: Buckets<T>,
 }
 
-fn part_name(side: &str, hash: &str) -> String {
-    format!("{side}.buckets/{hash}")
+fn corrupt(store: &StateStore, what: String, message: String) -> StateError {
+    StateError::Corrupt {
+        path: format!("{}: {what}", store.describe()).into(),
+        message,
+    }
 }
 
-/// Loads a side's info; `None` if it never committed. An unknown format version is an error.
-pub fn load<T: HasOrigin + DeserializeOwned>(store: &FileStore, side: &str) -> Result<Option<LoadedInfo<T>>> {
-    let Some(raw) = store.read::<serde_json::Value>(side)? else {
-        return Ok(None);
-    };
-    let path = store.dir().join(format!("{side}.json"));
+/// Parses a root, refusing an unknown format version.
+fn parse_root(store: &StateStore, side: &str, bytes: &[u8]) -> Result<InfoRoot> {
+    let raw: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(store, format!("root of `{side}`"), e.to_string()))?;
     let found = raw.get("format").and_then(serde_json::Value::as_u64).unwrap_or(0) as u32;
     if found != INFO_FORMAT {
         return Err(StateError::UnknownFormat {
-            path,
+            path: format!("{}: root of `{side}`", store.describe()).into(),
             found,
             supported: INFO_FORMAT,
         });
     }
-    let root: InfoRoot = serde_json::from_value(raw).map_err(|e| StateError::Corrupt {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    let mut buckets = Buckets::new(root.buckets.len().max(1) as u32);
-    for b in &root.buckets {
-        for part in &b.parts {
-            let name = part_name(side, part);
-            let rows: Vec<(SecretKey, T)> = store.read(&name)?.ok_or_else(|| StateError::Corrupt {
-                path: store.dir().join(format!("{name}.json")),
-                message: "bucket part referenced by the root is missing".into(),
-            })?;
-            for (k, v) in rows {
-                buckets.insert(k, v);
-            }
-        }
-    }
-    Ok(Some(LoadedInfo { root, buckets }))
+    serde_json::from_value(raw).map_err(|e| corrupt(store, format!("root of `{side}`"), e.to_string()))
 }
 
-/// Commits a side's info: new parts first, then the root; GC afterwards. Returns whether
-/// anything was written (a commit equal to the stored one writes nothing).
-pub fn commit<T: HasOrigin + Serialize>(
-    store: &FileStore,
-    lock: &SideLock,
-    side: &str,
+/// Parts fetched at once from Consul (each is one request).
+const PARALLEL_READS: usize = 8;
+
+/// Loads a side's info; `None` if it never committed. An unknown format version is an error.
+///
+/// Reading another side's info races with its writer's garbage collection (which keeps one
+/// previous generation): a part that vanished while loading means a newer root exists, so the
+/// load starts over, a few times, before reporting the part as missing.
+pub async fn load<T>(store: &StateStore, side: &str) -> Result<Option<LoadedInfo<T>>>
+where
+    T: HasOrigin + DeserializeOwned + Send + 'static,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(root_read) = store.read_root(side).await? else {
+            return Ok(None);
+        };
+        let root = parse_root(store, side, &root_read.bytes)?;
+        match load_parts::<T>(store, side, &root).await? {
+            Ok(buckets) => {
+                return Ok(Some(LoadedInfo {
+                    root,
+                    version: root_read.version,
+                    buckets,
+                }));
+            }
+            Err(missing) if attempt >= 3 => {
+                return Err(corrupt(
+                    store,
+                    format!("part {missing} of `{side}`"),
+                    "bucket part referenced by the root is missing".into(),
+                ));
+            }
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Loads every part of a root; `Ok(Err(hash))` names a part that is gone.
+async fn load_parts<T>(store: &StateStore, side: &str, root: &InfoRoot) -> Result<Result<Buckets<T>, String>>
+where
+    T: HasOrigin + DeserializeOwned + Send + 'static,
+{
+    let mut buckets = Buckets::new(root.buckets.len().max(1) as u32);
+    let names: Vec<String> = root.buckets.iter().flat_map(|b| b.parts.iter().cloned()).collect();
+    let mut pending = names.into_iter();
+    let mut tasks = tokio::task::JoinSet::new();
+    let spawn = |tasks: &mut tokio::task::JoinSet<_>, hash: String| {
+        let (store, side) = (store.clone(), side.to_owned());
+        tasks.spawn(async move {
+            let bytes = store.read_part(&side, &hash).await?;
+            let Some(bytes) = bytes else {
+                return Ok::<_, StateError>(Err(hash));
+            };
+            let rows: Vec<(SecretKey, T)> = serde_json::from_slice(&bytes)
+                .map_err(|e| corrupt(&store, format!("part {hash} of `{side}`"), e.to_string()))?;
+            Ok(Ok(rows))
+        });
+    };
+    for hash in pending.by_ref().take(PARALLEL_READS) {
+        spawn(&mut tasks, hash);
+    }
+    let mut missing = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| corrupt(store, format!("parts of `{side}`"), format!("reader task failed: {e}")))?;
+        match result? {
+            Ok(rows) => {
+                for (k, v) in rows {
+                    buckets.insert(k, v);
+                }
+            }
+            Err(hash) => missing = Some(hash),
+        }
+        if missing.is_none()
+            && let Some(hash) = pending.next()
+        {
+            spawn(&mut tasks, hash);
+        }
+    }
+    Ok(match missing {
+        Some(hash) => Err(hash),
+        None => Ok(buckets),
+    })
+}
+
+/// Commits a side's info: new parts first, then the root (a CAS on Consul); GC afterwards.
+/// Returns whether anything was written (a commit equal to the stored one writes nothing).
+pub async fn commit<T: HasOrigin + Serialize>(
+    store: &StateStore,
+    lock: &StoreLock,
     origin_mounts: BTreeMap<String, String>,
     config_hash: Option<String>,
     buckets: &Buckets<T>,
     digests: &[Digest],
 ) -> Result<bool> {
-    let previous: Option<InfoRoot> = store.read(side).ok().flatten();
+    let side = lock.side().to_owned();
+    let previous_read = store.read_root(&side).await?;
+    // An unreadable previous root (older format, corrupt) is replaced, not fatal to a writer.
+    let previous: Option<InfoRoot> = previous_read
+        .as_ref()
+        .and_then(|r| parse_root(store, &side, &r.bytes).ok());
     let mut refs = Vec::with_capacity(buckets.buckets().len());
     let mut to_write = Vec::new();
     for (i, bucket) in buckets.buckets().iter().enumerate() {
         let rows: Vec<(&SecretKey, &T)> = bucket.iter().collect();
-        let chunks = split_for_storage(&rows, PART_LIMIT).map_err(|e| StateError::Corrupt {
-            path: store.dir().join(side),
-            message: e.to_string(),
-        })?;
+        let chunks = split_for_storage(&rows, PART_LIMIT)
+            .map_err(|e| corrupt(store, format!("bucket {i} of `{side}`"), e.to_string()))?;
         let mut parts = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             let hash = Digest(Sha256::digest(chunk.as_bytes()).into()).to_hex();
             parts.push(hash.clone());
-            to_write.push((hash, chunk));
+            to_write.push((hash, chunk.into_bytes()));
         }
         refs.push(BucketRef {
             digest: digests.get(i).copied().unwrap_or_else(|| buckets.digest(i as u32)),
@@ -148,23 +222,34 @@ pub fn commit<T: HasOrigin + Serialize>(
         return Ok(false);
     }
     root.generation += 1;
-    for (hash, chunk) in to_write {
-        let name = part_name(side, &hash);
-        if !store.exists(&name) {
-            store.write_raw(lock, &name, chunk.as_bytes())?;
-        }
+    let root_bytes =
+        serde_json::to_vec(&root).map_err(|e| corrupt(store, format!("root of `{side}`"), e.to_string()))?;
+    if root_bytes.len() > PART_LIMIT {
+        return Err(corrupt(
+            store,
+            format!("root of `{side}`"),
+            format!(
+                "{} bytes over the {PART_LIMIT}-byte value limit: set a smaller `buckets` count",
+                root_bytes.len()
+            ),
+        ));
     }
-    store.write(lock, side, &root)?;
+    store.write_parts(lock, to_write).await?;
+    store
+        .swap_root(lock, &root_bytes, previous_read.as_ref().map(|r| r.version))
+        .await?;
     // Keep the parts of this root and of the previous one (a reader may still hold it).
     let mut keep: HashSet<String> = root.buckets.iter().flat_map(|b| b.parts.iter().cloned()).collect();
     if let Some(p) = &previous {
         keep.extend(p.buckets.iter().flat_map(|b| b.parts.iter().cloned()));
     }
-    for name in store.list(&format!("{side}.buckets"))? {
-        if !keep.contains(&name) {
-            store.remove(&part_name(side, &name))?;
-        }
-    }
+    let stale: Vec<String> = store
+        .list_parts(&side)
+        .await?
+        .into_iter()
+        .filter(|name| !keep.contains(name))
+        .collect();
+    store.remove_parts(lock, stale).await?;
     Ok(true)
 }
 
@@ -174,6 +259,7 @@ mod tests {
     use vsync_core::{KvVersion, OriginEntry, SyncInfo};
 
     use super::*;
+    use crate::FileStore;
 
     fn entry(v: u64) -> OriginEntry {
         OriginEntry {
@@ -185,18 +271,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn commit_load_no_op_and_gc() {
+    #[tokio::test]
+    async fn commit_load_no_op_and_gc() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path()).unwrap();
+        let file = FileStore::open(dir.path()).unwrap();
+        let store = StateStore::File(file.clone());
         let lock = store.lock_side("origin").unwrap();
         let info = SyncInfo::from_entries(4, (0..50).map(|i| (SecretKey::new("secret/", format!("k{i}")), entry(i))));
         let mounts: BTreeMap<String, String> = [("secret/".to_owned(), "uuid-1".to_owned())].into();
-        assert!(commit(&store, &lock, "origin", mounts.clone(), None, &info, &info.digests()).unwrap());
-        let mtime = store.modified("origin");
-        assert!(!commit(&store, &lock, "origin", mounts.clone(), None, &info, &info.digests()).unwrap(), "no change, no write");
-        assert_eq!(store.modified("origin"), mtime);
-        let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").unwrap().unwrap();
+        assert!(commit(&store, &lock, mounts.clone(), None, &info, &info.digests()).await.unwrap());
+        let mtime = file.modified("origin");
+        assert!(!commit(&store, &lock, mounts.clone(), None, &info, &info.digests()).await.unwrap(), "no change, no write");
+        assert_eq!(file.modified("origin"), mtime);
+        let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
         assert_eq!(loaded.buckets, info);
         assert_eq!(loaded.root.digests(), info.digests());
         assert_eq!(loaded.root.origin_mounts, mounts);
@@ -207,21 +294,21 @@ mod tests {
             for i in 0..50 {
                 changed.insert(SecretKey::new("secret/", format!("k{i}")), entry(100 + round * 100 + i));
             }
-            commit(&store, &lock, "origin", mounts.clone(), None, &changed, &changed.digests()).unwrap();
+            commit(&store, &lock, mounts.clone(), None, &changed, &changed.digests()).await.unwrap();
         }
-        let parts = store.list("origin.buckets").unwrap();
+        let parts = file.list("origin.buckets").unwrap();
         assert_eq!(parts.len(), 8, "4 buckets x (current + previous generation)");
-        let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").unwrap().unwrap();
+        let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
         assert_eq!(loaded.root.generation, 3);
         assert_eq!(loaded.buckets, changed);
     }
 
-    #[test]
-    fn unknown_format_is_refused() {
+    #[tokio::test]
+    async fn unknown_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path()).unwrap();
+        let store = StateStore::File(FileStore::open(dir.path()).unwrap());
         std::fs::write(dir.path().join("origin.json"), br#"{"format": 99}"#).unwrap();
-        let err = load::<OriginEntry>(&store, "origin").unwrap_err();
+        let err = load::<OriginEntry>(&store, "origin").await.unwrap_err();
         assert!(matches!(err, StateError::UnknownFormat { found: 99, .. }), "{err}");
     }
 }

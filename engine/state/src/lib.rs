@@ -1,17 +1,26 @@
 //! `vsync-state`: where each side keeps its sync info.
 //!
-//! This first backend is the embedded **file store**: one directory that may hold the origin
-//! side and several destination sides. Each side is locked on its own (an OS file lock held for
-//! the life of the process), so an origin process and destination processes can share the
-//! directory while two writers of the same side cannot. Documents are written atomically (temp
-//! file, fsync, rename, fsync of the directory), so a crash leaves the old or the new version,
-//! never a torn one. The Consul backend and bucketed sync info follow (issue 3).
+//! Two backends behind one interface ([`StateStore`], module [`store`]):
+//! - the embedded **file store** ([`FileStore`]): one directory that may hold the origin side
+//!   and several destination sides. Each side is locked on its own (an OS file lock held for the
+//!   life of the process), so an origin process and destination processes can share the
+//!   directory while two writers of the same side cannot. Documents are written atomically
+//!   (temp file, fsync, rename, fsync of the directory), so a crash leaves the old or the new
+//!   version, never a torn one;
+//! - **Consul KV** ([`consul`]: a thin client; [`ConsulStore`]): content-addressed parts under
+//!   each side's prefix and one root per side swapped with a CAS.
+//!
+//! [`info`] stores bucketed sync info on either.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub mod consul;
 pub mod info;
+pub mod store;
+
+pub use store::{ConsulStore, RootRead, StateStore, StoreLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -57,12 +66,29 @@ pub enum StateError {
         /// Version this build writes.
         supported: u32,
     },
+    /// A Consul request failed.
+    #[error(transparent)]
+    Consul(consul::ConsulError),
+    /// Another writer replaced this side's root since it was read.
+    #[error("{store}: side `{side}` was committed by another writer meanwhile (only one writer per side); nothing of this commit is visible")]
+    Conflict {
+        /// Side name.
+        side: String,
+        /// Store description.
+        store: String,
+    },
+}
+
+impl From<consul::ConsulError> for StateError {
+    fn from(e: consul::ConsulError) -> Self {
+        StateError::Consul(e)
+    }
 }
 
 /// Result alias of this crate.
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
-fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+pub(crate) fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StateError + 'a {
     move |source| StateError::Io {
         path: path.to_owned(),
         action,
@@ -126,7 +152,7 @@ impl FileStore {
         }
     }
 
-    fn doc_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn doc_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.json"))
     }
 

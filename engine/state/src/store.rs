@@ -1,0 +1,351 @@
+//! The state-store interface in sync-info terms, over either backend.
+//!
+//! A side (`origin`, `destination-eu`) owns one small **root** document, replaced atomically,
+//! and immutable content-addressed **parts**. Everything a side writes lives under its own name,
+//! so one side's garbage collection never touches another's.
+//!
+//! | | file store | Consul |
+//! |---|---|---|
+//! | root | `<dir>/<side>.json` | `<prefix><side>/root` |
+//! | part | `<dir>/<side>.buckets/<sha256>.json` | `<prefix><side>/parts/<sha256>` |
+//! | root swap | temp file + fsync + rename | PUT `?cas=<ModifyIndex read before>` |
+//! | one writer per side | OS file lock | the CAS: a second writer's commit fails |
+//! | root version | file modification time (ns) | `ModifyIndex` |
+//! | change notification | short poll of the root's version | blocking query on the root |
+
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use crate::consul::{ConsulClient, ConsulError, MAX_VALUE_SIZE, TXN_MAX_OPS, TxnOp, TxnOutcome};
+use crate::{FileStore, Result, SideLock, StateError};
+
+/// A state store of either kind.
+#[derive(Debug, Clone)]
+pub enum StateStore {
+    /// Embedded directory (one machine).
+    File(FileStore),
+    /// Consul KV.
+    Consul(ConsulStore),
+}
+
+/// Consul backend: a client and the key prefix (ends with `/`).
+#[derive(Debug, Clone)]
+pub struct ConsulStore {
+    client: ConsulClient,
+    prefix: String,
+}
+
+/// Write access to one side: held for the life of the process.
+#[derive(Debug)]
+pub enum StoreLock {
+    /// File store: the OS lock.
+    File(SideLock),
+    /// Consul: commits are guarded by the root's CAS instead.
+    Consul {
+        /// Side name.
+        side: String,
+    },
+}
+
+impl StoreLock {
+    /// The side this lock is for.
+    pub fn side(&self) -> &str {
+        match self {
+            StoreLock::File(l) => l.side(),
+            StoreLock::Consul { side } => side,
+        }
+    }
+}
+
+/// A root as read, with the version a later swap must find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRead {
+    /// The root document.
+    pub bytes: Vec<u8>,
+    /// Its version (opaque; changes with every swap).
+    pub version: u64,
+}
+
+impl ConsulStore {
+    /// A Consul store under `prefix` (a trailing `/` is added when missing).
+    pub fn new(client: ConsulClient, prefix: &str) -> Result<Self> {
+        let mut prefix = prefix.trim_start_matches('/').to_owned();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        if !prefix.is_empty() {
+            crate::consul::validate_key(&prefix, true)?;
+        }
+        Ok(Self { client, prefix })
+    }
+
+    fn root_key(&self, side: &str) -> String {
+        format!("{}{side}/root", self.prefix)
+    }
+
+    fn parts_prefix(&self, side: &str) -> String {
+        format!("{}{side}/parts/", self.prefix)
+    }
+
+    /// The client (for checks and tests).
+    pub fn client(&self) -> &ConsulClient {
+        &self.client
+    }
+}
+
+fn valid_side(side: &str) -> Result<()> {
+    if side.is_empty() || !side.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(StateError::Corrupt {
+            path: side.into(),
+            message: "a side name may only hold letters, digits, `-`, `_` and `.`".into(),
+        });
+    }
+    Ok(())
+}
+
+fn file_version(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+impl StateStore {
+    /// Where this store is, for messages (no token).
+    pub fn describe(&self) -> String {
+        match self {
+            StateStore::File(f) => format!("file store {}", f.dir().display()),
+            StateStore::Consul(c) => format!("consul {} prefix `{}`", c.client.address(), c.prefix),
+        }
+    }
+
+    /// Takes write access to `side` (file store: fails at once if another process holds it).
+    pub fn lock_side(&self, side: &str) -> Result<StoreLock> {
+        valid_side(side)?;
+        match self {
+            StateStore::File(f) => f.lock_side(side).map(StoreLock::File),
+            StateStore::Consul(_) => Ok(StoreLock::Consul { side: side.to_owned() }),
+        }
+    }
+
+    /// Reads a side's root; `None` if the side never committed.
+    pub async fn read_root(&self, side: &str) -> Result<Option<RootRead>> {
+        valid_side(side)?;
+        match self {
+            StateStore::File(f) => {
+                let path = f.doc_path(side);
+                let file = match std::fs::File::open(&path) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(crate::io(&path, "open")(e)),
+                };
+                // Version and bytes from the same open file: a rename in between cannot mix them.
+                let meta = file.metadata().map_err(crate::io(&path, "stat"))?;
+                let bytes = std::io::read_to_string(file).map_err(crate::io(&path, "read"))?;
+                Ok(Some(RootRead {
+                    bytes: bytes.into_bytes(),
+                    version: file_version(&meta),
+                }))
+            }
+            StateStore::Consul(c) => {
+                let read = c.client.get(&c.root_key(side)).await?;
+                Ok(read.data.map(|e| RootRead {
+                    bytes: e.value,
+                    version: e.modify_index,
+                }))
+            }
+        }
+    }
+
+    /// Reads one part of a side; `None` if it is gone.
+    pub async fn read_part(&self, side: &str, hash: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            StateStore::File(f) => {
+                let path = f.doc_path(&part_name(side, hash));
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(crate::io(&path, "read")(e)),
+                }
+            }
+            StateStore::Consul(c) => {
+                let key = format!("{}{hash}", c.parts_prefix(side));
+                Ok(c.client.get(&key).await?.data.map(|e| e.value))
+            }
+        }
+    }
+
+    /// Hashes of the parts a side holds.
+    pub async fn list_parts(&self, side: &str) -> Result<Vec<String>> {
+        match self {
+            StateStore::File(f) => f.list(&format!("{side}.buckets")),
+            StateStore::Consul(c) => {
+                let prefix = c.parts_prefix(side);
+                let keys = c.client.keys(&prefix).await?.data;
+                Ok(keys
+                    .into_iter()
+                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+                    .filter(|k| !k.contains('/'))
+                    .collect())
+            }
+        }
+    }
+
+    /// Writes parts that are not stored yet (they are immutable: same hash, same bytes).
+    /// Consul: batched into transactions within the op and body limits.
+    pub async fn write_parts(&self, lock: &StoreLock, parts: Vec<(String, Vec<u8>)>) -> Result<usize> {
+        let side = lock.side();
+        let existing: std::collections::HashSet<String> = self.list_parts(side).await?.into_iter().collect();
+        let missing: Vec<(String, Vec<u8>)> = parts.into_iter().filter(|(h, _)| !existing.contains(h)).collect();
+        let written = missing.len();
+        match (self, lock) {
+            (StateStore::File(f), StoreLock::File(l)) => {
+                for (hash, bytes) in missing {
+                    f.write_raw(l, &part_name(side, &hash), &bytes)?;
+                }
+            }
+            (StateStore::Consul(c), _) => {
+                let prefix = c.parts_prefix(side);
+                // Leave headroom under the body limit for the JSON around the ops.
+                let budget = MAX_VALUE_SIZE - 16 * 1024;
+                let mut batch: Vec<TxnOp> = Vec::new();
+                let mut cost = 0;
+                for (hash, bytes) in missing {
+                    let op = TxnOp::Set {
+                        key: format!("{prefix}{hash}"),
+                        value: bytes,
+                    };
+                    if op.body_cost() > budget {
+                        // Too big for a txn body once base64-encoded; a plain PUT takes up to
+                        // the value limit itself.
+                        if let TxnOp::Set { key, value } = &op {
+                            c.client.put(key, value).await?;
+                        }
+                        continue;
+                    }
+                    if batch.len() == TXN_MAX_OPS || cost + op.body_cost() > budget {
+                        commit_batch(c, std::mem::take(&mut batch)).await?;
+                        cost = 0;
+                    }
+                    cost += op.body_cost();
+                    batch.push(op);
+                }
+                commit_batch(c, batch).await?;
+            }
+            (StateStore::File(_), StoreLock::Consul { .. }) => {
+                return Err(StateError::Corrupt {
+                    path: side.into(),
+                    message: "a Consul lock was used with a file store".into(),
+                });
+            }
+        }
+        Ok(written)
+    }
+
+    /// Replaces a side's root. `expected` is the version read before (`None`: the side must
+    /// not exist yet). Consul: a CAS; a concurrent writer makes it fail with
+    /// [`StateError::Conflict`]. File store: the side lock already excludes other writers.
+    pub async fn swap_root(&self, lock: &StoreLock, bytes: &[u8], expected: Option<u64>) -> Result<()> {
+        let side = lock.side();
+        match (self, lock) {
+            (StateStore::File(f), StoreLock::File(l)) => f.write_raw(l, side, bytes),
+            (StateStore::Consul(c), _) => {
+                let key = c.root_key(side);
+                if c.client.put_cas(&key, bytes, expected.unwrap_or(0)).await? {
+                    return Ok(());
+                }
+                // A retried PUT whose first attempt landed reads as a failed CAS: accept it
+                // when the stored root is exactly ours.
+                match c.client.get(&key).await?.data {
+                    Some(e) if e.value == bytes => Ok(()),
+                    _ => Err(StateError::Conflict {
+                        side: side.to_owned(),
+                        store: self.describe(),
+                    }),
+                }
+            }
+            (StateStore::File(_), StoreLock::Consul { .. }) => Err(StateError::Corrupt {
+                path: side.into(),
+                message: "a Consul lock was used with a file store".into(),
+            }),
+        }
+    }
+
+    /// Removes parts of a side (missing ones are fine).
+    pub async fn remove_parts(&self, lock: &StoreLock, hashes: Vec<String>) -> Result<()> {
+        let side = lock.side();
+        match self {
+            StateStore::File(f) => {
+                for h in hashes {
+                    f.remove(&part_name(side, &h))?;
+                }
+            }
+            StateStore::Consul(c) => {
+                let prefix = c.parts_prefix(side);
+                for chunk in hashes.chunks(TXN_MAX_OPS) {
+                    let ops = chunk
+                        .iter()
+                        .map(|h| TxnOp::Delete {
+                            key: format!("{prefix}{h}"),
+                        })
+                        .collect();
+                    commit_batch(c, ops).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the root of `side` may have changed since `cursor` (0: return at once) or
+    /// `wait` passed. Returns the root's version now (0: absent) and the cursor for the next
+    /// call. May return with no change (Consul allows spurious wake-ups): callers compare
+    /// versions. A Consul index that went backwards (snapshot restore) resets the cursor.
+    pub async fn watch_root(&self, side: &str, cursor: u64, wait: Duration) -> Result<(u64, u64)> {
+        valid_side(side)?;
+        match self {
+            StateStore::File(f) => {
+                let path = f.doc_path(side);
+                let deadline = Instant::now() + wait;
+                loop {
+                    let now = std::fs::metadata(&path).map(|m| file_version(&m)).unwrap_or(0);
+                    if cursor == 0 || now != cursor || Instant::now() >= deadline {
+                        return Ok((now, now.max(1)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100).min(wait)).await;
+                }
+            }
+            StateStore::Consul(c) => {
+                let read = if cursor == 0 {
+                    c.client.get(&c.root_key(side)).await?
+                } else {
+                    c.client.get_blocking(&c.root_key(side), cursor, wait).await?
+                };
+                let next = if read.index < cursor { 0 } else { read.index.max(1) };
+                Ok((read.data.map_or(0, |e| e.modify_index), next))
+            }
+        }
+    }
+}
+
+async fn commit_batch(c: &ConsulStore, ops: Vec<TxnOp>) -> Result<()> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    match c.client.txn(&ops).await? {
+        TxnOutcome::Committed(_) => Ok(()),
+        TxnOutcome::RolledBack(errors) => Err(StateError::Consul(ConsulError::Status {
+            op: "txn",
+            key: c.prefix.clone(),
+            status: 409,
+            message: errors
+                .iter()
+                .map(|(i, w)| format!("op {i}: {w}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })),
+    }
+}
+
+/// File-store name of a part.
+pub(crate) fn part_name(side: &str, hash: &str) -> String {
+    format!("{side}.buckets/{hash}")
+}
