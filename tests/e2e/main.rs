@@ -32,10 +32,16 @@ fn data(v: serde_json::Value) -> SecretData {
     SecretData::from_json(&v.to_string()).unwrap()
 }
 
-/// Writes a config for origin `a` -> destination `b` (named `eu`), both mounts mapped.
+/// Writes a config for origin `a` -> destination `b` (named `eu`), both mounts mapped, with a
+/// file state store in `dir/state`.
 fn config(dir: &Path, a: &Bao, b: &Bao, extra: &str) -> PathBuf {
+    let state = format!("{{ backend = \"file\", path = \"{}\" }}", dir.join("state").display());
+    config_with_state(dir, a, b, extra, &state)
+}
+
+/// Like [`config`], with the given state table for both sides.
+fn config_with_state(dir: &Path, a: &Bao, b: &Bao, extra: &str, state: &str) -> PathBuf {
     let path = dir.join("vsync.toml");
-    let state = dir.join("state");
     std::fs::write(
         &path,
         format!(
@@ -43,19 +49,18 @@ fn config(dir: &Path, a: &Bao, b: &Bao, extra: &str) -> PathBuf {
 [origin]
 vault = {{ address = "{}", token = "{DEV_ROOT_TOKEN}" }}
 mounts = ["secret/", "kv1/"]
-state = {{ backend = "file", path = "{state}" }}
+state = {state}
 
 [[destination]]
 name = "eu"
 vault = {{ address = "{}", token_env = "VSYNC_E2E_DEST_TOKEN" }}
 mounts = {{ "secret/" = "secret/", "kv1/" = "kv1/" }}
-state = {{ backend = "file", path = "{state}" }}
+state = {state}
 versions = "latest"
 {extra}
 "#,
             a.addr(),
             b.addr(),
-            state = state.display()
         ),
     )
     .unwrap();
@@ -245,8 +250,68 @@ fn cli_surface_and_config_errors() {
     assert!(text(&out).contains("not built yet"), "{}", text(&out));
 }
 
+/// Where the separate-process test keeps its state.
+enum Backend {
+    File,
+    Consul(vsync_consul_emulator::Emulator),
+}
+
+impl Backend {
+    fn state_table(&self, dir: &Path) -> String {
+        match self {
+            Backend::File => format!("{{ backend = \"file\", path = \"{}\" }}", dir.join("state").display()),
+            Backend::Consul(emu) => {
+                std::fs::write(dir.join("consul.token"), "not-used-by-the-emulator\n").unwrap();
+                format!(
+                    "{{ backend = \"consul\", address = \"{}\", prefix = \"vsync-e2e/\", token_file = \"{}\", datacenter = \"dc1\" }}",
+                    emu.url(),
+                    dir.join("consul.token").display()
+                )
+            }
+        }
+    }
+
+    /// Every stored document: name -> content.
+    fn documents(&self, dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        match self {
+            Backend::File => walk(&dir.join("state"))
+                .into_iter()
+                .filter(|p| !p.to_string_lossy().ends_with(".lock"))
+                .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+                .collect(),
+            Backend::Consul(emu) => emu.keys("").into_iter().map(|k| (k.clone(), emu.get(&k).unwrap())).collect(),
+        }
+    }
+
+    /// A token of state writes: file modification times, or the emulator's write count.
+    fn writes(&self, dir: &Path) -> String {
+        match self {
+            Backend::File => {
+                let mut v: Vec<_> = walk(&dir.join("state"))
+                    .into_iter()
+                    .filter(|p| !p.to_string_lossy().ends_with(".lock"))
+                    .map(|p| format!("{} {:?}", p.display(), std::fs::metadata(&p).unwrap().modified().unwrap()))
+                    .collect();
+                v.sort();
+                v.join("\n")
+            }
+            Backend::Consul(emu) => format!("{} writes", emu.stats().writes),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_and_destination_as_separate_processes() {
+    separate_processes(Backend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_and_destination_as_separate_processes_over_consul() {
+    println!("Consul state store: the in-process emulator (tests/consul-emulator)");
+    separate_processes(Backend::Consul(vsync_consul_emulator::Emulator::start())).await;
+}
+
+async fn separate_processes(backend: Backend) {
     let (a, mut b) = (Bao::dev(), Bao::dev());
     a.enable_kv("kv1", 1);
     b.enable_kv("kv1", 1);
@@ -258,7 +323,7 @@ async fn origin_and_destination_as_separate_processes() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("digest.key");
     std::fs::write(&key, b"0123456789abcdef0123456789abcdef").unwrap();
-    let cfg = config(dir.path(), &a, &b, "");
+    let cfg = config_with_state(dir.path(), &a, &b, "", &backend.state_table(dir.path()));
     // The digest key is an origin setting.
     let text_cfg = std::fs::read_to_string(&cfg).unwrap().replacen(
         "mounts = [\"secret/\", \"kv1/\"]",
@@ -285,22 +350,18 @@ async fn origin_and_destination_as_separate_processes() {
     assert!(text(&out).contains("120 added"), "{}", text(&out));
     assert_eq!(contents(&cb).await, contents(&ca).await);
 
-    // The origin info holds no values: the KV v1 digests are keyed HMACs.
-    let state = dir.path().join("state");
-    for entry in std::fs::read_dir(state.join("origin.buckets")).unwrap() {
-        let part = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        assert!(!part.contains("\"v1\"") && !part.contains(DEV_ROOT_TOKEN));
+    // The state holds no values (KV v1 digests are keyed HMACs) and no tokens.
+    let docs = backend.documents(dir.path());
+    assert!(docs.keys().any(|k| k.contains("origin")) && docs.keys().any(|k| k.contains("destination-eu")), "{:?}", docs.keys());
+    for (name, doc) in &docs {
+        let doc = String::from_utf8_lossy(doc);
+        assert!(!doc.contains("\"v1\"") && !doc.contains(DEV_ROOT_TOKEN) && !doc.contains("not-used-by"), "{name}");
     }
 
     // No change: the destination makes zero Vault data reads or writes, writes no state.
-    let snapshot = |d: &Path| -> Vec<(String, std::time::SystemTime)> {
-        let mut v: Vec<_> = walk(d).into_iter().map(|p| (p.display().to_string(), std::fs::metadata(&p).unwrap().modified().unwrap())).collect();
-        v.sort();
-        v
-    };
     let out = run(&["origin", "--once"]);
     assert!(text(&out).contains("unchanged"), "{}", text(&out));
-    let before = snapshot(&state);
+    let before = backend.writes(dir.path());
     let out = run(&["destination", "--name", "eu", "--once"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -309,7 +370,7 @@ async fn origin_and_destination_as_separate_processes() {
         text(&out)
     );
     assert!(text(&out).contains("(state unchanged)"), "{}", text(&out));
-    assert_eq!(snapshot(&state), before, "no state writes");
+    assert_eq!(backend.writes(dir.path()), before, "no state writes");
 
     // Changes flow through a restart of both processes without re-copying the rest.
     ca.write_version("secret/", &odd_name(1), &data(json!({"i": "changed"})), 1).await.unwrap();
@@ -324,12 +385,10 @@ async fn origin_and_destination_as_separate_processes() {
     ca.write_version("secret/", &odd_name(3), &data(json!({"i": "again"})), 1).await.unwrap();
     assert!(run(&["origin", "--once"]).status.success());
     b.stop();
-    let before = snapshot(&state);
+    let before = backend.writes(dir.path());
     let out = run(&["destination", "--name", "eu", "--once"]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    let after: Vec<_> = snapshot(&state).into_iter().filter(|(p, _)| !p.ends_with(".lock")).collect();
-    let before: Vec<_> = before.into_iter().filter(|(p, _)| !p.ends_with(".lock")).collect();
-    assert_eq!(after, before, "nothing committed");
+    assert_eq!(backend.writes(dir.path()), before, "nothing committed");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

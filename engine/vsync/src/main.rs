@@ -240,7 +240,7 @@ fn digest_key(config: &Config) -> Result<Option<Vec<u8>>, Failure> {
 async fn scan(config: &Config, origin: &vsync_vault::VaultClient, key: Option<&[u8]>) -> Result<sync::OriginInfo> {
     let info = tokio::time::timeout(
         config.origin.timeout,
-        sync::scan_origin(origin, &config.origin.mounts, config.origin.workers, key),
+        sync::scan_origin(origin, &config.origin.mounts, config.origin.workers, key, setup::bucket_count(&config.origin.state)?),
     )
     .await
     .map_err(|_| anyhow::anyhow!("origin scan timed out after {:?}", config.origin.timeout))
@@ -255,10 +255,10 @@ async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
         .destination(name)
         .ok_or_else(|| Failure::Config(anyhow::anyhow!("no destination named `{name}` in the config")))?;
     let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
-    let store = setup::file_store(&format!("destination {name}"), &d.state).map_err(Failure::Config)?;
+    let store = setup::state_store(&format!("destination {name}"), &d.state).map_err(Failure::Config)?;
     let key = digest_key(config)?;
     let info = scan(config, &origin, key.as_deref()).await.map_err(Failure::Fatal)?;
-    let dest = sync::load_dest(&store, name, info.info.count()).map_err(Failure::Fatal)?;
+    let dest = sync::load_dest(&store, name, info.info.count()).await.map_err(Failure::Fatal)?;
     let plan = sync::plan_for(d, &info, &dest).map_err(Failure::Config)?;
     for action in plan.writes.iter().chain(plan.removals.iter()) {
         use vsync_core::Action;
@@ -296,13 +296,15 @@ async fn wait_next(interval: std::time::Duration) -> bool {
 /// `vsync origin`: scan and publish, every `interval`.
 async fn origin_role(config: &Config, once: bool) -> Result<ExitCode, Failure> {
     let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
-    let store = setup::file_store("origin", &config.origin.state).map_err(Failure::Config)?;
+    let store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
     let lock = store.lock_side(sync::ORIGIN_SIDE).map_err(|e| Failure::Fatal(e.into()))?;
     let key = digest_key(config)?;
     loop {
-        let result = scan(config, &origin, key.as_deref())
-            .await
-            .and_then(|info| Ok((sync::publish_origin(&store, &lock, &info)?, info)));
+        let result = match scan(config, &origin, key.as_deref()).await {
+            Ok(info) => sync::publish_origin(&store, &lock, &info).await.map(|changed| (changed, info)),
+            Err(e) => Err(e),
+        };
+            
         match result {
             Ok((changed, info)) => println!(
                 "origin: {} secrets in {} buckets{}",
@@ -323,14 +325,14 @@ async fn origin_role(config: &Config, once: bool) -> Result<ExitCode, Failure> {
 struct DestRuntime<'a> {
     config: &'a vsync_config::Destination,
     client: vsync_vault::VaultClient,
-    store: vsync_state::FileStore,
-    lock: vsync_state::SideLock,
+    store: vsync_state::StateStore,
+    lock: vsync_state::StoreLock,
 }
 
 fn dest_runtime<'a>(d: &'a vsync_config::Destination) -> Result<DestRuntime<'a>, Failure> {
     let side = format!("destination {}", d.name);
     let client = setup::vault_client(&side, &d.vault).map_err(Failure::Config)?;
-    let store = setup::file_store(&side, &d.state).map_err(Failure::Config)?;
+    let store = setup::state_store(&side, &d.state).map_err(Failure::Config)?;
     let lock = store
         .lock_side(&sync::side_name(&d.name))
         .map_err(|e| Failure::Fatal(e.into()))?;
@@ -363,11 +365,11 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
         .destination(name)
         .ok_or_else(|| Failure::Config(anyhow::anyhow!("no destination named `{name}` in the config")))?;
     let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
-    let origin_store = setup::file_store("origin", &config.origin.state).map_err(Failure::Config)?;
+    let origin_store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
     let rt = dest_runtime(d)?;
     let flags = args.flags();
     loop {
-        let outcome = sync::load_origin(&origin_store);
+        let outcome = sync::load_origin(&origin_store).await;
         let failed = match outcome {
             Ok(info) => match dest_cycle(&rt, &origin, &info, flags).await {
                 Ok(failed) => failed,
@@ -398,7 +400,7 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
         return Err(Failure::Config(anyhow::anyhow!("`vsync run` needs at least one [[destination]]")));
     }
     let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
-    let origin_store = setup::file_store("origin", &config.origin.state).map_err(Failure::Config)?;
+    let origin_store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
     let origin_lock = origin_store
         .lock_side(sync::ORIGIN_SIDE)
         .map_err(|e| Failure::Fatal(e.into()))?;
@@ -415,7 +417,7 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
                 any_failed = true;
             }
             Ok(info) => {
-                if let Err(e) = sync::publish_origin(&origin_store, &origin_lock, &info) {
+                if let Err(e) = sync::publish_origin(&origin_store, &origin_lock, &info).await {
                     error!("publishing the origin info: {e:#}");
                 }
                 for rt in &dests {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use vsync_config::{StateSettings, VaultSettings};
-use vsync_state::FileStore;
+use vsync_state::consul::{ConsulClient, ConsulConfig, ConsulToken};
+use vsync_state::{ConsulStore, FileStore, StateStore};
 use vsync_vault::{Token, VaultClient, VaultConfig};
 
 /// Resolves the token source of a Vault side. `side` names it in errors ("origin", "destination eu").
@@ -43,13 +44,76 @@ pub fn vault_client(side: &str, v: &VaultSettings) -> Result<VaultClient> {
 }
 
 /// Opens the state store of one side.
-pub fn file_store(side: &str, s: &StateSettings) -> Result<FileStore> {
+pub fn state_store(side: &str, s: &StateSettings) -> Result<StateStore> {
     match s {
-        StateSettings::File { path } => {
-            FileStore::open(path).with_context(|| format!("{side} state store"))
+        StateSettings::File { path } => Ok(StateStore::File(
+            FileStore::open(path).with_context(|| format!("{side} state store"))?,
+        )),
+        StateSettings::Consul {
+            address,
+            prefix,
+            token,
+            token_file,
+            token_env,
+            datacenter,
+            ca_cert,
+            client_cert,
+            client_key,
+            buckets: _,
+        } => {
+            let mut cfg = ConsulConfig::new(address.clone());
+            cfg.datacenter = datacenter.clone();
+            cfg.token = if let Some(t) = token {
+                Some(ConsulToken::new(t.clone()))
+            } else if let Some(path) = token_file {
+                let t = std::fs::read_to_string(path)
+                    .with_context(|| format!("{side} state: cannot read token_file {}", path.display()))?;
+                if t.trim().is_empty() {
+                    bail!("{side} state: token_file {} is empty", path.display());
+                }
+                Some(ConsulToken::new(t))
+            } else if let Some(var) = token_env {
+                let t = std::env::var(var)
+                    .with_context(|| format!("{side} state: environment variable `{var}` (token_env) is not set"))?;
+                Some(ConsulToken::new(t))
+            } else {
+                None
+            };
+            if let Some(ca) = ca_cert {
+                cfg.ca_cert_pem = Some(
+                    std::fs::read(ca).with_context(|| format!("{side} state: cannot read ca_cert {}", ca.display()))?,
+                );
+            }
+            match (client_cert, client_key) {
+                (Some(c), Some(k)) => {
+                    let mut pem = std::fs::read(c)
+                        .with_context(|| format!("{side} state: cannot read client_cert {}", c.display()))?;
+                    pem.push(b'\n');
+                    pem.extend(
+                        std::fs::read(k).with_context(|| format!("{side} state: cannot read client_key {}", k.display()))?,
+                    );
+                    cfg.client_identity_pem = Some(pem);
+                }
+                (None, None) => {}
+                _ => bail!("{side} state: client_cert and client_key go together"),
+            }
+            let client = ConsulClient::new(cfg).with_context(|| format!("{side} state: consul at {address}"))?;
+            Ok(StateStore::Consul(
+                ConsulStore::new(client, prefix).with_context(|| format!("{side} state: prefix `{prefix}`"))?,
+            ))
         }
-        StateSettings::Consul { .. } => {
-            bail!("{side} state: the Consul backend is not built yet (issue 3); use backend = \"file\"")
+    }
+}
+
+/// The origin's configured bucket count, if any (`buckets` in a Consul state block).
+pub fn bucket_count(s: &StateSettings) -> Result<Option<u32>> {
+    match s {
+        StateSettings::Consul { buckets: Some(n), .. } => {
+            if *n == 0 || *n > 1 << 20 {
+                bail!("origin state: buckets = {n} is out of range (1 to 1048576)");
+            }
+            Ok(Some(*n))
         }
+        _ => Ok(None),
     }
 }

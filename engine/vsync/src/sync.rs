@@ -1,7 +1,7 @@
 //! One sync cycle: scan the origin, plan per destination, copy with bounded concurrency, commit
 //! the destination's state only at the end.
 //!
-//! `versions = "latest"`, file state store, identity paths (plugins come with issue 5).
+//! `versions = "latest"`, file or Consul state store, identity paths (plugins come with issue 5).
 //! A cycle that fails commits nothing; a cycle with per-secret failures commits the entries of
 //! the secrets that succeeded and keeps the old entries of those that failed.
 
@@ -22,7 +22,7 @@ use vsync_core::{
     plan_buckets,
 };
 use vsync_state::info as state_info;
-use vsync_state::{FileStore, SideLock};
+use vsync_state::{StateStore, StoreLock};
 use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
 /// The origin's side name in a state store.
@@ -49,6 +49,7 @@ pub async fn scan_origin(
     mounts: &[String],
     workers: usize,
     digest_key: Option<&[u8]>,
+    buckets: Option<u32>,
 ) -> Result<OriginInfo> {
     let mut entries: Vec<(SecretKey, OriginEntry)> = Vec::new();
     let mut uuids = BTreeMap::new();
@@ -99,7 +100,8 @@ pub async fn scan_origin(
         }
         uuids.insert(mount, info.uuid);
     }
-    let info = SyncInfo::from_entries(auto_bucket_count(entries.len()), entries);
+    let count = buckets.unwrap_or_else(|| auto_bucket_count(entries.len()));
+    let info = SyncInfo::from_entries(count, entries);
     let digests = info.digests();
     Ok(OriginInfo {
         info,
@@ -156,16 +158,16 @@ fn v2_entry(meta: &vsync_vault::KvMetadata, now: SystemTime) -> OriginEntry {
 }
 
 /// Publishes the origin info (only complete scans get here). Returns whether anything changed.
-pub fn publish_origin(store: &FileStore, lock: &SideLock, origin: &OriginInfo) -> Result<bool> {
-    Ok(state_info::commit(store, lock, ORIGIN_SIDE, origin.mounts.clone(), None, &origin.info, &origin.digests)?)
+pub async fn publish_origin(store: &StateStore, lock: &StoreLock, origin: &OriginInfo) -> Result<bool> {
+    Ok(state_info::commit(store, lock, origin.mounts.clone(), None, &origin.info, &origin.digests).await?)
 }
 
 /// Loads what the origin published.
-pub fn load_origin(store: &FileStore) -> Result<OriginInfo> {
-    let loaded = state_info::load::<OriginEntry>(store, ORIGIN_SIDE)?.ok_or_else(|| {
+pub async fn load_origin(store: &StateStore) -> Result<OriginInfo> {
+    let loaded = state_info::load::<OriginEntry>(store, ORIGIN_SIDE).await?.ok_or_else(|| {
         anyhow!(
             "no origin sync info in {} yet: run `vsync origin` (or `vsync run`) first",
-            store.dir().display()
+            store.describe()
         )
     })?;
     Ok(OriginInfo {
@@ -193,8 +195,8 @@ pub struct DestInfo {
 }
 
 /// Loads a destination's info, re-bucketed to the origin's layout.
-pub fn load_dest(store: &FileStore, name: &str, bucket_count: u32) -> Result<DestInfo> {
-    Ok(match state_info::load::<DestEntry>(store, &side_name(name))? {
+pub async fn load_dest(store: &StateStore, name: &str, bucket_count: u32) -> Result<DestInfo> {
+    Ok(match state_info::load::<DestEntry>(store, &side_name(name)).await? {
         None => {
             let buckets = Buckets::new(bucket_count);
             DestInfo {
@@ -334,13 +336,13 @@ pub async fn destination_cycle(
     origin_client: &VaultClient,
     dest_client: &VaultClient,
     origin: &OriginInfo,
-    store: &FileStore,
-    lock: &SideLock,
+    store: &StateStore,
+    lock: &StoreLock,
     flags: CycleFlags,
 ) -> Result<CycleReport> {
     let origin_before = origin_client.request_counts();
     let dest_before = dest_client.request_counts();
-    let mut dest = load_dest(store, &d.name, origin.info.count())?;
+    let mut dest = load_dest(store, &d.name, origin.info.count()).await?;
 
     // Bind to the origin mounts' UUIDs: a re-created mount is a different data set.
     let mut origin_mounts = dest.origin_mounts.clone();
@@ -492,15 +494,7 @@ pub async fn destination_cycle(
     }
 
     let digests = dest.buckets.digests();
-    report.committed = state_info::commit(
-        store,
-        lock,
-        &side_name(&d.name),
-        origin_mounts,
-        Some(config_hash(d)),
-        &dest.buckets,
-        &digests,
-    )?;
+    report.committed = state_info::commit(store, lock, origin_mounts, Some(config_hash(d)), &dest.buckets, &digests).await?;
     let (o, dc) = (origin_client.request_counts(), dest_client.request_counts());
     report.origin_data_reads = o.data_reads - origin_before.data_reads;
     report.dest_data_reads = dc.data_reads - dest_before.data_reads;
