@@ -12,7 +12,7 @@ pub mod types;
 
 pub use path::{PathError, join_mount, normalize_mount, validate_relative_path};
 pub use info::{Buckets, Digest, SyncInfo};
-pub use plan::{Action, CopyReason, Plan, PlanOptions, plan_buckets, plan_latest};
+pub use plan::{Action, CopyReason, Mapping, Plan, PlanOptions, plan_buckets, plan_latest};
 pub use types::{
     DeletePolicy, DestEntry, DestinationState, KvVersion, OriginEntry, OriginSnapshot, SecretKey,
     Target, VersionsMode,

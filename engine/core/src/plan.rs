@@ -109,6 +109,8 @@ pub struct Plan {
     pub removals: Vec<Action>,
     /// Secrets in scope that need nothing this cycle.
     pub unchanged: usize,
+    /// Secrets whose mapping failed (left untouched this cycle).
+    pub failed: Vec<SecretKey>,
 }
 
 impl Plan {
@@ -126,6 +128,25 @@ impl Plan {
     }
 }
 
+/// Where one origin secret goes in a destination, as decided by the mount map, filters and
+/// transformers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapping {
+    /// Written at this target.
+    To(Target),
+    /// Out of scope (mount not mapped, or a filter excludes it): a copy is removed.
+    OutOfScope,
+    /// The mapping failed for this path (a plugin error): the secret is left as it is this
+    /// cycle (neither copied nor removed) and reported in [`Plan::failed`].
+    Failed,
+}
+
+impl From<Option<Target>> for Mapping {
+    fn from(t: Option<Target>) -> Self {
+        t.map_or(Mapping::OutOfScope, Mapping::To)
+    }
+}
+
 /// Knobs of the planner.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlanOptions {
@@ -137,11 +158,11 @@ pub struct PlanOptions {
 ///
 /// `target_of` maps an origin secret to where this destination writes it, or `None` when the
 /// secret is out of scope (its mount is not mapped, or a filter excludes it).
-pub fn plan_latest(
+pub fn plan_latest<M: Into<Mapping>>(
     origin: &OriginSnapshot,
     dest: &DestinationState,
     options: PlanOptions,
-    target_of: impl FnMut(&SecretKey) -> Option<Target>,
+    target_of: impl FnMut(&SecretKey) -> M,
 ) -> Plan {
     plan_keys(origin, dest, options, target_of, false)
 }
@@ -149,11 +170,11 @@ pub fn plan_latest(
 /// The per-key planner. With `trust_targets` (the destination's configuration is unchanged, so
 /// a key's target is what it was), a key whose origin entry equals the recorded one is
 /// unchanged without computing its target: the common case costs one comparison.
-fn plan_keys(
+fn plan_keys<M: Into<Mapping>>(
     origin: &OriginSnapshot,
     dest: &DestinationState,
     options: PlanOptions,
-    mut target_of: impl FnMut(&SecretKey) -> Option<Target>,
+    mut target_of: impl FnMut(&SecretKey) -> M,
     trust_targets: bool,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -166,8 +187,13 @@ fn plan_keys(
             plan.unchanged += 1;
             continue;
         }
-        let Some(target) = target_of(key) else {
-            continue;
+        let target = match target_of(key).into() {
+            Mapping::To(t) => t,
+            Mapping::OutOfScope => continue,
+            Mapping::Failed => {
+                plan.failed.push(key.clone());
+                continue;
+            }
         };
         if entry.is_gone() {
             // Nothing to copy. The destination records the entry as a tombstone (no copy at
@@ -222,7 +248,8 @@ fn plan_keys(
         while current.next_if(|k| *k < key).is_some() {}
         let at_origin = current.peek().is_some_and(|k| *k == key);
         // A recorded key was in scope when recorded; with trusted targets it still is.
-        let in_scope = at_origin && (trust_targets || target_of(key).is_some());
+        // A failed mapping keeps the copy (it is reported when the origin side is planned).
+        let in_scope = at_origin && (trust_targets || target_of(key).into() != Mapping::OutOfScope);
         if !in_scope {
             plan.removals.push(if old.has_copy() {
                 removal(key, old, options.deletes, false)
@@ -241,14 +268,14 @@ fn plan_keys(
 ///
 /// `dest` must use the origin's bucket count ([`crate::Buckets::rebucket`]); the digest slices
 /// hold one digest per bucket, as computed by [`crate::Buckets::digests`].
-pub fn plan_buckets(
+pub fn plan_buckets<M: Into<Mapping>>(
     origin: &crate::SyncInfo,
     origin_digests: &[crate::Digest],
     dest: &crate::Buckets<DestEntry>,
     dest_digests: &[crate::Digest],
     recheck_all: bool,
     options: PlanOptions,
-    mut target_of: impl FnMut(&SecretKey) -> Option<Target>,
+    mut target_of: impl FnMut(&SecretKey) -> M,
 ) -> Plan {
     let mut plan = Plan::default();
     for i in 0..origin.count() {
@@ -263,6 +290,7 @@ pub fn plan_buckets(
         plan.writes.extend(part.writes);
         plan.removals.extend(part.removals);
         plan.unchanged += part.unchanged;
+        plan.failed.extend(part.failed);
     }
     plan
 }
@@ -380,6 +408,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_failed_mapping_leaves_the_secret_alone_and_is_reported() {
+        let origin: OriginSnapshot = [(key("a"), v2(4, "t1")), (key("b"), v2(2, "t1"))].into();
+        let dest: DestinationState = [(key("a"), copied(&v2(3, "t1"), &key("a")))].into();
+        let failing = |k: &SecretKey| if k.path == "a" { Mapping::Failed } else { identity(k).into() };
+        let plan = plan_latest(&origin, &dest, PlanOptions::default(), failing);
+        assert_eq!(plan.failed, vec![key("a")]);
+        assert!(plan.removals.is_empty(), "no delete for a failed mapping: {plan:?}");
+        assert_eq!(plan.writes.len(), 1, "b is still copied");
+        assert_eq!(plan.writes[0].key(), &key("b"));
     }
 
     #[test]
