@@ -184,6 +184,11 @@ impl FileStore {
     /// Writes raw bytes as document `name` atomically: temp file, fsync, rename, fsync of the
     /// directory, so a crash leaves the old or the new version (parts are pre-serialised JSON).
     pub fn write_raw(&self, _lock: &SideLock, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write_atomic(name, bytes)
+    }
+
+    /// The atomic write itself; callers outside this crate go through a side lock.
+    pub(crate) fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.doc_path(name);
         let parent = path.parent().unwrap_or(&self.dir).to_owned();
         std::fs::create_dir_all(&parent).map_err(io(&parent, "create directory"))?;

@@ -127,6 +127,47 @@ impl StateStore {
         }
     }
 
+    /// Checks that this process can write, read, update and delete a document under `side`
+    /// (a probe with a unique name, removed afterwards; the side's sync info is not touched,
+    /// and no lock is needed, so it also works while the side's role is running).
+    pub async fn probe(&self, side: &str) -> Result<()> {
+        valid_side(side)?;
+        let name = format!("probe-{}-{}", std::process::id(), fastrand::u32(..));
+        let mismatch = |what: &str| StateError::Corrupt {
+            path: format!("{}: {side} probe", self.describe()).into(),
+            message: format!("the probe read back different content after {what}"),
+        };
+        match self {
+            StateStore::File(f) => {
+                let doc = format!("{side}.{name}");
+                f.write_atomic(&doc, b"1")?;
+                let back = std::fs::read(f.doc_path(&doc)).map_err(crate::io(&f.doc_path(&doc), "read"))?;
+                if back != b"1" {
+                    return Err(mismatch("write"));
+                }
+                f.write_atomic(&doc, b"2")?;
+                let back = std::fs::read(f.doc_path(&doc)).map_err(crate::io(&f.doc_path(&doc), "read"))?;
+                if back != b"2" {
+                    return Err(mismatch("update"));
+                }
+                f.remove(&doc)
+            }
+            StateStore::Consul(c) => {
+                let key = format!("{}{side}/{name}", c.prefix);
+                c.client.put(&key, b"1").await?;
+                if c.client.get(&key).await?.data.map(|e| e.value) != Some(b"1".to_vec()) {
+                    return Err(mismatch("write"));
+                }
+                c.client.put(&key, b"2").await?;
+                if c.client.get(&key).await?.data.map(|e| e.value) != Some(b"2".to_vec()) {
+                    return Err(mismatch("update"));
+                }
+                c.client.delete(&key).await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Reads a side's root; `None` if the side never committed.
     pub async fn read_root(&self, side: &str) -> Result<Option<RootRead>> {
         valid_side(side)?;

@@ -4,14 +4,18 @@
 //! Exit codes (DESIGN section 7): 0 ok, 1 fatal error or failed check, 2 usage or config error,
 //! 3 a `--once` cycle that completed with per-secret failures.
 
+mod check;
+mod runtime;
 mod setup;
 mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use tokio::sync::Notify;
 use tracing::{error, info};
 use vsync_config::{Config, LogFormat};
 
@@ -189,10 +193,44 @@ async fn dispatch(cli: Cli, config: Option<Config>) -> Result<ExitCode, Failure>
         Command::Validate => validate(&config),
         Command::Origin { once } => origin_role(&config, once).await,
         Command::Destination { name, cycle } => destination_role(&config, &name, &cycle).await,
-        Command::Check => Err(Failure::NotBuilt("check")),
+        Command::Check => check_cmd(&config).await,
         Command::Status => Err(Failure::NotBuilt("status")),
         Command::Plugin { .. } => Err(Failure::NotBuilt("plugin validate")),
     }
+}
+
+/// `vsync check`: every startup check, all problems reported at once; exit 1 if any.
+async fn check_cmd(config: &Config) -> Result<ExitCode, Failure> {
+    let findings = check::run(config, check::Scope::All).await;
+    for f in &findings {
+        println!("{f}");
+    }
+    let problems = findings.iter().filter(|f| f.problem.is_some()).count();
+    if problems == 0 {
+        println!("all {} checks passed", findings.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{problems} of {} checks failed", findings.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// The checks a role runs when it starts: problems are fatal (exit 1), listed together.
+async fn startup_check(config: &Config, scope: check::Scope<'_>) -> Result<(), Failure> {
+    let findings = check::run(config, scope).await;
+    let problems: Vec<String> = findings
+        .iter()
+        .filter(|f| f.problem.is_some())
+        .map(ToString::to_string)
+        .collect();
+    if problems.is_empty() {
+        info!(checks = findings.len(), "start-up checks passed");
+        return Ok(());
+    }
+    Err(Failure::Fatal(anyhow::anyhow!(
+        "start-up checks failed (run `vsync check` for the full report):\n{}",
+        problems.join("\n")
+    )))
 }
 
 fn validate(config: &Config) -> Result<ExitCode, Failure> {
@@ -282,43 +320,70 @@ async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits for the next cycle; false when a shutdown signal arrived.
-async fn wait_next(interval: std::time::Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(interval) => true,
-        _ = shutdown_signal() => {
-            info!("signal received; stopping");
-            false
-        }
-    }
-}
-
 /// `vsync origin`: scan and publish, every `interval`.
 async fn origin_role(config: &Config, once: bool) -> Result<ExitCode, Failure> {
     let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
     let store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
     let lock = store.lock_side(sync::ORIGIN_SIDE).map_err(|e| Failure::Fatal(e.into()))?;
     let key = digest_key(config)?;
+    startup_check(config, check::Scope::Origin).await?;
+    let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
+    let mut shutdown = runtime::Shutdown::install();
+    let mut state_failures = 0;
     loop {
-        let result = match scan(config, &origin, key.as_deref()).await {
-            Ok(info) => sync::publish_origin(&store, &lock, &info).await.map(|changed| (changed, info)),
-            Err(e) => Err(e),
+        let cycle = async {
+            let info = scan(config, &origin, key.as_deref()).await?;
+            let changed = sync::publish_origin(&store, &lock, &info)
+                .await
+                .with_context(|| format!("publishing the origin info to {}", store.describe()))?;
+            Ok::<_, anyhow::Error>((changed, info))
         };
-            
+        let result = tokio::select! {
+            r = cycle => r,
+            _ = shutdown.wait() => return Ok(ExitCode::SUCCESS),
+        };
         match result {
-            Ok((changed, info)) => println!(
-                "origin: {} secrets in {} buckets{}",
-                info.info.len(),
-                info.info.count(),
-                if changed { ", published" } else { ", unchanged" }
-            ),
-            Err(e) if once => return Err(Failure::Fatal(e)),
-            Err(e) => error!("{e:#}; nothing published this cycle"),
+            Ok((changed, info)) => {
+                state_failures = 0;
+                println!(
+                    "origin: {} secrets in {} buckets{}",
+                    info.info.len(),
+                    info.info.count(),
+                    if changed { ", published" } else { ", unchanged" }
+                );
+            }
+            Err(e) => {
+                if let Some(e) = escalate(e, &mut state_failures, once) {
+                    alerter.fatal("origin", None, &e).await;
+                    return Err(Failure::Fatal(e));
+                }
+            }
         }
-        if once || !wait_next(config.origin.interval).await {
+        if once || !runtime::wait_next(config.origin.interval, None, &mut shutdown).await {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// Sorts a failed cycle's error: `Some` (fatal, stop) or `None` (logged; retry next cycle).
+/// Transient state-store failures become fatal after [`runtime::STATE_RETRY_BUDGET`] cycles.
+fn escalate(e: anyhow::Error, state_failures: &mut u32, once: bool) -> Option<anyhow::Error> {
+    if runtime::fatal_kind(&e).is_some() || once {
+        return Some(e);
+    }
+    if runtime::is_state_error(&e) {
+        *state_failures += 1;
+        if *state_failures >= runtime::STATE_RETRY_BUDGET {
+            return Some(runtime::fatal(
+                "state-store-unusable",
+                e.context(format!("the state store failed {} cycles in a row", *state_failures)),
+            ));
+        }
+    } else {
+        *state_failures = 0;
+    }
+    error!("{e:#}; nothing committed this cycle, retrying next cycle");
+    None
 }
 
 /// A destination ready to run cycles.
@@ -352,14 +417,15 @@ async fn dest_cycle(
         sync::destination_cycle(d, origin, &rt.client, info, &rt.store, &rt.lock, flags),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("cycle timed out after {:?}; nothing committed", d.timeout))
+    .map_err(|_| anyhow::anyhow!("cycle timed out after {:?}; everything it started was cancelled, nothing committed", d.timeout))
     .and_then(|r| r)
     .with_context(|| format!("destination `{}`", d.name))?;
     println!("destination {}: {report}", d.name);
     Ok(report.failed > 0)
 }
 
-/// `vsync destination --name NAME`: follow the origin's published info.
+/// `vsync destination --name NAME`: follow the origin's published info. A cycle runs when the
+/// origin's root changes (watched) or every `interval` (backup ticker).
 async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Result<ExitCode, Failure> {
     let d = config
         .destination(name)
@@ -367,28 +433,43 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
     let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
     let origin_store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
     let rt = dest_runtime(d)?;
-    let flags = args.flags();
+    startup_check(config, check::Scope::Destination(name)).await?;
+    let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
+    let mut shutdown = runtime::Shutdown::install();
+    let trigger = Arc::new(Notify::new());
+    if !args.once {
+        runtime::spawn_root_watch(origin_store.clone(), sync::ORIGIN_SIDE, trigger.clone());
+    }
+    let mut flags = args.flags();
+    let mut state_failures = 0;
     loop {
-        let outcome = sync::load_origin(&origin_store).await;
-        let failed = match outcome {
-            Ok(info) => match dest_cycle(&rt, &origin, &info, flags).await {
-                Ok(failed) => failed,
-                Err(e) if args.once => return Err(Failure::Fatal(e)),
-                Err(e) => {
-                    error!("{e:#}");
-                    true
-                }
-            },
-            Err(e) if args.once => return Err(Failure::Fatal(e)),
+        let cycle = async {
+            let info = sync::load_origin(&origin_store).await?;
+            dest_cycle(&rt, &origin, &info, flags).await
+        };
+        let result = tokio::select! {
+            r = cycle => r,
+            _ = shutdown.wait() => return Ok(ExitCode::SUCCESS),
+        };
+        let failed = match result {
+            Ok(failed) => {
+                state_failures = 0;
+                // The --allow-* flags hold for one successful cycle only.
+                flags = sync::CycleFlags::default();
+                failed
+            }
             Err(e) => {
-                error!("{e:#}");
+                if let Some(e) = escalate(e, &mut state_failures, args.once) {
+                    alerter.fatal("destination", Some(name), &e).await;
+                    return Err(Failure::Fatal(e));
+                }
                 true
             }
         };
         if args.once {
             return Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
         }
-        if !wait_next(d.interval).await {
+        if !runtime::wait_next(d.interval, Some(&trigger), &mut shutdown).await {
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -406,59 +487,48 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| Failure::Fatal(e.into()))?;
     let key = digest_key(config)?;
     let dests = config.destinations.iter().map(dest_runtime).collect::<Result<Vec<_>, _>>()?;
-    let flags = args.flags();
+    startup_check(config, check::Scope::All).await?;
+    let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
+    let mut shutdown = runtime::Shutdown::install();
+    let mut flags = args.flags();
     let interval = config.destinations.iter().map(|d| d.interval).min().unwrap_or(config.origin.interval);
+    let mut state_failures = 0;
     loop {
-        let mut any_failed = false;
-        match scan(config, &origin, key.as_deref()).await {
-            Err(e) if args.once => return Err(Failure::Fatal(e)),
+        let cycle = async {
+            let mut any_failed = false;
+            let info = scan(config, &origin, key.as_deref()).await?;
+            sync::publish_origin(&origin_store, &origin_lock, &info)
+                .await
+                .with_context(|| format!("publishing the origin info to {}", origin_store.describe()))?;
+            for rt in &dests {
+                any_failed |= dest_cycle(rt, &origin, &info, flags).await?;
+            }
+            Ok::<_, anyhow::Error>(any_failed)
+        };
+        let result = tokio::select! {
+            r = cycle => r,
+            _ = shutdown.wait() => return Ok(ExitCode::SUCCESS),
+        };
+        let any_failed = match result {
+            Ok(failed) => {
+                state_failures = 0;
+                flags = sync::CycleFlags::default();
+                failed
+            }
             Err(e) => {
-                error!("{e:#}; nothing synced this cycle");
-                any_failed = true;
-            }
-            Ok(info) => {
-                if let Err(e) = sync::publish_origin(&origin_store, &origin_lock, &info).await {
-                    error!("publishing the origin info: {e:#}");
+                if let Some(e) = escalate(e, &mut state_failures, args.once) {
+                    alerter.fatal("run", None, &e).await;
+                    return Err(Failure::Fatal(e));
                 }
-                for rt in &dests {
-                    match dest_cycle(rt, &origin, &info, flags).await {
-                        Ok(failed) => any_failed |= failed,
-                        Err(e) if args.once => return Err(Failure::Fatal(e)),
-                        Err(e) => {
-                            error!("{e:#}");
-                            any_failed = true;
-                        }
-                    }
-                }
+                true
             }
-        }
+        };
         if args.once {
             return Ok(if any_failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
         }
-        if !wait_next(interval).await {
+        if !runtime::wait_next(interval, None, &mut shutdown).await {
             return Ok(ExitCode::SUCCESS);
         }
     }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}

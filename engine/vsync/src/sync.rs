@@ -348,11 +348,16 @@ pub async fn destination_cycle(
     let mut origin_mounts = dest.origin_mounts.clone();
     for (mount, uuid) in &origin.mounts {
         match origin_mounts.get(mount) {
-            Some(old) if old != uuid && !flags.allow_origin_change => bail!(
-                "destination `{}`: origin mount `{mount}` was re-created (UUID {old} is now {uuid}); \
-                 refusing to sync. Check the origin, then run once with --allow-origin-change",
-                d.name
-            ),
+            Some(old) if old != uuid && !flags.allow_origin_change => {
+                return Err(crate::runtime::fatal(
+                    "origin-mount-recreated",
+                    anyhow!(
+                        "destination `{}`: origin mount `{mount}` was re-created (UUID {old} is now {uuid}); \
+                         refusing to sync. Check the origin, then run once with --allow-origin-change",
+                        d.name
+                    ),
+                ));
+            }
             _ => {
                 origin_mounts.insert(mount.clone(), uuid.clone());
             }
@@ -365,12 +370,15 @@ pub async fn destination_cycle(
     let deletes = plan.delete_count();
     let copies = dest.buckets.iter().filter(|(_, e)| e.has_copy()).count();
     if deletes > 10 && (deletes as f64) > d.max_delete_ratio * (copies as f64) && !flags.allow_mass_delete {
-        bail!(
-            "destination `{}`: the plan would delete {deletes} of {copies} secrets, over max_delete_ratio \
-             {}; nothing was changed. If this is intended, run once with --allow-mass-delete",
-            d.name,
-            d.max_delete_ratio
-        );
+        return Err(crate::runtime::fatal(
+            "mass-delete-guard",
+            anyhow!(
+                "destination `{}`: the plan would delete {deletes} of {copies} secrets, over max_delete_ratio \
+                 {}; nothing was changed. If this is intended, run once with --allow-mass-delete",
+                d.name,
+                d.max_delete_ratio
+            ),
+        ));
     }
 
     // Destination mount kinds decide the write API (a KV v1 origin may feed a KV v2 mount).
@@ -434,6 +442,11 @@ pub async fn destination_cycle(
             Ok(Done::Equal) => report.checked_equal += 1,
             Ok(Done::Recorded) => {}
             Err(e) => {
+                // Lost permissions are not a per-secret problem: halt the cycle, commit nothing.
+                if crate::runtime::fatal_kind(&e).is_some() {
+                    tasks.abort_all();
+                    return Err(e.context(format!("destination `{}`: {} {}", d.name, op_name(&action), action.key())));
+                }
                 report.failed += 1;
                 not_written.insert(action.key().clone());
                 error!(destination = %d.name, secret = %action.key(), op = op_name(&action), error = %format!("{e:#}"), "secret failed; it is retried next cycle");
@@ -464,6 +477,9 @@ pub async fn destination_cycle(
             _ => continue,
         };
         if let Err(e) = result {
+            if matches!(e, VaultError::PermissionDenied { .. }) {
+                return Err(anyhow::Error::new(e).context(format!("destination `{}`: {} {key}", d.name, op_name(action))));
+            }
             report.failed += 1;
             error!(destination = %d.name, secret = %key, op = op_name(action), error = %e, "secret failed; it is retried next cycle");
             continue;

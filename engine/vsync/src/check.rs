@@ -1,0 +1,243 @@
+//! `vsync check` (and the same checks when a role starts): every problem at once, each naming
+//! the side, the mount or store, and the missing capability.
+//!
+//! - state stores: read, write, update and delete of a probe document under each role's own
+//!   side (a destination only reads the origin's side);
+//! - origin Vault: the mount exists and is KV (type and UUID reported), list and read work;
+//! - destination Vault: create, read, update, list and delete of a probe secret under the
+//!   reserved folder `.vsync-check/` of every mapped mount, removed afterwards.
+
+use std::fmt;
+
+use serde_json::json;
+use vsync_config::{Config, Destination};
+use vsync_core::KvVersion;
+use vsync_state::StateStore;
+use vsync_vault::{DataRead, SecretData, VaultClient};
+
+use crate::{setup, sync};
+
+/// The reserved destination folder for probe secrets.
+pub const PROBE_FOLDER: &str = ".vsync-check";
+
+/// One checked item.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// `origin`, `destination eu`.
+    pub side: String,
+    /// What was checked (`vault mount secret/`, `state store ...`).
+    pub subject: String,
+    /// `None`: fine (with a note); `Some`: the problem.
+    pub problem: Option<String>,
+    /// Details for a passing check (kind, UUID).
+    pub note: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.problem {
+            None => write!(f, "ok    {}: {}{}", self.side, self.subject, self.note),
+            Some(p) => write!(f, "FAIL  {}: {}: {p}", self.side, self.subject),
+        }
+    }
+}
+
+/// Which roles to check.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Origin and every destination (`vsync check`, `vsync run`).
+    All,
+    /// The origin role only.
+    Origin,
+    /// One destination role.
+    Destination(&'a str),
+}
+
+struct Out {
+    findings: Vec<Finding>,
+}
+
+impl Out {
+    fn push(&mut self, side: &str, subject: impl Into<String>, result: Result<String, String>) {
+        let (problem, note) = match result {
+            Ok(note) => (None, note),
+            Err(p) => (Some(p), String::new()),
+        };
+        self.findings.push(Finding {
+            side: side.to_owned(),
+            subject: subject.into(),
+            problem,
+            note,
+        });
+    }
+}
+
+/// Runs the checks of `scope`; returns every finding (problems and passes).
+pub async fn run(config: &Config, scope: Scope<'_>) -> Vec<Finding> {
+    let mut out = Out { findings: Vec::new() };
+    let origin = match setup::vault_client("origin", &config.origin.vault) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            out.push("origin", "vault client", Err(format!("{e:#}")));
+            None
+        }
+    };
+    let origin_store = match setup::state_store("origin", &config.origin.state) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            out.push("origin", "state store", Err(format!("{e:#}")));
+            None
+        }
+    };
+    let check_origin = matches!(scope, Scope::All | Scope::Origin);
+    if let Some(store) = &origin_store {
+        if check_origin {
+            let r = probe_store(store, sync::ORIGIN_SIDE).await;
+            out.push("origin", format!("state {}", store.describe()), r);
+        } else {
+            let r = store
+                .read_root(sync::ORIGIN_SIDE)
+                .await
+                .map(|root| if root.is_some() { " (origin info present)".into() } else { " (no origin info yet)".into() })
+                .map_err(|e| format!("cannot read the origin's sync info: {e}"));
+            out.push("origin", format!("state {} (read)", store.describe()), r);
+        }
+    }
+    // Every role reads the origin (a destination reads the versions it copies).
+    if let Some(client) = &origin {
+        for m in &config.origin.mounts {
+            let r = origin_mount(client, m).await;
+            out.push("origin", format!("vault {} mount {m}", client.address()), r);
+        }
+    }
+    for d in &config.destinations {
+        if let Scope::Destination(name) = scope
+            && name != d.name
+        {
+            continue;
+        }
+        check_destination(&mut out, d).await;
+    }
+    out.findings
+}
+
+async fn check_destination(out: &mut Out, d: &Destination) {
+    let side = format!("destination {}", d.name);
+    match setup::state_store(&side, &d.state) {
+        Ok(store) => {
+            let r = probe_store(&store, &sync::side_name(&d.name)).await;
+            out.push(&side, format!("state {}", store.describe()), r);
+        }
+        Err(e) => out.push(&side, "state store", Err(format!("{e:#}"))),
+    }
+    let client = match setup::vault_client(&side, &d.vault) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(&side, "vault client", Err(format!("{e:#}")));
+            return;
+        }
+    };
+    let mut mounts: Vec<&String> = d.mounts.values().collect();
+    mounts.sort();
+    mounts.dedup();
+    for m in mounts {
+        let r = destination_mount(&client, m).await;
+        out.push(&side, format!("vault {} mount {m}", client.address()), r);
+    }
+}
+
+/// Write, read, update, delete of a probe document on the store, under `side`.
+async fn probe_store(store: &StateStore, side: &str) -> Result<String, String> {
+    store
+        .probe(side)
+        .await
+        .map(|()| " (read, write, update, delete)".into())
+        .map_err(|e| format!("{e}"))
+}
+
+fn mount_note(kind: KvVersion, uuid: &str) -> String {
+    let kind = match kind {
+        KvVersion::V1 => "kv v1",
+        KvVersion::V2 => "kv v2",
+    };
+    format!(" ({kind}, uuid {uuid})")
+}
+
+async fn origin_mount(client: &VaultClient, mount: &str) -> Result<String, String> {
+    let m = vsync_core::normalize_mount(mount).map_err(|e| e.to_string())?;
+    let info = client.mount_info(&m).await.map_err(|e| format!("mount: {e}"))?;
+    let mut problems = Vec::new();
+    let list_path = match info.kind {
+        KvVersion::V2 => format!("{m}metadata/"),
+        KvVersion::V1 => m.clone(),
+    };
+    if let Err(e) = client.sys("LIST", &list_path, None).await {
+        problems.push(format!("list: {e}"));
+    }
+    let read = match info.kind {
+        KvVersion::V2 => client.read_metadata(&m, &format!("{PROBE_FOLDER}/read-probe")).await.map(|_| ()),
+        KvVersion::V1 => client.read_v1(&m, &format!("{PROBE_FOLDER}/read-probe")).await.map(|_| ()),
+    };
+    if let Err(e) = read {
+        problems.push(format!("read: {e}"));
+    }
+    if problems.is_empty() {
+        Ok(format!("{} list, read", mount_note(info.kind, &info.uuid)))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+async fn destination_mount(client: &VaultClient, mount: &str) -> Result<String, String> {
+    let m = vsync_core::normalize_mount(mount).map_err(|e| e.to_string())?;
+    let info = client.mount_info(&m).await.map_err(|e| format!("mount: {e}"))?;
+    let path = format!("{PROBE_FOLDER}/probe-{}-{}", std::process::id(), fastrand::u32(..));
+    let first = SecretData::from_json(&json!({"probe": 1}).to_string()).map_err(|e| e.to_string())?;
+    let second = SecretData::from_json(&json!({"probe": 2}).to_string()).map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    match info.kind {
+        KvVersion::V2 => {
+            if let Err(e) = client.write_version(&m, &path, &first, 0).await {
+                problems.push(format!("create: {e}"));
+            } else {
+                match client.read_latest(&m, &path).await {
+                    Ok(DataRead::Live(..)) => {}
+                    Ok(other) => problems.push(format!("read: probe not readable back ({other:?})")),
+                    Err(e) => problems.push(format!("read: {e}")),
+                }
+                if let Err(e) = client.write_version(&m, &path, &second, 1).await {
+                    problems.push(format!("update: {e}"));
+                }
+            }
+            if let Err(e) = client.sys("LIST", &format!("{m}metadata/{PROBE_FOLDER}/"), None).await {
+                problems.push(format!("list: {e}"));
+            }
+            if let Err(e) = client.delete_metadata(&m, &path).await {
+                problems.push(format!("delete: {e} (probe {m}{path} may be left behind)"));
+            }
+        }
+        KvVersion::V1 => {
+            if let Err(e) = client.write_v1(&m, &path, &first).await {
+                problems.push(format!("create: {e}"));
+            } else {
+                if let Err(e) = client.read_v1(&m, &path).await {
+                    problems.push(format!("read: {e}"));
+                }
+                if let Err(e) = client.write_v1(&m, &path, &second).await {
+                    problems.push(format!("update: {e}"));
+                }
+            }
+            if let Err(e) = client.sys("LIST", &format!("{m}{PROBE_FOLDER}/"), None).await {
+                problems.push(format!("list: {e}"));
+            }
+            if let Err(e) = client.delete_v1(&m, &path).await {
+                problems.push(format!("delete: {e} (probe {m}{path} may be left behind)"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(format!("{} create, read, update, list, delete", mount_note(info.kind, &info.uuid)))
+    } else {
+        Err(problems.join("; "))
+    }
+}
