@@ -192,6 +192,8 @@ pub struct VaultClient {
     pub(crate) retry: RetryPolicy,
     pub(crate) counters: Arc<RequestCounters>,
     pub(crate) scan_unsupported: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The token sent with every request; replaced on re-login, shared by clones.
+    pub(crate) token: Arc<std::sync::RwLock<HeaderValue>>,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -219,7 +221,7 @@ impl VaultClient {
         url::Url::parse(&address)
             .map_err(|e| VaultError::Config(format!("invalid Vault address `{address}`: {e}")))?;
         let mut headers = HeaderMap::new();
-        headers.insert("X-Vault-Token", config.token.header()?);
+        let token_header = config.token.header()?;
         headers.insert("X-Vault-Request", HeaderValue::from_static("true"));
         if let Some(ns) = &config.namespace {
             let value = HeaderValue::from_str(ns)
@@ -292,7 +294,25 @@ impl VaultClient {
             retry: config.retry,
             counters: Arc::new(RequestCounters::default()),
             scan_unsupported: Default::default(),
+            token: Arc::new(std::sync::RwLock::new(token_header)),
         })
+    }
+
+    /// Replaces the token for every later request of this client and its clones (re-login).
+    pub fn set_token(&self, token: &Token) -> Result<()> {
+        let header = token.header()?;
+        match self.token.write() {
+            Ok(mut t) => *t = header,
+            Err(poisoned) => *poisoned.into_inner() = header,
+        }
+        Ok(())
+    }
+
+    fn token_header(&self) -> HeaderValue {
+        match self.token.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// The server address this client talks to.
@@ -341,6 +361,10 @@ impl VaultClient {
         loop {
             self.counters.bump(kind);
             let mut req = self.http.request(method.clone(), &url);
+            let token = self.token_header();
+            if !token.is_empty() {
+                req = req.header("X-Vault-Token", token);
+            }
             if !query.is_empty() {
                 req = req.query(query);
             }

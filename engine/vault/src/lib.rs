@@ -6,11 +6,13 @@
 //! transient ones with backoff and jitter, counts requests by class, and never shows the token
 //! or a secret value in `Debug`, logs or errors.
 
+mod auth;
 mod client;
 mod error;
 mod kv;
 mod types;
 
+pub use auth::{Login, TokenLease};
 pub use client::{
     RequestCounts, RequestKind, RetryPolicy, Token, VaultClient, VaultConfig,
 };

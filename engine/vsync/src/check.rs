@@ -75,8 +75,8 @@ impl Out {
 /// Runs the checks of `scope`; returns every finding (problems and passes).
 pub async fn run(config: &Config, scope: Scope<'_>) -> Vec<Finding> {
     let mut out = Out { findings: Vec::new() };
-    let origin = match setup::vault_client("origin", &config.origin.vault) {
-        Ok(c) => Some(c),
+    let origin = match setup::vault_login("origin", &config.origin.vault).await {
+        Ok((c, ..)) => Some(c),
         Err(e) => {
             out.push("origin", "vault client", Err(format!("{e:#}")));
             None
@@ -130,8 +130,8 @@ async fn check_destination(out: &mut Out, d: &Destination) {
         }
         Err(e) => out.push(&side, "state store", Err(format!("{e:#}"))),
     }
-    let client = match setup::vault_client(&side, &d.vault) {
-        Ok(c) => c,
+    let client = match setup::vault_login(&side, &d.vault).await {
+        Ok((c, ..)) => c,
         Err(e) => {
             out.push(&side, "vault client", Err(format!("{e:#}")));
             return;

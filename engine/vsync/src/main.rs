@@ -8,6 +8,7 @@ mod check;
 mod runtime;
 mod setup;
 mod sync;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -292,7 +293,7 @@ async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
     let d = config
         .destination(name)
         .ok_or_else(|| Failure::Config(anyhow::anyhow!("no destination named `{name}` in the config")))?;
-    let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
+    let (origin, ..) = setup::vault_login("origin", &config.origin.vault).await.map_err(Failure::Fatal)?;
     let store = setup::state_store(&format!("destination {name}"), &d.state).map_err(Failure::Config)?;
     let key = digest_key(config)?;
     let info = scan(config, &origin, key.as_deref()).await.map_err(Failure::Fatal)?;
@@ -322,13 +323,13 @@ async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
 
 /// `vsync origin`: scan and publish, every `interval`.
 async fn origin_role(config: &Config, once: bool) -> Result<ExitCode, Failure> {
-    let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
+    let mut shutdown = runtime::Shutdown::install();
+    let origin = setup::connect("origin", &config.origin.vault, &shutdown).await.map_err(Failure::Fatal)?;
     let store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
     let lock = store.lock_side(sync::ORIGIN_SIDE).map_err(|e| Failure::Fatal(e.into()))?;
     let key = digest_key(config)?;
     startup_check(config, check::Scope::Origin).await?;
     let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
-    let mut shutdown = runtime::Shutdown::install();
     let mut state_failures = 0;
     loop {
         let cycle = async {
@@ -340,7 +341,7 @@ async fn origin_role(config: &Config, once: bool) -> Result<ExitCode, Failure> {
         };
         let result = tokio::select! {
             r = cycle => r,
-            _ = shutdown.wait() => return Ok(ExitCode::SUCCESS),
+            _ = shutdown.wait() => return stopped(&shutdown, &alerter, "origin", None).await,
         };
         match result {
             Ok((changed, info)) => {
@@ -359,9 +360,30 @@ async fn origin_role(config: &Config, once: bool) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        if once || !runtime::wait_next(config.origin.interval, None, &mut shutdown).await {
+        if once {
             return Ok(ExitCode::SUCCESS);
         }
+        if !runtime::wait_next(config.origin.interval, None, &mut shutdown).await {
+            return stopped(&shutdown, &alerter, "origin", None).await;
+        }
+    }
+}
+
+/// How a role ends when asked to stop: exit 0 on a signal; a fatal error from a background task
+/// (a token that cannot be kept) is alerted and exits 1.
+async fn stopped(
+    shutdown: &runtime::Shutdown,
+    alerter: &runtime::Alerter,
+    role: &str,
+    destination: Option<&str>,
+) -> Result<ExitCode, Failure> {
+    match shutdown.reason() {
+        runtime::Stop::Fatal(message) => {
+            let e = runtime::fatal("token", anyhow::anyhow!(message));
+            alerter.fatal(role, destination, &e).await;
+            Err(Failure::Fatal(e))
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -394,9 +416,9 @@ struct DestRuntime<'a> {
     lock: vsync_state::StoreLock,
 }
 
-fn dest_runtime<'a>(d: &'a vsync_config::Destination) -> Result<DestRuntime<'a>, Failure> {
+async fn dest_runtime<'a>(d: &'a vsync_config::Destination, shutdown: &runtime::Shutdown) -> Result<DestRuntime<'a>, Failure> {
     let side = format!("destination {}", d.name);
-    let client = setup::vault_client(&side, &d.vault).map_err(Failure::Config)?;
+    let client = setup::connect(&side, &d.vault, shutdown).await.map_err(Failure::Fatal)?;
     let store = setup::state_store(&side, &d.state).map_err(Failure::Config)?;
     let lock = store
         .lock_side(&sync::side_name(&d.name))
@@ -430,12 +452,12 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
     let d = config
         .destination(name)
         .ok_or_else(|| Failure::Config(anyhow::anyhow!("no destination named `{name}` in the config")))?;
-    let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
+    let mut shutdown = runtime::Shutdown::install();
+    let origin = setup::connect("origin", &config.origin.vault, &shutdown).await.map_err(Failure::Fatal)?;
     let origin_store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
-    let rt = dest_runtime(d)?;
+    let rt = dest_runtime(d, &shutdown).await?;
     startup_check(config, check::Scope::Destination(name)).await?;
     let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
-    let mut shutdown = runtime::Shutdown::install();
     let trigger = Arc::new(Notify::new());
     if !args.once {
         runtime::spawn_root_watch(origin_store.clone(), sync::ORIGIN_SIDE, trigger.clone());
@@ -449,7 +471,7 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
         };
         let result = tokio::select! {
             r = cycle => r,
-            _ = shutdown.wait() => return Ok(ExitCode::SUCCESS),
+            _ = shutdown.wait() => return stopped(&shutdown, &alerter, "destination", Some(name)).await,
         };
         let failed = match result {
             Ok(failed) => {
@@ -470,7 +492,7 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
             return Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
         }
         if !runtime::wait_next(d.interval, Some(&trigger), &mut shutdown).await {
-            return Ok(ExitCode::SUCCESS);
+            return stopped(&shutdown, &alerter, "destination", Some(name)).await;
         }
     }
 }
@@ -480,16 +502,19 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
     if config.destinations.is_empty() {
         return Err(Failure::Config(anyhow::anyhow!("`vsync run` needs at least one [[destination]]")));
     }
-    let origin = setup::vault_client("origin", &config.origin.vault).map_err(Failure::Config)?;
+    let mut shutdown = runtime::Shutdown::install();
+    let origin = setup::connect("origin", &config.origin.vault, &shutdown).await.map_err(Failure::Fatal)?;
     let origin_store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
     let origin_lock = origin_store
         .lock_side(sync::ORIGIN_SIDE)
         .map_err(|e| Failure::Fatal(e.into()))?;
     let key = digest_key(config)?;
-    let dests = config.destinations.iter().map(dest_runtime).collect::<Result<Vec<_>, _>>()?;
+    let mut dests = Vec::new();
+    for d in &config.destinations {
+        dests.push(dest_runtime(d, &shutdown).await?);
+    }
     startup_check(config, check::Scope::All).await?;
     let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
-    let mut shutdown = runtime::Shutdown::install();
     let mut flags = args.flags();
     let interval = config.destinations.iter().map(|d| d.interval).min().unwrap_or(config.origin.interval);
     let mut state_failures = 0;
@@ -507,7 +532,7 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
         };
         let result = tokio::select! {
             r = cycle => r,
-            _ = shutdown.wait() => return Ok(ExitCode::SUCCESS),
+            _ = shutdown.wait() => return stopped(&shutdown, &alerter, "run", None).await,
         };
         let any_failed = match result {
             Ok(failed) => {
@@ -527,7 +552,7 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
             return Ok(if any_failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
         }
         if !runtime::wait_next(interval, None, &mut shutdown).await {
-            return Ok(ExitCode::SUCCESS);
+            return stopped(&shutdown, &alerter, "run", None).await;
         }
     }
 }

@@ -74,32 +74,68 @@ pub fn is_state_error(err: &anyhow::Error) -> bool {
         .any(|c| c.downcast_ref::<vsync_state::StateError>().is_some() || c.downcast_ref::<ConsulError>().is_some())
 }
 
-/// Set once SIGINT or SIGTERM arrives.
+/// Why the process stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// Not stopping.
+    Running,
+    /// SIGINT or SIGTERM: exit 0 without committing anything partial.
+    Signal,
+    /// A background task hit a fatal error (e.g. a token that cannot be renewed).
+    Fatal(String),
+}
+
+/// Set once SIGINT or SIGTERM arrives, or a background task trips a fatal error.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
+    rx: watch::Receiver<Stop>,
+    tx: Arc<watch::Sender<Stop>>,
 }
 
 impl Shutdown {
     /// Starts listening for SIGINT and SIGTERM.
     pub fn install() -> Self {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(Stop::Running);
+        let tx = Arc::new(tx);
+        let signal_tx = tx.clone();
         tokio::spawn(async move {
             signal().await;
             info!("signal received: stopping (nothing partial is committed)");
-            let _ = tx.send(true);
+            signal_tx.send_if_modified(|s| {
+                let first = *s == Stop::Running;
+                if first {
+                    *s = Stop::Signal;
+                }
+                first
+            });
         });
-        Self { rx }
+        Self { rx, tx }
     }
 
-    /// Whether shutdown was requested.
+    /// Stops the process with a fatal error (first cause wins).
+    pub fn trip_fatal(&self, message: String) {
+        self.tx.send_if_modified(|s| {
+            let first = *s == Stop::Running;
+            if first {
+                *s = Stop::Fatal(message);
+            }
+            first
+        });
+    }
+
+    /// Whether the process is stopping.
     pub fn requested(&self) -> bool {
-        *self.rx.borrow()
+        *self.rx.borrow() != Stop::Running
     }
 
-    /// Resolves when shutdown is requested.
+    /// Why the process stops (`Running` if it does not).
+    pub fn reason(&self) -> Stop {
+        self.rx.borrow().clone()
+    }
+
+    /// Resolves when the process should stop.
     pub async fn wait(&mut self) {
-        let _ = self.rx.wait_for(|v| *v).await;
+        let _ = self.rx.wait_for(|v| *v != Stop::Running).await;
     }
 }
 

@@ -7,7 +7,10 @@ use anyhow::{Context, Result, bail};
 use vsync_config::{StateSettings, VaultSettings};
 use vsync_state::consul::{ConsulClient, ConsulConfig, ConsulToken};
 use vsync_state::{ConsulStore, FileStore, StateStore};
-use vsync_vault::{Token, VaultClient, VaultConfig};
+use vsync_vault::{Token, TokenLease, VaultClient, VaultConfig};
+
+use crate::runtime::Shutdown;
+use crate::tokens::{self, Secret, TokenSource};
 
 /// Resolves the token source of a Vault side. `side` names it in errors ("origin", "destination eu").
 fn token(side: &str, v: &VaultSettings) -> Result<Token> {
@@ -26,7 +29,8 @@ fn token(side: &str, v: &VaultSettings) -> Result<Token> {
         return Ok(Token::new(value));
     }
     if v.approle.is_some() {
-        bail!("{side} vault: AppRole login is not built yet (issue 4); use token, token_file or token_env");
+        // Filled in by the AppRole login (`vault_login`).
+        return Ok(Token::new(""));
     }
     bail!("{side} vault: no token source configured")
 }
@@ -41,6 +45,52 @@ pub fn vault_client(side: &str, v: &VaultSettings) -> Result<VaultClient> {
     cfg.tls_skip_verify = v.tls_skip_verify;
     cfg.request_timeout = Duration::from_secs(60);
     VaultClient::new(cfg).with_context(|| format!("{side} vault at {}", v.address))
+}
+
+/// How a side gets its token (AppRole credentials are read here, never logged).
+pub fn token_source(side: &str, v: &VaultSettings) -> Result<TokenSource> {
+    let Some(a) = &v.approle else {
+        return Ok(TokenSource::Static);
+    };
+    let secret_id = if let Some(s) = &a.secret_id {
+        s.clone()
+    } else if let Some(path) = &a.secret_id_file {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("{side} vault: cannot read approle secret_id_file {}", path.display()))?
+            .trim()
+            .to_owned()
+    } else if let Some(var) = &a.secret_id_env {
+        std::env::var(var)
+            .with_context(|| format!("{side} vault: environment variable `{var}` (approle secret_id_env) is not set"))?
+            .trim()
+            .to_owned()
+    } else {
+        bail!("{side} vault: approle needs secret_id, secret_id_file or secret_id_env");
+    };
+    if secret_id.is_empty() {
+        bail!("{side} vault: the approle secret ID is empty");
+    }
+    Ok(TokenSource::AppRole {
+        mount: a.mount.clone(),
+        role_id: a.role_id.clone(),
+        secret_id: Secret(secret_id),
+    })
+}
+
+/// Builds a side's client and logs in when it uses AppRole.
+pub async fn vault_login(side: &str, v: &VaultSettings) -> Result<(VaultClient, TokenSource, Option<TokenLease>)> {
+    let client = vault_client(side, v)?;
+    let source = token_source(side, v)?;
+    let lease = tokens::login(&client, side, &source).await?;
+    Ok((client, source, lease))
+}
+
+/// Builds a side's client, logs in if needed, and keeps its token valid for the life of the
+/// process (a token that cannot be kept trips `shutdown` with a fatal error).
+pub async fn connect(side: &str, v: &VaultSettings, shutdown: &Shutdown) -> Result<VaultClient> {
+    let (client, source, lease) = vault_login(side, v).await?;
+    tokens::spawn_keeper(side.to_owned(), client.clone(), source, lease, shutdown.clone());
+    Ok(client)
 }
 
 /// Opens the state store of one side.

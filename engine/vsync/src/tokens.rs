@@ -1,0 +1,122 @@
+//! Keeps each Vault client's token valid: renews renewable tokens before they expire, logs in
+//! again with AppRole when renewal no longer extends the token (max TTL reached), and declares
+//! a fatal error when a token can be neither renewed nor re-obtained.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+use vsync_vault::{TokenLease, VaultClient};
+
+use crate::runtime::Shutdown;
+
+/// How a side obtains its token.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// A token given by the operator (inline, file or environment).
+    Static,
+    /// AppRole login credentials.
+    AppRole {
+        /// Auth mount (`approle`).
+        mount: String,
+        /// Role ID.
+        role_id: String,
+        /// Secret ID (never logged).
+        secret_id: Secret,
+    },
+}
+
+/// A credential that never prints.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Logs in with AppRole and installs the token in `client`.
+pub async fn login(client: &VaultClient, side: &str, source: &TokenSource) -> anyhow::Result<Option<TokenLease>> {
+    let TokenSource::AppRole { mount, role_id, secret_id } = source else {
+        return Ok(None);
+    };
+    let login = client
+        .approle_login(mount, role_id, &secret_id.0)
+        .await
+        .map_err(|e| anyhow::anyhow!("{side} vault: AppRole login at auth/{mount}: {e}"))?;
+    client.set_token(&login.token)?;
+    info!(side, ttl = ?login.lease.ttl, "logged in with AppRole");
+    Ok(Some(login.lease))
+}
+
+/// Spawns the keeper of one client's token. On a token that can no longer be renewed or
+/// re-obtained, it trips `shutdown` with a fatal error naming the side.
+pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, first: Option<TokenLease>, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut lease = match first {
+            Some(l) => l,
+            None => match client.lookup_self().await {
+                Ok(l) => l,
+                Err(e) => {
+                    // Not fatal by itself: a token without lookup-self permission still works;
+                    // if it expires, requests fail with 403 and that is fatal then.
+                    warn!(side, error = %e, "cannot look up the token's TTL; it will not be renewed");
+                    return;
+                }
+            },
+        };
+        loop {
+            if lease.ttl.is_zero() {
+                return; // never expires (root or periodic-free service token without TTL)
+            }
+            // Act at two thirds of the TTL: time for retries before it runs out.
+            tokio::time::sleep(lease.ttl * 2 / 3).await;
+            let remaining = lease.ttl / 3;
+            let wanted = lease.ttl;
+            if lease.renewable {
+                match client.renew_self(wanted).await {
+                    // A renewal that still grants most of what was asked is fine; a short one
+                    // means the max TTL is near: log in again if we can.
+                    Ok(new) if new.ttl >= wanted / 2 || matches!(source, TokenSource::Static) && !new.ttl.is_zero() => {
+                        lease = new;
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(side = %side, error = %e, "token renewal failed"),
+                }
+            }
+            match &source {
+                TokenSource::AppRole { .. } => {
+                    let mut tries = 0;
+                    loop {
+                        match login(&client, &side, &source).await {
+                            Ok(Some(new)) => {
+                                info!(side = %side, "token renewed by a new AppRole login");
+                                lease = new;
+                                break;
+                            }
+                            Ok(None) => return,
+                            Err(e) => {
+                                tries += 1;
+                                if tries >= 3 {
+                                    shutdown.trip_fatal(format!(
+                                        "{side} vault: the token expires and AppRole login failed 3 times: {e:#}"
+                                    ));
+                                    return;
+                                }
+                                tokio::time::sleep((remaining / 4).max(Duration::from_millis(200))).await;
+                            }
+                        }
+                    }
+                }
+                TokenSource::Static => {
+                    shutdown.trip_fatal(format!(
+                        "{side} vault: the token expires in about {remaining:?} and cannot be renewed; \
+                         give vsync a renewable token or use AppRole"
+                    ));
+                    return;
+                }
+            }
+        }
+    });
+}
