@@ -443,7 +443,9 @@ pub async fn destination_cycle(
             Ok(Done::Recorded) => {}
             Err(e) => {
                 // Lost permissions are not a per-secret problem: halt the cycle, commit nothing.
-                if crate::runtime::fatal_kind(&e).is_some() {
+                // A server that is sealed or unreachable fails every secret alike: stop the
+                // cycle (nothing committed) rather than fail each secret after its retries.
+                if crate::runtime::fatal_kind(&e).is_some() || server_down(&e) {
                     tasks.abort_all();
                     return Err(e.context(format!("destination `{}`: {} {}", d.name, op_name(&action), action.key())));
                 }
@@ -477,7 +479,7 @@ pub async fn destination_cycle(
             _ => continue,
         };
         if let Err(e) = result {
-            if matches!(e, VaultError::PermissionDenied { .. }) {
+            if matches!(e, VaultError::PermissionDenied { .. } | VaultError::Sealed { .. } | VaultError::Connection { .. }) {
                 return Err(anyhow::Error::new(e).context(format!("destination `{}`: {} {key}", d.name, op_name(action))));
             }
             report.failed += 1;
@@ -516,6 +518,16 @@ pub async fn destination_cycle(
     report.dest_data_reads = dc.data_reads - dest_before.data_reads;
     report.dest_writes = (dc.data_writes + dc.metadata_writes) - (dest_before.data_writes + dest_before.metadata_writes);
     Ok(report)
+}
+
+/// Whether an error says the server as a whole is unavailable (sealed, unreachable).
+fn server_down(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<VaultError>(),
+            Some(VaultError::Sealed { .. } | VaultError::Connection { .. })
+        )
+    })
 }
 
 fn op_name(action: &Action) -> &'static str {

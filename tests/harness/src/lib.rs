@@ -8,6 +8,9 @@
 
 #![allow(clippy::unwrap_used)] // a test harness: failing loudly is the point
 
+
+mod proxy;
+pub use proxy::Proxy;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

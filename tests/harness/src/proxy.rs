@@ -1,0 +1,111 @@
+//! A loopback TCP proxy for fault tests: forwards to a target port, and on command delays
+//! every chunk it forwards or cuts every connection (and refuses new ones) until restored.
+//! Threads only, so tests need no extra runtime; it stops when dropped.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+struct Control {
+    cut: AtomicBool,
+    delay_ms: AtomicU64,
+    stop: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    port: u16,
+    control: Arc<Control>,
+}
+
+impl Proxy {
+    /// Starts a proxy on a free loopback port forwarding to `127.0.0.1:target`.
+    pub fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let control = Arc::new(Control::default());
+        let c = control.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if c.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                if c.cut.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                if let Ok(mut open) = c.open.lock() {
+                    open.extend(client.try_clone().ok());
+                    open.extend(server.try_clone().ok());
+                }
+                for (from, to) in [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else { continue };
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let delay = c.delay_ms.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                std::thread::sleep(Duration::from_millis(delay));
+                            }
+                            if c.cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, control }
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Delays every forwarded chunk (both directions) by `d`; zero restores full speed.
+    pub fn set_delay(&self, d: Duration) {
+        self.control.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Cuts every open connection and refuses new ones (`true`), or lets them through again.
+    pub fn set_cut(&self, cut: bool) {
+        self.control.cut.store(cut, Ordering::SeqCst);
+        if cut && let Ok(mut open) = self.control.open.lock() {
+            for s in open.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.control.stop.store(true, Ordering::SeqCst);
+        self.set_cut(true);
+        // Wake the accept loop so it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
