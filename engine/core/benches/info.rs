@@ -23,7 +23,7 @@ fn key(i: u64) -> SecretKey {
 }
 
 fn target(k: &SecretKey) -> Option<Target> {
-    Some(Target { mount: k.mount.clone(), path: k.path.clone() })
+    Some(Target { mount: k.mount.to_string(), path: k.path.clone() })
 }
 
 fn worlds(n: u64) -> (OriginSnapshot, DestinationState) {

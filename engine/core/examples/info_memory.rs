@@ -29,7 +29,7 @@ fn main() {
                 e.current_version += 1;
             }
             let k = key(i);
-            let target = Target { mount: k.mount.clone(), path: k.path.clone() };
+            let target = Target { mount: k.mount.to_string(), path: k.path.clone() };
             (k, DestEntry { origin: e, target })
         }),
     );
@@ -38,7 +38,7 @@ fn main() {
     let digest_time = started.elapsed();
     let started = std::time::Instant::now();
     let plan = plan_buckets(&origin, &od, &dest, &dd, false, PlanOptions::default(), |k| {
-        Some(Target { mount: k.mount.clone(), path: k.path.clone() })
+        Some(Target { mount: k.mount.to_string(), path: k.path.clone() })
     });
     println!(
         "{n} entries, {count} buckets: digests {digest_time:?}, plan {:?}: {} writes, {} unchanged",

@@ -14,6 +14,6 @@ pub use path::{PathError, join_mount, normalize_mount, validate_relative_path};
 pub use info::{Buckets, Digest, SyncInfo};
 pub use plan::{Action, CopyReason, Mapping, Plan, PlanOptions, plan_buckets, plan_latest};
 pub use types::{
-    DeletePolicy, DestEntry, DestinationState, KvVersion, OriginEntry, OriginSnapshot, SecretKey,
+    DeletePolicy, DestEntry, DestinationState, KvVersion, MountName, OriginEntry, OriginSnapshot, SecretKey,
     Target, VersionsMode,
 };

@@ -366,7 +366,7 @@ mod tests {
 
     fn identity(k: &SecretKey) -> Option<Target> {
         Some(Target {
-            mount: k.mount.clone(),
+            mount: k.mount.to_string(),
             path: k.path.clone(),
         })
     }

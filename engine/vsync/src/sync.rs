@@ -286,7 +286,7 @@ impl std::fmt::Display for CycleReport {
 
 /// Where `key` goes at this destination, or `None` if its mount is not mapped.
 fn target_of(mount_map: &BTreeMap<String, String>, key: &SecretKey) -> Option<Target> {
-    mount_map.get(&key.mount).map(|dest_mount| Target {
+    mount_map.get(key.mount.as_str()).map(|dest_mount| Target {
         mount: dest_mount.clone(),
         path: key.path.clone(),
     })
