@@ -407,3 +407,35 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_bucket_count_rebuckets_without_recopying() {
+    let emu = vsync_consul_emulator::Emulator::start();
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let ca = client(&a);
+    for i in 0..40 {
+        ca.write_version("secret/", &odd_name(i), &data(json!({"i": i})), 0).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = |n: u32| format!("{{ backend = \"consul\", address = \"{}\", buckets = {n} }}", emu.url());
+    let run = |cfg: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_vsync"))
+            .arg("--config").arg(cfg).args(["run", "--once"])
+            .env("VSYNC_LOG", "warn").env("VSYNC_E2E_DEST_TOKEN", DEV_ROOT_TOKEN)
+            .output().unwrap()
+    };
+    let cfg = config_with_state(dir.path(), &a, &b, "", &state(4));
+    let out = run(&cfg);
+    assert!(out.status.success() && text(&out).contains("40 added"), "{}", text(&out));
+    let cfg = config_with_state(dir.path(), &a, &b, "", &state(16));
+    let out = run(&cfg);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("0 added, 0 updated, 0 deleted, 40 unchanged"), "{}", text(&out));
+    assert!(text(&out).contains("0 origin data reads, 0 destination data reads, 0 destination writes"), "{}", text(&out));
+    assert_eq!(contents(&client(&b)).await, contents(&ca).await);
+    // Both sides now use 16 buckets.
+    let root: serde_json::Value = serde_json::from_slice(&emu.get("vsync/destination-eu/root").unwrap()).unwrap();
+    assert_eq!(root["buckets"].as_array().unwrap().len(), 16);
+}
