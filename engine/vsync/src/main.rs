@@ -5,6 +5,7 @@
 //! 3 a `--once` cycle that completed with per-secret failures.
 
 mod check;
+mod plugins;
 mod runtime;
 mod setup;
 mod sync;
@@ -37,7 +38,7 @@ struct Cli {
 enum Command {
     /// Run the origin and every destination in one process, sharing one origin scan.
     Run {
-        /// Directory of extra plugin components (not built yet).
+        /// Directory of extra plugin components (overrides `[plugins] dir`).
         #[arg(long)]
         plugins: Option<PathBuf>,
         #[command(flatten)]
@@ -78,7 +79,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
-    /// Load every component in DIR, run its test vectors, enforce limits (not built yet).
+    /// Load every component in DIR, check world and API version, run its test vectors
+    /// (`<name>.vectors.toml`), enforce limits; exit 0 only if all pass.
     Validate {
         /// Directory of components.
         dir: PathBuf,
@@ -179,24 +181,19 @@ fn init_logging(flag: Option<&str>, config: Option<&Config>) {
 async fn dispatch(cli: Cli, config: Option<Config>) -> Result<ExitCode, Failure> {
     let Some(config) = config else {
         return match cli.command {
-            Command::Plugin { .. } => Err(Failure::NotBuilt("plugin validate")),
+            Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(None, &dir, &format),
             _ => Err(Failure::Config(anyhow::anyhow!("no configuration"))),
         };
     };
     match cli.command {
-        Command::Run { plugins, cycle } => {
-            if plugins.is_some() {
-                return Err(Failure::NotBuilt("run --plugins"));
-            }
-            run(&config, &cycle).await
-        }
+        Command::Run { plugins, cycle } => run(&config, &cycle, plugins.as_deref()).await,
         Command::Plan { name } => plan(&config, &name).await,
         Command::Validate => validate(&config),
         Command::Origin { once } => origin_role(&config, once).await,
         Command::Destination { name, cycle } => destination_role(&config, &name, &cycle).await,
         Command::Check => check_cmd(&config).await,
         Command::Status => Err(Failure::NotBuilt("status")),
-        Command::Plugin { .. } => Err(Failure::NotBuilt("plugin validate")),
+        Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(Some(&config), &dir, &format),
     }
 }
 
@@ -236,12 +233,6 @@ async fn startup_check(config: &Config, scope: check::Scope<'_>) -> Result<(), F
 
 fn validate(config: &Config) -> Result<ExitCode, Failure> {
     for d in &config.destinations {
-        if !d.transforms.is_empty() || !d.filters.is_empty() {
-            return Err(Failure::Config(anyhow::anyhow!(
-                "destination `{}`: transforms and filters need the plugin host, which is not built yet",
-                d.name
-            )));
-        }
         if d.versions == vsync_config::VersionsMode::All {
             return Err(Failure::Config(anyhow::anyhow!(
                 "destination `{}`: versions = \"all\" is not built yet; set versions = \"latest\"",
@@ -249,12 +240,37 @@ fn validate(config: &Config) -> Result<ExitCode, Failure> {
             )));
         }
     }
+    // Every plugin a destination names is loaded, its kind checked and its config applied.
+    let mut stacks = 0;
+    if config.destinations.iter().any(plugins::uses_plugins) || config.plugins.dir.is_some() {
+        let host = plugins::host(config, None).map_err(Failure::Config)?;
+        for d in config.destinations.iter().filter(|d| plugins::uses_plugins(d)) {
+            plugins::stack(&host, d).map_err(Failure::Config)?;
+            stacks += 1;
+        }
+    }
     println!(
-        "config OK: origin with {} mount(s), {} destination(s)",
+        "config OK: origin with {} mount(s), {} destination(s), {stacks} plugin stack(s) loaded and configured",
         config.origin.mounts.len(),
         config.destinations.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `vsync plugin validate DIR`: loads every component, runs its vectors; exit 0 only if all pass.
+fn plugin_validate(config: Option<&Config>, dir: &std::path::Path, format: &str) -> Result<ExitCode, Failure> {
+    if !dir.is_dir() {
+        return Err(Failure::Config(anyhow::anyhow!("plugin validate: {} is not a directory", dir.display())));
+    }
+    let report = vsync_plugin_host::validate_dir(dir, &plugins::host_config(config));
+    if format == "json" {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::Fatal(anyhow::anyhow!("cannot encode the report: {e}")))?;
+        println!("{json}");
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Reads the origin's KV v1 digest key, if configured.
@@ -298,7 +314,15 @@ async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
     let key = digest_key(config)?;
     let info = scan(config, &origin, key.as_deref()).await.map_err(Failure::Fatal)?;
     let dest = sync::load_dest(&store, name, info.info.count()).await.map_err(Failure::Fatal)?;
-    let plan = sync::plan_for(d, &info, &dest).map_err(Failure::Config)?;
+    let host = plugin_host(config, std::iter::once(d), None)?;
+    let mut stack = match &host {
+        Some(h) => Some(plugins::stack(h, d).map_err(Failure::Config)?),
+        None => None,
+    };
+    let plan = sync::plan_for(d, &info, &dest, stack.as_mut()).map_err(Failure::Config)?.plan;
+    for key in &plan.failed {
+        println!("FAIL   {key}: its path could not be mapped (see the log)");
+    }
     for action in plan.writes.iter().chain(plan.removals.iter()) {
         use vsync_core::Action;
         match action {
@@ -414,21 +438,42 @@ struct DestRuntime<'a> {
     client: vsync_vault::VaultClient,
     store: vsync_state::StateStore,
     lock: vsync_state::StoreLock,
+    stack: Option<vsync_plugin_host::Stack>,
 }
 
-async fn dest_runtime<'a>(d: &'a vsync_config::Destination, shutdown: &runtime::Shutdown) -> Result<DestRuntime<'a>, Failure> {
+async fn dest_runtime<'a>(
+    d: &'a vsync_config::Destination,
+    host: Option<&vsync_plugin_host::PluginHost>,
+    shutdown: &runtime::Shutdown,
+) -> Result<DestRuntime<'a>, Failure> {
     let side = format!("destination {}", d.name);
+    let stack = match host {
+        Some(h) if plugins::uses_plugins(d) => Some(plugins::stack(h, d).map_err(Failure::Config)?),
+        _ => None,
+    };
     let client = setup::connect(&side, &d.vault, shutdown).await.map_err(Failure::Fatal)?;
     let store = setup::state_store(&side, &d.state).map_err(Failure::Config)?;
     let lock = store
         .lock_side(&sync::side_name(&d.name))
         .map_err(|e| Failure::Fatal(e.into()))?;
-    Ok(DestRuntime { config: d, client, store, lock })
+    Ok(DestRuntime { config: d, client, store, lock, stack })
+}
+
+/// The plugin host, when any of `dests` uses plugins.
+fn plugin_host<'a>(
+    config: &Config,
+    mut dests: impl Iterator<Item = &'a vsync_config::Destination>,
+    dir: Option<&std::path::Path>,
+) -> Result<Option<vsync_plugin_host::PluginHost>, Failure> {
+    if !dests.any(plugins::uses_plugins) {
+        return Ok(None);
+    }
+    plugins::host(config, dir).map(Some).map_err(Failure::Config)
 }
 
 /// Runs one cycle of one destination; `Ok(true)` when some secrets failed.
 async fn dest_cycle(
-    rt: &DestRuntime<'_>,
+    rt: &mut DestRuntime<'_>,
     origin: &vsync_vault::VaultClient,
     info: &sync::OriginInfo,
     flags: sync::CycleFlags,
@@ -436,7 +481,7 @@ async fn dest_cycle(
     let d = rt.config;
     let report = tokio::time::timeout(
         d.timeout,
-        sync::destination_cycle(d, origin, &rt.client, info, &rt.store, &rt.lock, flags),
+        sync::destination_cycle(d, origin, &rt.client, info, &rt.store, &rt.lock, rt.stack.as_mut(), flags),
     )
     .await
     .map_err(|_| anyhow::anyhow!("cycle timed out after {:?}; everything it started was cancelled, nothing committed", d.timeout))
@@ -455,7 +500,8 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
     let mut shutdown = runtime::Shutdown::install();
     let origin = setup::connect("origin", &config.origin.vault, &shutdown).await.map_err(Failure::Fatal)?;
     let origin_store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
-    let rt = dest_runtime(d, &shutdown).await?;
+    let host = plugin_host(config, std::iter::once(d), None)?;
+    let mut rt = dest_runtime(d, host.as_ref(), &shutdown).await?;
     startup_check(config, check::Scope::Destination(name)).await?;
     let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
     let trigger = Arc::new(Notify::new());
@@ -467,7 +513,7 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
     loop {
         let cycle = async {
             let info = sync::load_origin(&origin_store).await?;
-            dest_cycle(&rt, &origin, &info, flags).await
+            dest_cycle(&mut rt, &origin, &info, flags).await
         };
         let result = tokio::select! {
             r = cycle => r,
@@ -498,7 +544,7 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
 }
 
 /// `vsync run`: origin and every destination in one process, sharing one scan.
-async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
+async fn run(config: &Config, args: &CycleArgs, plugins_dir: Option<&std::path::Path>) -> Result<ExitCode, Failure> {
     if config.destinations.is_empty() {
         return Err(Failure::Config(anyhow::anyhow!("`vsync run` needs at least one [[destination]]")));
     }
@@ -509,9 +555,10 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
         .lock_side(sync::ORIGIN_SIDE)
         .map_err(|e| Failure::Fatal(e.into()))?;
     let key = digest_key(config)?;
+    let host = plugin_host(config, config.destinations.iter(), plugins_dir)?;
     let mut dests = Vec::new();
     for d in &config.destinations {
-        dests.push(dest_runtime(d, &shutdown).await?);
+        dests.push(dest_runtime(d, host.as_ref(), &shutdown).await?);
     }
     startup_check(config, check::Scope::All).await?;
     let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
@@ -525,7 +572,7 @@ async fn run(config: &Config, args: &CycleArgs) -> Result<ExitCode, Failure> {
             sync::publish_origin(&origin_store, &origin_lock, &info)
                 .await
                 .with_context(|| format!("publishing the origin info to {}", origin_store.describe()))?;
-            for rt in &dests {
+            for rt in dests.iter_mut() {
                 any_failed |= dest_cycle(rt, &origin, &info, flags).await?;
             }
             Ok::<_, anyhow::Error>(any_failed)

@@ -1,7 +1,8 @@
 //! One sync cycle: scan the origin, plan per destination, copy with bounded concurrency, commit
 //! the destination's state only at the end.
 //!
-//! `versions = "latest"`, file or Consul state store, identity paths (plugins come with issue 5).
+//! `versions = "latest"`, file or Consul state store, paths mapped by the destination's
+//! filters and transformers (WASM plugins).
 //! A cycle that fails commits nothing; a cycle with per-secret failures commits the entries of
 //! the secrets that succeeded and keeps the old entries of those that failed.
 
@@ -22,7 +23,10 @@ use vsync_core::{
     plan_buckets,
 };
 use vsync_state::info as state_info;
+use vsync_plugin_host::Stack;
 use vsync_state::{StateStore, StoreLock};
+
+use crate::plugins;
 use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
 /// The origin's side name in a state store.
@@ -285,13 +289,6 @@ impl std::fmt::Display for CycleReport {
 }
 
 /// Where `key` goes at this destination, or `None` if its mount is not mapped.
-fn target_of(mount_map: &BTreeMap<String, String>, key: &SecretKey) -> Option<Target> {
-    mount_map.get(key.mount.as_str()).map(|dest_mount| Target {
-        mount: dest_mount.clone(),
-        path: key.path.clone(),
-    })
-}
-
 /// Normalised origin mount -> destination mount.
 pub fn mount_map(d: &Destination) -> Result<BTreeMap<String, String>> {
     d.mounts
@@ -300,8 +297,18 @@ pub fn mount_map(d: &Destination) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// A plan with the targets it computed.
+pub struct Planned {
+    /// The actions.
+    pub plan: Plan,
+    /// Target of every key the planner mapped this cycle.
+    pub targets: HashMap<SecretKey, Target>,
+}
+
 /// Plans a destination cycle without touching anything (used by `vsync plan` and the cycle).
-pub fn plan_for(d: &Destination, origin: &OriginInfo, dest: &DestInfo) -> Result<Plan> {
+/// `stack` maps paths through the destination's filters and transformers (identity without).
+/// Two origin secrets that would land on one destination path are an error, before any write.
+pub fn plan_for(d: &Destination, origin: &OriginInfo, dest: &DestInfo, stack: Option<&mut Stack>) -> Result<Planned> {
     if d.versions == VersionsMode::All {
         bail!(
             "destination `{}`: versions = \"all\" (exact replica of every version) is not built \
@@ -309,17 +316,47 @@ pub fn plan_for(d: &Destination, origin: &OriginInfo, dest: &DestInfo) -> Result
             d.name
         );
     }
+    if plugins::uses_plugins(d) && stack.is_none() {
+        bail!("destination `{}`: transforms or filters configured but no plugin stack given", d.name);
+    }
     let map = mount_map(d)?;
     let recheck_all = dest.config_hash.as_deref() != Some(config_hash(d).as_str());
-    Ok(plan_buckets(
+    let kinds = |k: &SecretKey| {
+        origin
+            .info
+            .get(k)
+            .map(|e| e.kind)
+            .or_else(|| dest.buckets.get(k).map(|e| e.origin.kind))
+            .unwrap_or(KvVersion::V2)
+    };
+    let mut mapper = plugins::Mapper::new(d, &map, stack, &kinds);
+    let plan = plan_buckets(
         &origin.info,
         &origin.digests,
         &dest.buckets,
         &dest.digests,
         recheck_all,
         PlanOptions { deletes: d.deletes },
-        |k| target_of(&map, k),
-    ))
+        |k| mapper.map(k),
+    );
+    let targets = std::mem::take(&mut mapper.targets);
+    // Who holds which destination path after the cycle: every written target, plus the copies
+    // the plan leaves where they are.
+    if !plan.writes.is_empty() {
+        let touched: std::collections::HashSet<&SecretKey> =
+            plan.writes.iter().chain(plan.removals.iter()).map(|a| a.key()).collect();
+        let kept = dest
+            .buckets
+            .iter()
+            .filter(|(k, e)| e.has_copy() && !touched.contains(k))
+            .map(|(k, e)| (&e.target, k));
+        let written = plan.writes.iter().filter_map(|a| match a {
+            Action::CopyV2 { key, target, .. } | Action::SyncV1 { key, target } => Some((target, key)),
+            _ => None,
+        });
+        plugins::check_collisions(d, kept.chain(written))?;
+    }
+    Ok(Planned { plan, targets })
 }
 
 /// Outcome of one write action.
@@ -338,10 +375,12 @@ pub async fn destination_cycle(
     origin: &OriginInfo,
     store: &StateStore,
     lock: &StoreLock,
+    stack: Option<&mut Stack>,
     flags: CycleFlags,
 ) -> Result<CycleReport> {
     let origin_before = origin_client.request_counts();
     let dest_before = dest_client.request_counts();
+    let mut report = CycleReport::default();
     let mut dest = load_dest(store, &d.name, origin.info.count()).await?;
 
     // Bind to the origin mounts' UUIDs: a re-created mount is a different data set.
@@ -364,7 +403,8 @@ pub async fn destination_cycle(
         }
     }
 
-    let plan = plan_for(d, origin, &dest)?;
+    let Planned { plan, targets } = plan_for(d, origin, &dest, stack)?;
+    report.failed += plan.failed.len();
 
     // Mass-delete guard, against the copies the destination holds (not tombstones).
     let deletes = plan.delete_count();
@@ -404,10 +444,7 @@ pub async fn destination_cycle(
     }
     let dest_kinds = Arc::new(dest_kinds);
 
-    let mut report = CycleReport {
-        unchanged: plan.unchanged,
-        ..Default::default()
-    };
+    report.unchanged = plan.unchanged;
     let mut not_written = std::collections::HashSet::new();
 
     // Writes, `workers` at a time.
@@ -459,7 +496,6 @@ pub async fn destination_cycle(
     }
 
     // Removals, after every write (a moved secret is never missing at both places).
-    let map = mount_map(d)?;
     for action in &plan.removals {
         let key = action.key();
         if not_written.contains(key) {
@@ -501,9 +537,9 @@ pub async fn destination_cycle(
         if moved {
             continue;
         }
-        match (origin.info.get(key), target_of(&map, key)) {
+        match (origin.info.get(key), targets.get(key)) {
             (Some(entry), Some(target)) => {
-                dest.buckets.insert(key.clone(), DestEntry { origin: entry.clone(), target });
+                dest.buckets.insert(key.clone(), DestEntry { origin: entry.clone(), target: target.clone() });
             }
             _ => {
                 dest.buckets.remove(key);
