@@ -10,6 +10,7 @@ use serde_json::json;
 use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
 use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
 
+mod plugins;
 mod runtime;
 
 fn vsync(config: &Path, args: &[&str]) -> Output {

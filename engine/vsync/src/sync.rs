@@ -354,7 +354,7 @@ pub fn plan_for(d: &Destination, origin: &OriginInfo, dest: &DestInfo, stack: Op
             Action::CopyV2 { key, target, .. } | Action::SyncV1 { key, target } => Some((target, key)),
             _ => None,
         });
-        plugins::check_collisions(d, kept.chain(written))?;
+        plugins::check_collisions(d, kept.chain(written)).map_err(|e| crate::runtime::fatal("path-collision", e))?;
     }
     Ok(Planned { plan, targets })
 }
