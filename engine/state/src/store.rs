@@ -373,16 +373,29 @@ async fn commit_batch(c: &ConsulStore, ops: Vec<TxnOp>) -> Result<()> {
     }
     match c.client.txn(&ops).await? {
         TxnOutcome::Committed(_) => Ok(()),
-        TxnOutcome::RolledBack(errors) => Err(StateError::Consul(ConsulError::Status {
-            op: "txn",
-            key: c.prefix.clone(),
-            status: 409,
-            message: errors
+        TxnOutcome::RolledBack(errors) => {
+            let message = errors
                 .iter()
+                .take(3)
                 .map(|(i, w)| format!("op {i}: {w}"))
                 .collect::<Vec<_>>()
-                .join("; "),
-        })),
+                .join("; ");
+            // Inside a txn an ACL denial is a per-op error (409), not a 403.
+            Err(StateError::Consul(if errors.iter().any(|(_, w)| w.contains("Permission denied")) {
+                ConsulError::Forbidden {
+                    op: "txn",
+                    key: c.prefix.clone(),
+                    message,
+                }
+            } else {
+                ConsulError::Status {
+                    op: "txn",
+                    key: c.prefix.clone(),
+                    status: 409,
+                    message,
+                }
+            }))
+        }
     }
 }
 
