@@ -262,15 +262,8 @@ fn plugin_validate(config: Option<&Config>, dir: &std::path::Path, format: &str)
     if !dir.is_dir() {
         return Err(Failure::Config(anyhow::anyhow!("plugin validate: {} is not a directory", dir.display())));
     }
-    let report = vsync_plugin_host::validate_dir(dir, &plugins::host_config(config));
-    if format == "json" {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| Failure::Fatal(anyhow::anyhow!("cannot encode the report: {e}")))?;
-        println!("{json}");
-    } else {
-        print!("{}", report.human());
-    }
-    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let passed = plugins::validate_dir(config, dir, format == "json").map_err(Failure::Config)?;
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Reads the origin's KV v1 digest key, if configured.
@@ -438,12 +431,12 @@ struct DestRuntime<'a> {
     client: vsync_vault::VaultClient,
     store: vsync_state::StateStore,
     lock: vsync_state::StoreLock,
-    stack: Option<vsync_plugin_host::Stack>,
+    stack: Option<plugins::Stack>,
 }
 
 async fn dest_runtime<'a>(
     d: &'a vsync_config::Destination,
-    host: Option<&vsync_plugin_host::PluginHost>,
+    host: Option<&plugins::PluginHost>,
     shutdown: &runtime::Shutdown,
 ) -> Result<DestRuntime<'a>, Failure> {
     let side = format!("destination {}", d.name);
@@ -464,7 +457,7 @@ fn plugin_host<'a>(
     config: &Config,
     mut dests: impl Iterator<Item = &'a vsync_config::Destination>,
     dir: Option<&std::path::Path>,
-) -> Result<Option<vsync_plugin_host::PluginHost>, Failure> {
+) -> Result<Option<plugins::PluginHost>, Failure> {
     if !dests.any(plugins::uses_plugins) {
         return Ok(None);
     }

@@ -2,17 +2,59 @@
 //! pack, `[plugins] dir` or `--plugins DIR`), the per-destination stack of filters and
 //! transformers, and how a path is mapped to its destination target.
 
+// Without the host, parts of this module only exist for the feature build.
+#![cfg_attr(not(feature = "plugins"), allow(unused_imports, dead_code))]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use tracing::error;
-use vsync_config::{Config, Destination, PluginRef};
+use vsync_config::{Config, Destination};
+#[cfg(feature = "plugins")]
+use vsync_config::PluginRef;
 use vsync_core::plan::Mapping;
 use vsync_core::{KvVersion, SecretKey, Target};
-use vsync_plugin_host::{Context as PluginContext, HostConfig, PluginHost, Stack, StackSpec};
+#[cfg(feature = "plugins")]
+use vsync_plugin_host::{Context as PluginContext, HostConfig, StackSpec};
+#[cfg(feature = "plugins")]
+pub use vsync_plugin_host::{PluginHost, Stack};
+
+/// Without the `plugins` feature there is no host and no stack (these types have no values).
+#[cfg(not(feature = "plugins"))]
+#[derive(Debug)]
+pub enum PluginHost {}
+
+/// See [`PluginHost`].
+#[cfg(not(feature = "plugins"))]
+#[derive(Debug)]
+pub enum Stack {}
+
+#[cfg(not(feature = "plugins"))]
+const NO_HOST: &str = "this vsync was built without the plugin host (cargo feature `plugins`); \
+                       transforms, filters and plugin validation are unavailable";
+
+/// Validates a directory of components (`vsync plugin validate`): prints the report, returns
+/// whether everything passed.
+#[cfg(feature = "plugins")]
+pub fn validate_dir(config: Option<&Config>, dir: &Path, json: bool) -> Result<bool> {
+    let report = vsync_plugin_host::validate_dir(dir, &host_config(config));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?);
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(report.passed())
+}
+
+/// See the `plugins` build.
+#[cfg(not(feature = "plugins"))]
+pub fn validate_dir(_config: Option<&Config>, _dir: &Path, _json: bool) -> Result<bool> {
+    bail!(NO_HOST)
+}
 
 /// Where compiled components are cached between runs.
+#[cfg(feature = "plugins")]
 fn cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -21,6 +63,7 @@ fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Host limits from `[plugins]`.
+#[cfg(feature = "plugins")]
 pub fn host_config(config: Option<&Config>) -> HostConfig {
     let mut cfg = HostConfig {
         cache_dir: cache_dir(),
@@ -35,6 +78,14 @@ pub fn host_config(config: Option<&Config>) -> HostConfig {
 
 /// The host with the default pack plus the extra components of `dir_override` (the
 /// `--plugins` flag) or else `[plugins] dir`.
+#[cfg(not(feature = "plugins"))]
+pub fn host(_config: &Config, _dir_override: Option<&Path>) -> Result<PluginHost> {
+    bail!(NO_HOST)
+}
+
+/// The host with the default pack plus the extra components of `dir_override` (the
+/// `--plugins` flag) or else `[plugins] dir`.
+#[cfg(feature = "plugins")]
 pub fn host(config: &Config, dir_override: Option<&Path>) -> Result<PluginHost> {
     let mut host = PluginHost::new(host_config(Some(config))).context("starting the plugin host")?;
     if let Some(dir) = dir_override.or(config.plugins.dir.as_deref()) {
@@ -44,6 +95,7 @@ pub fn host(config: &Config, dir_override: Option<&Path>) -> Result<PluginHost> 
     Ok(host)
 }
 
+#[cfg(feature = "plugins")]
 fn to_json(r: &PluginRef) -> Result<serde_json::Value> {
     Ok(match &r.config {
         Some(t) => serde_json::to_value(t).with_context(|| format!("plugin `{}`: config", r.plugin))?,
@@ -57,6 +109,13 @@ pub fn uses_plugins(d: &Destination) -> bool {
 }
 
 /// Builds a destination's stack (instantiates and configures every plugin it names).
+#[cfg(not(feature = "plugins"))]
+pub fn stack(host: &PluginHost, _d: &Destination) -> Result<Stack> {
+    match *host {}
+}
+
+/// Builds a destination's stack (instantiates and configures every plugin it names).
+#[cfg(feature = "plugins")]
 pub fn stack(host: &PluginHost, d: &Destination) -> Result<Stack> {
     let spec = StackSpec {
         transforms: d.transforms.iter().map(|r| Ok((r.plugin.clone(), to_json(r)?))).collect::<Result<_>>()?,
@@ -103,6 +162,9 @@ impl<'a> Mapper<'a> {
         };
         let path = match self.stack.as_deref_mut() {
             None => key.path.clone(),
+            #[cfg(not(feature = "plugins"))]
+            Some(stack) => match *stack {},
+            #[cfg(feature = "plugins")]
             Some(stack) => {
                 let ctx = PluginContext {
                     origin: "origin".into(),

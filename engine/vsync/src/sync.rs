@@ -23,10 +23,9 @@ use vsync_core::{
     plan_buckets,
 };
 use vsync_state::info as state_info;
-use vsync_plugin_host::Stack;
 use vsync_state::{StateStore, StoreLock};
 
-use crate::plugins;
+use crate::plugins::{self, Stack};
 use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
 /// The origin's side name in a state store.
