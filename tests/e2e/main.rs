@@ -14,7 +14,11 @@ mod plugins;
 mod runtime;
 
 fn vsync(config: &Path, args: &[&str]) -> Output {
+    // Relative paths in a config resolve against the working directory: keep them in the
+    // test's own directory.
+    let cwd = config.parent().filter(|p| p.is_dir()).map_or_else(std::env::temp_dir, Path::to_path_buf);
     Command::new(env!("CARGO_BIN_EXE_vsync"))
+        .current_dir(cwd)
         .arg("--config")
         .arg(config)
         .args(args)
@@ -245,10 +249,18 @@ fn cli_surface_and_config_errors() {
     let out = vsync(&dir.path().join("missing.toml"), &["run", "--once"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("missing.toml"));
-    // Not-yet-built subcommands say so and exit 2.
+    // `check` against servers that are not there: every problem listed, exit 1.
     let good = dir.path().join("good.toml");
     std::fs::write(&good, std::fs::read_to_string(&cfg).unwrap().replace("intervall", "interval")).unwrap();
     let out = vsync(&good, &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).lines().any(|l| l.starts_with("FAIL") && l.contains("origin") && l.contains("127.0.0.1:1")),
+        "{}",
+        text(&out)
+    );
+    // Not-yet-built subcommands say so and exit 2.
+    let out = vsync(&good, &["status"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("not built yet"), "{}", text(&out));
 }

@@ -214,11 +214,11 @@ async fn approle_token_is_renewed_and_re_obtained_across_several_max_ttls() {
             path "sys/internal/ui/mounts*" { capabilities = ["read"] }
             path "sys/mounts*" { capabilities = ["read"] }"#})),
     );
-    // A 2 s token that can live at most 4 s: the run below spans several of them.
+    // A 3 s token that can live at most 6 s: the run below spans several of them.
     b.root(
         "POST",
         "auth/approle/role/vsync",
-        Some(&json!({"token_policies": ["vsync-dest"], "token_ttl": "2s", "token_max_ttl": "4s"})),
+        Some(&json!({"token_policies": ["vsync-dest"], "token_ttl": "3s", "token_max_ttl": "6s"})),
     );
     let role_id = b.root("GET", "auth/approle/role/vsync/role-id", None)["data"]["role_id"].as_str().unwrap().to_owned();
     let secret_id = b.root("POST", "auth/approle/role/vsync/secret-id", None)["data"]["secret_id"].as_str().unwrap().to_owned();
@@ -233,14 +233,14 @@ async fn approle_token_is_renewed_and_re_obtained_across_several_max_ttls() {
     let ca = client(&a);
     let mut child = Command::new(env!("CARGO_BIN_EXE_vsync"))
         .arg("--config").arg(&cfg).arg("run")
-        .env("VSYNC_LOG", "info").env("VSYNC_E2E_SECRET_ID", &secret_id)
+        .env("VSYNC_LOG", "info,vsync::tokens=debug").env("VSYNC_E2E_SECRET_ID", &secret_id)
         .stdout(Stdio::piped()).stderr(Stdio::piped())
         .spawn().unwrap();
     // Keep writing for three max TTLs; every write must arrive.
     let cb = client(&b);
     let start = Instant::now();
     let mut i = 0;
-    while start.elapsed() < Duration::from_secs(12) {
+    while start.elapsed() < Duration::from_secs(16) {
         ca.write_version("secret/", &format!("tick/{i}"), &data(json!({"i": i})), 0).await.unwrap();
         i += 1;
         tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vsync_vault::{TokenLease, VaultClient};
 
 use crate::runtime::Shutdown;
@@ -65,23 +65,31 @@ pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, firs
                 }
             },
         };
+        // What a full renewal grants: the TTL the token started with.
+        let full = lease.ttl;
         loop {
             if lease.ttl.is_zero() {
                 return; // never expires (root or periodic-free service token without TTL)
             }
-            // Act at two thirds of the TTL: time for retries before it runs out.
-            tokio::time::sleep(lease.ttl * 2 / 3).await;
-            let remaining = lease.ttl / 3;
-            let wanted = lease.ttl;
+            // Act at half the TTL: servers report TTLs in whole seconds and cap renewals by the
+            // max TTL loosely, so leave room for a renewal that turns out shorter than reported.
+            tokio::time::sleep(lease.ttl / 2).await;
+            let remaining = lease.ttl / 2;
             if lease.renewable {
-                match client.renew_self(wanted).await {
-                    // A renewal that still grants most of what was asked is fine; a short one
-                    // means the max TTL is near: log in again if we can.
-                    Ok(new) if new.ttl >= wanted / 2 || matches!(source, TokenSource::Static) && !new.ttl.is_zero() => {
+                match client.renew_self(full).await {
+                    Ok(new) if new.ttl >= full => {
+                        debug!(side = %side, ttl = ?new.ttl, "token renewed");
                         lease = new;
                         continue;
                     }
-                    Ok(_) => {}
+                    // Capped by the max TTL: a static token lives on until it ends; an AppRole
+                    // one is replaced by a fresh login now, while it is still valid.
+                    Ok(new) if matches!(source, TokenSource::Static) && !new.ttl.is_zero() => {
+                        warn!(side = %side, ttl = ?new.ttl, "the token is near its max TTL and cannot be extended further");
+                        lease = new;
+                        continue;
+                    }
+                    Ok(new) => debug!(side = %side, ttl = ?new.ttl, "renewal capped by the max TTL"),
                     Err(e) => warn!(side = %side, error = %e, "token renewal failed"),
                 }
             }
