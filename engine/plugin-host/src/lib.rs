@@ -1,1 +1,884 @@
-//! Plugin host (being built).
+//! `vsync-plugin-host`: loads transformer and filter plugins (WebAssembly components built
+//! against `wit/plugin@0.1.0`) and runs them sandboxed. The only crate that depends on wasmtime.
+//!
+//! - **Load pipeline** ([`PluginHost::load_file`]): read, parse as a component, check the
+//!   exported API (world and version, from the export name) and every import against an
+//!   allowlist, compile (cached on disk by content hash and engine version).
+//! - **Sandbox**: no WASI capabilities. The host links its logging import and the random seed
+//!   Rust's `HashMap` asks for; every other import a component declares traps when called, and
+//!   anything beyond `wasi:io`/`wasi:cli` (files, sockets, clocks) is refused at load.
+//! - **Limits**: a per-call time limit (epoch deadline, ticked by a background thread) and a
+//!   memory limit per instance. A trap or limit hit fails that call only; the instance is
+//!   replaced (re-instantiated and re-configured) before its next call.
+//! - **Stacks** ([`Stack`]): a destination's filters, then its transformers in order, then the
+//!   identity; results must be valid relative paths.
+//! - **Validation** ([`validate_dir`]): what `vsync plugin validate` runs in CI.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+use tracing::{debug, error, info, trace, warn};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+mod bindings;
+mod validate;
+
+pub use validate::{ComponentReport, ValidateReport, VectorReport, validate_dir};
+
+use bindings::filter::{Filter as FilterWorld, FilterPre};
+use bindings::transformer::vsync::plugin::{host as wit_host, types as wit};
+use bindings::transformer::{Transformer as TransformerWorld, TransformerPre};
+
+/// The plugin API this host speaks.
+pub const API_VERSION: &str = "0.1.0";
+const TRANSFORMER_EXPORT: &str = "vsync:plugin/transformer-api";
+const FILTER_EXPORT: &str = "vsync:plugin/filter-api";
+/// How often the epoch advances: the granularity of the per-call time limit.
+const TICK: Duration = Duration::from_millis(2);
+
+/// The default pack, embedded at build time (see `build.rs`).
+pub const DEFAULT_PACK: &[(&str, &[u8])] = &[
+    ("identity", include_bytes!(concat!(env!("OUT_DIR"), "/default-pack/identity.wasm"))),
+    ("regex", include_bytes!(concat!(env!("OUT_DIR"), "/default-pack/regex.wasm"))),
+    ("prefix", include_bytes!(concat!(env!("OUT_DIR"), "/default-pack/prefix.wasm"))),
+    ("glob", include_bytes!(concat!(env!("OUT_DIR"), "/default-pack/glob.wasm"))),
+];
+
+/// Limits and cache location.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Time limit of one call into a plugin.
+    pub call_timeout: Duration,
+    /// Memory limit of one plugin instance, in bytes.
+    pub memory_limit: u64,
+    /// Where compiled components are cached (none: compile on every start).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_millis(50),
+            memory_limit: 32 << 20,
+            cache_dir: None,
+        }
+    }
+}
+
+/// What a plugin does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// Maps paths.
+    Transformer,
+    /// Selects paths.
+    Filter,
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PluginKind::Transformer => "transformer",
+            PluginKind::Filter => "filter",
+        })
+    }
+}
+
+/// A plugin's own error value (the WIT `plugin-error`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "message", rename_all = "kebab-case")]
+pub enum PluginError {
+    /// `configure` rejected its configuration.
+    InvalidConfig(String),
+    /// The plugin cannot handle this path.
+    InvalidPath(String),
+    /// Anything else.
+    Failed(String),
+}
+
+impl PluginError {
+    /// The WIT case name (`invalid-config`, `invalid-path`, `failed`).
+    pub fn case(&self) -> &'static str {
+        match self {
+            PluginError::InvalidConfig(_) => "invalid-config",
+            PluginError::InvalidPath(_) => "invalid-path",
+            PluginError::Failed(_) => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginError::InvalidConfig(m) | PluginError::InvalidPath(m) | PluginError::Failed(m) => {
+                write!(f, "{}: {m}", self.case())
+            }
+        }
+    }
+}
+
+impl From<wit::PluginError> for PluginError {
+    fn from(e: wit::PluginError) -> Self {
+        match e {
+            wit::PluginError::InvalidConfig(m) => PluginError::InvalidConfig(m),
+            wit::PluginError::InvalidPath(m) => PluginError::InvalidPath(m),
+            wit::PluginError::Failed(m) => PluginError::Failed(m),
+        }
+    }
+}
+
+/// Failures while loading or configuring plugins. Every message names the file or plugin.
+#[derive(Debug, Error)]
+pub enum HostError {
+    /// Not a WebAssembly component, or one wasmtime cannot compile.
+    #[error("plugin file {file}: not a usable WebAssembly component: {reason}")]
+    InvalidComponent {
+        /// File.
+        file: PathBuf,
+        /// Parser or compiler message.
+        reason: String,
+    },
+    /// Built against another plugin API version.
+    #[error("plugin file {file}: built for plugin API {found}; this vsync supports {expected}")]
+    IncompatibleApi {
+        /// File.
+        file: PathBuf,
+        /// Version found.
+        found: String,
+        /// Version supported.
+        expected: &'static str,
+    },
+    /// Exports neither plugin API.
+    #[error("plugin file {file}: exports neither {TRANSFORMER_EXPORT} nor {FILTER_EXPORT} (it exports: {exports})")]
+    WrongWorld {
+        /// File.
+        file: PathBuf,
+        /// What it exports.
+        exports: String,
+    },
+    /// Imports a capability plugins may not have.
+    #[error("plugin file {file}: imports `{import}`, which plugins may not use (no files, network, clock or environment)")]
+    ForbiddenImport {
+        /// File.
+        file: PathBuf,
+        /// The import.
+        import: String,
+    },
+    /// `configure` failed (or trapped).
+    #[error("plugin `{plugin}`: configure failed: {error}")]
+    Configure {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        error: String,
+    },
+    /// Two plugins with one name.
+    #[error("plugin name `{name}` from {file} is already taken by {existing}")]
+    NameClash {
+        /// Name.
+        name: String,
+        /// The new file.
+        file: PathBuf,
+        /// The plugin already loaded.
+        existing: String,
+    },
+    /// No plugin of that name.
+    #[error("no plugin named `{name}` (loaded: {loaded})")]
+    UnknownPlugin {
+        /// Name asked for.
+        name: String,
+        /// Names loaded.
+        loaded: String,
+    },
+    /// A filter used as a transformer or the other way round.
+    #[error("plugin `{plugin}` is a {found}, but is used as a {wanted}")]
+    KindMismatch {
+        /// Plugin name.
+        plugin: String,
+        /// Its kind.
+        found: PluginKind,
+        /// The kind asked for.
+        wanted: PluginKind,
+    },
+    /// A file could not be read.
+    #[error("plugin file {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine itself failed.
+    #[error("plugin engine: {0}")]
+    Engine(String),
+}
+
+/// Failures of one call. The engine goes on; the failing path fails alone.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CallError {
+    /// The call ran past `call_timeout`.
+    #[error("plugin `{plugin}`: call exceeded its time limit ({limit:?})")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The instance hit `memory_limit`.
+    #[error("plugin `{plugin}`: memory limit exceeded ({limit} bytes)")]
+    MemoryExceeded {
+        /// Plugin name.
+        plugin: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The guest trapped (a panic, an unreachable, a forbidden call).
+    #[error("plugin `{plugin}`: trapped: {message}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The trap, with the panic message when the SDK reported one.
+        message: String,
+    },
+    /// The guest returned its own error.
+    #[error("plugin `{plugin}`: {error}")]
+    Guest {
+        /// Plugin name.
+        plugin: String,
+        /// The plugin's error.
+        error: PluginError,
+    },
+    /// A fresh instance could not be made after a trap.
+    #[error("plugin `{plugin}`: could not be restarted: {message}")]
+    Restart {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Non-secret facts handed to plugins with each path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Context {
+    /// Origin name.
+    pub origin: String,
+    /// Destination name.
+    pub destination: String,
+    /// Origin mount (`secret/`).
+    pub origin_mount: String,
+    /// Destination mount.
+    pub destination_mount: String,
+    /// KV version of the origin mount: 1 or 2.
+    pub kv_version: u8,
+    /// Destination labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Context {
+    fn to_wit(&self) -> wit::Context {
+        wit::Context {
+            origin: self.origin.clone(),
+            destination: self.destination.clone(),
+            origin_mount: self.origin_mount.clone(),
+            destination_mount: self.destination_mount.clone(),
+            kv_version: if self.kv_version == 1 { wit::KvVersion::V1 } else { wit::KvVersion::V2 },
+            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
+/// Per-store state: limits, the plugin's name for its log lines, and its last panic message.
+pub(crate) struct State {
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    last_error_log: Option<String>,
+}
+
+impl wit_host::Host for State {
+    fn log(&mut self, level: wit_host::Level, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            wit_host::Level::Trace => trace!(plugin, "{message}"),
+            wit_host::Level::Debug => debug!(plugin, "{message}"),
+            wit_host::Level::Info => info!(plugin, "{message}"),
+            wit_host::Level::Warn => warn!(plugin, "{message}"),
+            wit_host::Level::Error => {
+                error!(plugin, "{message}");
+                // Kept so a trap that follows (a panic) can say why.
+                self.last_error_log = Some(message.chars().take(500).collect());
+            }
+        }
+    }
+}
+
+impl wit::Host for State {}
+
+/// A compiled plugin, ready to instantiate.
+struct Loaded {
+    name: String,
+    kind: PluginKind,
+    source: String,
+    component: Component,
+    linker: Linker<State>,
+}
+
+/// The plugin host: one engine, its ticker, and the loaded plugins.
+pub struct PluginHost {
+    engine: Engine,
+    cfg: HostConfig,
+    plugins: BTreeMap<String, Arc<Loaded>>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl Drop for PluginHost {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::SeqCst);
+    }
+}
+
+fn engine() -> Result<Engine, HostError> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))
+}
+
+/// Whether a component may import `name` (an instance name with its version).
+fn import_allowed(name: &str) -> bool {
+    name == "vsync:plugin/host@0.1.0"
+        || name == "vsync:plugin/types@0.1.0"
+        || name.starts_with("wasi:io/")
+        || name.starts_with("wasi:cli/")
+        || name.starts_with("wasi:random/insecure-seed@")
+}
+
+impl PluginHost {
+    /// A host with the embedded default pack loaded.
+    pub fn new(cfg: HostConfig) -> Result<Self, HostError> {
+        let mut host = Self::empty(cfg)?;
+        for (name, bytes) in DEFAULT_PACK {
+            host.load_bytes(name, &format!("default pack ({name})"), bytes)?;
+        }
+        Ok(host)
+    }
+
+    /// A host with no plugins (used to validate a directory on its own).
+    pub fn empty(cfg: HostConfig) -> Result<Self, HostError> {
+        let engine = engine()?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (e, stop) = (engine.clone(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("vsync-plugin-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })
+            .map_err(|e| HostError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Self {
+            engine,
+            cfg,
+            plugins: BTreeMap::new(),
+            stop_ticker,
+        })
+    }
+
+    /// Loads every `*.wasm` in `dir` (name = file stem). Returns the names loaded.
+    pub fn load_dir(&mut self, dir: &Path) -> Result<Vec<String>, HostError> {
+        let io = |source| HostError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        files.sort();
+        files.iter().map(|f| self.load_file(f)).collect()
+    }
+
+    /// Loads one component file; its name is the file stem.
+    pub fn load_file(&mut self, path: &Path) -> Result<String, HostError> {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(path).map_err(|source| HostError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load_bytes(&name, &path.display().to_string(), &bytes)?;
+        Ok(name)
+    }
+
+    fn load_bytes(&mut self, name: &str, source: &str, bytes: &[u8]) -> Result<(), HostError> {
+        let file = PathBuf::from(source);
+        if let Some(existing) = self.plugins.get(name) {
+            return Err(HostError::NameClash {
+                name: name.to_owned(),
+                file,
+                existing: existing.source.clone(),
+            });
+        }
+        // Parse first: a core module or random bytes are refused before compiling.
+        if !wasmparser_is_component(bytes) {
+            return Err(HostError::InvalidComponent {
+                file,
+                reason: "not a WebAssembly component (a core module, or not WebAssembly at all)".into(),
+            });
+        }
+        let component = self.compile(&file, bytes)?;
+        let ty = component.component_type();
+        let mut kind = None;
+        let mut exports = Vec::new();
+        for (export, _) in ty.exports(&self.engine) {
+            exports.push(export.to_owned());
+            for (prefix, k) in [(TRANSFORMER_EXPORT, PluginKind::Transformer), (FILTER_EXPORT, PluginKind::Filter)] {
+                if let Some(version) = export.strip_prefix(prefix).and_then(|r| r.strip_prefix('@')) {
+                    if version != API_VERSION {
+                        return Err(HostError::IncompatibleApi {
+                            file,
+                            found: version.to_owned(),
+                            expected: API_VERSION,
+                        });
+                    }
+                    kind = Some(k);
+                }
+            }
+        }
+        let Some(kind) = kind else {
+            return Err(HostError::WrongWorld {
+                file,
+                exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+            });
+        };
+        let mut linker: Linker<State> = Linker::new(&self.engine);
+        TransformerWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| HostError::Engine(e.to_string()))?;
+        for (import, _) in ty.imports(&self.engine) {
+            if !import_allowed(import) {
+                return Err(HostError::ForbiddenImport {
+                    file,
+                    import: import.to_owned(),
+                });
+            }
+            // The seed Rust's HashMap asks for, under the exact name and version imported (a
+            // trap stub would shadow a semver-compatible definition).
+            if import.starts_with("wasi:random/insecure-seed@") {
+                linker
+                    .instance(import)
+                    .and_then(|mut i| {
+                        i.func_wrap("insecure-seed", |_, (): ()| Ok(((fastrand_u64(), fastrand_u64()),)))
+                    })
+                    .map_err(|e| HostError::Engine(e.to_string()))?;
+            }
+        }
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| HostError::Engine(e.to_string()))?;
+        self.plugins.insert(
+            name.to_owned(),
+            Arc::new(Loaded {
+                name: name.to_owned(),
+                kind,
+                source: source.to_owned(),
+                component,
+                linker,
+            }),
+        );
+        debug!(plugin = name, %kind, source, "plugin loaded");
+        Ok(())
+    }
+
+    /// Compiles, through the on-disk cache when configured.
+    fn compile(&self, file: &Path, bytes: &[u8]) -> Result<Component, HostError> {
+        let invalid = |e: wasmtime::Error| HostError::InvalidComponent {
+            file: file.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let Some(dir) = &self.cfg.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(invalid);
+        };
+        let mut h = Sha256::new();
+        h.update(bytes);
+        h.update(b"\0wasmtime-48.0.8\0");
+        // Engine settings that make a compiled artifact incompatible (wasmtime's own hash).
+        let mut compat = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
+        h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
+        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.join(format!("{key}.cwasm"));
+        if path.is_file() {
+            // SAFETY: the file is in vsync's own cache directory, named by the SHA-256 of the
+            // component bytes and the engine version, and was written by `serialize` below;
+            // wasmtime also checks its header and refuses artifacts from another engine build.
+            #[allow(unsafe_code)]
+            let cached = unsafe { Component::deserialize_file(&self.engine, &path) };
+            match cached {
+                Ok(c) => return Ok(c),
+                Err(e) => warn!(path = %path.display(), error = %e, "ignoring an unusable cached component"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+        if let Ok(serialized) = component.serialize() {
+            let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+            let written = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&tmp, serialized))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = written {
+                debug!(dir = %dir.display(), error = %e, "component cache not written");
+            }
+        }
+        Ok(component)
+    }
+
+    /// Loaded plugins and their kinds.
+    pub fn plugin_names(&self) -> Vec<(String, PluginKind)> {
+        self.plugins.values().map(|p| (p.name.clone(), p.kind)).collect()
+    }
+
+    /// The kind of a loaded plugin.
+    pub fn kind(&self, name: &str) -> Option<PluginKind> {
+        self.plugins.get(name).map(|p| p.kind)
+    }
+
+    /// Instantiates a plugin and configures it with `config_json`.
+    pub fn instantiate(&self, name: &str, config_json: &str) -> Result<Instance, HostError> {
+        let loaded = self.plugins.get(name).ok_or_else(|| HostError::UnknownPlugin {
+            name: name.to_owned(),
+            loaded: self.plugins.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+        let mut instance = Instance {
+            loaded: loaded.clone(),
+            engine: self.engine.clone(),
+            cfg: self.cfg.clone(),
+            config: config_json.to_owned(),
+            live: None,
+        };
+        instance.start().map_err(|error| HostError::Configure {
+            plugin: name.to_owned(),
+            error,
+        })?;
+        Ok(instance)
+    }
+}
+
+/// Cheap non-cryptographic randomness for the guest's HashMap seed (what the WASI interface
+/// promises: "insecure").
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.finish()
+}
+
+/// A component (layer 0x0d version 1 = component) vs a core module (version 1, layer 0).
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}
+
+enum Bound {
+    Transformer(TransformerWorld),
+    Filter(FilterWorld),
+}
+
+struct Live {
+    store: Store<State>,
+    bound: Bound,
+}
+
+/// A configured plugin instance. Reused across calls; after a trap it is replaced before the
+/// next call (wasmtime refuses further calls into a trapped instance).
+pub struct Instance {
+    loaded: Arc<Loaded>,
+    engine: Engine,
+    cfg: HostConfig,
+    config: String,
+    live: Option<Live>,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("plugin", &self.loaded.name).finish()
+    }
+}
+
+impl Instance {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.loaded.name
+    }
+
+    /// The plugin's kind.
+    pub fn kind(&self) -> PluginKind {
+        self.loaded.kind
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.cfg.call_timeout.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
+    }
+
+    /// Instantiates and configures; the error is a readable reason.
+    fn start(&mut self) -> Result<(), String> {
+        let state = State {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(self.cfg.memory_limit).unwrap_or(usize::MAX))
+                .trap_on_grow_failure(true)
+                .build(),
+            plugin: Arc::from(self.loaded.name.as_str()),
+            last_error_log: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let pre = self
+            .loaded
+            .linker
+            .instantiate_pre(&self.loaded.component)
+            .map_err(|e| format!("{e:#}"))?;
+        let bound = match self.loaded.kind {
+            PluginKind::Transformer => Bound::Transformer(
+                TransformerPre::new(pre)
+                    .and_then(|p| p.instantiate(&mut store))
+                    .map_err(|e| self.describe_trap(&store, &e).to_string())?,
+            ),
+            PluginKind::Filter => Bound::Filter(
+                FilterPre::new(pre)
+                    .and_then(|p| p.instantiate(&mut store))
+                    .map_err(|e| self.describe_trap(&store, &e).to_string())?,
+            ),
+        };
+        store.set_epoch_deadline(self.deadline_ticks());
+        let configured = match &bound {
+            Bound::Transformer(t) => t.vsync_plugin_transformer_api().call_configure(&mut store, &self.config),
+            Bound::Filter(f) => f.vsync_plugin_filter_api().call_configure(&mut store, &self.config),
+        };
+        match configured {
+            Ok(Ok(())) => {
+                self.live = Some(Live { store, bound });
+                Ok(())
+            }
+            Ok(Err(e)) => Err(PluginError::from(e).to_string()),
+            Err(e) => Err(self.describe_trap(&store, &e).to_string()),
+        }
+    }
+
+    fn describe_trap(&self, store: &Store<State>, e: &wasmtime::Error) -> CallError {
+        let plugin = self.loaded.name.clone();
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                return CallError::Timeout {
+                    plugin,
+                    limit: self.cfg.call_timeout,
+                };
+            }
+            Some(Trap::OutOfFuel) => {
+                return CallError::Timeout {
+                    plugin,
+                    limit: self.cfg.call_timeout,
+                };
+            }
+            _ => {}
+        }
+        let text = format!("{e:#}");
+        if text.contains("forcing trap when growing memory") {
+            return CallError::MemoryExceeded {
+                plugin,
+                limit: self.cfg.memory_limit,
+            };
+        }
+        let message = match &store.data().last_error_log {
+            Some(logged) => format!("{logged} ({})", e.root_cause()),
+            None => e.root_cause().to_string(),
+        };
+        CallError::Trap { plugin, message }
+    }
+
+    /// Gets a usable instance, replacing a poisoned one.
+    fn live(&mut self) -> Result<&mut Live, CallError> {
+        if self.live.is_none() {
+            self.start().map_err(|message| CallError::Restart {
+                plugin: self.loaded.name.clone(),
+                message,
+            })?;
+        }
+        let ticks = self.deadline_ticks();
+        let live = self.live.as_mut().ok_or_else(|| CallError::Restart {
+            plugin: self.loaded.name.clone(),
+            message: "no instance".into(),
+        })?;
+        live.store.set_epoch_deadline(ticks);
+        live.store.data_mut().last_error_log = None;
+        Ok(live)
+    }
+
+    fn failed(&mut self, e: &wasmtime::Error) -> CallError {
+        let err = match &self.live {
+            Some(live) => self.describe_trap(&live.store, e),
+            None => CallError::Trap {
+                plugin: self.loaded.name.clone(),
+                message: e.to_string(),
+            },
+        };
+        // A trapped instance cannot be entered again: drop it; the next call makes a new one.
+        self.live = None;
+        err
+    }
+
+    /// Calls a transformer: `Ok(None)` means "not mine".
+    pub fn transform(&mut self, path: &str, ctx: &Context) -> Result<Option<String>, CallError> {
+        let wit_ctx = ctx.to_wit();
+        let plugin = self.loaded.name.clone();
+        let live = self.live()?;
+        let Bound::Transformer(t) = &live.bound else {
+            return Err(CallError::Guest {
+                plugin,
+                error: PluginError::Failed("a filter was called as a transformer".into()),
+            });
+        };
+        match t.vsync_plugin_transformer_api().call_transform(&mut live.store, path, &wit_ctx) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(CallError::Guest { plugin, error: e.into() }),
+            Err(e) => Err(self.failed(&e)),
+        }
+    }
+
+    /// Calls a filter: whether the path is included.
+    pub fn include(&mut self, path: &str, ctx: &Context) -> Result<bool, CallError> {
+        let wit_ctx = ctx.to_wit();
+        let plugin = self.loaded.name.clone();
+        let live = self.live()?;
+        let Bound::Filter(f) = &live.bound else {
+            return Err(CallError::Guest {
+                plugin,
+                error: PluginError::Failed("a transformer was called as a filter".into()),
+            });
+        };
+        match f.vsync_plugin_filter_api().call_include(&mut live.store, path, &wit_ctx) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(CallError::Guest { plugin, error: e.into() }),
+            Err(e) => Err(self.failed(&e)),
+        }
+    }
+}
+
+/// Which plugins a destination stacks, with their configs (JSON).
+#[derive(Debug, Clone, Default)]
+pub struct StackSpec {
+    /// Transformers, in order (the identity is added at the bottom).
+    pub transforms: Vec<(String, serde_json::Value)>,
+    /// Filters (all must include a path).
+    pub filters: Vec<(String, serde_json::Value)>,
+}
+
+/// Why mapping one path failed.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum StackError {
+    /// A plugin call failed.
+    #[error("path `{path}`: {error}")]
+    Call {
+        /// The origin path.
+        path: String,
+        /// The failure.
+        error: CallError,
+    },
+    /// A transformer returned something that is not a valid relative path.
+    #[error("path `{path}`: plugin `{plugin}` returned `{output}`, which is not a valid relative path ({reason})")]
+    InvalidOutput {
+        /// The origin path.
+        path: String,
+        /// The plugin.
+        plugin: String,
+        /// What it returned.
+        output: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+/// A destination's filters and transformers, instantiated and configured.
+#[derive(Debug)]
+pub struct Stack {
+    filters: Vec<Instance>,
+    transforms: Vec<Instance>,
+}
+
+impl Stack {
+    /// Instantiates and configures every plugin of `spec`, checking kinds.
+    pub fn new(host: &PluginHost, spec: &StackSpec) -> Result<Stack, HostError> {
+        let make = |(name, config): &(String, serde_json::Value), wanted: PluginKind| {
+            let found = host.kind(name).ok_or_else(|| HostError::UnknownPlugin {
+                name: name.clone(),
+                loaded: host.plugins.keys().cloned().collect::<Vec<_>>().join(", "),
+            })?;
+            if found != wanted {
+                return Err(HostError::KindMismatch {
+                    plugin: name.clone(),
+                    found,
+                    wanted,
+                });
+            }
+            host.instantiate(name, &config.to_string())
+        };
+        Ok(Stack {
+            filters: spec.filters.iter().map(|p| make(p, PluginKind::Filter)).collect::<Result<_, _>>()?,
+            transforms: spec
+                .transforms
+                .iter()
+                .map(|p| make(p, PluginKind::Transformer))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Maps a mount-relative origin path: `Ok(None)` when a filter excludes it, otherwise the
+    /// first transformer's answer (the identity when none claims it), checked to be a valid
+    /// relative path.
+    pub fn map(&mut self, path: &str, ctx: &Context) -> Result<Option<String>, StackError> {
+        for f in &mut self.filters {
+            let included = f.include(path, ctx).map_err(|error| StackError::Call {
+                path: path.to_owned(),
+                error,
+            })?;
+            if !included {
+                return Ok(None);
+            }
+        }
+        for t in &mut self.transforms {
+            let out = t.transform(path, ctx).map_err(|error| StackError::Call {
+                path: path.to_owned(),
+                error,
+            })?;
+            if let Some(out) = out {
+                vsync_core::validate_relative_path(&out).map_err(|e| StackError::InvalidOutput {
+                    path: path.to_owned(),
+                    plugin: t.name().to_owned(),
+                    output: out.clone(),
+                    reason: e.to_string(),
+                })?;
+                return Ok(Some(out));
+            }
+        }
+        // The bottom of every stack: the identity (a path no transformer claims keeps its name).
+        Ok(Some(path.to_owned()))
+    }
+}

@@ -1,0 +1,54 @@
+//! Builds the `plugins/` workspace (default pack and test fixtures) for wasm32-wasip2 with a
+//! nested cargo, in its own target directory, and copies the default pack into OUT_DIR so the
+//! library embeds it (one `vsync` binary works with no plugin directory).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DEFAULT_PACK: &[&str] = &["identity", "regex", "prefix", "glob"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..");
+    let plugins = root.join("plugins");
+    for p in ["plugins/Cargo.toml", "plugins/Cargo.lock", "plugins/identity", "plugins/regex", "plugins/prefix", "plugins/glob", "plugins/fixtures", "plugin-sdk/src", "plugin-sdk/Cargo.toml", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    let target_dir = root.join("target").join("plugins-wasm");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(plugins.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir);
+    // The outer build's settings must not leak into the guest build.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_FEATURE_")
+            || key.starts_with("CARGO_CFG_")
+            || matches!(
+                key.as_str(),
+                "RUSTFLAGS" | "CARGO_ENCODED_RUSTFLAGS" | "CARGO_BUILD_TARGET" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER"
+                    | "CARGO_MAKEFLAGS" | "CARGO_PRIMARY_PACKAGE" | "TARGET" | "HOST" | "OPT_LEVEL" | "PROFILE" | "DEBUG"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    let status = cmd.status().expect("running cargo for the plugins workspace");
+    if !status.success() {
+        panic!(
+            "building plugins/ for wasm32-wasip2 failed (see above). If the target is missing: \
+             rustup target add wasm32-wasip2"
+        );
+    }
+    let built = target_dir.join("wasm32-wasip2").join("release");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("default-pack");
+    std::fs::create_dir_all(&out).expect("OUT_DIR/default-pack");
+    for name in DEFAULT_PACK {
+        copy(&built.join(format!("vsync_plugin_{name}.wasm")), &out.join(format!("{name}.wasm")));
+    }
+    println!("cargo:rustc-env=VSYNC_PLUGIN_WASM_DIR={}", built.display());
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
+}

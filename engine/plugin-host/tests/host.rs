@@ -1,0 +1,201 @@
+//! The host against real guest components built from `plugins/` (default pack and bad-guest
+//! fixtures): limits, traps, refusals at load, instance replacement, stacks and validation.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vsync_plugin_host::{CallError, Context, HostConfig, HostError, PluginHost, PluginKind, Stack, StackError, StackSpec, validate_dir};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("VSYNC_PLUGIN_WASM_DIR")).join(format!("vsync_plugin_fixture_{name}.wasm"))
+}
+
+fn ctx() -> Context {
+    Context {
+        origin: "origin".into(),
+        destination: "eu".into(),
+        origin_mount: "secret/".into(),
+        destination_mount: "secret/".into(),
+        kv_version: 2,
+        labels: [("region".to_owned(), "eu".to_owned())].into(),
+    }
+}
+
+/// A host with the default pack plus one fixture copied in under `name`.
+fn host_with(name: &str, fixture_name: &str) -> (PluginHost, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(fixture_name), dir.path().join(format!("{name}.wasm"))).unwrap();
+    let mut host = PluginHost::new(HostConfig::default()).unwrap();
+    host.load_dir(dir.path()).unwrap();
+    (host, dir)
+}
+
+fn still_works(host: &PluginHost) {
+    let mut prefix = host.instantiate("prefix", r#"{"from": "a/", "to": "b/"}"#).unwrap();
+    assert_eq!(prefix.transform("a/x", &ctx()).unwrap().as_deref(), Some("b/x"));
+}
+
+#[test]
+fn infinite_loop_times_out_and_the_instance_recovers() {
+    let (host, _d) = host_with("looper", "loop");
+    let mut i = host.instantiate("looper", "{}").unwrap();
+    let started = Instant::now();
+    let err = i.transform("x", &ctx()).unwrap_err();
+    assert!(matches!(err, CallError::Timeout { ref plugin, .. } if plugin == "looper"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "stopped near the 50 ms limit: {:?}", started.elapsed());
+    // The trapped instance is replaced: the next call runs (and times out again, cleanly).
+    assert!(matches!(i.transform("y", &ctx()).unwrap_err(), CallError::Timeout { .. }));
+    still_works(&host);
+}
+
+#[test]
+fn memory_bomb_hits_the_limit() {
+    let (host, _d) = host_with("bomb", "membomb");
+    let mut i = host.instantiate("bomb", "{}").unwrap();
+    let err = i.transform("x", &ctx()).unwrap_err();
+    assert!(matches!(err, CallError::MemoryExceeded { .. }), "{err}");
+    still_works(&host);
+}
+
+#[test]
+fn panic_is_a_trap_with_its_message() {
+    let (host, _d) = host_with("panicky", "panic");
+    let mut i = host.instantiate("panicky", "{}").unwrap();
+    let err = i.transform("some/path", &ctx()).unwrap_err();
+    match &err {
+        CallError::Trap { plugin, message } => {
+            assert_eq!(plugin, "panicky");
+            assert!(message.contains("fixture panic on some/path"), "{message}");
+        }
+        other => panic!("expected a trap, got {other}"),
+    }
+    assert!(matches!(i.transform("again", &ctx()).unwrap_err(), CallError::Trap { .. }), "replaced instance runs again");
+    still_works(&host);
+}
+
+#[test]
+fn bad_components_are_refused_at_load_naming_file_and_reason() {
+    let cases: [(&str, &str); 4] = [
+        ("wrong_world", "exports neither"),
+        ("wrong_version", "plugin API 0.2.0"),
+        ("clock", "wasi:clocks"),
+        ("bad_configure", ""),
+    ];
+    for (fixture_name, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("{fixture_name}.wasm"));
+        std::fs::copy(fixture(fixture_name), &file).unwrap();
+        let mut host = PluginHost::new(HostConfig::default()).unwrap();
+        let loaded = host.load_file(&file);
+        if fixture_name == "bad_configure" {
+            // Loads fine; refused when configured.
+            loaded.unwrap();
+            let err = host.instantiate(fixture_name, "{}").unwrap_err();
+            assert!(matches!(err, HostError::Configure { .. }), "{err}");
+            assert!(err.to_string().contains("bad_configure") && err.to_string().contains("refuses every config"), "{err}");
+        } else {
+            let err = loaded.unwrap_err().to_string();
+            assert!(err.contains(&file.display().to_string()) && err.contains(reason), "{fixture_name}: {err}");
+        }
+        still_works(&host);
+    }
+    // Not a component at all.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm\x01\0\0\0 definitely not a component").unwrap();
+    let mut host = PluginHost::new(HostConfig::default()).unwrap();
+    let err = host.load_file(&junk).unwrap_err();
+    assert!(matches!(err, HostError::InvalidComponent { .. }) && err.to_string().contains("junk.wasm"), "{err}");
+}
+
+#[test]
+fn hashmap_works_with_the_host_seed() {
+    let (host, _d) = host_with("hm", "hashmap");
+    let mut i = host.instantiate("hm", "{}").unwrap();
+    assert_eq!(i.transform("a/b/a", &ctx()).unwrap().as_deref(), Some("2/a/b/a"));
+}
+
+#[test]
+fn name_clash_with_the_default_pack_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("hashmap"), dir.path().join("regex.wasm")).unwrap();
+    let mut host = PluginHost::new(HostConfig::default()).unwrap();
+    let err = host.load_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, HostError::NameClash { .. }) && err.to_string().contains("regex"), "{err}");
+}
+
+#[test]
+fn stack_semantics() {
+    let host = PluginHost::new(HostConfig::default()).unwrap();
+    assert_eq!(host.kind("glob"), Some(PluginKind::Filter));
+    let spec = StackSpec {
+        filters: vec![("glob".into(), json!({"include": ["prod/**"], "exclude": ["**/tmp/**"]}))],
+        transforms: vec![
+            ("prefix".into(), json!({"from": "prod/eu/", "to": "eu/"})),
+            ("regex".into(), json!({"from": "^prod/(?P<r>[a-z]+)/(?P<rest>.+)$", "to": "{rest}/{r}"})),
+        ],
+    };
+    let mut stack = Stack::new(&host, &spec).unwrap();
+    assert_eq!(stack.map("prod/eu/app", &ctx()).unwrap().as_deref(), Some("eu/app"), "first transformer wins");
+    assert_eq!(stack.map("prod/us/app", &ctx()).unwrap().as_deref(), Some("app/us"));
+    assert_eq!(stack.map("prod/x", &ctx()).unwrap().as_deref(), Some("prod/x"), "identity at the bottom");
+    assert_eq!(stack.map("dev/app", &ctx()).unwrap(), None, "filtered out");
+    assert_eq!(stack.map("prod/eu/tmp/x", &ctx()).unwrap(), None);
+    // A transformer output that is not a valid relative path fails that path.
+    let bad = StackSpec {
+        transforms: vec![("prefix".into(), json!({"from": "a/", "to": "../"}))],
+        ..Default::default()
+    };
+    let err = Stack::new(&host, &bad).unwrap().map("a/x", &ctx()).unwrap_err();
+    assert!(matches!(err, StackError::InvalidOutput { .. }) && err.to_string().contains("prefix"), "{err}");
+    // Kind mismatch and unknown plugins are refused when the stack is built.
+    let wrong = StackSpec { filters: vec![("regex".into(), json!({}))], ..Default::default() };
+    assert!(matches!(Stack::new(&host, &wrong).unwrap_err(), HostError::KindMismatch { .. }));
+    let unknown = StackSpec { transforms: vec![("nope".into(), json!({}))], ..Default::default() };
+    assert!(matches!(Stack::new(&host, &unknown).unwrap_err(), HostError::UnknownPlugin { .. }));
+}
+
+#[test]
+fn validate_dir_reports_passes_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = PathBuf::from(env!("VSYNC_PLUGIN_WASM_DIR"));
+    std::fs::copy(built.join("vsync_plugin_prefix.wasm"), dir.path().join("prefix.wasm")).unwrap();
+    std::fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins/prefix/prefix.vectors.toml"),
+        dir.path().join("prefix.vectors.toml"),
+    )
+    .unwrap();
+    let report = validate_dir(dir.path(), &HostConfig::default());
+    assert!(report.passed(), "{}", report.human());
+    // A failing vector and a broken component make the report fail.
+    std::fs::write(
+        dir.path().join("prefix.vectors.toml"),
+        "config = { from = \"a/\", to = \"b/\" }\n[[vector]]\npath = \"a/x\"\nexpect = \"c/x\"\n",
+    )
+    .unwrap();
+    std::fs::copy(fixture("wrong_version"), dir.path().join("future.wasm")).unwrap();
+    let report = validate_dir(dir.path(), &HostConfig::default());
+    assert!(!report.passed());
+    let human = report.human();
+    assert!(human.contains("expected `c/x`, got b/x") && human.contains("0.2.0"), "{human}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["passed"], false);
+}
+
+#[test]
+fn compiled_components_are_cached_on_disk() {
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = HostConfig { cache_dir: Some(cache.path().to_owned()), ..Default::default() };
+    let started = Instant::now();
+    let host = PluginHost::new(cfg.clone()).unwrap();
+    let cold = started.elapsed();
+    drop(host);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 4, "one artifact per default-pack plugin");
+    let started = Instant::now();
+    let host = PluginHost::new(cfg).unwrap();
+    let warm = started.elapsed();
+    still_works(&host);
+    println!("default pack load: cold {cold:?}, from cache {warm:?}");
+}
