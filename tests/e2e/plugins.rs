@@ -79,3 +79,73 @@ async fn two_paths_mapping_to_one_destination_path_fail_before_any_write() {
     assert!(text(&out).contains("`secret/eu/app/db` and `secret/us/app/db` both map to `secret/app/db`"), "{}", text(&out));
     assert!(contents(&client(&b)).await.is_empty(), "nothing written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plugins_fail_their_paths_and_the_rest_still_syncs() {
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let (ca, cb) = (client(&a), client(&b));
+    for p in ["loop/x", "bomb/y", "panic/z", "ok/a", "ok/b"] {
+        ca.write_version("secret/", p, &data(json!({"p": p})), 0).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins-wasm/wasm32-wasip2/release");
+    for (name, fixture) in [("looper", "loop"), ("bomb", "membomb"), ("panicky", "panic")] {
+        std::fs::copy(built.join(format!("vsync_plugin_fixture_{fixture}.wasm")), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    let cfg = config(
+        dir.path(),
+        &a,
+        &b,
+        r#"transforms = [ { plugin = "looper" }, { plugin = "bomb" }, { plugin = "panicky" } ]"#,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_vsync"))
+        .arg("--config").arg(&cfg).args(["run", "--once", "--plugins"]).arg(&plugins)
+        .env("VSYNC_LOG", "warn").env("VSYNC_E2E_DEST_TOKEN", DEV_ROOT_TOKEN)
+        .output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "per-path failures exit 3: {t}");
+    assert!(t.contains("2 added") && t.contains("3 failed"), "{t}");
+    for (plugin, what) in [("looper", "time limit"), ("bomb", "memory limit"), ("panicky", "fixture panic on panic/z")] {
+        assert!(t.contains(&format!("plugin `{plugin}`")) && t.contains(what), "{plugin}: {t}");
+    }
+    let got: Vec<String> = contents(&cb).await.into_keys().collect();
+    assert_eq!(got, vec!["secret/ok/a", "secret/ok/b"]);
+    // A name clash with the default pack is refused.
+    std::fs::copy(plugins.join("looper.wasm"), plugins.join("regex.wasm")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vsync"))
+        .arg("--config").arg(&cfg).args(["run", "--once", "--plugins"]).arg(&plugins)
+        .env("VSYNC_LOG", "warn").env("VSYNC_E2E_DEST_TOKEN", DEV_ROOT_TOKEN)
+        .output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("regex") && text(&out).contains("already taken"), "{}", text(&out));
+}
+
+#[test]
+fn plugin_validate_cli_json_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = root.join("target/plugins-wasm/wasm32-wasip2/release");
+    for name in ["regex", "glob"] {
+        std::fs::copy(built.join(format!("vsync_plugin_{name}.wasm")), dir.path().join(format!("{name}.wasm"))).unwrap();
+        std::fs::copy(root.join(format!("plugins/{name}/{name}.vectors.toml")), dir.path().join(format!("{name}.vectors.toml"))).unwrap();
+    }
+    let run = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vsync"))
+            .args(["plugin", "validate"]).arg(dir.path()).args(["--format", format])
+            .output().unwrap()
+    };
+    let out = run("human");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ok   regex") && text(&out).contains("ok   glob"), "{}", text(&out));
+    std::fs::copy(built.join("vsync_plugin_fixture_wrong_world.wasm"), dir.path().join("odd.wasm")).unwrap();
+    let out = run("json");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], false);
+    let odd = report["components"].as_array().unwrap().iter().find(|c| c["name"] == "odd").unwrap();
+    assert!(odd["error"].as_str().unwrap().contains("exports neither"), "{odd}");
+}

@@ -42,11 +42,12 @@ fn infinite_loop_times_out_and_the_instance_recovers() {
     let (host, _d) = host_with("looper", "loop");
     let mut i = host.instantiate("looper", "{}").unwrap();
     let started = Instant::now();
-    let err = i.transform("x", &ctx()).unwrap_err();
+    let err = i.transform("loop/x", &ctx()).unwrap_err();
     assert!(matches!(err, CallError::Timeout { ref plugin, .. } if plugin == "looper"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2), "stopped near the 50 ms limit: {:?}", started.elapsed());
     // The trapped instance is replaced: the next call runs (and times out again, cleanly).
-    assert!(matches!(i.transform("y", &ctx()).unwrap_err(), CallError::Timeout { .. }));
+    assert_eq!(i.transform("fine", &ctx()).unwrap(), None, "the replaced instance serves other paths");
+    assert!(matches!(i.transform("loop/y", &ctx()).unwrap_err(), CallError::Timeout { .. }));
     still_works(&host);
 }
 
@@ -54,8 +55,9 @@ fn infinite_loop_times_out_and_the_instance_recovers() {
 fn memory_bomb_hits_the_limit() {
     let (host, _d) = host_with("bomb", "membomb");
     let mut i = host.instantiate("bomb", "{}").unwrap();
-    let err = i.transform("x", &ctx()).unwrap_err();
+    let err = i.transform("bomb/x", &ctx()).unwrap_err();
     assert!(matches!(err, CallError::MemoryExceeded { .. }), "{err}");
+    assert_eq!(i.transform("fine", &ctx()).unwrap(), None);
     still_works(&host);
 }
 
@@ -63,15 +65,15 @@ fn memory_bomb_hits_the_limit() {
 fn panic_is_a_trap_with_its_message() {
     let (host, _d) = host_with("panicky", "panic");
     let mut i = host.instantiate("panicky", "{}").unwrap();
-    let err = i.transform("some/path", &ctx()).unwrap_err();
+    let err = i.transform("panic/path", &ctx()).unwrap_err();
     match &err {
         CallError::Trap { plugin, message } => {
             assert_eq!(plugin, "panicky");
-            assert!(message.contains("fixture panic on some/path"), "{message}");
+            assert!(message.contains("fixture panic on panic/path"), "{message}");
         }
         other => panic!("expected a trap, got {other}"),
     }
-    assert!(matches!(i.transform("again", &ctx()).unwrap_err(), CallError::Trap { .. }), "replaced instance runs again");
+    assert_eq!(i.transform("fine", &ctx()).unwrap(), None, "the replaced instance serves other paths");
     still_works(&host);
 }
 
