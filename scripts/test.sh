@@ -18,7 +18,7 @@ cargo test --manifest-path examples/region-transformer/Cargo.toml --locked --qui
 cargo build --manifest-path examples/region-transformer/Cargo.toml --locked --release --target wasm32-wasip2 --quiet
 pack="$(mktemp -d)"
 trap 'rm -rf "$pack"' EXIT
-cp examples/region-transformer/target/wasm32-wasip2/release/vsync_plugin_region.wasm "$pack/region.wasm"
+cp examples/region-transformer/target/wasm32-wasip2/release/region_transformer.wasm "$pack/region.wasm"
 cp examples/region-transformer/region.vectors.toml "$pack/region.vectors.toml"
 cargo run --locked --quiet -p vsync -- plugin validate "$pack"
 echo "==> test: all passed"

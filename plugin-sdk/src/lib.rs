@@ -108,7 +108,7 @@ impl std::error::Error for PluginError {}
 /// [`PluginError::InvalidConfig`] naming the field.
 ///
 /// ```
-/// #[derive(serde::Deserialize)]
+/// #[derive(Debug, serde::Deserialize)]
 /// #[serde(deny_unknown_fields)]
 /// struct Cfg { from: String }
 /// let c: Cfg = vsync_plugin_sdk::config(r#"{"from": "prod/"}"#).unwrap();
@@ -164,6 +164,8 @@ macro_rules! export_transformer {
                 })
             }
         }
+        // Only a wasm build exports (native builds, for unit tests, have nothing to export to).
+        #[cfg(target_arch = "wasm32")]
         $crate::__private::transformer::export!(__VsyncTransformerExport with_types_in $crate::__private::transformer);
     };
 }
@@ -196,6 +198,7 @@ macro_rules! export_filter {
                 })
             }
         }
+        #[cfg(target_arch = "wasm32")]
         $crate::__private::filter::export!(__VsyncFilterExport with_types_in $crate::__private::filter);
     };
 }
