@@ -131,7 +131,7 @@ async fn permission_revoked_mid_run_is_fatal_and_alerts() {
     let cfg = config(dir.path(), &a, &b, "interval = \"1s\"");
     let text_cfg = std::fs::read_to_string(&cfg).unwrap()
         + &format!("\n[alert]\nwebhook = \"{hook}\"\n");
-    let text_cfg = text_cfg.replace("interval = \"1s\"", "interval = \"1s\"").replacen(
+    let text_cfg = text_cfg.replacen(
         "mounts = [\"secret/\", \"kv1/\"]",
         "mounts = [\"secret/\", \"kv1/\"]\ninterval = \"1s\"",
         1,
