@@ -7,7 +7,7 @@ use crate::{Context, KvVersion, PluginError};
 /// Bindings of the `transformer` world.
 pub mod transformer {
     wit_bindgen::generate!({
-        path: "../wit/plugin@0.1.0",
+        path: "wit/plugin@0.1.0",
         world: "transformer",
         pub_export_macro: true,
         default_bindings_module: "vsync_plugin_sdk::__private::transformer",
@@ -17,7 +17,7 @@ pub mod transformer {
 /// Bindings of the `filter` world (sharing the transformer world's imported interfaces).
 pub mod filter {
     wit_bindgen::generate!({
-        path: "../wit/plugin@0.1.0",
+        path: "wit/plugin@0.1.0",
         world: "filter",
         pub_export_macro: true,
         default_bindings_module: "vsync_plugin_sdk::__private::filter",

@@ -202,3 +202,18 @@ macro_rules! export_filter {
         $crate::__private::filter::export!(__VsyncFilterExport with_types_in $crate::__private::filter);
     };
 }
+
+#[cfg(test)]
+mod tests {
+    /// The bindings come from the crate's own copy of the contract (so the packaged crate is
+    /// self-contained); it must stay byte-for-byte the repository's frozen `wit/plugin@0.1.0`.
+    #[test]
+    fn vendored_wit_matches_the_repository_contract() {
+        let vendored = include_str!("../wit/plugin@0.1.0/plugin.wit");
+        let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/plugin@0.1.0/plugin.wit");
+        // Outside the repository (a packaged crate) there is nothing to compare with.
+        if let Ok(contract) = std::fs::read_to_string(repo) {
+            assert_eq!(vendored, contract, "plugin-sdk/wit/plugin@0.1.0 differs from wit/plugin@0.1.0: copy it again");
+        }
+    }
+}

@@ -8,6 +8,9 @@
 
 use crate::{Context, KvVersion};
 
+#[cfg(feature = "vectors")]
+pub mod vectors;
+
 /// A [`Context`] builder with test defaults (origin `origin`, destination `test`, mounts
 /// `secret/`, KV v2, no labels).
 #[derive(Debug, Clone)]
