@@ -92,6 +92,35 @@ pub enum PluginError {
     Failed(String),
 }
 
+impl PluginError {
+    /// The message, without the case.
+    ///
+    /// ```
+    /// use vsync_plugin_sdk::PluginError;
+    /// assert_eq!(PluginError::Failed("boom".into()).message(), "boom");
+    /// ```
+    pub fn message(&self) -> &str {
+        match self {
+            PluginError::InvalidConfig(m) | PluginError::InvalidPath(m) | PluginError::Failed(m) => m,
+        }
+    }
+
+    /// The WIT case name: `invalid-config`, `invalid-path` or `failed` (what vsync reports and
+    /// what a vector's `error` may name).
+    ///
+    /// ```
+    /// use vsync_plugin_sdk::PluginError;
+    /// assert_eq!(PluginError::InvalidPath("x".into()).case(), "invalid-path");
+    /// ```
+    pub fn case(&self) -> &'static str {
+        match self {
+            PluginError::InvalidConfig(_) => "invalid-config",
+            PluginError::InvalidPath(_) => "invalid-path",
+            PluginError::Failed(_) => "failed",
+        }
+    }
+}
+
 impl std::fmt::Display for PluginError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -118,6 +147,28 @@ impl std::error::Error for PluginError {}
 /// ```
 pub fn config<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
     serde_json::from_str(json).map_err(|e| PluginError::InvalidConfig(e.to_string()))
+}
+
+/// Checks that a transformer's output is a path vsync can write: not empty, no leading or
+/// trailing `/`, no empty, `.` or `..` segments. Errors are [`PluginError::InvalidPath`].
+/// (vsync checks this too; calling it lets a plugin say *why* a path cannot be mapped.)
+///
+/// ```
+/// use vsync_plugin_sdk::{check_relative_path, PluginError};
+/// assert!(check_relative_path("eu/app/db").is_ok());
+/// for bad in ["", "/eu/app", "eu/app/", "eu//app", "eu/../app", "./eu"] {
+///     assert!(matches!(check_relative_path(bad), Err(PluginError::InvalidPath(_))), "{bad}");
+/// }
+/// ```
+pub fn check_relative_path(path: &str) -> Result<(), PluginError> {
+    if path.is_empty() {
+        return Err(PluginError::InvalidPath("the mapped path is empty".into()));
+    }
+    if let Some(seg) = path.split('/').find(|s| s.is_empty() || *s == "." || *s == "..") {
+        let what = if seg.is_empty() { "an empty segment (leading, trailing or double `/`)".to_owned() } else { format!("a `{seg}` segment") };
+        return Err(PluginError::InvalidPath(format!("the mapped path `{path}` has {what}")));
+    }
+    Ok(())
 }
 
 /// A path transformer. The first transformer of a destination's stack that returns a path wins.

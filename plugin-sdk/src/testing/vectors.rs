@@ -142,16 +142,8 @@ fn want(v: &Vector) -> Result<Want<'_>, String> {
     }
 }
 
-fn case(e: &PluginError) -> &'static str {
-    match e {
-        PluginError::InvalidConfig(_) => "invalid-config",
-        PluginError::InvalidPath(_) => "invalid-path",
-        PluginError::Failed(_) => "failed",
-    }
-}
-
 fn error_matches(want: &str, e: &PluginError) -> bool {
-    want == case(e) || e.to_string().contains(want)
+    want == e.case() || e.to_string().contains(want)
 }
 
 /// Runs every vector with `call` (configure + one call; `Ok(Some(path))` is "kept/mapped",

@@ -63,4 +63,10 @@ mod tests {
         assert!(all.include("anything/at/all", &ctx).unwrap());
         assert!(Glob::configure(r#"{"include": ["a[" ]}"#).is_err());
     }
+
+    /// The vectors `vsync plugin validate` runs against the component, checked natively.
+    #[test]
+    fn vectors() {
+        vsync_plugin_sdk::testing::vectors::check_filter::<Glob>(include_str!("../glob.vectors.toml"));
+    }
 }

@@ -24,4 +24,10 @@ mod tests {
         let ctx = vsync_plugin_sdk::testing::context().build();
         assert_eq!(Identity.transform("a/b", &ctx).unwrap().as_deref(), Some("a/b"));
     }
+
+    /// The vectors `vsync plugin validate` runs against the component, checked natively.
+    #[test]
+    fn vectors() {
+        vsync_plugin_sdk::testing::vectors::check_transformer::<Identity>(include_str!("../identity.vectors.toml"));
+    }
 }

@@ -28,9 +28,8 @@ impl Transformer for Prefix {
             return Ok(None);
         };
         let out = format!("{}{rest}", self.0.to);
-        if out.is_empty() {
-            return Err(PluginError::InvalidPath(format!("`{path}` maps to an empty path")));
-        }
+        vsync_plugin_sdk::check_relative_path(&out)
+            .map_err(|e| PluginError::InvalidPath(format!("`{path}`: {}", e.message())))?;
         Ok(Some(out))
     }
 }
@@ -48,5 +47,21 @@ mod tests {
         assert_eq!(p.transform("x/prod/app", &ctx).unwrap(), None);
         assert!(Prefix::configure(r#"{"from": ""}"#).is_err());
         assert!(Prefix::configure(r#"{"form": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn outputs_must_be_valid_relative_paths() {
+        let ctx = vsync_plugin_sdk::testing::context().build();
+        let strip = Prefix::configure(r#"{"from": "prod/"}"#).unwrap();
+        assert_eq!(strip.transform("prod/app/db", &ctx).unwrap().as_deref(), Some("app/db"));
+        assert!(matches!(strip.transform("prod/", &ctx), Err(PluginError::InvalidPath(_))));
+        let up = Prefix::configure(r#"{"from": "prod/", "to": "../"}"#).unwrap();
+        assert!(matches!(up.transform("prod/app", &ctx), Err(PluginError::InvalidPath(_))));
+    }
+
+    /// The vectors `vsync plugin validate` runs against the component, checked natively.
+    #[test]
+    fn vectors() {
+        vsync_plugin_sdk::testing::vectors::check_transformer::<Prefix>(include_str!("../prefix.vectors.toml"));
     }
 }

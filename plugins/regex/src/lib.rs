@@ -79,10 +79,13 @@ impl Transformer for RegexTransform {
                 Piece::Group(g) => out.push_str(caps.name(g).map_or("", |m| m.as_str())),
             }
         }
+        // Runs of `/` collapse to one (as in the original); leading and trailing `/` go too.
         let collapsed = out.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/");
         if collapsed.is_empty() {
             return Err(PluginError::InvalidPath(format!("`{path}` maps to an empty path")));
         }
+        vsync_plugin_sdk::check_relative_path(&collapsed)
+            .map_err(|e| PluginError::InvalidPath(format!("`{path}`: {}", e.message())))?;
         Ok(Some(collapsed))
     }
 }
@@ -123,5 +126,54 @@ mod tests {
         ] {
             assert!(matches!(RegexTransform::configure(cfg), Err(PluginError::InvalidConfig(_))), "{cfg}");
         }
+    }
+
+    #[test]
+    fn original_vsync_docs_example_on_mount_relative_paths() {
+        // The original's docs example, minus the `<mount>/data` segments it had to capture.
+        let ctx = vsync_plugin_sdk::testing::context().build();
+        let r = t(
+            r"(?P<platform>runner)/(?P<env>(dev|test|stage|prod))?/?(?P<app>\w+)?/?",
+            "{platform}/{env}/{app}/secrets",
+        );
+        assert_eq!(r.transform("runner/stage/app1", &ctx).unwrap().as_deref(), Some("runner/stage/app1/secrets"));
+        assert_eq!(r.transform("runner/stage/", &ctx).unwrap(), None, "app empty: not applicable");
+        // Unanchored, and what no group captured is dropped, as in the original.
+        assert_eq!(r.transform("x/runner/prod/app2/extra", &ctx).unwrap().as_deref(), Some("runner/prod/app2/secrets"));
+    }
+
+    #[test]
+    fn placeholders_inside_segments_and_literal_text() {
+        let ctx = vsync_plugin_sdk::testing::context().build();
+        let r = t("^prod/(?P<app>[^/]+)/(?P<rest>.+)$", "mirror/{app}-db/{rest}");
+        assert_eq!(r.transform("prod/billing/main", &ctx).unwrap().as_deref(), Some("mirror/billing-db/main"));
+    }
+
+    #[test]
+    fn unusable_outputs_are_invalid_path() {
+        let ctx = vsync_plugin_sdk::testing::context().build();
+        let empty = t("(?P<a>.+)", "/");
+        assert!(matches!(empty.transform("x", &ctx), Err(PluginError::InvalidPath(_))));
+        let dots = t("^(?P<a>[^/]+)$", "up/{a}");
+        assert!(matches!(dots.transform("..", &ctx), Err(PluginError::InvalidPath(m)) if m.contains("..")));
+        assert_eq!(dots.transform("ok", &ctx).unwrap().as_deref(), Some("up/ok"));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let Err(PluginError::InvalidConfig(m)) = RegexTransform::configure(r#"{"from": "(?P<a>x)", "to": "{a}", "too": 1}"#) else {
+            panic!("unknown field accepted")
+        };
+        assert!(m.contains("too"), "{m}");
+        let Err(PluginError::InvalidConfig(m)) = RegexTransform::configure(r#"{"from": "(?P<a>x)", "to": "{a"}"#) else {
+            panic!("unclosed placeholder accepted")
+        };
+        assert!(m.contains("unclosed"), "{m}");
+    }
+
+    /// The vectors `vsync plugin validate` runs against the component, checked natively.
+    #[test]
+    fn vectors() {
+        vsync_plugin_sdk::testing::vectors::check_transformer::<RegexTransform>(include_str!("../regex.vectors.toml"));
     }
 }
