@@ -55,4 +55,10 @@ mod tests {
         assert!(matches!(r.transform("prod/a", &none), Err(PluginError::Failed(m)) if m.contains("region")));
         assert!(matches!(Region::configure(r#"{"regoin": "eu"}"#), Err(PluginError::InvalidConfig(_))));
     }
+
+    /// The vectors `vsync plugin validate` runs against region.wasm, checked natively.
+    #[test]
+    fn vectors() {
+        vsync_plugin_sdk::testing::vectors::check_transformer::<Region>(include_str!("../region.vectors.toml"));
+    }
 }
