@@ -145,13 +145,21 @@ fn stack_semantics() {
     assert_eq!(stack.map("prod/x", &ctx()).unwrap().as_deref(), Some("prod/x"), "identity at the bottom");
     assert_eq!(stack.map("dev/app", &ctx()).unwrap(), None, "filtered out");
     assert_eq!(stack.map("prod/eu/tmp/x", &ctx()).unwrap(), None);
-    // A transformer output that is not a valid relative path fails that path.
+    // A transformer output that is not a valid relative path fails that path: checked by the
+    // host whatever the plugin does (identity hands back an input with an empty segment), and
+    // the default pack's prefix refuses such outputs itself.
+    let ident = StackSpec {
+        transforms: vec![("identity".into(), json!({}))],
+        ..Default::default()
+    };
+    let err = Stack::new(&host, &ident).unwrap().map("a//x", &ctx()).unwrap_err();
+    assert!(matches!(err, StackError::InvalidOutput { .. }) && err.to_string().contains("identity"), "{err}");
     let bad = StackSpec {
         transforms: vec![("prefix".into(), json!({"from": "a/", "to": "../"}))],
         ..Default::default()
     };
     let err = Stack::new(&host, &bad).unwrap().map("a/x", &ctx()).unwrap_err();
-    assert!(matches!(err, StackError::InvalidOutput { .. }) && err.to_string().contains("prefix"), "{err}");
+    assert!(err.to_string().contains("prefix") && err.to_string().contains(".."), "{err}");
     // Kind mismatch and unknown plugins are refused when the stack is built.
     let wrong = StackSpec { filters: vec![("regex".into(), json!({}))], ..Default::default() };
     assert!(matches!(Stack::new(&host, &wrong).unwrap_err(), HostError::KindMismatch { .. }));
