@@ -14,12 +14,12 @@ fn main() {
     for p in ["plugins/Cargo.toml", "plugins/Cargo.lock", "plugins/identity", "plugins/regex", "plugins/prefix", "plugins/glob", "plugins/fixtures", "plugin-sdk/src", "plugin-sdk/Cargo.toml", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
+    check_wasm_target();
     let target_dir = root.join("target").join("plugins-wasm");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(plugins.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir);
+        .arg(plugins.join("Cargo.toml"));
     // The outer build's settings must not leak into the guest build.
     for (key, _) in std::env::vars() {
         if key.starts_with("CARGO_FEATURE_")
@@ -28,11 +28,16 @@ fn main() {
                 key.as_str(),
                 "RUSTFLAGS" | "CARGO_ENCODED_RUSTFLAGS" | "CARGO_BUILD_TARGET" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER"
                     | "CARGO_MAKEFLAGS" | "CARGO_PRIMARY_PACKAGE" | "TARGET" | "HOST" | "OPT_LEVEL" | "PROFILE" | "DEBUG"
+                    | "RUSTDOCFLAGS" | "CARGO_ENCODED_RUSTDOCFLAGS" | "CARGO_BUILD_RUSTFLAGS" | "CARGO_TARGET_DIR"
+                    | "CARGO_BUILD_TARGET_DIR" | "CARGO_BUILD_RUSTC_WRAPPER" | "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER"
+                    | "CARGO_LLVM_COV" | "LLVM_PROFILE_FILE" | "CARGO_INCREMENTAL"
             )
         {
             cmd.env_remove(&key);
         }
     }
+    // Set after the scrub above, which removes any inherited value.
+    cmd.env("CARGO_TARGET_DIR", &target_dir);
     let status = cmd.status().expect("running cargo for the plugins workspace");
     if !status.success() {
         panic!(
@@ -47,6 +52,23 @@ fn main() {
         copy(&built.join(format!("vsync_plugin_{name}.wasm")), &out.join(format!("{name}.wasm")));
     }
     println!("cargo:rustc-env=VSYNC_PLUGIN_WASM_DIR={}", built.display());
+}
+
+/// Fails early, with the fix, when the toolchain has no wasm32-wasip2 standard library.
+fn check_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if !libdir.is_some_and(|d| d.is_dir()) {
+        panic!(
+            "the wasm32-wasip2 target is not installed for {rustc}; the default plugin pack \
+             cannot be built. Fix: run rustup target add wasm32-wasip2"
+        );
+    }
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -119,6 +119,8 @@ pub struct ValidateReport {
     pub dir: PathBuf,
     /// Per component.
     pub components: Vec<ComponentReport>,
+    /// Why the directory itself could not be validated (unreadable, or no `*.wasm` in it).
+    pub error: Option<String>,
     /// Everything passed.
     pub passed: bool,
 }
@@ -150,6 +152,9 @@ impl ValidateReport {
                 out.push_str(&format!("     vector {} ({}): {}\n", v.index, v.path, v.message));
             }
         }
+        if let Some(e) = &self.error {
+            out.push_str(&format!("FAIL {}: {e}\n", self.dir.display()));
+        }
         let failed = self.components.iter().filter(|c| !c.passed()).count();
         out.push_str(&format!(
             "{} component(s), {failed} failed: {}\n",
@@ -163,19 +168,25 @@ impl ValidateReport {
 /// Validates every `*.wasm` of `dir`, each in a host of its own (no default pack, so names do
 /// not clash), under `cfg`'s limits.
 pub fn validate_dir(dir: &Path, cfg: &HostConfig) -> ValidateReport {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
+    let (mut files, mut error): (Vec<PathBuf>, _) = match std::fs::read_dir(dir) {
+        Ok(rd) => (
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-                .collect()
-        })
-        .unwrap_or_default();
+                .collect(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(format!("cannot read the directory: {e}"))),
+    };
     files.sort();
+    if error.is_none() && files.is_empty() {
+        error = Some("no *.wasm component in this directory".to_owned());
+    }
     let components: Vec<ComponentReport> = files.iter().map(|f| component(f, cfg)).collect();
-    let passed = !components.is_empty() && components.iter().all(ComponentReport::passed);
+    let passed = error.is_none() && components.iter().all(ComponentReport::passed);
     ValidateReport {
         dir: dir.to_owned(),
         components,
+        error,
         passed,
     }
 }
