@@ -39,6 +39,8 @@ use bindings::transformer::{Transformer as TransformerWorld, TransformerPre};
 pub const API_VERSION: &str = "0.1.0";
 const TRANSFORMER_EXPORT: &str = "vsync:plugin/transformer-api";
 const FILTER_EXPORT: &str = "vsync:plugin/filter-api";
+/// Longest plugin log line forwarded to `tracing`, in bytes.
+const MAX_LOG_LINE: usize = 4096;
 /// How often the epoch advances: the granularity of the per-call time limit.
 const TICK: Duration = Duration::from_millis(2);
 
@@ -303,7 +305,16 @@ pub(crate) struct State {
 }
 
 impl wit_host::Host for State {
-    fn log(&mut self, level: wit_host::Level, message: String) {
+    fn log(&mut self, level: wit_host::Level, mut message: String) {
+        // A plugin must not be able to flood the engine's log with one huge line.
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("… (truncated)");
+        }
         let plugin = &*self.plugin;
         match level {
             wit_host::Level::Trace => trace!(plugin, "{message}"),
@@ -611,6 +622,7 @@ impl PluginHost {
             cfg: self.cfg.clone(),
             config: config_json.to_owned(),
             live: None,
+            ctx_cache: None,
         };
         instance.start().map_err(|error| HostError::Configure {
             plugin: name.to_owned(),
@@ -653,6 +665,7 @@ pub struct Instance {
     cfg: HostConfig,
     config: String,
     live: Option<Live>,
+    ctx_cache: Option<(Context, wit::Context)>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -774,39 +787,63 @@ impl Instance {
         err
     }
 
+    /// The WIT form of `ctx`, reused while the caller passes an equal context (it changes per
+    /// destination and mount, not per path): saves re-allocating its strings on every call.
+    fn take_ctx(&mut self, ctx: &Context) -> (Context, wit::Context) {
+        match self.ctx_cache.take() {
+            Some(cached) if cached.0 == *ctx => cached,
+            _ => (ctx.clone(), ctx.to_wit()),
+        }
+    }
+
+    fn misuse(&self, wanted: PluginKind) -> CallError {
+        CallError::Guest {
+            plugin: self.loaded.name.clone(),
+            error: PluginError::Failed(format!("a {} was called as a {wanted}", self.loaded.kind)),
+        }
+    }
+
     /// Calls a transformer: `Ok(None)` means "not mine".
     pub fn transform(&mut self, path: &str, ctx: &Context) -> Result<Option<String>, CallError> {
-        let wit_ctx = ctx.to_wit();
-        let plugin = self.loaded.name.clone();
-        let live = self.live()?;
-        let Bound::Transformer(t) = &live.bound else {
-            return Err(CallError::Guest {
-                plugin,
-                error: PluginError::Failed("a filter was called as a transformer".into()),
-            });
+        let cached = self.take_ctx(ctx);
+        let result = {
+            let live = self.live()?;
+            match &live.bound {
+                Bound::Transformer(t) => Some(t.vsync_plugin_transformer_api().call_transform(&mut live.store, path, &cached.1)),
+                Bound::Filter(_) => None,
+            }
         };
-        match t.vsync_plugin_transformer_api().call_transform(&mut live.store, path, &wit_ctx) {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(CallError::Guest { plugin, error: e.into() }),
-            Err(e) => Err(self.failed(&e)),
+        self.ctx_cache = Some(cached);
+        match result {
+            Some(Ok(Ok(out))) => Ok(out),
+            Some(Ok(Err(e))) => Err(CallError::Guest {
+                plugin: self.loaded.name.clone(),
+                error: e.into(),
+            }),
+            Some(Err(e)) => Err(self.failed(&e)),
+            None => Err(self.misuse(PluginKind::Transformer)),
         }
     }
 
     /// Calls a filter: whether the path is included.
     pub fn include(&mut self, path: &str, ctx: &Context) -> Result<bool, CallError> {
-        let wit_ctx = ctx.to_wit();
-        let plugin = self.loaded.name.clone();
-        let live = self.live()?;
-        let Bound::Filter(f) = &live.bound else {
-            return Err(CallError::Guest {
-                plugin,
-                error: PluginError::Failed("a transformer was called as a filter".into()),
-            });
+        let cached = self.take_ctx(ctx);
+        let result = {
+            let live = self.live()?;
+            match &live.bound {
+                Bound::Filter(f) => Some(f.vsync_plugin_filter_api().call_include(&mut live.store, path, &cached.1)),
+                Bound::Transformer(_) => None,
+            }
         };
-        match f.vsync_plugin_filter_api().call_include(&mut live.store, path, &wit_ctx) {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(CallError::Guest { plugin, error: e.into() }),
-            Err(e) => Err(self.failed(&e)),
+        self.ctx_cache = Some(cached);
+        match result {
+            Some(Ok(Ok(out))) => Ok(out),
+            Some(Ok(Err(e))) => Err(CallError::Guest {
+                plugin: self.loaded.name.clone(),
+                error: e.into(),
+            }),
+            Some(Err(e)) => Err(self.failed(&e)),
+            None => Err(self.misuse(PluginKind::Filter)),
         }
     }
 }
@@ -929,3 +966,13 @@ fn checked(path: &str, plugin: &str, out: String) -> Result<String, StackError> 
         }),
     }
 }
+
+// Workers run stacks on their own threads and may share one host.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn sync<T: Sync>() {}
+    send::<Stack>();
+    send::<Instance>();
+    send::<PluginHost>();
+    sync::<PluginHost>();
+};
