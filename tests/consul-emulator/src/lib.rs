@@ -21,6 +21,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,13 +32,14 @@ use tokio::sync::watch;
 pub struct EmulatorConfig {
     /// `/v1/txn` operation limit (64 before Consul 1.14, 128 since).
     pub txn_max_ops: usize,
-    /// `kv_max_value_size`.
+    /// `kv_max_value_size`: the largest value (PUT body or decoded txn value).
     pub kv_max_value_size: usize,
-    /// `txn_max_req_len`.
+    /// `txn_max_req_len`: the largest txn body (the limit is the larger of this and
+    /// `kv_max_value_size`, as in Consul).
     pub txn_max_req_len: usize,
-    /// Wait of a blocking query without `wait`.
+    /// Wait of a blocking query without `wait` (Consul's `default_query_time`).
     pub default_wait: Duration,
-    /// Longest wait (longer ones are clamped).
+    /// Longest wait; longer ones are clamped silently (Consul's `max_query_time`).
     pub max_wait: Duration,
     /// The datacenter this agent serves (`?dc=` of another one fails).
     pub datacenter: String,
@@ -59,17 +61,18 @@ impl Default for EmulatorConfig {
     }
 }
 
-/// Token -> key rules. A request without a token is the anonymous token (no rules).
+/// Token -> key rules. A request without a token is the anonymous token (no rules: denied).
 #[derive(Debug, Clone, Default)]
 pub struct Acl {
-    /// Rules per token.
+    /// Rules per token secret.
     pub tokens: BTreeMap<String, Vec<AclRule>>,
 }
 
-/// Access to keys starting with `prefix` (the longest matching prefix decides).
+/// Access to keys starting with `prefix` (the longest matching prefix decides, as with
+/// Consul's `key_prefix` rules).
 #[derive(Debug, Clone)]
 pub struct AclRule {
-    /// Key prefix.
+    /// Key prefix (`""` matches every key).
     pub prefix: String,
     /// `key:read` (and list).
     pub read: bool,
@@ -80,7 +83,7 @@ pub struct AclRule {
 /// Request counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// KV GETs and read-only txns.
+    /// KV GETs (blocking or not) and read-only txns.
     pub reads: u64,
     /// GETs with `?index` > 0.
     pub blocking_reads: u64,
@@ -88,11 +91,12 @@ pub struct Stats {
     pub writes: u64,
     /// Operations in txns.
     pub txn_ops: u64,
-    /// Answers with a 4xx or 5xx status.
+    /// Answers with a 4xx or 5xx status, injected ones included, except a read's 404 (a normal
+    /// answer for a missing key); dropped long polls count too.
     pub errors: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     value: Vec<u8>,
     flags: u64,
@@ -100,7 +104,7 @@ struct Entry {
     modify: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Kv {
     /// The global index: every write, of any key, raises it.
     index: u64,
@@ -121,13 +125,17 @@ impl Kv {
         })
     }
 
-    /// The list index of a prefix (§2.2): max of matched ModifyIndex and tombstones under it,
-    /// else the table index.
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
+        self.entries.range(prefix.to_owned()..).take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// The list index of a prefix (§2.2): the max of the matched ModifyIndexes and of the
+    /// tombstones under it; the table index when that is 0 or the prefix is empty.
     fn list_index(&self, prefix: &str) -> u64 {
         if prefix.is_empty() {
             return self.index;
         }
-        let live = self.entries.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, e)| e.modify).max();
+        let live = self.under(prefix).map(|(_, e)| e.modify).max();
         let dead = self.tombstones.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, i)| *i).max();
         match live.max(dead) {
             Some(l) if l > 0 => l,
@@ -135,7 +143,7 @@ impl Kv {
         }
     }
 
-    /// Sets a key; returns whether anything changed (identical writes change nothing).
+    /// Sets a key; returns whether anything changed (identical writes change nothing, §2.4).
     fn set(&mut self, key: &str, value: Vec<u8>, flags: u64, at: u64) -> bool {
         match self.entries.get_mut(key) {
             Some(e) if e.value == value && e.flags == flags => false,
@@ -160,6 +168,19 @@ impl Kv {
             false
         }
     }
+
+    fn delete_tree(&mut self, prefix: &str, at: u64) -> bool {
+        let doomed: Vec<String> = self.under(prefix).map(|(k, _)| k.clone()).collect();
+        doomed.iter().fold(false, |changed, k| self.delete(k, at) | changed)
+    }
+
+    /// CAS rule shared by PUT `?cas` and txn `cas` (§2.4): 0 means "create only".
+    fn cas_ok(&self, key: &str, index: u64) -> bool {
+        match self.entries.get(key) {
+            None => index == 0,
+            Some(e) => index != 0 && e.modify == index,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -175,10 +196,11 @@ struct FaultState {
 struct Shared {
     config: EmulatorConfig,
     kv: Mutex<Kv>,
-    /// Bumped on every change: wakes blocked queries.
+    /// Bumped on every change: blocked queries re-evaluate and return if their index moved.
     changed: watch::Sender<u64>,
-    /// Bumped to wake blocked queries with no change.
-    spurious: watch::Sender<u64>,
+    /// Bumped to make blocked queries return now, whatever their index (spurious wake-ups and
+    /// snapshot restores).
+    interrupt: watch::Sender<u64>,
     faults: FaultState,
     stats: Mutex<Stats>,
 }
@@ -195,9 +217,13 @@ impl Shared {
     fn wake(&self) {
         self.changed.send_modify(|g| *g += 1);
     }
+
+    fn interrupt(&self) {
+        self.interrupt.send_modify(|g| *g += 1);
+    }
 }
 
-/// A running emulator; dropping it stops the server.
+/// A running emulator; dropping it stops the server and joins its thread.
 #[derive(Debug)]
 pub struct Emulator {
     addr: SocketAddr,
@@ -206,7 +232,7 @@ pub struct Emulator {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Fault injection handle (cloneable).
+/// Fault injection handle (cloneable; usable from any thread).
 #[derive(Debug, Clone)]
 pub struct Faults {
     shared: Arc<Shared>,
@@ -219,8 +245,8 @@ impl Faults {
         self.shared.faults.fail_count.store(count, Ordering::SeqCst);
     }
 
-    /// A snapshot restore: the global index drops to half, entries' indexes with it, tombstones
-    /// are gone, and blocked queries wake.
+    /// A snapshot restore: the global index drops to half (at least 1), entries' indexes with
+    /// it, tombstones are gone, and blocked queries return now with the lower index.
     pub fn index_backwards(&self) {
         {
             let mut kv = self.shared.kv();
@@ -232,10 +258,10 @@ impl Faults {
             }
             kv.tombstones.clear();
         }
-        self.shared.wake();
+        self.shared.interrupt();
     }
 
-    /// Reaps every tombstone now (list indexes may fall).
+    /// Reaps every tombstone now (list indexes may fall, as after Consul's `TombstoneTTL`).
     pub fn reap_tombstones(&self) {
         self.shared.kv().tombstones.clear();
     }
@@ -247,17 +273,19 @@ impl Faults {
 
     /// Wakes every blocked query now, with unchanged data.
     pub fn spurious_wakeup(&self) {
-        self.shared.spurious.send_modify(|g| *g += 1);
+        self.shared.interrupt();
     }
 
-    /// Sends `X-Consul-Index: 0` (a Consul bug clients must survive).
+    /// Sends `X-Consul-Index: 0` (a Consul bug clients must survive); blocking still works on
+    /// the real index.
     pub fn zero_index(&self, on: bool) {
         self.shared.faults.zero_index.store(on, Ordering::SeqCst);
     }
 
-    /// Delays every answer.
+    /// Delays every answer by `d` (zero turns it off).
     pub fn latency(&self, d: Duration) {
-        self.shared.faults.latency_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.shared.faults.latency_ms.store(ms, Ordering::SeqCst);
     }
 }
 
@@ -272,7 +300,7 @@ impl Emulator {
         Self::start_on("127.0.0.1:0", config)
     }
 
-    /// Starts an emulator listening on `listen`.
+    /// Starts an emulator listening on `listen` (the demo binary's `--listen`).
     ///
     /// # Panics
     /// When the address cannot be bound (a test set-up failure).
@@ -282,19 +310,21 @@ impl Emulator {
         let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared {
             config,
+            // Raft never hands out index 0, and Consul answers at least 1.
             kv: Mutex::new(Kv { index: 1, ..Default::default() }),
             changed: watch::channel(0).0,
-            spurious: watch::channel(0).0,
+            interrupt: watch::channel(0).0,
             faults: FaultState::default(),
             stats: Mutex::new(Stats::default()),
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let server = shared.clone();
+        // Its own thread and runtime: works from sync tests, from any tokio runtime, and while
+        // the test thread blocks on child processes.
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                let mut stopped = stopped;
                 loop {
                     tokio::select! {
                         _ = &mut stopped => break,
@@ -302,10 +332,7 @@ impl Emulator {
                             let Ok((stream, _)) = accepted else { continue };
                             let shared = server.clone();
                             tokio::spawn(async move {
-                                let service = hyper::service::service_fn(move |req| {
-                                    let shared = shared.clone();
-                                    async move { handle(shared, req).await }
-                                });
+                                let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
                                 let io = hyper_util::rt::TokioIo::new(stream);
                                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
                             });
@@ -313,6 +340,7 @@ impl Emulator {
                     }
                 }
             });
+            // Dropping the runtime here cancels open connections and blocked queries.
         });
         Emulator {
             addr,
@@ -352,14 +380,14 @@ impl Emulator {
         self.shared.kv().index
     }
 
-    /// A key's value, read directly (no HTTP, no counters).
+    /// A key's value, read directly (no HTTP, no ACLs, no counters).
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.shared.kv().entries.get(key).map(|e| e.value.clone())
     }
 
-    /// Keys under a prefix, read directly.
+    /// Keys under a prefix, sorted, read directly.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
-        self.shared.kv().entries.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+        self.shared.kv().under(prefix).map(|(k, _)| k.clone()).collect()
     }
 }
 
@@ -376,7 +404,8 @@ impl Drop for Emulator {
 
 type Resp = Response<Full<Bytes>>;
 
-/// Turning a dropped long poll into a closed connection: the service fails.
+/// Cutting a connection without an answer (a dropped long poll): the service fails, so hyper
+/// closes the connection.
 #[derive(Debug)]
 struct DropConnection;
 
@@ -388,36 +417,49 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
-fn text(status: StatusCode, body: impl Into<String>) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert("Content-Type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert("Content-Type", HeaderValue::from_static(content_type));
     r
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    respond(status, "text/plain; charset=utf-8", body.into())
 }
 
 fn json_resp(status: StatusCode, body: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert("Content-Type", hyper::header::HeaderValue::from_static("application/json"));
-    r
+    respond(status, "application/json", body.to_string())
 }
 
-fn with_index(mut r: Resp, index: u64, zero: bool) -> Resp {
-    let idx = if zero { 0 } else { index };
+fn not_found() -> Resp {
+    // Consul's 404 on reads has an empty body.
+    respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", Bytes::new())
+}
+
+/// The metadata headers of reads (§2.1); one leader that is always in contact.
+fn read_meta(r: &mut Resp, consistency: &'static str) {
     let h = r.headers_mut();
-    h.insert("X-Consul-Index", idx.into());
-    h.insert("X-Consul-KnownLeader", hyper::header::HeaderValue::from_static("true"));
-    h.insert("X-Consul-LastContact", hyper::header::HeaderValue::from_static("0"));
-    r
+    h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
+    h.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
+    h.insert("X-Consul-Effective-Consistency", HeaderValue::from_static(consistency));
 }
 
-/// Parses a Go duration (`10s`, `1m30s`, `500ms`, `1.5s`); a bare number has no unit and fails.
+/// Parses a Go duration (`10s`, `1m30s`, `500ms`, `1.5s`, `-2s`, `0`); a number without a
+/// unit (other than `0`) fails, as in Go's `time.ParseDuration`. Negative means zero.
 fn go_duration(s: &str) -> Option<Duration> {
-    if s.is_empty() {
+    let (negative, mut rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    if rest.is_empty() {
         return None;
     }
     let mut total = 0f64;
-    let mut rest = s;
     while !rest.is_empty() {
         let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_len == 0 {
@@ -426,46 +468,66 @@ fn go_duration(s: &str) -> Option<Duration> {
         let n: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale = match unit {
+        let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
+            "us" | "µs" | "μs" => 1e-6,
             "ms" => 1e-3,
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
             _ => return None,
         };
+        rest = &rest[unit_len..];
         total += n * scale;
     }
-    Some(Duration::from_secs_f64(total))
+    if negative || !total.is_finite() {
+        return Some(Duration::ZERO);
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Who is asking, under ACLs.
 enum Who {
     /// ACLs off.
     Anyone,
-    /// A known token's rules (empty for anonymous).
-    Rules(Vec<AclRule>),
+    /// A token's rules (empty for the anonymous token); `named` is false for anonymous.
+    Rules { rules: Vec<AclRule>, named: bool },
 }
 
 impl Who {
     fn rule(&self, key: &str) -> (bool, bool) {
         match self {
             Who::Anyone => (true, true),
-            Who::Rules(rules) => rules
+            Who::Rules { rules, .. } => rules
                 .iter()
                 .filter(|r| key.starts_with(&r.prefix))
                 .max_by_key(|r| r.prefix.len())
                 .map_or((false, false), |r| (r.read, r.write)),
         }
     }
+
     fn can_read(&self, key: &str) -> bool {
         self.rule(key).0
     }
+
     fn can_write(&self, key: &str) -> bool {
         self.rule(key).1
+    }
+
+    /// Consul's `KeyWritePrefix` (recursive deletes): write on the prefix itself and no rule
+    /// under it that denies writing, whether or not keys exist there.
+    fn can_write_prefix(&self, prefix: &str) -> bool {
+        match self {
+            Who::Anyone => true,
+            Who::Rules { rules, .. } => {
+                self.can_write(prefix) && rules.iter().filter(|r| r.prefix.starts_with(prefix)).all(|r| r.write)
+            }
+        }
+    }
+
+    /// Whether `X-Consul-Results-Filtered-By-ACLs` may be sent (never to anonymous).
+    fn named(&self) -> bool {
+        matches!(self, Who::Rules { named: true, .. })
     }
 }
 
@@ -474,22 +536,49 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let resp = route(&shared, req).await?;
-    if resp.status().is_client_error() || resp.status().is_server_error() {
+    let is_read = req.method() == Method::GET;
+    let mut resp = match route(&shared, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            shared.stats().errors += 1;
+            return Err(e);
+        }
+    };
+    let status = resp.status();
+    if (status.is_client_error() || status.is_server_error()) && !(is_read && status == StatusCode::NOT_FOUND) {
         shared.stats().errors += 1;
     }
+    let policy = if shared.config.acl.is_some() { "deny" } else { "allow" };
+    resp.headers_mut().insert("X-Consul-Default-ACL-Policy", HeaderValue::from_static(policy));
     Ok(resp)
 }
 
+/// Go's `path.Clean` on a key, keeping a trailing slash as Go's ServeMux does.
+fn clean_key(key: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in key.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut cleaned = out.join("/");
+    if key.ends_with('/') && !cleaned.is_empty() {
+        cleaned.push('/');
+    }
+    cleaned
+}
+
+/// Characters a key segment keeps unencoded in a redirect's `Location`.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
 async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp, DropConnection> {
-    // Injected failures come first, as from an overloaded server.
-    if shared
-        .faults
-        .fail_count
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        let status = shared.faults.fail_status.load(Ordering::SeqCst) as u16;
+    // Injected failures come first, as from an overloaded server or one without a leader.
+    if shared.faults.fail_count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        let status = u16::try_from(shared.faults.fail_status.load(Ordering::SeqCst)).unwrap_or(500);
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = match status.as_u16() {
             429 => "rate limit exceeded, try a different server",
@@ -500,38 +589,32 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     }
     let method = req.method().clone();
     let raw_path = req.uri().path().to_owned();
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
+    let raw_query = req.uri().query().map(str::to_owned);
+    let params: HashMap<String, String> = raw_query
+        .as_deref()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let params: HashMap<String, String> = query.iter().cloned().collect();
     let has = |name: &str| params.contains_key(name);
 
-    let token = req
-        .headers()
-        .get("X-Consul-Token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| params.get("token").cloned())
-        .or_else(|| {
-            req.headers()
-                .get("Authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::to_owned)
-        });
+    // The first present of `?token=`, `X-Consul-Token`, `Authorization: Bearer` (§2.1).
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let token = params
+        .get("token")
+        .cloned()
+        .or_else(|| header("X-Consul-Token"))
+        .or_else(|| header("Authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned)));
     let who = match &shared.config.acl {
         None => Who::Anyone,
         Some(acl) => match token.as_deref() {
-            None | Some("") => Who::Rules(Vec::new()),
+            None | Some("") => Who::Rules { rules: Vec::new(), named: false },
             Some(t) => match acl.tokens.get(t) {
-                Some(rules) => Who::Rules(rules.clone()),
+                Some(rules) => Who::Rules { rules: rules.clone(), named: true },
                 None => return Ok(text(StatusCode::FORBIDDEN, "ACL not found")),
             },
         },
     };
     if let Some(dc) = params.get("dc")
+        && !dc.is_empty()
         && dc != &shared.config.datacenter
     {
         return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter"));
@@ -548,24 +631,24 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         if method != Method::PUT {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
         }
-        return Ok(txn(shared, &who, &body));
+        return Ok(txn(shared, &who, &params, &body));
     }
-    let Some(encoded_key) = raw_path.strip_prefix("/v1/kv/").or(if raw_path == "/v1/kv" { Some("") } else { None }) else {
+    let Some(encoded_key) = raw_path.strip_prefix("/v1/kv/") else {
+        if raw_path == "/v1/kv" {
+            return Ok(redirect("/v1/kv/", raw_query.as_deref()));
+        }
         return Ok(text(StatusCode::NOT_FOUND, "404 page not found"));
     };
     let key = percent_encoding::percent_decode_str(encoded_key).decode_utf8_lossy().into_owned();
-    // Key checks of current servers (§2.1): Go's mux cleans `//`, `/./` and `/../` with a
-    // redirect; traversal, surrounding spaces and line feeds are refused.
-    if key.contains("//") || key.split('/').any(|s| s == ".") {
-        let cleaned: Vec<&str> = key.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
-        let mut r = text(StatusCode::MOVED_PERMANENTLY, "");
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/kv/{}", cleaned.join("/"))) {
-            r.headers_mut().insert("Location", v);
-        }
-        return Ok(r);
-    }
-    if key.starts_with('/') || key.split('/').any(|s| s == "..") || key.contains('\n') || key.trim() != key {
+    // Key checks of current servers (§2.1): traversal, a leading `/`, surrounding spaces and
+    // line feeds are refused; other unclean paths (`//`, `/./`) get Go's ServeMux redirect.
+    let segments: Vec<&str> = key.split('/').collect();
+    if key.starts_with('/') || segments.contains(&"..") || key.contains('\n') || key.trim() != key {
         return Ok(text(StatusCode::BAD_REQUEST, "invalid key name"));
+    }
+    if key.contains("//") || segments.contains(&".") {
+        let location = percent_encoding::utf8_percent_encode(&clean_key(&key), SEGMENT).to_string();
+        return Ok(redirect(&format!("/v1/kv/{location}"), raw_query.as_deref()));
     }
     match method {
         Method::GET => get(shared, &who, &key, &params).await,
@@ -575,134 +658,146 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     }
 }
 
-/// Evaluates a read: status, body and index.
-fn read(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>) -> Resp {
-    let kv = shared.kv();
-    let zero = shared.faults.zero_index.load(Ordering::SeqCst);
+fn redirect(path: &str, query: Option<&str>) -> Resp {
+    let location = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut r = text(StatusCode::MOVED_PERMANENTLY, format!("<a href=\"{location}\">Moved Permanently</a>.\n"));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert("Location", v);
+    }
+    r
+}
+
+/// Evaluates a GET: the answer, and the real index for blocking (None: not blockable, e.g. a
+/// 400 or 403). `X-Consul-Index` carries the index, or 0 under the `zero_index` fault.
+fn read(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>) -> (Resp, Option<u64>) {
     let has = |n: &str| params.contains_key(n);
-    if has("keys") {
-        let sep = params.get("separator").or_else(|| params.get("seperator")).filter(|s| !s.is_empty());
-        let matched: Vec<(&String, &Entry)> =
-            kv.entries.range(key.to_owned()..).take_while(|(k, _)| k.starts_with(key)).collect();
-        let index = kv.list_index(key);
-        let visible: Vec<&String> = matched.iter().filter(|(k, _)| who.can_read(k)).map(|(k, _)| *k).collect();
+    let kv = shared.kv();
+    let mut filtered = false;
+    let (mut resp, index) = if has("keys") {
+        // `keys` implies a list and takes precedence over `recurse` (§2.2).
+        let sep = params.get("separator").or_else(|| params.get("seperator")).map(String::as_str).unwrap_or("");
         let mut out: Vec<String> = Vec::new();
-        for k in &visible {
-            let shown = match sep {
-                Some(sep) => match k[key.len()..].find(sep.as_str()) {
-                    Some(i) => k[..key.len() + i + sep.len()].to_owned(),
-                    None => (*k).clone(),
-                },
-                None => (*k).clone(),
+        for (k, _) in kv.under(key) {
+            if !who.can_read(k) {
+                filtered = true;
+                continue;
+            }
+            let shown = match k[key.len()..].find(sep).filter(|_| !sep.is_empty()) {
+                Some(i) => &k[..key.len() + i + sep.len()],
+                None => k.as_str(),
             };
-            if out.last() != Some(&shown) {
-                out.push(shown);
+            // Sorted input keeps equal cut-offs adjacent.
+            if out.last().map(String::as_str) != Some(shown) {
+                out.push(shown.to_owned());
             }
         }
-        if out.is_empty() && !key.is_empty() {
-            return with_index(text(StatusCode::NOT_FOUND, ""), index, zero);
-        }
-        return with_index(json_resp(StatusCode::OK, &json!(out)), index, zero);
-    }
-    if has("recurse") {
         let index = kv.list_index(key);
-        let out: Vec<Value> = kv
-            .entries
-            .range(key.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(key))
-            .filter(|(k, _)| who.can_read(k))
-            .map(|(k, e)| Kv::entry_json(k, e, true))
-            .collect();
-        if out.is_empty() {
-            return with_index(text(StatusCode::NOT_FOUND, ""), index, zero);
+        if out.is_empty() && !key.is_empty() { (not_found(), index) } else { (json_resp(StatusCode::OK, &json!(out)), index) }
+    } else if has("recurse") {
+        let mut out = Vec::new();
+        for (k, e) in kv.under(key) {
+            if who.can_read(k) {
+                out.push(Kv::entry_json(k, e, true));
+            } else {
+                filtered = true;
+            }
         }
-        return with_index(json_resp(StatusCode::OK, &Value::Array(out)), index, zero);
-    }
-    if key.is_empty() {
-        return text(StatusCode::BAD_REQUEST, "Missing key name");
-    }
-    if !who.can_read(key) {
-        return text(StatusCode::FORBIDDEN, "Permission denied: token lacks key:read");
-    }
-    match kv.entries.get(key) {
-        None => with_index(text(StatusCode::NOT_FOUND, ""), kv.index, zero),
-        Some(e) if has("raw") => {
-            let mut r = Response::new(Full::new(Bytes::from(e.value.clone())));
-            r.headers_mut().insert("Content-Type", hyper::header::HeaderValue::from_static("text/plain"));
-            r.headers_mut().insert("X-Content-Type-Options", hyper::header::HeaderValue::from_static("nosniff"));
-            r.headers_mut().insert("Content-Security-Policy", hyper::header::HeaderValue::from_static("sandbox"));
-            with_index(r, e.modify, zero)
+        let index = kv.list_index(key);
+        if out.is_empty() { (not_found(), index) } else { (json_resp(StatusCode::OK, &Value::Array(out)), index) }
+    } else {
+        if key.is_empty() {
+            return (text(StatusCode::BAD_REQUEST, "Missing key name"), None);
         }
-        Some(e) => with_index(json_resp(StatusCode::OK, &json!([Kv::entry_json(key, e, true)])), e.modify, zero),
+        if !who.can_read(key) {
+            return (text(StatusCode::FORBIDDEN, "Permission denied"), None);
+        }
+        match kv.entries.get(key) {
+            // The KV table index: a writer anywhere in the KV store wakes a missing key's watcher.
+            None => (not_found(), kv.index),
+            Some(e) if has("raw") => {
+                let mut r = respond(StatusCode::OK, "text/plain", e.value.clone());
+                r.headers_mut().insert("X-Content-Type-Options", HeaderValue::from_static("nosniff"));
+                r.headers_mut().insert("Content-Security-Policy", HeaderValue::from_static("sandbox"));
+                (r, e.modify)
+            }
+            Some(e) => (json_resp(StatusCode::OK, &json!([Kv::entry_json(key, e, true)])), e.modify),
+        }
+    };
+    drop(kv);
+    let shown = if shared.faults.zero_index.load(Ordering::SeqCst) { 0 } else { index };
+    resp.headers_mut().insert("X-Consul-Index", shown.into());
+    let consistency = if has("stale") { "stale" } else if has("consistent") { "consistent" } else { "leader" };
+    read_meta(&mut resp, consistency);
+    if filtered && who.named() {
+        resp.headers_mut().insert("X-Consul-Results-Filtered-By-ACLs", HeaderValue::from_static("true"));
     }
+    (resp, Some(index))
 }
 
-fn index_of(r: &Resp) -> u64 {
-    r.headers()
-        .get("X-Consul-Index")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
+/// A GET, blocking when `?index` > 0 (§2.3).
 async fn get(shared: &Arc<Shared>, who: &Who, key: &str, params: &HashMap<String, String>) -> Result<Resp, DropConnection> {
-    let index: u64 = match params.get("index") {
+    // An empty `index` or `wait` counts as absent, as in Consul's `parseWait`.
+    let min_index: u64 = match params.get("index").filter(|s| !s.is_empty()) {
         None => 0,
         Some(s) => match s.parse() {
             Ok(n) => n,
             Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "Invalid index")),
         },
     };
-    let wait = match params.get("wait") {
-        None => shared.config.default_wait,
-        Some(w) => match go_duration(w) {
-            Some(d) => d.min(shared.config.max_wait),
-            None => return Ok(text(StatusCode::BAD_REQUEST, "Invalid wait time")),
-        },
+    let wait = match params.get("wait").filter(|s| !s.is_empty()).map(|w| go_duration(w)) {
+        Some(None) => return Ok(text(StatusCode::BAD_REQUEST, "Invalid wait time")),
+        Some(Some(d)) if !d.is_zero() => d.min(shared.config.max_wait),
+        _ => shared.config.default_wait.min(shared.config.max_wait),
     };
     shared.stats().reads += 1;
-    if index == 0 {
-        return Ok(read(shared, who, key, params));
+    if min_index == 0 {
+        return Ok(read(shared, who, key, params).0);
     }
     shared.stats().blocking_reads += 1;
-    if shared
-        .faults
-        .drop_polls
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
+    if shared.faults.drop_polls.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        // Cut mid-poll, as a restarted agent or a proxy would.
         tokio::time::sleep(Duration::from_millis(50)).await;
         return Err(DropConnection);
     }
     let jitter = wait.mul_f64(fastrand::f64() / 16.0);
     let deadline = tokio::time::Instant::now() + wait + jitter;
     let mut changed = shared.changed.subscribe();
-    let mut spurious = shared.spurious.subscribe();
+    let mut interrupt = shared.interrupt.subscribe();
     loop {
+        // Marked seen before evaluating, so a change in between is not lost.
         changed.borrow_and_update();
-        let r = read(shared, who, key, params);
-        // Strictly greater: an equal index means "no change yet".
-        if index_of(&r) > index || !matches!(r.status(), StatusCode::OK | StatusCode::NOT_FOUND) {
-            return Ok(r);
+        let (resp, index) = read(shared, who, key, params);
+        // Strictly greater: an equal index means "nothing new yet".
+        match index {
+            Some(i) if i <= min_index => {}
+            _ => return Ok(resp),
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Ok(read(shared, who, key, params)),
+            _ = tokio::time::sleep_until(deadline) => return Ok(read(shared, who, key, params).0),
             _ = changed.changed() => {}
-            _ = spurious.changed() => return Ok(read(shared, who, key, params)),
+            _ = interrupt.changed() => return Ok(read(shared, who, key, params).0),
         }
     }
 }
 
-// The error is the ready answer; its size does not matter on this dev-only path.
-#[allow(clippy::result_large_err)]
+/// A numeric query parameter; a malformed one is a plain error in Consul (500).
+#[allow(clippy::result_large_err)] // the error is the ready answer, on a dev-only path
 fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Resp> {
     match params.get(name) {
         None => Ok(None),
         Some(v) => v
             .parse()
             .map(Some)
-            .map_err(|_| text(StatusCode::INTERNAL_SERVER_ERROR, format!("invalid {name}: {v}"))),
+            .map_err(|_| text(StatusCode::INTERNAL_SERVER_ERROR, format!("strconv.ParseUint: parsing {v:?}: invalid syntax"))),
     }
+}
+
+/// Sessions are not modelled, so every session is unknown (as a dead one is to Consul).
+fn invalid_session() -> Resp {
+    text(StatusCode::INTERNAL_SERVER_ERROR, "Invalid session")
 }
 
 fn put(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>, body: Bytes) -> Resp {
@@ -710,9 +805,8 @@ fn put(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>, 
     if key.is_empty() {
         return text(StatusCode::BAD_REQUEST, "Missing key name");
     }
-    let locks = ["cas", "acquire", "release"].iter().filter(|p| params.contains_key(**p)).count();
-    if locks > 1 {
-        return text(StatusCode::BAD_REQUEST, "Conflicting flags: cas, acquire and release are exclusive");
+    if ["cas", "acquire", "release"].iter().filter(|p| params.contains_key(**p)).count() > 1 {
+        return text(StatusCode::BAD_REQUEST, "Conflicting flags: cas, acquire and release are exclusive\n");
     }
     let flags = match parse_u64(params, "flags") {
         Ok(f) => f.unwrap_or(0),
@@ -722,25 +816,23 @@ fn put(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>, 
         Ok(c) => c,
         Err(r) => return r,
     };
-    if body.len() > shared.config.kv_max_value_size {
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request body({} bytes) too large, max size: {} bytes", body.len(), shared.config.kv_max_value_size),
-        );
+    let max = shared.config.kv_max_value_size;
+    if body.len() > max {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body({} bytes) too large, max size: {max} bytes", body.len()));
     }
     if !who.can_write(key) {
-        return text(StatusCode::FORBIDDEN, "Permission denied: token lacks key:write");
+        return text(StatusCode::FORBIDDEN, "Permission denied");
+    }
+    if params.contains_key("acquire") || params.contains_key("release") {
+        return invalid_session();
     }
     let changed = {
         let mut kv = shared.kv();
-        if let Some(cas) = cas {
-            let ok = match kv.entries.get(key) {
-                None => cas == 0,
-                Some(e) => cas != 0 && e.modify == cas,
-            };
-            if !ok {
-                return json_resp(StatusCode::OK, &json!(false));
-            }
+        if let Some(cas) = cas
+            && !kv.cas_ok(key, cas)
+        {
+            // A failed CAS is a 200 `false`, not an error status (§2.4).
+            return json_resp(StatusCode::OK, &json!(false));
         }
         let at = kv.index + 1;
         let changed = kv.set(key, body.to_vec(), flags, at);
@@ -749,6 +841,7 @@ fn put(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>, 
         }
         changed
     };
+    // Identical writes neither bump the index nor wake watchers.
     if changed {
         shared.wake();
     }
@@ -759,7 +852,7 @@ fn delete(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String
     shared.stats().writes += 1;
     let recurse = params.contains_key("recurse");
     if recurse && params.contains_key("cas") {
-        return text(StatusCode::BAD_REQUEST, "Conflicting flags: cas cannot be used with recurse");
+        return text(StatusCode::BAD_REQUEST, "Conflicting flags: recurse and cas are exclusive\n");
     }
     if key.is_empty() && !recurse {
         return text(StatusCode::BAD_REQUEST, "Missing key name");
@@ -768,32 +861,22 @@ fn delete(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String
         Ok(c) => c,
         Err(r) => return r,
     };
+    let allowed = if recurse { who.can_write_prefix(key) } else { who.can_write(key) };
+    if !allowed {
+        return text(StatusCode::FORBIDDEN, "Permission denied");
+    }
     let mut kv = shared.kv();
     let at = kv.index + 1;
-    let result;
-    let mut changed = false;
-    if recurse {
-        let doomed: Vec<String> = kv.entries.range(key.to_owned()..).take_while(|(k, _)| k.starts_with(key)).map(|(k, _)| k.clone()).collect();
-        if doomed.iter().any(|k| !who.can_write(k)) {
-            return text(StatusCode::FORBIDDEN, "Permission denied: token lacks key:write");
-        }
-        for k in &doomed {
-            changed |= kv.delete(k, at);
-        }
-        result = true;
+    let (result, changed) = if recurse {
+        (true, kv.delete_tree(key, at))
     } else {
-        if !who.can_write(key) {
-            return text(StatusCode::FORBIDDEN, "Permission denied: token lacks key:write");
-        }
         match (cas, kv.entries.get(key).map(|e| e.modify)) {
-            (Some(_), None) => result = true,
-            (Some(c), Some(m)) if c != m => result = false,
-            _ => {
-                changed = kv.delete(key, at);
-                result = true;
-            }
+            // CAS-deleting a missing key succeeds (§2.5).
+            (Some(_), None) => (true, false),
+            (Some(c), Some(m)) if c != m => (false, false),
+            _ => (true, kv.delete(key, at)),
         }
-    }
+    };
     if changed {
         kv.index = at;
     }
@@ -806,6 +889,7 @@ fn delete(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String
 
 #[derive(Deserialize)]
 struct TxnOpWire {
+    // Go decodes field names case-insensitively; the common spellings are accepted.
     #[serde(rename = "KV", alias = "kv", alias = "Kv")]
     kv: Option<KvOpWire>,
 }
@@ -824,42 +908,47 @@ struct KvOpWire {
     index: u64,
 }
 
-fn txn(shared: &Shared, who: &Who, body: &[u8]) -> Resp {
+fn is_write(verb: &str) -> bool {
+    matches!(verb, "set" | "cas" | "lock" | "unlock" | "delete" | "delete-tree" | "delete-cas")
+}
+
+fn op_error(i: usize, what: impl Into<String>) -> Value {
+    json!({"OpIndex": i, "What": what.into()})
+}
+
+/// `PUT /v1/txn` (§2.6): limits first (413), then Consul's two phases: the pre-checks (key
+/// present, ACLs) and, only if they all pass, the ops against a copy of the store. Each phase
+/// reports every failing op; any failure rolls everything back with 409.
+fn txn(shared: &Shared, who: &Who, params: &HashMap<String, String>, body: &[u8]) -> Resp {
     let limit = shared.config.txn_max_req_len.max(shared.config.kv_max_value_size);
     if body.len() > limit {
-        return text(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body({} bytes) too large, max size: {limit} bytes", body.len()));
+        return text(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body too large, max size: {limit} bytes"));
     }
     let ops: Vec<TxnOpWire> = match serde_json::from_slice(body) {
         Ok(o) => o,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("Failed to parse body: {e}")),
     };
     if ops.len() > shared.config.txn_max_ops {
-        return text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Transaction contains too many operations ({} > {})", ops.len(), shared.config.txn_max_ops),
-        );
+        let msg = format!("Transaction contains too many operations ({} > {})", ops.len(), shared.config.txn_max_ops);
+        return text(StatusCode::PAYLOAD_TOO_LARGE, msg);
     }
     let mut decoded = Vec::with_capacity(ops.len());
-    for op in &ops {
-        let Some(kv) = &op.kv else {
+    for op in ops {
+        let Some(kv) = op.kv else {
             return text(StatusCode::BAD_REQUEST, "Failed to parse body: only KV operations are supported by this emulator");
         };
-        let value = match &kv.value {
+        let value = match kv.value.as_deref().map(|v| B64.decode(v)) {
             None => Vec::new(),
-            Some(v) => match B64.decode(v.as_bytes()) {
-                Ok(b) => b,
-                Err(e) => return text(StatusCode::BAD_REQUEST, format!("Failed to parse body: {e}")),
-            },
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("Failed to parse body: failed to decode value: {e}")),
         };
         if value.len() > shared.config.kv_max_value_size {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Value for key {:?} is too large ({} > {} bytes)", kv.key, value.len(), shared.config.kv_max_value_size),
-            );
+            let msg = format!("Value for key {:?} is too large ({} > {} bytes)", kv.key, value.len(), shared.config.kv_max_value_size);
+            return text(StatusCode::PAYLOAD_TOO_LARGE, msg);
         }
         decoded.push((kv, value));
     }
-    let writes = decoded.iter().any(|(kv, _)| matches!(kv.verb.as_str(), "set" | "cas" | "delete" | "delete-tree" | "delete-cas" | "lock" | "unlock"));
+    let writes = decoded.iter().any(|(op, _)| is_write(&op.verb));
     {
         let mut s = shared.stats();
         if writes {
@@ -869,95 +958,104 @@ fn txn(shared: &Shared, who: &Who, body: &[u8]) -> Resp {
         }
         s.txn_ops += decoded.len() as u64;
     }
+    let conflict = |errors: Vec<Value>| json_resp(StatusCode::CONFLICT, &json!({"Results": null, "Errors": errors}));
+
+    // Phase 1, Consul's `kvsPreApply`: gets are filtered on output instead of refused.
+    let mut errors = Vec::new();
+    for (i, (op, _)) in decoded.iter().enumerate() {
+        let key = op.key.as_str();
+        if key.is_empty() && op.verb != "delete-tree" {
+            errors.push(op_error(i, "Must provide key"));
+            continue;
+        }
+        let allowed = match op.verb.as_str() {
+            "delete-tree" => who.can_write_prefix(key),
+            "get" | "get-tree" | "get-or-empty" => true,
+            "check-index" | "check-session" => who.can_read(key),
+            _ => who.can_write(key),
+        };
+        if !allowed {
+            errors.push(op_error(i, "Permission denied"));
+        }
+    }
+    if !errors.is_empty() {
+        return conflict(errors);
+    }
+
+    // Phase 2 on a copy: all or nothing. Every write shares the txn's one index.
     let mut kv = shared.kv();
-    // Work on a copy: all or nothing.
-    let mut work = Kv {
-        index: kv.index,
-        entries: kv.entries.clone(),
-        tombstones: kv.tombstones.clone(),
-    };
+    let mut work = kv.clone();
     let at = kv.index + 1;
     let mut results = Vec::new();
-    let mut errors = Vec::new();
     let mut changed = false;
     for (i, (op, value)) in decoded.into_iter().enumerate() {
         let key = op.key.as_str();
-        let write_verb = matches!(op.verb.as_str(), "set" | "cas" | "delete" | "delete-tree" | "delete-cas");
-        let allowed = if write_verb { who.can_write(key) } else { who.can_read(key) };
-        if !allowed && op.verb != "get-tree" {
-            errors.push(json!({"OpIndex": i, "What": format!("Permission denied: key {key:?}")}));
-            continue;
-        }
         match op.verb.as_str() {
             "set" => {
                 changed |= work.set(key, value, op.flags, at);
-                results.push(Kv::entry_json(key, &work.entries[key], false));
+                results.extend(work.entries.get(key).map(|e| Kv::entry_json(key, e, false)));
             }
-            "cas" => {
-                let ok = match work.entries.get(key) {
-                    None => op.index == 0,
-                    Some(e) => op.index != 0 && e.modify == op.index,
-                };
-                if ok {
-                    changed |= work.set(key, value, op.flags, at);
-                    results.push(Kv::entry_json(key, &work.entries[key], false));
-                } else {
-                    errors.push(json!({"OpIndex": i, "What": format!("failed to set key {key:?}, index is stale")}));
-                }
+            "cas" if work.cas_ok(key, op.index) => {
+                changed |= work.set(key, value, op.flags, at);
+                results.extend(work.entries.get(key).map(|e| Kv::entry_json(key, e, false)));
             }
+            "cas" => errors.push(op_error(i, format!("failed to set key {key:?}, index is stale"))),
             "get" => match work.entries.get(key) {
                 Some(e) => results.push(Kv::entry_json(key, e, true)),
-                None => errors.push(json!({"OpIndex": i, "What": format!("key {key:?} doesn't exist")})),
+                None => errors.push(op_error(i, format!("key {key:?} doesn't exist"))),
             },
             "get-or-empty" => match work.entries.get(key) {
                 Some(e) => results.push(Kv::entry_json(key, e, true)),
                 None => results.push(json!({"LockIndex": 0, "Key": key, "Flags": 0, "Value": null, "CreateIndex": 0, "ModifyIndex": 0})),
             },
-            "get-tree" => {
-                for (k, e) in work.entries.range(key.to_owned()..).take_while(|(k, _)| k.starts_with(key)) {
-                    if who.can_read(k) {
-                        results.push(Kv::entry_json(k, e, true));
-                    }
-                }
-            }
+            "get-tree" => results.extend(work.under(key).map(|(k, e)| Kv::entry_json(k, e, true))),
             "check-index" => match work.entries.get(key) {
                 Some(e) if e.modify == op.index => results.push(Kv::entry_json(key, e, false)),
-                Some(_) => errors.push(json!({"OpIndex": i, "What": format!("current modify index {key:?} does not match")})),
-                None => errors.push(json!({"OpIndex": i, "What": format!("key {key:?} doesn't exist")})),
+                Some(_) => errors.push(op_error(i, format!("current modify index for key {key:?} does not match"))),
+                None => errors.push(op_error(i, format!("key {key:?} doesn't exist"))),
             },
             "check-not-exists" => {
                 if work.entries.contains_key(key) {
-                    errors.push(json!({"OpIndex": i, "What": format!("key {key:?} exists")}));
+                    errors.push(op_error(i, format!("key {key:?} exists")));
                 }
             }
             "delete" => changed |= work.delete(key, at),
-            "delete-tree" => {
-                let doomed: Vec<String> = work.entries.range(key.to_owned()..).take_while(|(k, _)| k.starts_with(key)).map(|(k, _)| k.clone()).collect();
-                for k in doomed {
-                    changed |= work.delete(&k, at);
-                }
-            }
+            "delete-tree" => changed |= work.delete_tree(key, at),
             "delete-cas" => match work.entries.get(key).map(|e| e.modify) {
                 None => {}
                 Some(m) if m == op.index => changed |= work.delete(key, at),
-                Some(_) => errors.push(json!({"OpIndex": i, "What": format!("failed to delete key {key:?}, index is stale")})),
+                Some(_) => errors.push(op_error(i, format!("failed to delete key {key:?}, index is stale"))),
             },
-            other => errors.push(json!({"OpIndex": i, "What": format!("unknown KV verb {other:?}")})),
+            "lock" | "unlock" => errors.push(op_error(i, "Invalid session")),
+            "check-session" => errors.push(op_error(i, format!("failed session check for key {key:?}"))),
+            other => errors.push(op_error(i, format!("unknown KV verb {other:?}"))),
         }
     }
     if !errors.is_empty() {
-        return json_resp(StatusCode::CONFLICT, &json!({"Results": null, "Errors": errors}));
+        return conflict(errors);
     }
     if changed {
         work.index = at;
+        *kv = work;
     }
-    *kv = work;
     drop(kv);
     if changed {
         shared.wake();
     }
-    let results: Vec<Value> = results.into_iter().map(|r| json!({"KV": r})).collect();
-    json_resp(StatusCode::OK, &json!({"Results": results, "Errors": null}))
+    // Results the token may not read are dropped silently (Consul's `FilterTxnResults`).
+    let results: Vec<Value> = results
+        .into_iter()
+        .filter(|r| r["Key"].as_str().is_some_and(|k| who.can_read(k)))
+        .map(|r| json!({"KV": r}))
+        .collect();
+    let results = if results.is_empty() { Value::Null } else { Value::Array(results) };
+    let mut resp = json_resp(StatusCode::OK, &json!({"Results": results, "Errors": null}));
+    if !writes {
+        // Read-only txns carry the read metadata, but no index (they never block).
+        let consistency = if params.contains_key("stale") { "stale" } else if params.contains_key("consistent") { "consistent" } else { "leader" };
+        read_meta(&mut resp, consistency);
+    }
+    resp
 }
 
 #[cfg(test)]
@@ -971,7 +1069,54 @@ mod tests {
         assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(go_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(go_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(go_duration("60"), None);
-        assert_eq!(go_duration("abc"), None);
+        assert_eq!(go_duration("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+        assert_eq!(go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(go_duration("-3s"), Some(Duration::ZERO));
+        for bad in ["60", "abc", "", "s", "1x", "1.2.3s", "-"] {
+            assert_eq!(go_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cleaning_keys_like_go() {
+        assert_eq!(clean_key("a//b"), "a/b");
+        assert_eq!(clean_key("a/./b/"), "a/b/");
+        assert_eq!(clean_key("a/x/../b"), "a/b");
+    }
+
+    #[test]
+    fn acl_rules_longest_prefix_and_write_prefix() {
+        let who = Who::Rules {
+            rules: vec![
+                AclRule { prefix: "app/".into(), read: true, write: true },
+                AclRule { prefix: "app/locked/".into(), read: true, write: false },
+            ],
+            named: true,
+        };
+        assert!(who.can_write("app/x"));
+        assert!(!who.can_write("app/locked/x"));
+        assert!(who.can_read("app/locked/x"));
+        assert!(!who.can_read("other"));
+        assert!(who.can_write_prefix("app/x/"));
+        assert!(!who.can_write_prefix("app/"), "a denying rule under the prefix");
+    }
+
+    #[test]
+    fn list_index_uses_tombstones_then_the_table_index() {
+        let mut kv = Kv { index: 1, ..Default::default() };
+        kv.set("p/a", b"1".to_vec(), 0, 2);
+        kv.set("q", b"1".to_vec(), 0, 3);
+        kv.index = 3;
+        assert_eq!(kv.list_index("p/"), 2);
+        kv.delete("p/a", 4);
+        kv.index = 4;
+        assert_eq!(kv.list_index("p/"), 4, "the tombstone counts");
+        kv.tombstones.clear();
+        assert_eq!(kv.list_index("p/"), 4, "nothing under the prefix: the table index");
+        kv.set("p/b", b"1".to_vec(), 0, 5);
+        kv.set("z", b"1".to_vec(), 0, 6);
+        kv.index = 6;
+        assert_eq!(kv.list_index("p/"), 5);
+        assert_eq!(kv.list_index(""), 6);
     }
 }
