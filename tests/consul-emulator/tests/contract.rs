@@ -1,17 +1,21 @@
 //! The Consul KV contract suite, written from the documented behaviour
-//! (`reference/consul-kv.md` §2, citing the section per test), over raw HTTP.
+//! (`reference/consul-kv.md` §2, cited per test, covering every item of §4.2), over raw HTTP.
 //!
 //! It always runs against the in-process emulator, and also against a real Consul when
-//! `CONSUL_HTTP_ADDR` is set (with `CONSUL_HTTP_TOKEN` if present), under a random prefix that
-//! is deleted afterwards. Assertions are relations (index after > index before), bounded
-//! timings, and version-tolerant where Consul versions differ.
+//! `CONSUL_HTTP_ADDR` is set (with `CONSUL_HTTP_TOKEN` if present), under a random
+//! `vsync-contract/<n>/` prefix that is deleted afterwards (trailing-slash recursive delete),
+//! even when a test fails. Assertions are relations (index after > index before), bounded
+//! timings, and version-tolerant where Consul versions differ. The ACL test needs a management
+//! token on a real Consul and is skipped without one.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use vsync_consul_emulator::Emulator;
+use vsync_consul_emulator::{Acl, AclRule, Emulator, EmulatorConfig};
 
 /// One target of the suite.
 struct Target {
@@ -19,13 +23,16 @@ struct Target {
     base: String,
     token: Option<String>,
     prefix: String,
+    real: bool,
     http: reqwest::Client,
     _emulator: Option<Emulator>,
 }
 
+#[derive(Debug)]
 struct Answer {
     status: u16,
     index: Option<u64>,
+    headers: reqwest::header::HeaderMap,
     body: Vec<u8>,
 }
 
@@ -33,6 +40,20 @@ impl Answer {
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The first entry of a single-key read.
+    fn entry(&self) -> Value {
+        assert_eq!(self.status, 200, "expected an entry: {self:?}");
+        self.json()[0].clone()
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a u64: {v}"))
 }
 
 impl Target {
@@ -40,17 +61,13 @@ impl Target {
         format!("{}{k}", self.prefix)
     }
 
-    async fn call(&self, method: &str, path: &str, query: &str, body: Option<Vec<u8>>) -> Answer {
-        let url = if query.is_empty() {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}{path}?{query}", self.base)
-        };
+    async fn call_as(&self, token: Option<&str>, method: &str, path: &str, query: &str, body: Option<Vec<u8>>) -> Answer {
+        let url = if query.is_empty() { format!("{}{path}", self.base) } else { format!("{}{path}?{query}", self.base) };
         let mut req = self
             .http
             .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
             .timeout(Duration::from_secs(30));
-        if let Some(t) = &self.token {
+        if let Some(t) = token {
             req = req.header("X-Consul-Token", t);
         }
         if let Some(b) = body {
@@ -58,18 +75,23 @@ impl Target {
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
-        let index = resp
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let index = resp.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let headers = resp.headers().clone();
         let body = resp.bytes().await.unwrap().to_vec();
-        Answer { status, index, body }
+        Answer { status, index, headers, body }
+    }
+
+    async fn call(&self, method: &str, path: &str, query: &str, body: Option<Vec<u8>>) -> Answer {
+        self.call_as(self.token.as_deref(), method, path, query, body).await
     }
 
     async fn kv(&self, method: &str, key: &str, query: &str, body: Option<&[u8]>) -> Answer {
-        self.call(method, &format!("/v1/kv/{}", self.key(key)), query, body.map(<[u8]>::to_vec))
-            .await
+        self.call(method, &format!("/v1/kv/{}", self.key(key)), query, body.map(<[u8]>::to_vec)).await
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) {
+        let a = self.kv("PUT", key, "", Some(value)).await;
+        assert_eq!((a.status, a.json()), (200, json!(true)), "PUT {key}");
     }
 
     async fn txn(&self, ops: Value) -> Answer {
@@ -77,18 +99,35 @@ impl Target {
     }
 
     /// Sends a request line as is (URL libraries clean `..` and `//` before sending).
-    fn raw_status(&self, method: &str, path: &str) -> u16 {
+    fn raw(&self, method: &str, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let host = self.base.trim_start_matches("http://").trim_end_matches('/');
         let mut s = std::net::TcpStream::connect(host).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let token = self.token.as_ref().map(|t| format!("X-Consul-Token: {t}\r\n")).unwrap_or_default();
         write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{token}Content-Length: 1\r\nConnection: close\r\n\r\nx").unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+        (out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
+    }
+
+    /// Blocks on `key` from `index` until `done`, re-polling after spurious wake-ups (allowed by
+    /// §2.3), for at most `limit`. Returns the last answer and the time taken.
+    async fn block_until(&self, key: &str, extra: &str, index: u64, limit: Duration, done: impl Fn(&Answer) -> bool) -> (Answer, Duration) {
+        let started = Instant::now();
+        let mut index = index;
+        loop {
+            let a = self.kv("GET", key, &format!("{extra}index={index}&wait=5s"), None).await;
+            if done(&a) || started.elapsed() > limit {
+                return (a, started.elapsed());
+            }
+            index = a.index.unwrap_or(index).max(1);
+        }
     }
 
     async fn cleanup(&self) {
+        // Trailing slash: only this run's keys.
+        assert!(self.prefix.ends_with('/'));
         self.call("DELETE", &format!("/v1/kv/{}", self.prefix), "recurse", None).await;
     }
 }
@@ -97,240 +136,655 @@ fn b64(v: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(v)
 }
 
-async fn targets() -> Vec<Target> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let emu = Emulator::start();
-    let mut out = vec![Target {
+fn client() -> reqwest::Client {
+    // Redirects are answers to check, not to follow (§3: never follow them on PUT or DELETE).
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn real_consul() -> Option<String> {
+    let addr = std::env::var("CONSUL_HTTP_ADDR").ok().filter(|a| !a.is_empty())?;
+    Some(if addr.contains("://") { addr } else { format!("http://{addr}") })
+}
+
+fn emulator_target(emu: Emulator, token: Option<String>) -> Target {
+    Target {
         name: "emulator".into(),
         base: emu.url(),
-        token: None,
+        token,
         prefix: format!("vsync-contract/{}/", fastrand::u64(..)),
-        http: http.clone(),
+        real: false,
+        http: client(),
         _emulator: Some(emu),
-    }];
-    match std::env::var("CONSUL_HTTP_ADDR") {
-        Ok(addr) if !addr.is_empty() => {
-            let base = if addr.contains("://") { addr } else { format!("http://{addr}") };
+    }
+}
+
+fn targets() -> Vec<Target> {
+    let mut out = vec![emulator_target(Emulator::start(), None)];
+    match real_consul() {
+        Some(base) => {
             println!("Consul contract: emulator and real Consul at {base}");
             out.push(Target {
                 name: format!("consul {base}"),
                 base,
-                token: std::env::var("CONSUL_HTTP_TOKEN").ok(),
+                token: std::env::var("CONSUL_HTTP_TOKEN").ok().filter(|t| !t.is_empty()),
                 prefix: format!("vsync-contract/{}/", fastrand::u64(..)),
-                http,
+                real: true,
+                http: client(),
                 _emulator: None,
             });
         }
-        _ => println!("Consul contract: emulator only (no CONSUL_HTTP_ADDR); real-Consul conformance unverified"),
+        None => println!("Consul contract: emulator only (no CONSUL_HTTP_ADDR); real-Consul conformance unverified"),
     }
     out
 }
 
-/// Runs `check` against every target, cleaning up each prefix.
+/// Runs the body against every target; the prefix is deleted even when the body panics.
 macro_rules! contract {
     ($name:ident, |$t:ident| $body:block) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            for $t in targets().await {
-                println!("{}: {}", stringify!($name), $t.name);
-                $body
-                $t.cleanup().await;
+            for target in targets() {
+                println!("{}: {}", stringify!($name), target.name);
+                let target = Arc::new(target);
+                let $t = target.clone();
+                let outcome = tokio::spawn(async move { $body }).await;
+                target.cleanup().await;
+                if let Err(e) = outcome {
+                    std::panic::resume_unwind(e.into_panic());
+                }
             }
         }
     };
 }
 
-// §2.2, §4.2 #1-2: a missing key is a 404 that still carries an index (>= 1).
+// §2.2 (single mode), §2.1 (headers), §4.2 #2: a missing key is a 404 with an empty body that
+// still carries an index >= 1, and the read metadata headers.
 contract!(missing_key_is_404_with_index, |t| {
     let a = t.kv("GET", "nope", "", None).await;
     assert_eq!(a.status, 404);
-    assert!(a.index.is_some_and(|i| i >= 1), "404 carries X-Consul-Index");
+    assert!(a.body.is_empty(), "404 body is empty");
+    assert!(a.index.is_some_and(|i| i >= 1), "404 carries X-Consul-Index >= 1: {:?}", a.index);
+    assert!(matches!(a.header("X-Consul-KnownLeader"), Some("true" | "false")));
+    assert!(a.header("X-Consul-LastContact").is_some_and(|v| v.parse::<u64>().is_ok()));
+    let missing_list = t.kv("GET", "nope/", "recurse", None).await;
+    assert_eq!(missing_list.status, 404);
+    assert!(missing_list.index.is_some_and(|i| i >= 1));
 });
 
-// §2.4, §4.2 #1: one global index; CreateIndex kept across updates, renewed after re-create.
+// §2.4 (index bookkeeping), §2.2 (single index = ModifyIndex), §4.2 #1: one global index;
+// CreateIndex kept across updates and renewed after delete and re-create; PUT has no index.
 contract!(global_index_and_create_index, |t| {
-    assert_eq!(t.kv("PUT", "a", "", Some(b"1")).await.json(), json!(true));
-    let first = t.kv("GET", "a", "", None).await.json()[0].clone();
-    assert_eq!(t.kv("PUT", "other", "", Some(b"x")).await.json(), json!(true));
-    let other = t.kv("GET", "other", "", None).await.json()[0].clone();
-    assert!(other["ModifyIndex"].as_u64() > first["ModifyIndex"].as_u64(), "indexes are global");
-    t.kv("PUT", "a", "", Some(b"2")).await;
-    let second = t.kv("GET", "a", "", None).await.json()[0].clone();
-    assert_eq!(second["CreateIndex"], first["CreateIndex"], "CreateIndex kept across updates");
-    assert!(second["ModifyIndex"].as_u64() > other["ModifyIndex"].as_u64());
+    t.put("a", b"1").await;
+    let first = t.kv("GET", "a", "", None).await;
+    let e1 = first.entry();
+    assert_eq!(first.index, Some(u(&e1["ModifyIndex"])), "single read's index is the ModifyIndex");
+    assert_eq!(e1["CreateIndex"], e1["ModifyIndex"]);
+    assert_eq!(e1["LockIndex"], json!(0));
+    assert_eq!(e1["Flags"], json!(0));
+    let put = t.kv("PUT", "other", "", Some(b"x")).await;
+    assert!(put.index.is_none(), "PUT answers no X-Consul-Index (§2.4)");
+    assert_eq!(put.header("Content-Type"), Some("application/json"));
+    let other = t.kv("GET", "other", "", None).await.entry();
+    assert!(u(&other["ModifyIndex"]) > u(&e1["ModifyIndex"]), "indexes are global, not per key");
+    t.put("a", b"2").await;
+    let e2 = t.kv("GET", "a", "", None).await.entry();
+    assert_eq!(e2["CreateIndex"], e1["CreateIndex"], "CreateIndex kept across updates");
+    assert!(u(&e2["ModifyIndex"]) > u(&other["ModifyIndex"]));
     t.kv("DELETE", "a", "", None).await;
-    t.kv("PUT", "a", "", Some(b"3")).await;
-    let third = t.kv("GET", "a", "", None).await.json()[0].clone();
-    assert!(third["CreateIndex"].as_u64() > second["ModifyIndex"].as_u64(), "re-created key has a new CreateIndex");
+    t.put("a", b"3").await;
+    let e3 = t.kv("GET", "a", "", None).await.entry();
+    assert!(u(&e3["CreateIndex"]) > u(&e2["ModifyIndex"]), "a re-created key has a new CreateIndex");
 });
 
-// §2.1: values are padded standard base64; an empty value is null; binary survives.
+// §2.1 (values), §2.2 (raw), §4.2 #9: standard padded base64 (not URL-safe), empty value is
+// null, binary values survive, raw mode answers the bytes with the documented headers.
 contract!(values_base64_null_and_binary, |t| {
-    t.kv("PUT", "bin", "", Some(&[0, 255, 254, 10])).await;
-    t.kv("PUT", "empty", "", Some(b"")).await;
-    let bin = t.kv("GET", "bin", "", None).await.json();
-    assert_eq!(bin[0]["Value"], json!(b64(&[0, 255, 254, 10])));
-    assert_eq!(t.kv("GET", "empty", "", None).await.json()[0]["Value"], Value::Null);
+    let bin = [0u8, 255, 254, 10, 0xfb, 0xff];
+    t.put("bin", &bin).await;
+    t.put("one", b"x").await;
+    t.put("empty", b"").await;
+    assert_eq!(t.kv("GET", "bin", "", None).await.entry()["Value"], json!("AP/+Cvv/"), "standard alphabet");
+    assert_eq!(t.kv("GET", "one", "", None).await.entry()["Value"], json!("eA=="), "padded");
+    assert_eq!(t.kv("GET", "empty", "", None).await.entry()["Value"], Value::Null, "empty value is null");
     let raw = t.kv("GET", "bin", "raw", None).await;
-    assert_eq!(raw.body, vec![0, 255, 254, 10]);
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.body, bin.to_vec());
+    assert_eq!(raw.header("Content-Type"), Some("text/plain"));
+    assert_eq!(raw.header("X-Content-Type-Options"), Some("nosniff"));
+    assert_eq!(raw.header("Content-Security-Policy"), Some("sandbox"));
+    assert!(raw.index.is_some());
+    assert_eq!(t.kv("GET", "nothing", "raw", None).await.status, 404);
+    // Flags are u64, beyond 2^53 too (§2.9 #16).
+    let big = u64::MAX - 1;
+    assert_eq!(t.kv("PUT", "flagged", &format!("flags={big}"), Some(b"v")).await.json(), json!(true));
+    assert_eq!(t.kv("GET", "flagged", "", None).await.entry()["Flags"], json!(big));
 });
 
-// §2.1, §4.2 #5: flags are tested by presence: `recurse=false` still recurses.
+// §2.1 (presence flags), §4.2 #5: `recurse=false`, `keys=false` and `raw=false` all switch the
+// mode on; `keys` takes precedence over `recurse` and `raw` is ignored on lists (§2.2).
 contract!(presence_flags, |t| {
-    t.kv("PUT", "p/a", "", Some(b"1")).await;
-    t.kv("PUT", "p/b", "", Some(b"2")).await;
+    t.put("p/a", b"1").await;
+    t.put("p/b", b"2").await;
     let a = t.kv("GET", "p/", "recurse=false", None).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json().as_array().map(Vec::len), Some(2), "recurse=false recursed");
+    let keys = t.kv("GET", "p/", "keys=false", None).await.json();
+    assert_eq!(keys, json!([t.key("p/a"), t.key("p/b")]), "keys=false listed keys");
+    assert_eq!(t.kv("GET", "p/a", "raw=false", None).await.body, b"1".to_vec(), "raw=false is raw");
+    let both = t.kv("GET", "p/", "keys&recurse", None).await.json();
+    assert_eq!(both, json!([t.key("p/a"), t.key("p/b")]), "keys wins over recurse");
+    let list_raw = t.kv("GET", "p/", "recurse&raw", None).await.json();
+    assert_eq!(list_raw[1]["Value"], json!(b64(b"2")), "raw ignored on a list");
 });
 
-// §2.2, §4.2 #9: sorted lists, keys with separator keep the separator, greedy prefixes.
+// §2.2 (keys, keys + separator), §4.2 #9: sorted (byte order), greedy prefixes, separator
+// kept, duplicates removed, the misspelt `seperator`, 404 for an empty non-root prefix, 200 for
+// the root.
 contract!(keys_and_separator, |t| {
-    for k in ["web/foo", "web/bar", "web/sub/x", "web/sub/y", "webz"] {
-        t.kv("PUT", k, "", Some(b"v")).await;
+    for k in ["web/foo", "web/bar", "web/sub/x", "web/sub/y", "webz", "web/Z", "web/sub-a"] {
+        t.put(k, b"v").await;
     }
+    let want = |ks: &[&str]| json!(ks.iter().map(|k| t.key(k)).collect::<Vec<_>>());
     let keys = t.kv("GET", "web/", "keys&separator=/", None).await.json();
-    let want: Vec<String> = ["web/bar", "web/foo", "web/sub/"].iter().map(|k| t.key(k)).collect();
-    assert_eq!(keys, json!(want));
+    assert_eq!(keys, want(&["web/Z", "web/bar", "web/foo", "web/sub-a", "web/sub/"]));
+    let misspelt = t.kv("GET", "web/", "keys&seperator=/", None).await.json();
+    assert_eq!(misspelt, keys, "`seperator` is accepted");
     let all = t.kv("GET", "web", "keys", None).await.json();
-    let want: Vec<String> = ["web/bar", "web/foo", "web/sub/x", "web/sub/y", "webz"].iter().map(|k| t.key(k)).collect();
-    assert_eq!(all, json!(want), "greedy prefix, byte order");
-    assert_eq!(t.kv("GET", "none/", "keys", None).await.status, 404);
+    assert_eq!(all, want(&["web/Z", "web/bar", "web/foo", "web/sub-a", "web/sub/x", "web/sub/y", "webz"]), "greedy, byte order");
+    let listed: Vec<String> = t.kv("GET", "web", "recurse", None).await.json().as_array().unwrap().iter().map(|e| e["Key"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(json!(listed), all, "recurse lists the same keys, sorted");
+    let none = t.kv("GET", "none/", "keys", None).await;
+    assert_eq!(none.status, 404);
+    assert!(none.index.is_some());
+    // The root is never a 404 for `keys` (a real Consul may hold other keys: only the shape).
+    let root = t.call("GET", "/v1/kv/", "keys&separator=/", None).await;
+    assert_eq!(root.status, 200);
+    assert!(root.json().is_array());
+    if !t.real {
+        assert_eq!(root.json(), json!(["vsync-contract/"]));
+        let empty = Emulator::start();
+        let r = t.http.get(format!("{}/v1/kv/?keys", empty.url())).send().await.unwrap();
+        assert_eq!(r.status(), 200, "root ?keys of an empty store");
+        assert_eq!(r.json::<Value>().await.unwrap(), json!([]));
+    }
 });
 
-// §2.2 list index, §4.2 #4, #12: deletes raise a prefix's index (tombstones).
-contract!(deletes_raise_list_index, |t| {
-    t.kv("PUT", "l/a", "", Some(b"1")).await;
-    t.kv("PUT", "l/b", "", Some(b"1")).await;
-    let before = t.kv("GET", "l/", "recurse", None).await.index.unwrap();
+// §2.2 (list index), §4.2 #4: a list's index is the prefix's own maximum (not the global
+// index), deletes raise it through tombstones, and a never-used prefix follows the table index.
+contract!(list_index_rule, |t| {
+    t.put("l/a", b"1").await;
+    t.put("l/b", b"1").await;
+    let before = t.kv("GET", "l/", "recurse", None).await;
+    let b_modify = u(&t.kv("GET", "l/b", "", None).await.entry()["ModifyIndex"]);
+    assert_eq!(before.index, Some(b_modify), "max ModifyIndex under the prefix");
+    let unused_before = t.kv("GET", "never-used/", "recurse", None).await.index.unwrap();
+    t.put("elsewhere", b"1").await;
+    let same = t.kv("GET", "l/", "recurse", None).await.index.unwrap();
+    assert_eq!(Some(same), before.index, "a write elsewhere leaves the prefix's index alone");
+    let keys_index = t.kv("GET", "l/", "keys", None).await.index.unwrap();
+    assert_eq!(keys_index, same, "keys uses the same list index");
+    let unused_after = t.kv("GET", "never-used/", "recurse", None).await.index.unwrap();
+    assert!(unused_after > unused_before, "a never-used prefix follows the table index");
     t.kv("DELETE", "l/a", "", None).await;
-    let after = t.kv("GET", "l/", "recurse", None).await.index.unwrap();
-    assert!(after > before, "tombstone raised the list index: {before} -> {after}");
+    let after = t.kv("GET", "l/", "recurse", None).await;
+    assert!(after.index.unwrap() > same, "the tombstone raised the list index");
+    assert_eq!(after.json().as_array().map(Vec::len), Some(1));
+    let keys_after = t.kv("GET", "l/", "keys", None).await.index.unwrap();
+    assert_eq!(keys_after, after.index.unwrap());
 });
 
-// §2.3, §4.2 #3: blocking returns only when the index is strictly greater, at most ~wait later,
-// with the current state and the normal status; promptly after a relevant write.
+// §2.3 (activation, return rule), §4.2 #3: `index=0` does not block; an older index returns at
+// once; a current one returns within wait + jitter with the current state and normal status,
+// and within 1 s after a relevant write.
 contract!(blocking_queries, |t| {
-    t.kv("PUT", "w", "", Some(b"1")).await;
+    t.put("w", b"1").await;
     let idx = t.kv("GET", "w", "", None).await.index.unwrap();
+    let started = Instant::now();
+    assert_eq!(t.kv("GET", "w", "index=0&wait=10s", None).await.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "index=0 does not block");
+    let started = Instant::now();
+    let older = t.kv("GET", "w", &format!("index={}&wait=10s", idx - 1), None).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "index > N returns at once (strictly greater)");
+    assert_eq!(older.index, Some(idx));
     let started = Instant::now();
     let a = t.kv("GET", "w", &format!("index={idx}&wait=2s"), None).await;
     let took = started.elapsed();
-    assert_eq!(a.status, 200);
+    assert_eq!(a.status, 200, "timeout answers the normal status, never 304/408");
+    assert_eq!(a.entry()["Value"], json!(b64(b"1")), "with the current state");
+    assert!(a.index.unwrap() >= idx);
     assert!(took <= Duration::from_millis(2000 * 17 / 16 + 1000), "returned within wait + jitter: {took:?}");
-    // A write wakes it.
-    let started = Instant::now();
-    let q = format!("index={idx}&wait=10s");
-    let (a, _) = tokio::join!(t.kv("GET", "w", &q, None), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        t.kv("PUT", "w", "", Some(b"2")).await
-    });
-    assert!(started.elapsed() < Duration::from_secs(2), "woken by the write: {:?}", started.elapsed());
-    assert!(a.index.unwrap() > idx);
-    // A stale index returns at once.
-    let started = Instant::now();
-    t.kv("GET", "w", "index=1&wait=10s", None).await;
-    assert!(started.elapsed() < Duration::from_secs(1));
-    // Bad parameters.
-    assert_eq!(t.kv("GET", "w", "index=1&wait=60", None).await.status, 400, "wait without a unit");
-    assert_eq!(t.kv("GET", "w", "index=abc", None).await.status, 400);
+    // A relevant write wakes it promptly.
+    let (woken, _) = tokio::join!(
+        t.block_until("w", "", idx, Duration::from_secs(5), |a| a.index.unwrap_or(0) > idx),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            t.put("w", b"2").await;
+        }
+    );
+    assert!(woken.1 < Duration::from_millis(1300), "woken within 1 s of the write: {:?}", woken.1);
+    assert_eq!(woken.0.entry()["Value"], json!(b64(b"2")));
 });
 
-// §2.3: deleting a watched key wakes the watcher with a 404 and a higher index.
-contract!(delete_wakes_watcher, |t| {
-    t.kv("PUT", "d", "", Some(b"1")).await;
+// §2.3: a missing key's watcher (from its 404 index) sees the key appear; a timeout on a missing
+// key answers 404 with an index.
+contract!(blocking_on_a_missing_key, |t| {
+    let miss = t.kv("GET", "later", "", None).await;
+    assert_eq!(miss.status, 404);
+    let idx = miss.index.unwrap();
+    let started = Instant::now();
+    let timeout = t.kv("GET", "later", &format!("index={idx}&wait=1s"), None).await;
+    assert_eq!(timeout.status, 404, "a timeout on a missing key is a 404");
+    assert!(timeout.index.is_some_and(|i| i >= 1));
+    assert!(started.elapsed() <= Duration::from_millis(1000 * 17 / 16 + 1000));
+    let idx = timeout.index.unwrap();
+    let (appeared, _) = tokio::join!(
+        t.block_until("later", "", idx, Duration::from_secs(5), |a| a.status == 200),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            t.put("later", b"here").await;
+        }
+    );
+    assert_eq!(appeared.0.status, 200);
+    assert!(appeared.0.index.unwrap() > idx);
+    assert!(appeared.1 < Duration::from_millis(1300), "{:?}", appeared.1);
+});
+
+// §2.3 (missed states), §2.5 (tombstones wake), §4.2 #12: deleting a watched key wakes it with a
+// 404 and a higher index; prefix watchers wake on writes and deletes of any key under it.
+contract!(deletes_and_prefix_changes_wake_watchers, |t| {
+    t.put("d", b"1").await;
     let idx = t.kv("GET", "d", "", None).await.index.unwrap();
-    let q = format!("index={idx}&wait=10s");
-    let (a, _) = tokio::join!(t.kv("GET", "d", &q, None), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        t.kv("DELETE", "d", "", None).await
-    });
-    assert_eq!(a.status, 404);
-    assert!(a.index.unwrap() > idx);
+    let (a, _) = tokio::join!(
+        t.block_until("d", "", idx, Duration::from_secs(5), |a| a.status == 404),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            t.kv("DELETE", "d", "", None).await
+        }
+    );
+    assert_eq!(a.0.status, 404);
+    assert!(a.0.index.unwrap() > idx);
+    assert!(a.1 < Duration::from_millis(1300));
+
+    t.put("dir/a", b"1").await;
+    t.put("dir/b", b"1").await;
+    let idx = t.kv("GET", "dir/", "recurse", None).await.index.unwrap();
+    let (a, _) = tokio::join!(
+        t.block_until("dir/", "recurse&", idx, Duration::from_secs(5), |a| a.index.unwrap_or(0) > idx),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            t.put("dir/c", b"new").await;
+        }
+    );
+    assert!(a.1 < Duration::from_millis(1300), "a new key under the prefix wakes it: {:?}", a.1);
+    assert_eq!(a.0.json().as_array().map(Vec::len), Some(3));
+    let idx = a.0.index.unwrap();
+    let (a, _) = tokio::join!(
+        t.block_until("dir/", "keys&", idx, Duration::from_secs(5), |a| a.index.unwrap_or(0) > idx),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            t.kv("DELETE", "dir/a", "", None).await
+        }
+    );
+    assert!(a.1 < Duration::from_millis(1300), "a delete under the prefix wakes it: {:?}", a.1);
+    assert_eq!(a.0.json(), json!([t.key("dir/b"), t.key("dir/c")]));
 });
 
-// §2.4, §4.2 #6-7: CAS rules; failed CAS is 200 false; idempotent writes keep ModifyIndex.
+// §2.3 (activation): `wait` is a Go duration; no unit or junk is 400, as is a bad `index`.
+contract!(wait_and_index_parameters, |t| {
+    t.put("q", b"1").await;
+    for wait in ["1500ms", "1.5s", "1m30s", "2s"] {
+        // An old index returns at once whatever the wait.
+        let a = t.kv("GET", "q", &format!("index=1&wait={wait}"), None).await;
+        assert_eq!(a.status, 200, "wait={wait}");
+    }
+    assert_eq!(t.kv("GET", "q", "index=1&wait=60", None).await.status, 400, "wait without a unit");
+    assert_eq!(t.kv("GET", "q", "index=1&wait=soon", None).await.status, 400);
+    assert_eq!(t.kv("GET", "q", "index=abc", None).await.status, 400, "invalid index");
+    assert_eq!(t.kv("GET", "q", "index=-1", None).await.status, 400, "index is a u64");
+});
+
+// §2.4 (CAS, idempotent writes), §4.2 #6-7: cas=0 is create-only, a failed CAS is 200 false,
+// an identical write keeps ModifyIndex, flags count as content.
 contract!(cas_and_idempotent_writes, |t| {
     assert_eq!(t.kv("PUT", "c", "cas=0", Some(b"1")).await.json(), json!(true));
-    assert_eq!(t.kv("PUT", "c", "cas=0", Some(b"2")).await.json(), json!(false), "cas=0 is create-only");
-    let e = t.kv("GET", "c", "", None).await.json()[0].clone();
-    let m = e["ModifyIndex"].as_u64().unwrap();
+    let failed = t.kv("PUT", "c", "cas=0", Some(b"2")).await;
+    assert_eq!((failed.status, failed.json()), (200, json!(false)), "cas=0 is create-only");
+    let m = u(&t.kv("GET", "c", "", None).await.entry()["ModifyIndex"]);
     let stale = t.kv("PUT", "c", &format!("cas={}", m + 1000), Some(b"2")).await;
     assert_eq!((stale.status, stale.json()), (200, json!(false)));
+    assert_eq!(t.kv("PUT", "absent", &format!("cas={m}"), Some(b"2")).await.json(), json!(false), "cas>0 needs the key");
+    assert_eq!(t.kv("GET", "absent", "", None).await.status, 404);
     assert_eq!(t.kv("PUT", "c", &format!("cas={m}"), Some(b"2")).await.json(), json!(true));
-    let m2 = t.kv("GET", "c", "", None).await.json()[0]["ModifyIndex"].as_u64().unwrap();
-    assert_eq!(t.kv("PUT", "c", "", Some(b"2")).await.json(), json!(true));
-    let m3 = t.kv("GET", "c", "", None).await.json()[0]["ModifyIndex"].as_u64().unwrap();
-    assert_eq!(m2, m3, "identical write does not bump ModifyIndex");
+    let m2 = u(&t.kv("GET", "c", "", None).await.entry()["ModifyIndex"]);
+    assert!(m2 > m);
+    t.put("c", b"2").await;
+    let m3 = u(&t.kv("GET", "c", "", None).await.entry()["ModifyIndex"]);
+    assert_eq!(m2, m3, "an identical write does not bump ModifyIndex");
+    assert_eq!(t.kv("PUT", "c", &format!("cas={m2}"), Some(b"2")).await.json(), json!(true), "identical CAS succeeds");
+    assert_eq!(u(&t.kv("GET", "c", "", None).await.entry()["ModifyIndex"]), m2);
+    t.kv("PUT", "c", "flags=7", Some(b"2")).await;
+    let e = t.kv("GET", "c", "", None).await.entry();
+    assert!(u(&e["ModifyIndex"]) > m2, "a flags change is a change");
+    assert_eq!(e["Flags"], json!(7));
 });
 
-// §2.5, §4.2 #6: DELETE quirks.
-contract!(delete_quirks, |t| {
-    assert_eq!(t.kv("DELETE", "never", "", None).await.json(), json!(true));
-    assert_eq!(t.kv("DELETE", "never", "cas=5", None).await.json(), json!(true), "CAS delete of a missing key is true");
-    t.kv("PUT", "x", "", Some(b"1")).await;
-    assert_eq!(t.kv("DELETE", "x", "cas=0", None).await.json(), json!(false));
-    assert_eq!(t.kv("DELETE", "x", "recurse&cas=1", None).await.status, 400);
-    let m = t.kv("GET", "x", "", None).await.json()[0]["ModifyIndex"].as_u64().unwrap();
-    assert_eq!(t.kv("DELETE", "x", &format!("cas={m}"), None).await.json(), json!(true));
-    assert_eq!(t.kv("GET", "x", "", None).await.status, 404);
-});
-
-// §2.6, §4.2 #8: txn: atomic, every failure reported with 409, one index for all writes, no
-// results for deletes, null values on set results.
-contract!(txn_semantics, |t| {
-    let (a, b) = (t.key("t/a"), t.key("t/b"));
-    let ok = t
-        .txn(json!([
-            {"KV": {"Verb": "set", "Key": a, "Value": b64(b"1")}},
-            {"KV": {"Verb": "set", "Key": b, "Value": b64(b"2")}},
-            {"KV": {"Verb": "delete", "Key": t.key("t/none")}},
-        ]))
-        .await;
-    assert_eq!(ok.status, 200);
-    let results = ok.json()["Results"].as_array().unwrap().clone();
-    assert_eq!(results.len(), 2, "no result for delete");
-    assert_eq!(results[0]["KV"]["Value"], Value::Null);
-    assert_eq!(results[0]["KV"]["ModifyIndex"], results[1]["KV"]["ModifyIndex"], "one index per txn");
-    let bad = t
-        .txn(json!([
-            {"KV": {"Verb": "set", "Key": a, "Value": b64(b"changed")}},
-            {"KV": {"Verb": "cas", "Key": b, "Value": b64(b"x"), "Index": 1}},
-            {"KV": {"Verb": "get", "Key": t.key("t/missing")}},
-        ]))
-        .await;
-    assert_eq!(bad.status, 409);
-    let errors = bad.json()["Errors"].as_array().unwrap().clone();
-    let failed: Vec<u64> = errors.iter().map(|e| e["OpIndex"].as_u64().unwrap()).collect();
-    assert_eq!(failed, vec![1, 2], "every failing op is reported");
-    let still = t.kv("GET", "t/a", "", None).await.json();
-    assert_eq!(still[0]["Value"], json!(b64(b"1")), "rolled back");
-    assert_eq!(t.call("PUT", "/v1/txn", "", Some(b"{not json".to_vec())).await.status, 400);
-});
-
-// §2.6, §4.2 #10: op count and size limits answer 413 (the op limit is 64 or 128).
-contract!(limits_are_413, |t| {
-    let ops: Vec<Value> = (0..129).map(|i| json!({"KV": {"Verb": "get-or-empty", "Key": t.key(&format!("n{i}"))}})).collect();
-    assert_eq!(t.txn(Value::Array(ops)).await.status, 413);
+// §2.4 (errors): missing key 400, conflicting flags 400, malformed numbers an error status,
+// over-size 413 (the limit itself is allowed).
+contract!(put_errors_and_size_limit, |t| {
+    assert_eq!(t.call("PUT", "/v1/kv/", "", Some(b"1".to_vec())).await.status, 400, "missing key name");
+    assert_eq!(t.kv("PUT", "f", "cas=0&acquire=abc", Some(b"1")).await.status, 400, "conflicting flags");
+    assert!(t.kv("PUT", "f", "flags=abc", Some(b"1")).await.status >= 400);
+    assert!(t.kv("PUT", "f", "cas=x", Some(b"1")).await.status >= 400);
+    assert_eq!(t.kv("GET", "f", "", None).await.status, 404, "nothing written by the failures");
     let big = vec![b'x'; 512 * 1024 + 1];
     assert_eq!(t.kv("PUT", "big", "", Some(&big)).await.status, 413);
     let exact = vec![b'x'; 512 * 1024];
     assert_eq!(t.kv("PUT", "exact", "", Some(&exact)).await.status, 200, "512 KiB exactly is allowed");
+    assert_eq!(t.kv("GET", "exact", "raw", None).await.body.len(), exact.len());
 });
 
-// §2.1, §4.2 #11: key handling: leading `/`, `..` refused; `//` redirected; `%20` decoded.
-contract!(key_handling, |t| {
-    let dotdot = t.raw_status("PUT", &format!("/v1/kv/{}a/../b", t.prefix));
-    assert!(matches!(dotdot, 301 | 400 | 500), "`..` refused: {dotdot}");
-    let encoded = t.raw_status("PUT", &format!("/v1/kv/{}a/%2E%2E/b", t.prefix));
-    assert!(matches!(encoded, 301 | 400 | 500), "encoded `..` refused: {encoded}");
-    let double = t.raw_status("GET", &format!("/v1/kv/{}a//b", t.prefix));
-    assert!(matches!(double, 301 | 400), "`//` redirected or refused: {double}");
-    t.kv("PUT", "sp%20ace", "", Some(b"1")).await;
-    let keys = t.kv("GET", "sp", "keys", None).await.json();
-    assert_eq!(keys, json!([t.key("sp ace")]));
-    assert_eq!(t.call("PUT", "/v1/kv/", "", Some(b"1".to_vec())).await.status, 400, "missing key name");
+// §2.5, §4.2 #6: DELETE quirks.
+contract!(delete_quirks, |t| {
+    assert_eq!(t.kv("DELETE", "never", "", None).await.json(), json!(true), "plain delete of a missing key");
+    assert_eq!(t.kv("DELETE", "never", "cas=5", None).await.json(), json!(true), "CAS delete of a missing key is true");
+    t.put("x", b"1").await;
+    assert_eq!(t.kv("DELETE", "x", "cas=0", None).await.json(), json!(false), "cas=0 on an existing key");
+    assert_eq!(t.kv("DELETE", "x", "recurse&cas=1", None).await.status, 400, "recurse with cas");
+    assert_eq!(t.call("DELETE", "/v1/kv/", "", None).await.status, 400, "empty key without recurse");
+    let m = u(&t.kv("GET", "x", "", None).await.entry()["ModifyIndex"]);
+    assert_eq!(t.kv("DELETE", "x", &format!("cas={}", m + 7), None).await.json(), json!(false));
+    assert_eq!(t.kv("GET", "x", "", None).await.status, 200, "a failed CAS delete deletes nothing");
+    assert_eq!(t.kv("DELETE", "x", &format!("cas={m}"), None).await.json(), json!(true));
+    assert_eq!(t.kv("GET", "x", "", None).await.status, 404);
+    // Recursive delete is greedy: `tree` also takes `treehouse`; a trailing `/` scopes it.
+    for k in ["tree/a", "tree/b/c", "treehouse", "trees/x"] {
+        t.put(k, b"1").await;
+    }
+    assert_eq!(t.kv("DELETE", "tree/", "recurse", None).await.json(), json!(true));
+    assert_eq!(t.kv("GET", "tree", "keys", None).await.json(), json!([t.key("treehouse"), t.key("trees/x")]));
+    t.kv("DELETE", "tree", "recurse=false", None).await;
+    assert_eq!(t.kv("GET", "tree", "keys", None).await.status, 404, "recurse=false recursed, greedily");
 });
+
+// §2.6, §4.2 #1, #8: txn: atomic, every failure reported with 409 and null Results, one index
+// for all writes, no results for deletes, null values on set results.
+contract!(txn_semantics, |t| {
+    let (a, b) = (t.key("t/a"), t.key("t/b"));
+    let before = t.kv("GET", "t/", "recurse", None).await.index.unwrap();
+    let ok = t
+        .txn(json!([
+            {"KV": {"Verb": "set", "Key": a, "Value": b64(b"1")}},
+            {"KV": {"Verb": "set", "Key": b, "Value": b64(b"2"), "Flags": 3}},
+            {"KV": {"Verb": "delete", "Key": t.key("t/none")}},
+        ]))
+        .await;
+    assert_eq!(ok.status, 200);
+    assert!(ok.index.is_none(), "write txns carry no X-Consul-Index");
+    let body = ok.json();
+    assert_eq!(body["Errors"], Value::Null);
+    let results = body["Results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 2, "no result for delete");
+    assert_eq!(results[0]["KV"]["Key"], json!(a));
+    assert_eq!(results[0]["KV"]["Value"], Value::Null, "set results carry no value");
+    assert_eq!(results[1]["KV"]["Flags"], json!(3));
+    let idx = u(&results[0]["KV"]["ModifyIndex"]);
+    assert_eq!(results[1]["KV"]["ModifyIndex"], json!(idx), "one index per txn");
+    assert!(idx > before);
+    let e = t.kv("GET", "t/b", "", None).await.entry();
+    assert_eq!((e["ModifyIndex"].clone(), e["Value"].clone()), (json!(idx), json!(b64(b"2"))));
+
+    let bad = t
+        .txn(json!([
+            {"KV": {"Verb": "set", "Key": a, "Value": b64(b"changed")}},
+            {"KV": {"Verb": "cas", "Key": b, "Value": b64(b"x"), "Index": idx + 1000}},
+            {"KV": {"Verb": "get", "Key": t.key("t/missing")}},
+            {"KV": {"Verb": "check-not-exists", "Key": a}},
+            {"KV": {"Verb": "delete", "Key": b}},
+        ]))
+        .await;
+    assert_eq!(bad.status, 409, "a rolled-back txn is 409, not 200 with errors");
+    assert_eq!(bad.json()["Results"], Value::Null);
+    let failed: Vec<u64> = bad.json()["Errors"].as_array().unwrap().iter().map(|e| u(&e["OpIndex"])).collect();
+    assert_eq!(failed, vec![1, 2, 3], "every failing op is reported");
+    assert!(bad.json()["Errors"][0]["What"].is_string());
+    assert_eq!(t.kv("GET", "t/a", "", None).await.entry()["Value"], json!(b64(b"1")), "rolled back");
+    assert_eq!(t.kv("GET", "t/b", "", None).await.status, 200, "the delete was rolled back too");
+    assert_eq!(t.kv("GET", "t/", "recurse", None).await.index, Some(idx), "a rolled-back txn moves no index");
+
+    // An identical set keeps its ModifyIndex (§2.6).
+    let same = t.txn(json!([{"KV": {"Verb": "set", "Key": a, "Value": b64(b"1")}}])).await;
+    assert_eq!(same.status, 200);
+    assert_eq!(same.json()["Results"][0]["KV"]["ModifyIndex"], json!(idx));
+});
+
+// §2.6 (verbs): cas, get, get-tree, check-index, check-not-exists, delete-tree, delete-cas.
+contract!(txn_verbs, |t| {
+    let k = |s: &str| t.key(s);
+    let created = t
+        .txn(json!([
+            {"KV": {"Verb": "cas", "Key": k("v/a"), "Value": b64(b"a"), "Index": 0}},
+            {"KV": {"Verb": "set", "Key": k("v/b"), "Value": b64(b"b")}},
+            {"KV": {"Verb": "set", "Key": k("v/c/d"), "Value": b64(b"")}},
+            {"KV": {"Verb": "check-not-exists", "Key": k("v/zzz")}},
+        ]))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.json());
+    let idx = u(&created.json()["Results"][0]["KV"]["ModifyIndex"]);
+    assert_eq!(created.json()["Results"].as_array().map(Vec::len), Some(3), "check-not-exists has no result");
+
+    let read = t
+        .txn(json!([
+            {"KV": {"Verb": "get", "Key": k("v/a")}},
+            {"KV": {"Verb": "get-tree", "Key": k("v/")}},
+            {"KV": {"Verb": "check-index", "Key": k("v/b"), "Index": idx}},
+        ]))
+        .await;
+    assert_eq!(read.status, 200);
+    assert!(read.index.is_none(), "read-only txns carry no X-Consul-Index");
+    let r = read.json()["Results"].as_array().unwrap().clone();
+    assert_eq!(r.len(), 1 + 3 + 1);
+    assert_eq!(r[0]["KV"]["Value"], json!(b64(b"a")), "get returns the value");
+    let tree: Vec<&str> = r[1..4].iter().map(|e| e["KV"]["Key"].as_str().unwrap()).collect();
+    assert_eq!(tree, vec![k("v/a"), k("v/b"), k("v/c/d")], "get-tree, sorted");
+    assert_eq!(r[3]["KV"]["Value"], Value::Null, "empty value is null in txn results too");
+    assert_eq!(r[4]["KV"]["Key"], json!(k("v/b")));
+
+    let stale = t
+        .txn(json!([
+            {"KV": {"Verb": "check-index", "Key": k("v/b"), "Index": idx + 1}},
+            {"KV": {"Verb": "check-index", "Key": k("v/missing"), "Index": idx}},
+            {"KV": {"Verb": "cas", "Key": k("v/a"), "Value": b64(b"again"), "Index": 0}},
+            {"KV": {"Verb": "delete-cas", "Key": k("v/a"), "Index": idx + 1}},
+        ]))
+        .await;
+    assert_eq!(stale.status, 409);
+    let failed: Vec<u64> = stale.json()["Errors"].as_array().unwrap().iter().map(|e| u(&e["OpIndex"])).collect();
+    assert_eq!(failed, vec![0, 1, 2, 3]);
+
+    let deleted = t
+        .txn(json!([
+            {"KV": {"Verb": "delete-cas", "Key": k("v/a"), "Index": idx}},
+            {"KV": {"Verb": "delete-cas", "Key": k("v/never"), "Index": 5}},
+            {"KV": {"Verb": "delete-tree", "Key": k("v/c/")}},
+        ]))
+        .await;
+    assert_eq!(deleted.status, 200, "delete-cas of a missing key succeeds: {}", deleted.json());
+    assert_eq!(deleted.json()["Results"].as_array().map_or(0, Vec::len), 0, "no results for delete verbs");
+    assert_eq!(t.kv("GET", "v/", "keys", None).await.json(), json!([k("v/b")]));
+    let after = t.kv("GET", "v/", "recurse", None).await.index.unwrap();
+    assert!(after > idx, "txn deletes leave tombstones that raise the list index");
+
+    // get-or-empty exists since 1.14; older servers reject the verb with 409.
+    let goe = t.txn(json!([{"KV": {"Verb": "get-or-empty", "Key": k("v/none")}}])).await;
+    if goe.status == 200 {
+        let e = &goe.json()["Results"][0]["KV"];
+        assert_eq!((e["Key"].clone(), e["Value"].clone()), (json!(k("v/none")), Value::Null));
+    } else {
+        assert_eq!(goe.status, 409, "pre-1.14 servers refuse the verb");
+    }
+});
+
+// §2.6 (limits, malformed body), §4.2 #8, #10: op count and sizes are 413 before anything is
+// applied (the op limit is 64 or 128 depending on the version); a malformed body is 400.
+contract!(txn_limits_and_malformed_bodies, |t| {
+    let ops = |n: usize| Value::Array((0..n).map(|i| json!({"KV": {"Verb": "set", "Key": t.key(&format!("n/{i}")), "Value": b64(b"v")}})).collect());
+    assert_eq!(t.txn(ops(64)).await.status, 200, "64 ops are portable");
+    let limit = if t.txn(ops(128)).await.status == 200 { 128 } else { 64 };
+    println!("txn op limit: {limit}");
+    let over = t.txn(ops(limit + 1)).await;
+    assert_eq!(over.status, 413);
+    assert_eq!(t.kv("GET", &format!("n/{limit}"), "", None).await.status, 404, "nothing applied");
+    // Total body: many values, each well under the value limit.
+    let chunk = b64(&vec![b'y'; 7000]);
+    let body: Vec<Value> = (0..60).map(|i| json!({"KV": {"Verb": "set", "Key": t.key(&format!("s/{i}")), "Value": chunk}})).collect();
+    assert_eq!(t.txn(Value::Array(body)).await.status, 413, "body over 512 KiB");
+    assert_eq!(t.kv("GET", "s/0", "", None).await.status, 404);
+    // One value over the value limit (its base64 also overflows the body limit).
+    let huge = json!([{"KV": {"Verb": "set", "Key": t.key("huge"), "Value": b64(&vec![b'z'; 512 * 1024 + 1])}}]);
+    assert_eq!(t.txn(huge).await.status, 413);
+    for bad in ["{not json", "{\"KV\": 1}", "[{\"KV\": {\"Verb\": \"set\", \"Key\": \"k\", \"Value\": \"not base64!\"}}]"] {
+        assert_eq!(t.call("PUT", "/v1/txn", "", Some(bad.as_bytes().to_vec())).await.status, 400, "{bad}");
+    }
+    let missing_key = t.txn(json!([{"KV": {"Verb": "set", "Key": "", "Value": b64(b"v")}}])).await;
+    assert_eq!(missing_key.status, 409, "an op without a key is a per-op error");
+});
+
+// §2.1 (keys), §4.2 #11: leading `/`, `..` and surrounding spaces refused; `//` redirected to
+// the clean path (or refused); percent-decoding of key segments.
+contract!(key_handling, |t| {
+    let p = &t.prefix;
+    let bad = |s: u16| matches!(s, 301 | 400 | 500);
+    for path in [format!("/v1/kv/{p}a/../b"), format!("/v1/kv/{p}a/%2E%2E/b"), format!("/v1/kv/%2F{p}lead"), format!("/v1/kv/%20{p}lead"), format!("/v1/kv/{p}trail%20")] {
+        let (status, _) = t.raw("PUT", &path);
+        assert!(bad(status), "{path} refused: {status}");
+    }
+    // In case an old server stored the leading-space key outside the prefix.
+    t.call("DELETE", &format!("/v1/kv/%20{p}lead"), "", None).await;
+    let (status, answer) = t.raw("GET", &format!("/v1/kv/{p}a//b?recurse"));
+    assert!(matches!(status, 301 | 400), "`//` redirected or refused: {status}");
+    if status == 301 {
+        let location = answer.lines().find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: "))).unwrap_or("");
+        assert!(location.contains(&format!("{p}a/b")), "redirect to the clean path: {location}");
+    }
+    assert_eq!(t.kv("GET", "never", "keys", None).await.status, 404, "nothing was written by the refused keys");
+    t.put("sp%20ace/x%3Fy", b"1").await;
+    assert_eq!(t.kv("GET", "sp", "keys", None).await.json(), json!([t.key("sp ace/x?y")]), "segments are percent-decoded");
+});
+
+// §2.7: an unknown datacenter is a 5xx error; `stale` with `consistent` is 400; `stale` alone
+// is a normal read.
+contract!(datacenter_and_consistency, |t| {
+    t.put("dc", b"1").await;
+    assert!(t.kv("GET", "dc", "dc=no-such-dc-vsync", None).await.status >= 500, "unknown dc");
+    assert_eq!(t.kv("GET", "dc", "stale&consistent", None).await.status, 400);
+    assert_eq!(t.kv("GET", "dc", "stale", None).await.status, 200);
+    assert_eq!(t.kv("GET", "dc", "consistent", None).await.status, 200);
+});
+
+/// The ACL target: the emulator with ACLs, or a real Consul where a management token creates a
+/// policy and a token (removed afterwards).
+struct AclSetup {
+    target: Target,
+    reader: String,
+    cleanup: Vec<String>,
+}
+
+/// Rules (relative to the prefix): `app/` read, `app/secret/` deny, `rw/` write.
+async fn acl_targets() -> Vec<AclSetup> {
+    let mut tokens = BTreeMap::new();
+    let prefix = format!("vsync-contract/{}/", fastrand::u64(..));
+    tokens.insert("admin-secret".to_owned(), vec![AclRule { prefix: String::new(), read: true, write: true }]);
+    tokens.insert(
+        "reader-secret".to_owned(),
+        vec![
+            AclRule { prefix: format!("{prefix}app/"), read: true, write: false },
+            AclRule { prefix: format!("{prefix}app/secret/"), read: false, write: false },
+            AclRule { prefix: format!("{prefix}rw/"), read: true, write: true },
+        ],
+    );
+    let emu = Emulator::start_with(EmulatorConfig { acl: Some(Acl { tokens }), ..Default::default() });
+    let mut target = emulator_target(emu, Some("admin-secret".into()));
+    target.prefix = prefix;
+    let mut out = vec![AclSetup { target, reader: "reader-secret".into(), cleanup: Vec::new() }];
+    let Some(target) = targets().pop().filter(|t| t.real) else { return out };
+    let rules = format!(
+        "key_prefix \"{p}app/\" {{ policy = \"read\" }}\nkey_prefix \"{p}app/secret/\" {{ policy = \"deny\" }}\nkey_prefix \"{p}rw/\" {{ policy = \"write\" }}",
+        p = target.prefix
+    );
+    let name = format!("vsync-contract-{}", fastrand::u64(..));
+    let policy = target.call("PUT", "/v1/acl/policy", "", Some(json!({"Name": name, "Rules": rules}).to_string().into_bytes())).await;
+    if policy.status != 200 {
+        println!("acl: real Consul skipped (no management token or ACLs disabled: {})", policy.status);
+        return out;
+    }
+    let policy_id = policy.json()["ID"].as_str().unwrap_or_default().to_owned();
+    let token = target.call("PUT", "/v1/acl/token", "", Some(json!({"Policies": [{"ID": policy_id}]}).to_string().into_bytes())).await;
+    assert_eq!(token.status, 200, "create a token");
+    let reader = token.json()["SecretID"].as_str().unwrap().to_owned();
+    let accessor = token.json()["AccessorID"].as_str().unwrap().to_owned();
+    out.push(AclSetup { target, reader, cleanup: vec![format!("/v1/acl/token/{accessor}"), format!("/v1/acl/policy/{policy_id}")] });
+    out
+}
+
+// §2.1 (authentication), §2.2 (ACL effects on reads), §2.6 (ACL inside a txn), §4.2 #8: unknown
+// token 403; denied single read and write 403; lists filtered silently (all filtered: 404); a
+// denied txn op is a per-op 409 error; the token also works as `?token=` and `Bearer`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls() {
+    for AclSetup { target: t, reader, cleanup } in acl_targets().await {
+        println!("acls: {}", t.name);
+        let t = Arc::new(t);
+        let t2 = t.clone();
+        let outcome = tokio::spawn(async move {
+            let t = t2;
+            let r = Some(reader.as_str());
+            for k in ["app/a", "app/b", "app/secret/s", "rw/x", "other"] {
+                t.put(k, b"v").await;
+            }
+            let path = |k: &str| format!("/v1/kv/{}", t.key(k));
+            assert_eq!(t.call_as(r, "GET", &path("app/a"), "", None).await.status, 200);
+            assert_eq!(t.call_as(Some("no-such-token-vsync"), "GET", &path("app/a"), "", None).await.status, 403, "unknown token");
+            assert_eq!(t.call_as(r, "GET", &path("app/secret/s"), "", None).await.status, 403, "denied read");
+            let other = t.call_as(r, "GET", &path("other"), "", None).await;
+            if other.header("X-Consul-Default-ACL-Policy") != Some("allow") {
+                assert_eq!(other.status, 403, "no rule under default deny: denied");
+            }
+            assert_eq!(t.call_as(r, "PUT", &path("app/a"), "", Some(b"w".to_vec())).await.status, 403, "denied write");
+            assert_eq!(t.call_as(r, "PUT", &path("rw/x"), "", Some(b"w".to_vec())).await.status, 200);
+            let keys = t.call_as(r, "GET", &path("app/"), "keys", None).await;
+            assert_eq!(keys.status, 200);
+            assert_eq!(keys.json(), json!([t.key("app/a"), t.key("app/b")]), "filtered silently");
+            let list = t.call_as(r, "GET", &path("app/secret/"), "recurse", None).await;
+            assert_eq!(list.status, 404, "all filtered: 404");
+            assert!(list.index.is_some());
+            assert_eq!(t.call_as(None, "GET", &path("app/a"), &format!("token={reader}"), None).await.status, 200, "?token=");
+            let bearer = t.http.get(format!("{}{}", t.base, path("app/a"))).bearer_auth(&reader).send().await.unwrap();
+            assert_eq!(bearer.status(), 200, "Authorization: Bearer");
+            let ops = json!([
+                {"KV": {"Verb": "set", "Key": t.key("rw/y"), "Value": b64(b"1")}},
+                {"KV": {"Verb": "set", "Key": t.key("app/a"), "Value": b64(b"1")}},
+                {"KV": {"Verb": "delete", "Key": t.key("app/b")}},
+            ]);
+            let denied = t.call_as(r, "PUT", "/v1/txn", "", Some(ops.to_string().into_bytes())).await;
+            assert_eq!(denied.status, 409, "per-op denial is 409, not 403");
+            let failed: Vec<u64> = denied.json()["Errors"].as_array().unwrap().iter().map(|e| u(&e["OpIndex"])).collect();
+            assert_eq!(failed, vec![1, 2]);
+            assert_eq!(t.kv("GET", "rw/y", "", None).await.status, 404, "nothing applied");
+            let tree = json!([{"KV": {"Verb": "get-tree", "Key": t.key("app/")}}]);
+            let read = t.call_as(r, "PUT", "/v1/txn", "", Some(tree.to_string().into_bytes())).await;
+            assert_eq!(read.status, 200);
+            let keys: Vec<String> = read.json()["Results"].as_array().unwrap().iter().map(|e| e["KV"]["Key"].as_str().unwrap().to_owned()).collect();
+            assert_eq!(keys, vec![t.key("app/a"), t.key("app/b")], "get-tree filtered silently");
+            let unknown = t.call_as(Some("no-such-token-vsync"), "PUT", "/v1/txn", "", Some(tree.to_string().into_bytes())).await;
+            assert_eq!(unknown.status, 403, "an unknown token is 403 on txn too");
+        })
+        .await;
+        t.cleanup().await;
+        for path in cleanup {
+            t.call("DELETE", &path, "", None).await;
+        }
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
