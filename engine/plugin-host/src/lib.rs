@@ -1,18 +1,30 @@
 //! `vsync-plugin-host`: loads transformer and filter plugins (WebAssembly components built
 //! against `wit/plugin@0.1.0`) and runs them sandboxed. The only crate that depends on wasmtime.
 //!
-//! - **Load pipeline** ([`PluginHost::load_file`]): read, parse as a component, check the
-//!   exported API (world and version, from the export name) and every import against an
-//!   allowlist, compile (cached on disk by content hash and engine version).
-//! - **Sandbox**: no WASI capabilities. The host links its logging import and the random seed
-//!   Rust's `HashMap` asks for; every other import a component declares traps when called, and
-//!   anything beyond `wasi:io`/`wasi:cli` (files, sockets, clocks) is refused at load.
-//! - **Limits**: a per-call time limit (epoch deadline, ticked by a background thread) and a
-//!   memory limit per instance. A trap or limit hit fails that call only; the instance is
-//!   replaced (re-instantiated and re-configured) before its next call.
+//! - **Load pipeline** ([`PluginHost::load_file`]): read; refuse anything that is not a
+//!   component (random bytes, core modules); compile (cached on disk when
+//!   [`HostConfig::cache_dir`] is set: key = SHA-256 of the bytes + wasmtime version + engine
+//!   compatibility hash; otherwise each host compiles once, in memory); check the exported API
+//!   (world and version, from the export name) and every import against an allowlist; link and
+//!   pre-instantiate, which type-checks the exports against the world. `configure` runs at
+//!   [`PluginHost::instantiate`].
+//! - **Sandbox**: no WASI capabilities. The host links its logging import (forwarded to
+//!   `tracing` with the plugin name) and `wasi:random/insecure-seed` (Rust's `HashMap` asks for
+//!   it) under the exact name the component imports; every other import the component declares
+//!   traps when called (`define_unknown_imports_as_traps`), and anything beyond
+//!   `vsync:plugin/*`, `wasi:io/*`, `wasi:cli/*` and `wasi:random/insecure-seed` (files, sockets,
+//!   clocks, ...) is refused at load.
+//! - **Limits**: a per-call time limit (epoch deadline; a background thread ticks every 2 ms
+//!   while the host or any of its instances lives) and a memory limit per instance (linear
+//!   memory and tables). A trap or limit hit fails that call only; the instance is replaced
+//!   (re-instantiated and re-configured) before its next call.
 //! - **Stacks** ([`Stack`]): a destination's filters, then its transformers in order, then the
 //!   identity; results must be valid relative paths.
 //! - **Validation** ([`validate_dir`]): what `vsync plugin validate` runs in CI.
+//!
+//! Layout: `bindings.rs` (the two `bindgen!` worlds of `wit/plugin@0.1.0`), `lib.rs` (host,
+//! instances, stacks), `validate.rs` (vectors files and the report); `build.rs` builds the
+//! `plugins/` workspace and embeds the default pack.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +36,7 @@ use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 mod bindings;
 mod validate;
@@ -137,6 +149,7 @@ impl From<wit::PluginError> for PluginError {
 
 /// Failures while loading or configuring plugins. Every message names the file or plugin.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum HostError {
     /// Not a WebAssembly component, or one wasmtime cannot compile.
     #[error("plugin file {file}: not a usable WebAssembly component: {reason}")]
@@ -224,6 +237,7 @@ pub enum HostError {
 
 /// Failures of one call. The engine goes on; the failing path fails alone.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CallError {
     /// The call ran past `call_timeout`.
     #[error("plugin `{plugin}`: call exceeded its time limit ({limit:?})")]
@@ -297,9 +311,45 @@ impl Context {
     }
 }
 
+/// The per-instance memory limit. Like wasmtime's `StoreLimits` with `trap_on_grow_failure`,
+/// but it records that the limit was hit, so the trap is reported as `MemoryExceeded` without
+/// matching on error text.
+struct Limits {
+    memory_bytes: usize,
+    table_elements: usize,
+    hit: bool,
+}
+
+impl Limits {
+    fn check(&mut self, what: &str, desired: usize, limit: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > limit {
+            self.hit = true;
+            return Err(wasmtime::Error::msg(format!("{what} limit exceeded: growing to {desired} (limit {limit})")));
+        }
+        // The module's own declared maximum: ordinary wasm semantics (`grow` returns -1).
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.check("memory", desired, self.memory_bytes, maximum)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.check("table", desired, self.table_elements, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The host could not provide memory below the limit: fail the call rather than let the
+        // guest's allocator abort in a less readable way.
+        Err(error.context("memory growth failed"))
+    }
+}
+
 /// Per-store state: limits, the plugin's name for its log lines, and its last panic message.
 pub(crate) struct State {
-    limits: StoreLimits,
+    limits: Limits,
     plugin: Arc<str>,
     last_error_log: Option<String>,
 }
@@ -692,12 +742,12 @@ impl Instance {
     /// Instantiates and configures; the error is a readable reason.
     fn start(&mut self) -> Result<(), String> {
         let state = State {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(self.cfg.memory_limit).unwrap_or(usize::MAX))
+            limits: Limits {
+                memory_bytes: usize::try_from(self.cfg.memory_limit).unwrap_or(usize::MAX),
                 // Tables live in host memory too; a table element is at most 16 bytes.
-                .table_elements(usize::try_from(self.cfg.memory_limit / 16).unwrap_or(usize::MAX))
-                .trap_on_grow_failure(true)
-                .build(),
+                table_elements: usize::try_from(self.cfg.memory_limit / 16).unwrap_or(usize::MAX),
+                hit: false,
+            },
             plugin: Arc::from(self.loaded.name.as_str()),
             last_error_log: None,
         };
@@ -742,8 +792,7 @@ impl Instance {
             }
             _ => {}
         }
-        let text = format!("{e:#}");
-        if text.contains("forcing trap when growing memory") {
+        if store.data().limits.hit {
             return CallError::MemoryExceeded {
                 plugin,
                 limit: self.cfg.memory_limit,
@@ -859,6 +908,7 @@ pub struct StackSpec {
 
 /// Why mapping one path failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StackError {
     /// A plugin call failed.
     #[error("path `{path}`: {error}")]
