@@ -375,3 +375,20 @@ dropped = true
     let human = report.human();
     assert!(!report.passed() && human.contains("glob.vectors.toml") && human.contains("bogus"), "{human}");
 }
+
+#[test]
+fn a_corrupt_cache_entry_is_ignored_and_rewritten() {
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = HostConfig { cache_dir: Some(cache.path().to_owned()), ..HostConfig::default() };
+    drop(PluginHost::new(cfg.clone()).unwrap());
+    let entries: Vec<PathBuf> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 4);
+    for e in &entries {
+        std::fs::write(e, b"not a compiled component").unwrap();
+    }
+    let host = PluginHost::new(cfg).unwrap();
+    still_works(&host);
+    for e in &entries {
+        assert!(std::fs::metadata(e).unwrap().len() > 1000, "{} rewritten", e.display());
+    }
+}
