@@ -10,9 +10,21 @@ const DEFAULT_PACK: &[&str] = &["identity", "regex", "prefix", "glob"];
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..");
+    let root = root.canonicalize().unwrap_or(root);
     let plugins = root.join("plugins");
-    for p in ["plugins/Cargo.toml", "plugins/Cargo.lock", "plugins/identity", "plugins/regex", "plugins/prefix", "plugins/glob", "plugins/fixtures", "plugin-sdk/src", "plugin-sdk/Cargo.toml", "wit"] {
+    // Every source the guests are built from; not `plugins/` itself, whose `target/` would keep
+    // this script always dirty. Sub-directories are listed so a new plugin is watched too.
+    for p in ["plugins/Cargo.toml", "plugins/Cargo.lock", "plugin-sdk/Cargo.toml", "plugin-sdk/src", "plugin-sdk/wit", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    if let Ok(entries) = std::fs::read_dir(&plugins) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let skip = name == "target" || name.to_string_lossy().starts_with('.');
+            if !skip && entry.path().is_dir() {
+                println!("cargo:rerun-if-changed={}", entry.path().display());
+            }
+        }
     }
     check_wasm_target();
     let target_dir = root.join("target").join("plugins-wasm");
