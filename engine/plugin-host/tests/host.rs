@@ -8,11 +8,22 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vsync_plugin_host::{CallError, Context, HostConfig, HostError, PluginHost, PluginKind, Stack, StackError, StackSpec, validate_dir};
 
-/// Limits as configured by default, with a compile cache shared by the tests of this binary
-/// (debug-built Cranelift is slow; each component is compiled once per target dir).
+/// Default limits, but a time limit that a loaded CI machine cannot hit by descheduling a
+/// test thread (the time limit is wall-clock; the tests about it set their own), and a compile
+/// cache shared by the tests of this binary (debug-built Cranelift is slow; each component is
+/// compiled once per target dir).
 fn cfg() -> HostConfig {
     HostConfig {
+        call_timeout: Duration::from_secs(5),
         cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-host-component-cache")),
+        ..HostConfig::default()
+    }
+}
+
+/// The default limits (50 ms, 32 MiB) with the shared cache.
+fn default_limits() -> HostConfig {
+    HostConfig {
+        cache_dir: cfg().cache_dir,
         ..HostConfig::default()
     }
 }
@@ -34,9 +45,13 @@ fn ctx() -> Context {
 
 /// A host with the default pack plus one fixture copied in under `name`.
 fn host_with(name: &str, fixture_name: &str) -> (PluginHost, tempfile::TempDir) {
+    host_with_cfg(name, fixture_name, cfg())
+}
+
+fn host_with_cfg(name: &str, fixture_name: &str, cfg: HostConfig) -> (PluginHost, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixture(fixture_name), dir.path().join(format!("{name}.wasm"))).unwrap();
-    let mut host = PluginHost::new(cfg()).unwrap();
+    let mut host = PluginHost::new(cfg).unwrap();
     host.load_dir(dir.path()).unwrap();
     (host, dir)
 }
@@ -48,7 +63,7 @@ fn still_works(host: &PluginHost) {
 
 #[test]
 fn infinite_loop_times_out_and_the_instance_recovers() {
-    let (host, _d) = host_with("looper", "loop");
+    let (host, _d) = host_with_cfg("looper", "loop", default_limits());
     let mut i = host.instantiate("looper", "{}").unwrap();
     let started = Instant::now();
     let err = i.transform("loop/x", &ctx()).unwrap_err();
@@ -82,6 +97,8 @@ fn time_limit_follows_the_config_and_outlives_the_host() {
 
 #[test]
 fn memory_bomb_hits_the_limit() {
+    // Default memory limit; the time limit stays generous so a slow machine cannot turn
+    // filling 32 MiB into a timeout.
     let (host, _d) = host_with("bomb", "membomb");
     let mut i = host.instantiate("bomb", "{}").unwrap();
     let err = i.transform("bomb/x", &ctx()).unwrap_err();
@@ -242,7 +259,7 @@ fn validate_dir_reports_passes_and_failures() {
         dir.path().join("prefix.vectors.toml"),
     )
     .unwrap();
-    let report = validate_dir(dir.path(), &HostConfig::default());
+    let report = validate_dir(dir.path(), &HostConfig { cache_dir: None, ..cfg() });
     assert!(report.passed(), "{}", report.human());
     // A failing vector and a broken component make the report fail.
     std::fs::write(
@@ -251,7 +268,7 @@ fn validate_dir_reports_passes_and_failures() {
     )
     .unwrap();
     std::fs::copy(fixture("wrong_version"), dir.path().join("future.wasm")).unwrap();
-    let report = validate_dir(dir.path(), &HostConfig::default());
+    let report = validate_dir(dir.path(), &HostConfig { cache_dir: None, ..cfg() });
     assert!(!report.passed());
     let human = report.human();
     assert!(human.contains("expected `c/x`, got b/x") && human.contains("0.2.0"), "{human}");
