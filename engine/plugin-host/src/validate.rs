@@ -314,13 +314,17 @@ fn run_vector(host: &PluginHost, name: &str, index: usize, v: &Vector, default_c
                     },
                     _ => (false, format!("expected `{want}`, got {shown}")),
                 }
-            } else if v.dropped == Some(true) {
-                (got.is_none(), format!("expected dropped, got {shown}"))
-            } else if v.included == Some(true) {
-                (
-                    kind == PluginKind::Filter && got.is_some(),
-                    format!("expected included, got {}", if got.is_some() { "included" } else { "excluded" }),
-                )
+            } else if let Some(dropped) = v.dropped.or(v.included.map(|i| !i)) {
+                // `dropped = true` == `included = false`: a filter excludes, a transformer
+                // returns none. `included = true` is for filters only.
+                let wanted = if dropped { "dropped" } else { "included" };
+                let ok = got.is_none() == dropped && (dropped || kind == PluginKind::Filter);
+                let shown = match (kind, &got) {
+                    (PluginKind::Filter, Some(_)) => "included".to_owned(),
+                    (PluginKind::Filter, None) => "excluded".to_owned(),
+                    (PluginKind::Transformer, _) => shown,
+                };
+                (ok, format!("expected {wanted}, got {shown}"))
             } else if let Some(e) = &v.error {
                 (false, format!("expected error `{e}`, got {shown}"))
             } else {
