@@ -409,3 +409,20 @@ fn a_corrupt_cache_entry_is_ignored_and_rewritten() {
         assert!(std::fs::metadata(e).unwrap().len() > 1000, "{} rewritten", e.display());
     }
 }
+
+#[test]
+fn the_default_pack_passes_its_own_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let built = PathBuf::from(env!("VSYNC_PLUGIN_WASM_DIR"));
+    let sources = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../plugins");
+    for name in ["identity", "regex", "prefix", "glob"] {
+        std::fs::copy(built.join(format!("vsync_plugin_{name}.wasm")), dir.path().join(format!("{name}.wasm"))).unwrap();
+        let vectors = format!("{name}.vectors.toml");
+        std::fs::copy(sources.join(name).join(&vectors), dir.path().join(&vectors)).unwrap();
+    }
+    let report = validate_dir(dir.path(), &cfg());
+    assert!(report.passed(), "{}", report.human());
+    assert_eq!(report.components.len(), 4);
+    assert!(report.components.iter().all(|c| !c.vectors.is_empty() && c.note.is_none()), "{}", report.human());
+    println!("{}", report.human());
+}
