@@ -863,15 +863,7 @@ impl Instance {
             }
         };
         self.ctx_cache = Some(cached);
-        match result {
-            Some(Ok(Ok(out))) => Ok(out),
-            Some(Ok(Err(e))) => Err(CallError::Guest {
-                plugin: self.loaded.name.clone(),
-                error: e.into(),
-            }),
-            Some(Err(e)) => Err(self.failed(&e)),
-            None => Err(self.misuse(PluginKind::Transformer)),
-        }
+        self.outcome(result, PluginKind::Transformer)
     }
 
     /// Calls a filter: whether the path is included.
@@ -885,6 +877,16 @@ impl Instance {
             }
         };
         self.ctx_cache = Some(cached);
+        self.outcome(result, PluginKind::Filter)
+    }
+
+    /// Turns a call's result into ours: the guest's own error, a trap (the instance is
+    /// dropped), or `None` when the instance is of the other kind.
+    fn outcome<T>(
+        &mut self,
+        result: Option<wasmtime::Result<Result<T, wit::PluginError>>>,
+        wanted: PluginKind,
+    ) -> Result<T, CallError> {
         match result {
             Some(Ok(Ok(out))) => Ok(out),
             Some(Ok(Err(e))) => Err(CallError::Guest {
@@ -892,7 +894,7 @@ impl Instance {
                 error: e.into(),
             }),
             Some(Err(e)) => Err(self.failed(&e)),
-            None => Err(self.misuse(PluginKind::Filter)),
+            None => Err(self.misuse(wanted)),
         }
     }
 }

@@ -404,6 +404,33 @@ async fn stopped(
     }
 }
 
+/// Settles a destination cycle's result: `Ok(true)` when something failed and the loop goes
+/// on, `Err` for a fatal error (alerted). The `--allow-*` flags hold for one successful cycle.
+async fn settle(
+    result: Result<bool>,
+    state_failures: &mut u32,
+    flags: &mut sync::CycleFlags,
+    once: bool,
+    alerter: &runtime::Alerter,
+    role: &str,
+    destination: Option<&str>,
+) -> Result<bool, Failure> {
+    match result {
+        Ok(failed) => {
+            *state_failures = 0;
+            *flags = sync::CycleFlags::default();
+            Ok(failed)
+        }
+        Err(e) => match escalate(e, state_failures, once) {
+            Some(e) => {
+                alerter.fatal(role, destination, &e).await;
+                Err(Failure::Fatal(e))
+            }
+            None => Ok(true),
+        },
+    }
+}
+
 /// Sorts a failed cycle's error: `Some` (fatal, stop) or `None` (logged; retry next cycle).
 /// Transient state-store failures become fatal after [`runtime::STATE_RETRY_BUDGET`] cycles.
 fn escalate(e: anyhow::Error, state_failures: &mut u32, once: bool) -> Option<anyhow::Error> {
@@ -512,21 +539,7 @@ async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Resu
             r = cycle => r,
             _ = shutdown.wait() => return stopped(&shutdown, &alerter, "destination", Some(name)).await,
         };
-        let failed = match result {
-            Ok(failed) => {
-                state_failures = 0;
-                // The --allow-* flags hold for one successful cycle only.
-                flags = sync::CycleFlags::default();
-                failed
-            }
-            Err(e) => {
-                if let Some(e) = escalate(e, &mut state_failures, args.once) {
-                    alerter.fatal("destination", Some(name), &e).await;
-                    return Err(Failure::Fatal(e));
-                }
-                true
-            }
-        };
+        let failed = settle(result, &mut state_failures, &mut flags, args.once, &alerter, "destination", Some(name)).await?;
         if args.once {
             return Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
         }
@@ -574,20 +587,7 @@ async fn run(config: &Config, args: &CycleArgs, plugins_dir: Option<&std::path::
             r = cycle => r,
             _ = shutdown.wait() => return stopped(&shutdown, &alerter, "run", None).await,
         };
-        let any_failed = match result {
-            Ok(failed) => {
-                state_failures = 0;
-                flags = sync::CycleFlags::default();
-                failed
-            }
-            Err(e) => {
-                if let Some(e) = escalate(e, &mut state_failures, args.once) {
-                    alerter.fatal("run", None, &e).await;
-                    return Err(Failure::Fatal(e));
-                }
-                true
-            }
-        };
+        let any_failed = settle(result, &mut state_failures, &mut flags, args.once, &alerter, "run", None).await?;
         if args.once {
             return Ok(if any_failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
         }
