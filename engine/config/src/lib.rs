@@ -2,16 +2,19 @@
 //! the file, line and key, and semantic validation.
 //!
 //! Unknown keys are errors (`deny_unknown_fields` everywhere). Durations and sizes are strings
-//! with units (`"1m"`, `"50ms"`, `"32MiB"`). This crate only describes configuration; the
-//! binary turns it into runtime structs, so no runtime crate depends on it.
+//! with units (`"1m"`, `"50ms"`, `"32MiB"`). This crate describes configuration and builds the
+//! runtime specifications (`vsync_core::spec`) the engine takes, so no runtime crate depends
+//! on the file's schema.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 pub use vsync_core::{DeletePolicy, VersionsMode};
+use vsync_core::{DestinationSpec, OriginSpec, normalize_mount};
 
 /// A configuration problem. Every variant names the file; parse errors also the line and column.
 #[derive(Debug, Error)]
@@ -411,6 +414,11 @@ impl Config {
         if self.origin.workers == 0 {
             return Err(invalid("origin.workers".into(), "must be at least 1".into()));
         }
+        if let StateSettings::Consul { buckets: Some(n), .. } = &self.origin.state
+            && (*n == 0 || *n > 1 << 20)
+        {
+            return Err(invalid("origin.state.buckets".into(), format!("{n} is out of range (1 to 1048576)")));
+        }
         let mut names = Vec::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let at = |k: &str| format!("destination[{i}].{k}");
@@ -450,6 +458,54 @@ impl Config {
     /// The destination called `name`.
     pub fn destination(&self, name: &str) -> Option<&Destination> {
         self.destinations.iter().find(|d| d.name == name)
+    }
+
+    /// The origin role's runtime spec (the config was validated, so mounts normalise).
+    pub fn origin_spec(&self) -> OriginSpec {
+        let o = &self.origin;
+        OriginSpec {
+            mounts: o.mounts.iter().map(|m| normalize_mount(m).unwrap_or_else(|_| m.clone())).collect(),
+            interval: o.interval,
+            timeout: o.timeout,
+            workers: o.workers,
+            buckets: match &o.state {
+                StateSettings::Consul { buckets, .. } => *buckets,
+                StateSettings::File { .. } => None,
+            },
+        }
+    }
+}
+
+impl Destination {
+    /// Whether transforms or filters are configured.
+    pub fn uses_plugins(&self) -> bool {
+        !self.transforms.is_empty() || !self.filters.is_empty()
+    }
+
+    /// Hash of what decides where this destination writes (mount map, transforms, filters):
+    /// when it changes, every target is re-checked.
+    pub fn config_hash(&self) -> String {
+        // Debug of these ordered maps is deterministic; this hash only ever meets itself.
+        let text = format!("{:?}|{:?}|{:?}", self.mounts, self.transforms, self.filters);
+        vsync_core::Digest(Sha256::digest(text.as_bytes()).into()).to_hex()
+    }
+
+    /// This destination's runtime spec (the config was validated, so mounts normalise).
+    pub fn spec(&self) -> DestinationSpec {
+        let norm = |m: &String| normalize_mount(m).unwrap_or_else(|_| m.clone());
+        DestinationSpec {
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            mounts: self.mounts.iter().map(|(from, to)| (norm(from), norm(to))).collect(),
+            interval: self.interval,
+            timeout: self.timeout,
+            workers: self.workers,
+            versions: self.versions,
+            deletes: self.deletes,
+            max_delete_ratio: self.max_delete_ratio,
+            config_hash: self.config_hash(),
+            uses_plugins: self.uses_plugins(),
+        }
     }
 }
 

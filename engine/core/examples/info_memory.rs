@@ -1,9 +1,10 @@
 //! Builds a 1M-entry origin info and a destination info differing in 1% of keys, plans once,
 //! and prints the plan size; run under `/usr/bin/time -v` to read the peak memory.
 
-use vsync_core::info::{Buckets, Digest, auto_bucket_count};
+use vsync_core::info::{Buckets, auto_bucket_count};
+use vsync_core::Digest;
 use vsync_core::plan::{PlanOptions, plan_buckets};
-use vsync_core::{DestEntry, KvVersion, OriginEntry, SecretKey, SyncInfo, Target};
+use vsync_core::{DestEntry, KvVersion, OriginEntry, SecretPath, SyncInfo, DestPath};
 
 fn main() {
     let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
@@ -15,7 +16,7 @@ fn main() {
         current_live: true,
         digest: Some(Digest([(i % 251) as u8; 32])),
     };
-    let key = |i: u64| SecretKey::new("secret/", format!("team-{}/app-{}/secret-{i}", i % 100, i % 1000));
+    let key = |i: u64| SecretPath::new("secret/", format!("team-{}/app-{}/secret-{i}", i % 100, i % 1000));
     let origin = SyncInfo::from_entries(count, (0..n).map(|i| (key(i), entry(i))));
     if std::env::args().nth(2).as_deref() == Some("origin-only") {
         println!("{n} entries in one info, {count} buckets");
@@ -29,7 +30,7 @@ fn main() {
                 e.current_version += 1;
             }
             let k = key(i);
-            let target = Target { mount: k.mount.to_string(), path: k.path.clone() };
+            let target = DestPath { mount: k.mount.to_string(), path: k.path.clone() };
             (k, DestEntry { origin: e, target })
         }),
     );
@@ -38,7 +39,7 @@ fn main() {
     let digest_time = started.elapsed();
     let started = std::time::Instant::now();
     let plan = plan_buckets(&origin, &od, &dest, &dd, false, PlanOptions::default(), |k| {
-        Some(Target { mount: k.mount.to_string(), path: k.path.clone() })
+        Some(DestPath { mount: k.mount.to_string(), path: k.path.clone() })
     });
     println!(
         "{n} entries, {count} buckets: digests {digest_time:?}, plan {:?}: {} writes, {} unchanged",

@@ -1,19 +1,33 @@
 //! `vsync-core`: the domain types shared by every vsync crate and the I/O-free sync planner.
 //!
 //! Nothing in this crate talks to a network, a disk or a clock: it turns what the origin looks
-//! like (an [`OriginSnapshot`]) and what a destination remembers having copied (a
-//! [`DestinationState`]) into a [`Plan`] of per-key actions. That keeps the rules of replication
-//! testable with plain unit tests and keeps the crate fast to compile.
+//! like (an [`OriginInfo`]) and what a destination remembers having copied (a [`DestInfo`])
+//! into a [`CyclePlan`], and the per-secret outcomes of executing it into the next destination
+//! info ([`cycle::settle`]). That keeps every rule of replication testable with plain unit
+//! tests and keeps the crate fast to compile.
+//!
+//! Modules, from the bottom up: [`types`] (keys, entries, policies), [`digest`] (metadata and
+//! keyed value digests), [`info`] (buckets and their canonical encoding), [`path`] (path
+//! rules), [`mapping`] (mount map and the plugin seam), [`plan`] (per-key decisions),
+//! [`cycle`] (a whole cycle's decisions), [`spec`] (runtime specifications).
 
+pub mod cycle;
+pub mod digest;
 pub mod info;
+pub mod mapping;
 pub mod path;
 pub mod plan;
+pub mod spec;
 pub mod types;
 
+pub use cycle::{CycleCounts, CycleFlags, CyclePlan, CycleRules, DestInfo, OriginInfo, Refusal, RemovalOutcome, WriteOutcome};
+pub use digest::Digest;
+pub use info::{Buckets, SyncInfo};
+pub use mapping::{DestinationMapper, MapError, PathContext, PathMapper};
 pub use path::{PathError, join_mount, normalize_mount, validate_relative_path};
-pub use info::{Buckets, Digest, SyncInfo};
 pub use plan::{Action, CopyReason, Mapping, Plan, PlanOptions, plan_buckets, plan_latest};
+pub use spec::{DestinationSpec, OriginSpec};
 pub use types::{
-    DeletePolicy, DestEntry, DestinationState, KvVersion, MountName, OriginEntry, OriginSnapshot, SecretKey,
-    Target, VersionsMode,
+    DeletePolicy, DestEntry, DestPath, DestinationState, KvVersion, MountName, OriginEntry, OriginSnapshot, SecretPath,
+    VersionsMode,
 };

@@ -14,8 +14,8 @@
 use serde::Serialize;
 
 use crate::types::{
-    DeletePolicy, DestEntry, DestinationState, KvVersion, OriginEntry, OriginSnapshot, SecretKey,
-    Target,
+    DeletePolicy, DestEntry, DestinationState, KvVersion, OriginEntry, OriginSnapshot, SecretPath,
+    DestPath,
 };
 
 /// Why a KV v2 secret is copied.
@@ -39,56 +39,56 @@ pub enum Action {
     /// Read the KV v2 origin secret at exactly `version` and write it to `target`.
     CopyV2 {
         /// Origin secret.
-        key: SecretKey,
+        key: SecretPath,
         /// The origin version to read (pinned: never "latest").
         version: u64,
         /// Where to write it.
-        target: Target,
+        target: DestPath,
         /// Why.
         reason: CopyReason,
     },
     /// Read the KV v1 origin value and the destination value; write when they differ.
     SyncV1 {
         /// Origin secret.
-        key: SecretKey,
+        key: SecretPath,
         /// Where to write it.
-        target: Target,
+        target: DestPath,
     },
     /// Remove the destination copy at `target` (all versions for KV v2).
     Delete {
         /// Origin secret the copy came from.
-        key: SecretKey,
+        key: SecretPath,
         /// Engine version of the destination copy.
         kind: KvVersion,
         /// The copy to remove.
-        target: Target,
+        target: DestPath,
     },
     /// Soft-delete the latest version of the KV v2 copy at `target`.
     SoftDelete {
         /// Origin secret the copy came from.
-        key: SecretKey,
+        key: SecretPath,
         /// The copy to soft-delete.
-        target: Target,
+        target: DestPath,
     },
     /// Record the origin's entry without touching either Vault: its metadata changed but not
     /// its data (`versions = "latest"` copies data only), or it has no live version (a
     /// tombstone, so both infos agree bucket by bucket).
     Record {
         /// Origin secret.
-        key: SecretKey,
+        key: SecretPath,
         /// Where the secret is (or would be) written.
-        target: Target,
+        target: DestPath,
     },
     /// Stop tracking a secret without touching the destination (`deletes = "ignore"`).
     Forget {
         /// Origin secret.
-        key: SecretKey,
+        key: SecretPath,
     },
 }
 
 impl Action {
     /// The origin secret this action is about.
-    pub fn key(&self) -> &SecretKey {
+    pub fn key(&self) -> &SecretPath {
         match self {
             Action::CopyV2 { key, .. }
             | Action::SyncV1 { key, .. }
@@ -110,7 +110,7 @@ pub struct Plan {
     /// Secrets in scope that need nothing this cycle.
     pub unchanged: usize,
     /// Secrets whose mapping failed (left untouched this cycle).
-    pub failed: Vec<SecretKey>,
+    pub failed: Vec<SecretPath>,
 }
 
 impl Plan {
@@ -133,7 +133,7 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mapping {
     /// Written at this target.
-    To(Target),
+    To(DestPath),
     /// Out of scope (mount not mapped, or a filter excludes it): a copy is removed.
     OutOfScope,
     /// The mapping failed for this path (a plugin error): the secret is left as it is this
@@ -141,8 +141,8 @@ pub enum Mapping {
     Failed,
 }
 
-impl From<Option<Target>> for Mapping {
-    fn from(t: Option<Target>) -> Self {
+impl From<Option<DestPath>> for Mapping {
+    fn from(t: Option<DestPath>) -> Self {
         t.map_or(Mapping::OutOfScope, Mapping::To)
     }
 }
@@ -162,7 +162,7 @@ pub fn plan_latest<M: Into<Mapping>>(
     origin: &OriginSnapshot,
     dest: &DestinationState,
     options: PlanOptions,
-    target_of: impl FnMut(&SecretKey) -> M,
+    target_of: impl FnMut(&SecretPath) -> M,
 ) -> Plan {
     plan_keys(origin, dest, options, target_of, false)
 }
@@ -174,7 +174,7 @@ fn plan_keys<M: Into<Mapping>>(
     origin: &OriginSnapshot,
     dest: &DestinationState,
     options: PlanOptions,
-    mut target_of: impl FnMut(&SecretKey) -> M,
+    mut target_of: impl FnMut(&SecretPath) -> M,
     trust_targets: bool,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -275,7 +275,7 @@ pub fn plan_buckets<M: Into<Mapping>>(
     dest_digests: &[crate::Digest],
     recheck_all: bool,
     options: PlanOptions,
-    mut target_of: impl FnMut(&SecretKey) -> M,
+    mut target_of: impl FnMut(&SecretPath) -> M,
 ) -> Plan {
     let mut plan = Plan::default();
     for i in 0..origin.count() {
@@ -296,7 +296,7 @@ pub fn plan_buckets<M: Into<Mapping>>(
 }
 
 
-fn copy_reason(entry: &OriginEntry, known: Option<&DestEntry>, target: &Target) -> Option<CopyReason> {
+fn copy_reason(entry: &OriginEntry, known: Option<&DestEntry>, target: &DestPath) -> Option<CopyReason> {
     let Some(known) = known else {
         return Some(CopyReason::Add);
     };
@@ -318,7 +318,7 @@ fn copy_reason(entry: &OriginEntry, known: Option<&DestEntry>, target: &Target) 
 
 /// The removal for a secret the destination knows. A moved secret's old copy is always removed
 /// (the new copy replaces it), whatever the delete policy says about origin deletes.
-fn removal(key: &SecretKey, old: &DestEntry, policy: DeletePolicy, moved: bool) -> Action {
+fn removal(key: &SecretPath, old: &DestEntry, policy: DeletePolicy, moved: bool) -> Action {
     let policy = if moved { DeletePolicy::Mirror } else { policy };
     match (policy, old.origin.kind) {
         (DeletePolicy::Mirror, kind) => Action::Delete {
@@ -360,18 +360,18 @@ mod tests {
         }
     }
 
-    fn key(p: &str) -> SecretKey {
-        SecretKey::new("secret/", p)
+    fn key(p: &str) -> SecretPath {
+        SecretPath::new("secret/", p)
     }
 
-    fn identity(k: &SecretKey) -> Option<Target> {
-        Some(Target {
+    fn identity(k: &SecretPath) -> Option<DestPath> {
+        Some(DestPath {
             mount: k.mount.to_string(),
             path: k.path.clone(),
         })
     }
 
-    fn copied(entry: &OriginEntry, k: &SecretKey) -> DestEntry {
+    fn copied(entry: &OriginEntry, k: &SecretPath) -> DestEntry {
         DestEntry {
             origin: entry.clone(),
             target: identity(k).expect("target"),
@@ -414,7 +414,7 @@ mod tests {
     fn a_failed_mapping_leaves_the_secret_alone_and_is_reported() {
         let origin: OriginSnapshot = [(key("a"), v2(4, "t1")), (key("b"), v2(2, "t1"))].into();
         let dest: DestinationState = [(key("a"), copied(&v2(3, "t1"), &key("a")))].into();
-        let failing = |k: &SecretKey| if k.path == "a" { Mapping::Failed } else { identity(k).into() };
+        let failing = |k: &SecretPath| if k.path == "a" { Mapping::Failed } else { identity(k).into() };
         let plan = plan_latest(&origin, &dest, PlanOptions::default(), failing);
         assert_eq!(plan.failed, vec![key("a")]);
         assert!(plan.removals.is_empty(), "no delete for a failed mapping: {plan:?}");
@@ -498,7 +498,7 @@ mod tests {
         let k = key("prod/app");
         let e = v2(2, "t");
         let dest: DestinationState = [(k.clone(), copied(&e, &k))].into();
-        let moved = |k: &SecretKey| Some(Target { mount: "other/".into(), path: k.path.clone() });
+        let moved = |k: &SecretPath| Some(DestPath { mount: "other/".into(), path: k.path.clone() });
         let plan = plan_latest(&[(k.clone(), e)].into(), &dest, PlanOptions { deletes: DeletePolicy::Ignore }, moved);
         assert!(matches!(plan.writes[0], Action::CopyV2 { reason: CopyReason::Move, .. }));
         assert!(

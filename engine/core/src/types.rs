@@ -122,14 +122,14 @@ impl<'de> Deserialize<'de> for MountName {
 /// Identifies a secret at the origin: its mount (normalised, `secret/`) and its mount-relative
 /// path (`app/db`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SecretKey {
+pub struct SecretPath {
     /// Origin mount, ending in `/`.
     pub mount: MountName,
     /// Path relative to the mount, no leading `/`.
     pub path: String,
 }
 
-impl SecretKey {
+impl SecretPath {
     /// Builds a key from a normalised mount and a relative path.
     pub fn new(mount: impl Into<MountName>, path: impl Into<String>) -> Self {
         Self {
@@ -139,7 +139,7 @@ impl SecretKey {
     }
 }
 
-impl std::fmt::Display for SecretKey {
+impl std::fmt::Display for SecretPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}{}", self.mount, self.path)
     }
@@ -147,14 +147,14 @@ impl std::fmt::Display for SecretKey {
 
 /// Where a secret is written at a destination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Target {
+pub struct DestPath {
     /// Destination mount, ending in `/`.
     pub mount: String,
     /// Path relative to the destination mount.
     pub path: String,
 }
 
-impl std::fmt::Display for Target {
+impl std::fmt::Display for DestPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}{}", self.mount, self.path)
     }
@@ -176,7 +176,7 @@ pub struct OriginEntry {
     /// KV v2: digest of the whole metadata. KV v1: HMAC of the value, or `None` when the origin
     /// has no digest key (the destination then compares values itself each cycle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<crate::info::Digest>,
+    pub digest: Option<crate::digest::Digest>,
 }
 
 impl OriginEntry {
@@ -188,7 +188,7 @@ impl OriginEntry {
 }
 
 /// Everything one origin scan saw, keyed by origin secret.
-pub type OriginSnapshot = BTreeMap<SecretKey, OriginEntry>;
+pub type OriginSnapshot = BTreeMap<SecretPath, OriginEntry>;
 
 /// What a destination remembers about one secret it copied: the origin's entry as it was
 /// copied (compared with the origin's info, bucket by bucket) and, outside the compared digest,
@@ -198,7 +198,7 @@ pub struct DestEntry {
     /// The origin entry that was copied.
     pub origin: OriginEntry,
     /// Where the secret was written.
-    pub target: Target,
+    pub target: DestPath,
 }
 
 impl DestEntry {
@@ -208,14 +208,8 @@ impl DestEntry {
     }
 }
 
-impl crate::info::HasOrigin for DestEntry {
-    fn origin(&self) -> &OriginEntry {
-        &self.origin
-    }
-}
-
 /// A destination's memory of what it copied, keyed by origin secret.
-pub type DestinationState = BTreeMap<SecretKey, DestEntry>;
+pub type DestinationState = BTreeMap<SecretPath, DestEntry>;
 
 /// What a destination does when a secret disappears at the origin (`deletes` in config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -995,6 +995,21 @@ impl Stack {
         checked(path, "identity", path.to_owned()).map(Some)
     }
 
+    /// The [`Context`] of a `vsync_core` path context (the engine's side of the seam).
+    fn context_of(ctx: &vsync_core::PathContext) -> Context {
+        Context {
+            origin: ctx.origin.clone(),
+            destination: ctx.destination.clone(),
+            origin_mount: ctx.origin_mount.clone(),
+            destination_mount: ctx.destination_mount.clone(),
+            kv_version: match ctx.kv_version {
+                Some(vsync_core::KvVersion::V1) => 1,
+                Some(vsync_core::KvVersion::V2) | None => 2,
+            },
+            labels: ctx.labels.clone(),
+        }
+    }
+
     /// Number of filters and transformers (the bottom identity not counted).
     pub fn len(&self) -> usize {
         self.filters.len() + self.transforms.len()
@@ -1028,3 +1043,11 @@ const _: () = {
     send::<PluginHost>();
     sync::<PluginHost>();
 };
+
+/// The plugin stack is the engine's path mapper: filters, then transformers, then identity.
+impl vsync_core::PathMapper for Stack {
+    fn map_path(&mut self, path: &str, context: &vsync_core::PathContext) -> Result<Option<String>, vsync_core::MapError> {
+        self.map(path, &Stack::context_of(context))
+            .map_err(|e| vsync_core::MapError(e.to_string()))
+    }
+}

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashSet};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use vsync_core::info::{Buckets, Digest, HasOrigin, INFO_FORMAT, split_for_storage};
-use vsync_core::SecretKey;
+use vsync_core::info::{Buckets, HasOrigin, INFO_FORMAT};
+use vsync_core::{Digest, SecretPath};
 
 use crate::{Result, StateError, StateStore, StoreLock};
 
@@ -91,6 +91,28 @@ fn parse_root(store: &StateStore, side: &str, bytes: &[u8]) -> Result<InfoRoot> 
     serde_json::from_value(raw).map_err(|e| corrupt(store, format!("root of `{side}`"), e.to_string()))
 }
 
+/// Splits serialised entries into chunks whose JSON stays under `limit` bytes (Consul's 512 KiB
+/// value limit), so a bucket of any size can be stored. Each entry is serialised once.
+pub fn split_for_storage<T: Serialize>(entries: &[T], limit: usize) -> std::result::Result<Vec<String>, serde_json::Error> {
+    let mut chunks = Vec::new();
+    let mut current = String::from("[");
+    for e in entries {
+        let s = serde_json::to_string(e)?;
+        // +2 for the separator and the closing bracket.
+        if current.len() > 1 && current.len() + s.len() + 2 > limit {
+            current.push(']');
+            chunks.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&s);
+    }
+    current.push(']');
+    chunks.push(current);
+    Ok(chunks)
+}
+
 /// Parts fetched at once from Consul (each is one request).
 const PARALLEL_READS: usize = 8;
 
@@ -146,7 +168,7 @@ where
             let Some(bytes) = bytes else {
                 return Ok::<_, StateError>(Err(hash));
             };
-            let rows: Vec<(SecretKey, T)> = serde_json::from_slice(&bytes)
+            let rows: Vec<(SecretPath, T)> = serde_json::from_slice(&bytes)
                 .map_err(|e| corrupt(&store, format!("part {hash} of `{side}`"), e.to_string()))?;
             Ok(Ok(rows))
         });
@@ -196,7 +218,7 @@ pub async fn commit<T: HasOrigin + Serialize>(
     let mut refs = Vec::with_capacity(buckets.buckets().len());
     let mut to_write = Vec::new();
     for (i, bucket) in buckets.buckets().iter().enumerate() {
-        let rows: Vec<(&SecretKey, &T)> = bucket.iter().collect();
+        let rows: Vec<(&SecretPath, &T)> = bucket.iter().collect();
         let chunks = split_for_storage(&rows, PART_LIMIT)
             .map_err(|e| corrupt(store, format!("bucket {i} of `{side}`"), e.to_string()))?;
         let mut parts = Vec::with_capacity(chunks.len());
@@ -256,6 +278,7 @@ pub async fn commit<T: HasOrigin + Serialize>(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use vsync_core::info::auto_bucket_count;
     use vsync_core::{KvVersion, OriginEntry, SyncInfo};
 
     use super::*;
@@ -277,7 +300,7 @@ mod tests {
         let file = FileStore::open(dir.path()).unwrap();
         let store = StateStore::File(file.clone());
         let lock = store.lock_side("origin").unwrap();
-        let info = SyncInfo::from_entries(4, (0..50).map(|i| (SecretKey::new("secret/", format!("k{i}")), entry(i))));
+        let info = SyncInfo::from_entries(4, (0..50).map(|i| (SecretPath::new("secret/", format!("k{i}")), entry(i))));
         let mounts: BTreeMap<String, String> = [("secret/".to_owned(), "uuid-1".to_owned())].into();
         assert!(commit(&store, &lock, mounts.clone(), None, &info, &info.digests()).await.unwrap());
         let mtime = file.modified("origin");
@@ -292,7 +315,7 @@ mod tests {
         let mut changed = info.clone();
         for round in 0..2 {
             for i in 0..50 {
-                changed.insert(SecretKey::new("secret/", format!("k{i}")), entry(100 + round * 100 + i));
+                changed.insert(SecretPath::new("secret/", format!("k{i}")), entry(100 + round * 100 + i));
             }
             commit(&store, &lock, mounts.clone(), None, &changed, &changed.digests()).await.unwrap();
         }
@@ -310,5 +333,33 @@ mod tests {
         std::fs::write(dir.path().join("origin.json"), br#"{"format": 99}"#).unwrap();
         let err = load::<OriginEntry>(&store, "origin").await.unwrap_err();
         assert!(matches!(err, StateError::UnknownFormat { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_mount_of_200k_long_paths_stores_in_chunks_under_512_kib() {
+        let n = 200_000;
+        let long = "x".repeat(180);
+        let info = SyncInfo::from_entries(
+            auto_bucket_count(n),
+            (0..n).map(|i| (SecretPath::new("secret/", format!("team-{}/{long}/{i}", i % 97)), entry(i as u64))),
+        );
+        assert_eq!(info.len(), n);
+        let mut chunks = 0;
+        let mut total = 0;
+        for b in info.buckets() {
+            let rows: Vec<(&SecretPath, &OriginEntry)> = b.iter().collect();
+            for c in split_for_storage(&rows, 512 * 1024).unwrap() {
+                assert!(c.len() <= 512 * 1024, "chunk of {} bytes", c.len());
+                let back: Vec<(SecretPath, OriginEntry)> = serde_json::from_str(&c).unwrap();
+                total += back.len();
+                chunks += 1;
+            }
+        }
+        assert_eq!(total, n);
+        assert!(chunks >= info.count() as usize);
+        // One giant bucket splits too.
+        let rows: Vec<(SecretPath, OriginEntry)> = info.into_entries().take(20_000).collect();
+        let parts = split_for_storage(&rows, 512 * 1024).unwrap();
+        assert!(parts.len() > 1 && parts.iter().all(|p| p.len() <= 512 * 1024));
     }
 }

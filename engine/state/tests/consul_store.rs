@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use vsync_consul_emulator::{Acl, AclRule, Emulator, EmulatorConfig};
-use vsync_core::{KvVersion, OriginEntry, SecretKey, SyncInfo};
+use vsync_core::{KvVersion, OriginEntry, SecretPath, SyncInfo};
 use vsync_state::consul::{ConsulClient, ConsulConfig, ConsulError, ConsulToken, MAX_VALUE_SIZE};
 use vsync_state::info::{LoadedInfo, commit, load};
 use vsync_state::{ConsulStore, StateError, StateStore};
@@ -30,7 +30,7 @@ fn entry(v: u64) -> OriginEntry {
 fn info(buckets: u32, n: usize, version: u64) -> SyncInfo {
     SyncInfo::from_entries(
         buckets,
-        (0..n).map(|i| (SecretKey::new("secret/", format!("team-{}/app/key-{i}", i % 7)), entry(version + i as u64))),
+        (0..n).map(|i| (SecretPath::new("secret/", format!("team-{}/app/key-{i}", i % 7)), entry(version + i as u64))),
     )
 }
 
@@ -56,7 +56,7 @@ async fn commit_load_noop_and_gc_over_consul() {
 
     // Change one key: one part is new; the root moves; the watchers' index moves.
     let mut second = first.clone();
-    second.insert(SecretKey::new("secret/", "team-0/app/key-0"), entry(999));
+    second.insert(SecretPath::new("secret/", "team-0/app/key-0"), entry(999));
     let before = emu.index();
     assert!(commit(&store, &lock, mounts(), None, &second, &second.digests()).await.unwrap());
     assert!(emu.index() > before);
@@ -65,7 +65,7 @@ async fn commit_load_noop_and_gc_over_consul() {
 
     // A third generation collects parts referenced by neither of the last two roots.
     let mut third = second.clone();
-    third.insert(SecretKey::new("secret/", "team-0/app/key-0"), entry(1000));
+    third.insert(SecretPath::new("secret/", "team-0/app/key-0"), entry(1000));
     commit(&store, &lock, mounts(), None, &third, &third.digests()).await.unwrap();
     assert_eq!(emu.keys("vsync/origin/parts/").len(), 17);
     let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
@@ -86,7 +86,7 @@ async fn large_info_respects_value_and_txn_limits() {
     let long = "x".repeat(180);
     let big = SyncInfo::from_entries(
         8,
-        (0..200_000).map(|i| (SecretKey::new("secret/", format!("{long}/{i:08}")), entry(i))),
+        (0..200_000).map(|i| (SecretPath::new("secret/", format!("{long}/{i:08}")), entry(i))),
     );
     assert!(commit(&store, &lock, mounts(), None, &big, &big.digests()).await.unwrap());
     let keys = emu.keys("vsync/");

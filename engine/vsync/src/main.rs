@@ -1,25 +1,23 @@
-//! The `vsync` binary: command line, logging, exit codes, and the composition root that wires
-//! configuration into the engine crates.
+//! The `vsync` binary: the command line, logging, printing and exit codes; the runtime lives
+//! in `vsync-engine` and the parts are built in [`compose`].
 //!
 //! Exit codes (DESIGN section 7): 0 ok, 1 fatal error or failed check, 2 usage or config error,
 //! 3 a `--once` cycle that completed with per-secret failures.
 
-mod check;
+mod compose;
 mod plugins;
-mod runtime;
-mod setup;
-mod sync;
-mod tokens;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tokio::sync::Notify;
 use tracing::{error, info};
-use vsync_config::{Config, LogFormat};
+use vsync_config::{Config, LogFormat, VersionsMode};
+use vsync_core::{Action, CycleFlags, PathMapper};
+use vsync_engine::{Alerter, Destination, Ended, Engine, Event, Publisher, Role, RunOptions, Tripwire};
+
+use crate::compose::Parts;
 
 #[derive(Debug, Parser)]
 #[command(name = "vsync", version, about = "Replicates secrets one way from an origin Vault to destination Vaults")]
@@ -64,7 +62,7 @@ enum Command {
         #[arg(long)]
         name: String,
     },
-    /// Check connectivity, auth, permissions, mounts and state stores (not built yet).
+    /// Check connectivity, auth, permissions, mounts and state stores; exit 1 on any problem.
     Check,
     /// Check the config (and the plugins it names) offline.
     Validate,
@@ -90,15 +88,6 @@ enum PluginCommand {
     },
 }
 
-impl CycleArgs {
-    fn flags(&self) -> sync::CycleFlags {
-        sync::CycleFlags {
-            allow_mass_delete: self.allow_mass_delete,
-            allow_origin_change: self.allow_origin_change,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 struct CycleArgs {
     /// Run one cycle and exit (exit 3 if some secrets failed).
@@ -112,25 +101,47 @@ struct CycleArgs {
     allow_origin_change: bool,
 }
 
-/// Failure classes, mapped to exit codes.
+impl CycleArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            once: self.once,
+            flags: CycleFlags {
+                allow_mass_delete: self.allow_mass_delete,
+                allow_origin_change: self.allow_origin_change,
+            },
+        }
+    }
+}
+
+/// Why a command failed, mapped to exit codes.
 enum Failure {
+    /// Exit 2.
     Config(anyhow::Error),
+    /// Exit 1.
     Fatal(anyhow::Error),
+    /// Exit 2: a command that does not exist yet.
     NotBuilt(&'static str),
+}
+
+type Outcome = Result<ExitCode, Failure>;
+
+fn config_error(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Config(e.into())
+}
+
+fn fatal(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Fatal(e.into())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
         Ok(c) => Some(c),
+        // `plugin validate` works without a config file.
+        Err(_) if matches!(cli.command, Command::Plugin { .. }) => None,
         Err(e) => {
-            // `plugin validate` works without a config file.
-            if matches!(cli.command, Command::Plugin { .. }) {
-                None
-            } else {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
     init_logging(cli.log_format.as_deref(), config.as_ref());
@@ -141,7 +152,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli, config)) {
+    match runtime.block_on(dispatch(cli.command, config)) {
         Ok(code) => code,
         Err(Failure::Config(e)) => {
             eprintln!("error: {e:#}");
@@ -178,92 +189,52 @@ fn init_logging(flag: Option<&str>, config: Option<&Config>) {
     }
 }
 
-async fn dispatch(cli: Cli, config: Option<Config>) -> Result<ExitCode, Failure> {
+async fn dispatch(command: Command, config: Option<Config>) -> Outcome {
     let Some(config) = config else {
-        return match cli.command {
+        return match command {
             Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(None, &dir, &format),
-            _ => Err(Failure::Config(anyhow::anyhow!("no configuration"))),
+            _ => Err(config_error(anyhow::anyhow!("no configuration"))),
         };
     };
-    match cli.command {
-        Command::Run { plugins, cycle } => run(&config, &cycle, plugins.as_deref()).await,
+    match command {
+        Command::Run { plugins, cycle } => {
+            let dests: Vec<_> = config.destinations.iter().collect();
+            if dests.is_empty() {
+                return Err(config_error(anyhow::anyhow!("`vsync run` needs at least one [[destination]]")));
+            }
+            run_role(&config, Role::Run, dests, plugins.as_deref(), cycle.options()).await
+        }
+        Command::Origin { once } => run_role(&config, Role::Origin, Vec::new(), None, RunOptions { once, ..Default::default() }).await,
+        Command::Destination { name, cycle } => {
+            let d = destination(&config, &name)?;
+            run_role(&config, Role::Destination, vec![d], None, cycle.options()).await
+        }
         Command::Plan { name } => plan(&config, &name).await,
+        Command::Check => check(&config).await,
         Command::Validate => validate(&config),
-        Command::Origin { once } => origin_role(&config, once).await,
-        Command::Destination { name, cycle } => destination_role(&config, &name, &cycle).await,
-        Command::Check => check_cmd(&config).await,
         Command::Status => Err(Failure::NotBuilt("status")),
         Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(Some(&config), &dir, &format),
     }
 }
 
-/// `vsync check`: every startup check, all problems reported at once; exit 1 if any.
-async fn check_cmd(config: &Config) -> Result<ExitCode, Failure> {
-    let findings = check::run(config, check::Scope::All).await;
-    for f in &findings {
-        println!("{f}");
-    }
-    let problems = findings.iter().filter(|f| f.problem.is_some()).count();
-    if problems == 0 {
-        println!("all {} checks passed", findings.len());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("{problems} of {} checks failed", findings.len());
-        Ok(ExitCode::from(1))
-    }
+fn destination<'c>(config: &'c Config, name: &str) -> Result<&'c vsync_config::Destination, Failure> {
+    config
+        .destination(name)
+        .ok_or_else(|| config_error(anyhow::anyhow!("no destination named `{name}` in the config")))
 }
 
-/// The checks a role runs when it starts: problems are fatal (exit 1), listed together.
-async fn startup_check(config: &Config, scope: check::Scope<'_>) -> Result<(), Failure> {
-    let findings = check::run(config, scope).await;
-    let problems: Vec<String> = findings
-        .iter()
-        .filter(|f| f.problem.is_some())
-        .map(ToString::to_string)
-        .collect();
-    if problems.is_empty() {
-        info!(checks = findings.len(), "start-up checks passed");
-        return Ok(());
-    }
-    Err(Failure::Fatal(anyhow::anyhow!(
-        "start-up checks failed (run `vsync check` for the full report):\n{}",
-        problems.join("\n")
-    )))
-}
-
-fn validate(config: &Config) -> Result<ExitCode, Failure> {
-    for d in &config.destinations {
-        if d.versions == vsync_config::VersionsMode::All {
-            return Err(Failure::Config(anyhow::anyhow!(
-                "destination `{}`: versions = \"all\" is not built yet; set versions = \"latest\"",
+/// Refuses what is accepted by the schema but not built yet, before anything runs.
+fn refuse_unbuilt<'c>(dests: impl IntoIterator<Item = &'c vsync_config::Destination>) -> Result<(), Failure> {
+    for d in dests {
+        if d.versions == VersionsMode::All {
+            return Err(config_error(anyhow::anyhow!(
+                "destination `{}`: versions = \"all\" (exact replica of every version) is not built yet; \
+                 set versions = \"latest\"",
                 d.name
             )));
         }
     }
-    // Every plugin a destination names is loaded, its kind checked and its config applied.
-    let mut stacks = 0;
-    if config.destinations.iter().any(plugins::uses_plugins) || config.plugins.dir.is_some() {
-        let host = plugins::host(config, None).map_err(Failure::Config)?;
-        for d in config.destinations.iter().filter(|d| plugins::uses_plugins(d)) {
-            plugins::stack(&host, d).map_err(Failure::Config)?;
-            stacks += 1;
-        }
-    }
-    println!(
-        "config OK: origin with {} mount(s), {} destination(s), {stacks} plugin stack(s) loaded and configured",
-        config.origin.mounts.len(),
-        config.destinations.len()
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `vsync plugin validate DIR`: loads every component, runs its vectors; exit 0 only if all pass.
-fn plugin_validate(config: Option<&Config>, dir: &std::path::Path, format: &str) -> Result<ExitCode, Failure> {
-    if !dir.is_dir() {
-        return Err(Failure::Config(anyhow::anyhow!("plugin validate: {} is not a directory", dir.display())));
-    }
-    let passed = plugins::validate_dir(config, dir, format == "json").map_err(Failure::Config)?;
-    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(())
 }
 
 /// Reads the origin's KV v1 digest key, if configured.
@@ -273,9 +244,9 @@ fn digest_key(config: &Config) -> Result<Option<Vec<u8>>, Failure> {
     };
     let key = std::fs::read(path)
         .with_context(|| format!("cannot read digest_key_file {}", path.display()))
-        .map_err(Failure::Config)?;
+        .map_err(config_error)?;
     if key.len() < 16 {
-        return Err(Failure::Config(anyhow::anyhow!(
+        return Err(config_error(anyhow::anyhow!(
             "digest_key_file {} holds {} bytes; use at least 16 random bytes",
             path.display(),
             key.len()
@@ -284,50 +255,229 @@ fn digest_key(config: &Config) -> Result<Option<Vec<u8>>, Failure> {
     Ok(Some(key))
 }
 
-/// One complete origin scan, bounded by the origin timeout.
-async fn scan(config: &Config, origin: &vsync_vault::VaultClient, key: Option<&[u8]>) -> Result<sync::OriginInfo> {
-    let info = tokio::time::timeout(
-        config.origin.timeout,
-        sync::scan_origin(origin, &config.origin.mounts, config.origin.workers, key, setup::bucket_count(&config.origin.state)?),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("origin scan timed out after {:?}", config.origin.timeout))
-    .and_then(|r| r)
-    .context("origin scan")?;
-    info!(secrets = info.info.len(), buckets = info.info.count(), mounts = info.mounts.len(), "origin scanned");
-    Ok(info)
+/// The plugin stack of each destination that configures one (one host for all of them).
+fn mappers(
+    config: &Config,
+    dests: &[&vsync_config::Destination],
+    dir: Option<&Path>,
+) -> Result<Vec<Option<Box<dyn PathMapper>>>, Failure> {
+    if !dests.iter().any(|d| d.uses_plugins()) {
+        return Ok(dests.iter().map(|_| None).collect());
+    }
+    let host = plugins::host(config, dir).map_err(config_error)?;
+    dests
+        .iter()
+        .map(|d| {
+            if !d.uses_plugins() {
+                return Ok(None);
+            }
+            let stack = plugins::stack(&host, d).map_err(config_error)?;
+            Ok(Some(Box::new(stack) as Box<dyn PathMapper>))
+        })
+        .collect()
 }
 
-async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
-    let d = config
-        .destination(name)
-        .ok_or_else(|| Failure::Config(anyhow::anyhow!("no destination named `{name}` in the config")))?;
-    let (origin, ..) = setup::vault_login("origin", &config.origin.vault).await.map_err(Failure::Fatal)?;
-    let store = setup::state_store(&format!("destination {name}"), &d.state).map_err(Failure::Config)?;
-    let key = digest_key(config)?;
-    let info = scan(config, &origin, key.as_deref()).await.map_err(Failure::Fatal)?;
-    let dest = sync::load_dest(&store, name, info.info.count()).await.map_err(Failure::Fatal)?;
-    let host = plugin_host(config, std::iter::once(d), None)?;
-    let mut stack = match &host {
-        Some(h) => Some(plugins::stack(h, d).map_err(Failure::Config)?),
-        None => None,
+/// Prints the findings; the number of problems.
+fn print_findings(findings: &[vsync_engine::check::Finding]) -> usize {
+    for f in findings {
+        println!("{f}");
+    }
+    findings.iter().filter(|f| f.problem.is_some()).count()
+}
+
+/// `vsync check`: every start-up check, all problems reported at once; exit 1 if any.
+async fn check(config: &Config) -> Outcome {
+    let parts = Parts::build(config, &config.destinations).await;
+    let findings = parts.check(true).await;
+    let problems = print_findings(&findings);
+    if problems == 0 {
+        println!("all {} checks passed", findings.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{problems} of {} checks failed", findings.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// `vsync origin`, `vsync destination`, `vsync run`: builds the parts once, checks them, and
+/// hands them to the engine's role loop.
+async fn run_role(
+    config: &Config,
+    role: Role,
+    dests: Vec<&vsync_config::Destination>,
+    plugins_dir: Option<&Path>,
+    options: RunOptions,
+) -> Outcome {
+    refuse_unbuilt(dests.iter().copied())?;
+    let shutdown = shutdown_signal();
+    let publishes = role != Role::Destination;
+    let digest_key = if publishes { digest_key(config)? } else { None };
+    let mut mappers = mappers(config, &dests, plugins_dir)?;
+    let parts = Parts::build(config, dests).await;
+    let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+    let origin_store = parts.origin_store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
+    let publisher = match publishes {
+        true => Some(Publisher {
+            spec: parts.origin_spec.clone(),
+            lock: origin_store.lock_side(vsync_engine::ORIGIN_SIDE).map_err(fatal)?,
+            digest_key,
+        }),
+        false => None,
     };
-    let plan = sync::plan_for(d, &info, &dest, stack.as_mut()).map_err(Failure::Config)?.plan;
+    let mut destinations = Vec::new();
+    for (d, mapper) in parts.destinations.iter().zip(mappers.drain(..)) {
+        let vault = d.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+        let store = d.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
+        let lock = store.lock_side(&vsync_engine::side_name(&d.spec.name)).map_err(fatal)?;
+        destinations.push(Destination {
+            spec: d.spec.clone(),
+            vault: vault.client.clone(),
+            store: store.clone(),
+            lock,
+            mapper,
+        });
+    }
+    let findings = parts.check(publishes).await;
+    let problems: Vec<String> = findings.iter().filter(|f| f.problem.is_some()).map(ToString::to_string).collect();
+    if !problems.is_empty() {
+        return Err(fatal(anyhow::anyhow!(
+            "start-up checks failed (run `vsync check` for the full report):\n{}",
+            problems.join("\n")
+        )));
+    }
+    info!(checks = findings.len(), "start-up checks passed");
+    let tripwire = Tripwire::new();
+    origin_vault.keep_token("origin", &tripwire);
+    for d in &parts.destinations {
+        if let Ok(v) = &d.vault {
+            v.keep_token(&format!("destination {}", d.spec.name), &tripwire);
+        }
+    }
+    let engine = Engine {
+        role,
+        origin_vault: origin_vault.client.clone(),
+        origin_store: origin_store.clone(),
+        publisher,
+        destinations,
+        alerter: Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone())),
+        tripwire,
+        reporter: Box::new(print_event),
+    };
+    match vsync_engine::run(engine, options, shutdown).await {
+        Ok(Ended::Stopped) | Ok(Ended::Once { per_secret_failures: false }) => Ok(ExitCode::SUCCESS),
+        Ok(Ended::Once { per_secret_failures: true }) => Ok(ExitCode::from(3)),
+        Err(fault) => Err(fatal(anyhow::anyhow!(fault.message))),
+    }
+}
+
+fn print_event(event: &Event<'_>) {
+    match event {
+        Event::OriginScanned { info, published } => println!(
+            "origin: {} secrets in {} buckets{}",
+            info.entries.len(),
+            info.entries.count(),
+            if *published { ", published" } else { ", unchanged" }
+        ),
+        Event::DestinationCycle { name, report } => println!("destination {name}: {report}"),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed now, so a signal that arrives
+/// while the parts are being built is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        info!("signal received: stopping (nothing partial is committed)");
+        let _ = tx.send(());
+    });
+    async move {
+        // A dropped sender means the signal task is gone: never resolve for that.
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn validate(config: &Config) -> Outcome {
+    refuse_unbuilt(&config.destinations)?;
+    // Every plugin a destination names is loaded, its kind checked and its config applied.
+    let dests: Vec<_> = config.destinations.iter().collect();
+    let stacks = if config.plugins.dir.is_some() && !dests.iter().any(|d| d.uses_plugins()) {
+        plugins::host(config, None).map_err(config_error)?;
+        0
+    } else {
+        mappers(config, &dests, None)?.iter().filter(|m| m.is_some()).count()
+    };
+    println!(
+        "config OK: origin with {} mount(s), {} destination(s), {stacks} plugin stack(s) loaded and configured",
+        config.origin.mounts.len(),
+        config.destinations.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vsync plugin validate DIR`: loads every component, runs its vectors; exit 0 only if all pass.
+fn plugin_validate(config: Option<&Config>, dir: &Path, format: &str) -> Outcome {
+    if !dir.is_dir() {
+        return Err(config_error(anyhow::anyhow!("plugin validate: {} is not a directory", dir.display())));
+    }
+    let passed = plugins::validate_dir(config, dir, format == "json").map_err(config_error)?;
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `vsync plan --name NAME`: what a cycle would do, touching neither Vault.
+async fn plan(config: &Config, name: &str) -> Outcome {
+    let d = destination(config, name)?;
+    refuse_unbuilt([d])?;
+    let key = digest_key(config)?;
+    let mut mapper = mappers(config, &[d], None)?.pop().flatten();
+    let parts = Parts::build(config, [d]).await;
+    let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+    let part = &parts.destinations[0];
+    let store = part.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
+    let info = vsync_engine::origin::scan(&origin_vault.client, &parts.origin_spec, key.as_deref())
+        .await
+        .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
+    // `plan` only reads: the destination's side is not locked, so it runs beside the role.
+    let paths = mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
+    let preview = vsync_engine::preview(&part.spec, store, paths, &info)
+        .await
+        .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
+    let plan = &preview.cycle.plan;
     for key in &plan.failed {
         println!("FAIL   {key}: its path could not be mapped (see the log)");
     }
     for action in plan.writes.iter().chain(plan.removals.iter()) {
-        use vsync_core::Action;
         match action {
-            Action::CopyV2 { key, version, target, reason } => {
-                println!("copy   {key} v{version} -> {target} ({reason:?})")
-            }
+            Action::CopyV2 { key, version, target, reason } => println!("copy   {key} v{version} -> {target} ({reason:?})"),
             Action::SyncV1 { key, target } => println!("check  {key} -> {target} (kv1)"),
             Action::Record { key, .. } => println!("record {key} (metadata only or no live version)"),
             Action::Delete { target, .. } => println!("delete {target}"),
             Action::SoftDelete { target, .. } => println!("soft-delete {target}"),
             Action::Forget { key } => println!("forget {key}"),
         }
+    }
+    for refusal in &preview.refusals {
+        println!("STOP   a cycle would stop here: {refusal}");
     }
     println!(
         "plan for `{name}`: {} write(s), {} removal(s), {} unchanged",
@@ -337,263 +487,3 @@ async fn plan(config: &Config, name: &str) -> Result<ExitCode, Failure> {
     );
     Ok(ExitCode::SUCCESS)
 }
-
-/// `vsync origin`: scan and publish, every `interval`.
-async fn origin_role(config: &Config, once: bool) -> Result<ExitCode, Failure> {
-    let mut shutdown = runtime::Shutdown::install();
-    let origin = setup::connect("origin", &config.origin.vault, &shutdown).await.map_err(Failure::Fatal)?;
-    let store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
-    let lock = store.lock_side(sync::ORIGIN_SIDE).map_err(|e| Failure::Fatal(e.into()))?;
-    let key = digest_key(config)?;
-    startup_check(config, check::Scope::Origin).await?;
-    let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
-    let mut state_failures = 0;
-    loop {
-        let cycle = async {
-            let info = scan(config, &origin, key.as_deref()).await?;
-            let changed = sync::publish_origin(&store, &lock, &info)
-                .await
-                .with_context(|| format!("publishing the origin info to {}", store.describe()))?;
-            Ok::<_, anyhow::Error>((changed, info))
-        };
-        let result = tokio::select! {
-            r = cycle => r,
-            _ = shutdown.wait() => return stopped(&shutdown, &alerter, "origin", None).await,
-        };
-        match result {
-            Ok((changed, info)) => {
-                state_failures = 0;
-                println!(
-                    "origin: {} secrets in {} buckets{}",
-                    info.info.len(),
-                    info.info.count(),
-                    if changed { ", published" } else { ", unchanged" }
-                );
-            }
-            Err(e) => {
-                if let Some(e) = escalate(e, &mut state_failures, once) {
-                    alerter.fatal("origin", None, &e).await;
-                    return Err(Failure::Fatal(e));
-                }
-            }
-        }
-        if once {
-            return Ok(ExitCode::SUCCESS);
-        }
-        if !runtime::wait_next(config.origin.interval, None, &mut shutdown).await {
-            return stopped(&shutdown, &alerter, "origin", None).await;
-        }
-    }
-}
-
-/// How a role ends when asked to stop: exit 0 on a signal; a fatal error from a background task
-/// (a token that cannot be kept) is alerted and exits 1.
-async fn stopped(
-    shutdown: &runtime::Shutdown,
-    alerter: &runtime::Alerter,
-    role: &str,
-    destination: Option<&str>,
-) -> Result<ExitCode, Failure> {
-    match shutdown.reason() {
-        runtime::Stop::Fatal(message) => {
-            let e = runtime::fatal("token", anyhow::anyhow!(message));
-            alerter.fatal(role, destination, &e).await;
-            Err(Failure::Fatal(e))
-        }
-        _ => Ok(ExitCode::SUCCESS),
-    }
-}
-
-/// Settles a destination cycle's result: `Ok(true)` when something failed and the loop goes
-/// on, `Err` for a fatal error (alerted). The `--allow-*` flags hold for one successful cycle.
-async fn settle(
-    result: Result<bool>,
-    state_failures: &mut u32,
-    flags: &mut sync::CycleFlags,
-    once: bool,
-    alerter: &runtime::Alerter,
-    role: &str,
-    destination: Option<&str>,
-) -> Result<bool, Failure> {
-    match result {
-        Ok(failed) => {
-            *state_failures = 0;
-            *flags = sync::CycleFlags::default();
-            Ok(failed)
-        }
-        Err(e) => match escalate(e, state_failures, once) {
-            Some(e) => {
-                alerter.fatal(role, destination, &e).await;
-                Err(Failure::Fatal(e))
-            }
-            None => Ok(true),
-        },
-    }
-}
-
-/// Sorts a failed cycle's error: `Some` (fatal, stop) or `None` (logged; retry next cycle).
-/// Transient state-store failures become fatal after [`runtime::STATE_RETRY_BUDGET`] cycles.
-fn escalate(e: anyhow::Error, state_failures: &mut u32, once: bool) -> Option<anyhow::Error> {
-    if runtime::fatal_kind(&e).is_some() || once {
-        return Some(e);
-    }
-    if runtime::is_state_error(&e) {
-        *state_failures += 1;
-        if *state_failures >= runtime::STATE_RETRY_BUDGET {
-            return Some(runtime::fatal(
-                "state-store-unusable",
-                e.context(format!("the state store failed {} cycles in a row", *state_failures)),
-            ));
-        }
-    } else {
-        *state_failures = 0;
-    }
-    error!("{e:#}; nothing committed this cycle, retrying next cycle");
-    None
-}
-
-/// A destination ready to run cycles.
-struct DestRuntime<'a> {
-    config: &'a vsync_config::Destination,
-    client: vsync_vault::VaultClient,
-    store: vsync_state::StateStore,
-    lock: vsync_state::StoreLock,
-    stack: Option<plugins::Stack>,
-}
-
-async fn dest_runtime<'a>(
-    d: &'a vsync_config::Destination,
-    host: Option<&plugins::PluginHost>,
-    shutdown: &runtime::Shutdown,
-) -> Result<DestRuntime<'a>, Failure> {
-    let side = format!("destination {}", d.name);
-    let stack = match host {
-        Some(h) if plugins::uses_plugins(d) => Some(plugins::stack(h, d).map_err(Failure::Config)?),
-        _ => None,
-    };
-    let client = setup::connect(&side, &d.vault, shutdown).await.map_err(Failure::Fatal)?;
-    let store = setup::state_store(&side, &d.state).map_err(Failure::Config)?;
-    let lock = store
-        .lock_side(&sync::side_name(&d.name))
-        .map_err(|e| Failure::Fatal(e.into()))?;
-    Ok(DestRuntime { config: d, client, store, lock, stack })
-}
-
-/// The plugin host, when any of `dests` uses plugins.
-fn plugin_host<'a>(
-    config: &Config,
-    mut dests: impl Iterator<Item = &'a vsync_config::Destination>,
-    dir: Option<&std::path::Path>,
-) -> Result<Option<plugins::PluginHost>, Failure> {
-    if !dests.any(plugins::uses_plugins) {
-        return Ok(None);
-    }
-    plugins::host(config, dir).map(Some).map_err(Failure::Config)
-}
-
-/// Runs one cycle of one destination; `Ok(true)` when some secrets failed.
-async fn dest_cycle(
-    rt: &mut DestRuntime<'_>,
-    origin: &vsync_vault::VaultClient,
-    info: &sync::OriginInfo,
-    flags: sync::CycleFlags,
-) -> Result<bool> {
-    let d = rt.config;
-    let report = tokio::time::timeout(
-        d.timeout,
-        sync::destination_cycle(d, origin, &rt.client, info, &rt.store, &rt.lock, rt.stack.as_mut(), flags),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("cycle timed out after {:?}; everything it started was cancelled, nothing committed", d.timeout))
-    .and_then(|r| r)
-    .with_context(|| format!("destination `{}`", d.name))?;
-    println!("destination {}: {report}", d.name);
-    Ok(report.failed > 0)
-}
-
-/// `vsync destination --name NAME`: follow the origin's published info. A cycle runs when the
-/// origin's root changes (watched) or every `interval` (backup ticker).
-async fn destination_role(config: &Config, name: &str, args: &CycleArgs) -> Result<ExitCode, Failure> {
-    let d = config
-        .destination(name)
-        .ok_or_else(|| Failure::Config(anyhow::anyhow!("no destination named `{name}` in the config")))?;
-    let mut shutdown = runtime::Shutdown::install();
-    let origin = setup::connect("origin", &config.origin.vault, &shutdown).await.map_err(Failure::Fatal)?;
-    let origin_store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
-    let host = plugin_host(config, std::iter::once(d), None)?;
-    let mut rt = dest_runtime(d, host.as_ref(), &shutdown).await?;
-    startup_check(config, check::Scope::Destination(name)).await?;
-    let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
-    let trigger = Arc::new(Notify::new());
-    if !args.once {
-        runtime::spawn_root_watch(origin_store.clone(), sync::ORIGIN_SIDE, trigger.clone());
-    }
-    let mut flags = args.flags();
-    let mut state_failures = 0;
-    loop {
-        let cycle = async {
-            let info = sync::load_origin(&origin_store).await?;
-            dest_cycle(&mut rt, &origin, &info, flags).await
-        };
-        let result = tokio::select! {
-            r = cycle => r,
-            _ = shutdown.wait() => return stopped(&shutdown, &alerter, "destination", Some(name)).await,
-        };
-        let failed = settle(result, &mut state_failures, &mut flags, args.once, &alerter, "destination", Some(name)).await?;
-        if args.once {
-            return Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
-        }
-        if !runtime::wait_next(d.interval, Some(&trigger), &mut shutdown).await {
-            return stopped(&shutdown, &alerter, "destination", Some(name)).await;
-        }
-    }
-}
-
-/// `vsync run`: origin and every destination in one process, sharing one scan.
-async fn run(config: &Config, args: &CycleArgs, plugins_dir: Option<&std::path::Path>) -> Result<ExitCode, Failure> {
-    if config.destinations.is_empty() {
-        return Err(Failure::Config(anyhow::anyhow!("`vsync run` needs at least one [[destination]]")));
-    }
-    let mut shutdown = runtime::Shutdown::install();
-    let origin = setup::connect("origin", &config.origin.vault, &shutdown).await.map_err(Failure::Fatal)?;
-    let origin_store = setup::state_store("origin", &config.origin.state).map_err(Failure::Config)?;
-    let origin_lock = origin_store
-        .lock_side(sync::ORIGIN_SIDE)
-        .map_err(|e| Failure::Fatal(e.into()))?;
-    let key = digest_key(config)?;
-    let host = plugin_host(config, config.destinations.iter(), plugins_dir)?;
-    let mut dests = Vec::new();
-    for d in &config.destinations {
-        dests.push(dest_runtime(d, host.as_ref(), &shutdown).await?);
-    }
-    startup_check(config, check::Scope::All).await?;
-    let alerter = runtime::Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone()));
-    let mut flags = args.flags();
-    let interval = config.destinations.iter().map(|d| d.interval).min().unwrap_or(config.origin.interval);
-    let mut state_failures = 0;
-    loop {
-        let cycle = async {
-            let mut any_failed = false;
-            let info = scan(config, &origin, key.as_deref()).await?;
-            sync::publish_origin(&origin_store, &origin_lock, &info)
-                .await
-                .with_context(|| format!("publishing the origin info to {}", origin_store.describe()))?;
-            for rt in dests.iter_mut() {
-                any_failed |= dest_cycle(rt, &origin, &info, flags).await?;
-            }
-            Ok::<_, anyhow::Error>(any_failed)
-        };
-        let result = tokio::select! {
-            r = cycle => r,
-            _ = shutdown.wait() => return stopped(&shutdown, &alerter, "run", None).await,
-        };
-        let any_failed = settle(result, &mut state_failures, &mut flags, args.once, &alerter, "run", None).await?;
-        if args.once {
-            return Ok(if any_failed { ExitCode::from(3) } else { ExitCode::SUCCESS });
-        }
-        if !runtime::wait_next(interval, None, &mut shutdown).await {
-            return stopped(&shutdown, &alerter, "run", None).await;
-        }
-    }
-}
-

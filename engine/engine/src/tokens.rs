@@ -7,7 +7,8 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 use vsync_vault::{TokenLease, VaultClient};
 
-use crate::runtime::Shutdown;
+use crate::fault::{FatalCause, Fault};
+use crate::tripwire::Tripwire;
 
 /// How a side obtains its token.
 #[derive(Debug, Clone)]
@@ -36,22 +37,24 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Logs in with AppRole and installs the token in `client`.
-pub async fn login(client: &VaultClient, side: &str, source: &TokenSource) -> anyhow::Result<Option<TokenLease>> {
+pub async fn login(client: &VaultClient, side: &str, source: &TokenSource) -> Result<Option<TokenLease>, Fault> {
     let TokenSource::AppRole { mount, role_id, secret_id } = source else {
         return Ok(None);
     };
     let login = client
         .approle_login(mount, role_id, &secret_id.0)
         .await
-        .map_err(|e| anyhow::anyhow!("{side} vault: AppRole login at auth/{mount}: {e}"))?;
-    client.set_token(&login.token)?;
+        .map_err(|e| Fault::vault(format!("{side} vault: AppRole login at auth/{mount}"), e))?;
+    client
+        .set_token(&login.token)
+        .map_err(|e| Fault::vault(format!("{side} vault: AppRole login"), e))?;
     info!(side, ttl = ?login.lease.ttl, "logged in with AppRole");
     Ok(Some(login.lease))
 }
 
 /// Spawns the keeper of one client's token. On a token that can no longer be renewed or
-/// re-obtained, it trips `shutdown` with a fatal error naming the side.
-pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, first: Option<TokenLease>, shutdown: Shutdown) {
+/// re-obtained, it trips `tripwire` with a fatal fault naming the side.
+pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, first: Option<TokenLease>, tripwire: Tripwire) {
     tokio::spawn(async move {
         let mut lease = match first {
             Some(l) => l,
@@ -107,8 +110,9 @@ pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, firs
                             Err(e) => {
                                 tries += 1;
                                 if tries >= 3 {
-                                    shutdown.trip_fatal(format!(
-                                        "{side} vault: the token expires and AppRole login failed 3 times: {e:#}"
+                                    tripwire.trip(Fault::fatal(
+                                        FatalCause::Token,
+                                        format!("{side} vault: the token expires and AppRole login failed 3 times: {e}"),
                                     ));
                                     return;
                                 }
@@ -118,9 +122,12 @@ pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, firs
                     }
                 }
                 TokenSource::Static => {
-                    shutdown.trip_fatal(format!(
-                        "{side} vault: the token expires in about {remaining:?} and cannot be renewed; \
-                         give vsync a renewable token or use AppRole"
+                    tripwire.trip(Fault::fatal(
+                        FatalCause::Token,
+                        format!(
+                            "{side} vault: the token expires in about {remaining:?} and cannot be renewed; \
+                             give vsync a renewable token or use AppRole"
+                        ),
                     ));
                     return;
                 }

@@ -1,5 +1,6 @@
-//! `vsync check` (and the same checks when a role starts): every problem at once, each naming
-//! the side, the mount or store, and the missing capability.
+//! Start-up checks (`vsync check`, and the same checks when a role starts): every problem at
+//! once, each naming the side, the mount or store, and the missing capability. They run on the
+//! clients and stores the roles use, so nothing logs in twice.
 //!
 //! - state stores: read, write, update and delete of a probe document under each role's own
 //!   side (a destination only reads the origin's side);
@@ -10,12 +11,12 @@
 use std::fmt;
 
 use serde_json::json;
-use vsync_config::{Config, Destination};
 use vsync_core::KvVersion;
 use vsync_state::StateStore;
 use vsync_vault::{DataRead, SecretData, VaultClient};
 
-use crate::{setup, sync};
+use crate::destination::side_name;
+use crate::origin::ORIGIN_SIDE;
 
 /// The reserved destination folder for probe secrets.
 pub const PROBE_FOLDER: &str = ".vsync-check";
@@ -42,28 +43,47 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Which roles to check.
-#[derive(Debug, Clone, Copy)]
-pub enum Scope<'a> {
-    /// Origin and every destination (`vsync check`, `vsync run`).
-    All,
-    /// The origin role only.
-    Origin,
-    /// One destination role.
-    Destination(&'a str),
+/// A part a check looks at: built, or the reason it could not be (a failed login, a bad
+/// store setting), which is itself a finding.
+pub type Part<'a, T> = Result<&'a T, String>;
+
+/// The origin's side of the checks.
+#[derive(Debug)]
+pub struct OriginParts<'a> {
+    /// The origin Vault.
+    pub vault: Part<'a, VaultClient>,
+    /// The origin's state store.
+    pub store: Part<'a, StateStore>,
+    /// Origin mounts, normalised.
+    pub mounts: &'a [String],
+    /// Whether the origin role runs here (probe writes on its side) or only destinations
+    /// (read the origin's side only).
+    pub writes: bool,
 }
 
-struct Out {
-    findings: Vec<Finding>,
+/// One destination's side of the checks.
+#[derive(Debug)]
+pub struct DestinationParts<'a> {
+    /// Destination name.
+    pub name: &'a str,
+    /// Its Vault.
+    pub vault: Part<'a, VaultClient>,
+    /// Its state store.
+    pub store: Part<'a, StateStore>,
+    /// Destination mounts it writes to, normalised.
+    pub mounts: Vec<String>,
 }
 
-impl Out {
+#[derive(Debug, Default)]
+struct Findings(Vec<Finding>);
+
+impl Findings {
     fn push(&mut self, side: &str, subject: impl Into<String>, result: Result<String, String>) {
         let (problem, note) = match result {
             Ok(note) => (None, note),
             Err(p) => (Some(p), String::new()),
         };
-        self.findings.push(Finding {
+        self.0.push(Finding {
             side: side.to_owned(),
             subject: subject.into(),
             problem,
@@ -72,31 +92,21 @@ impl Out {
     }
 }
 
-/// Runs the checks of `scope`; returns every finding (problems and passes).
-pub async fn run(config: &Config, scope: Scope<'_>) -> Vec<Finding> {
-    let mut out = Out { findings: Vec::new() };
-    let origin = match setup::vault_login("origin", &config.origin.vault).await {
-        Ok((c, ..)) => Some(c),
-        Err(e) => {
-            out.push("origin", "vault client", Err(format!("{e:#}")));
-            None
-        }
-    };
-    let origin_store = match setup::state_store("origin", &config.origin.state) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            out.push("origin", "state store", Err(format!("{e:#}")));
-            None
-        }
-    };
-    let check_origin = matches!(scope, Scope::All | Scope::Origin);
-    if let Some(store) = &origin_store {
-        if check_origin {
-            let r = probe_store(store, sync::ORIGIN_SIDE).await;
+/// Runs the checks; returns every finding (problems and passes).
+pub async fn run(origin: &OriginParts<'_>, destinations: &[DestinationParts<'_>]) -> Vec<Finding> {
+    let mut out = Findings::default();
+    if let Err(e) = &origin.vault {
+        out.push("origin", "vault client", Err(e.clone()));
+    }
+    match &origin.store {
+        Err(e) => out.push("origin", "state store", Err(e.clone())),
+        Ok(store) if origin.writes => {
+            let r = probe_store(store, ORIGIN_SIDE).await;
             out.push("origin", format!("state {}", store.describe()), r);
-        } else {
+        }
+        Ok(store) => {
             let r = store
-                .read_root(sync::ORIGIN_SIDE)
+                .read_root(ORIGIN_SIDE)
                 .await
                 .map(|root| if root.is_some() { " (origin info present)".into() } else { " (no origin info yet)".into() })
                 .map_err(|e| format!("cannot read the origin's sync info: {e}"));
@@ -104,44 +114,39 @@ pub async fn run(config: &Config, scope: Scope<'_>) -> Vec<Finding> {
         }
     }
     // Every role reads the origin (a destination reads the versions it copies).
-    if let Some(client) = &origin {
-        for m in &config.origin.mounts {
+    if let Ok(client) = &origin.vault {
+        for m in origin.mounts {
             let r = origin_mount(client, m).await;
             out.push("origin", format!("vault {} mount {m}", client.address()), r);
         }
     }
-    for d in &config.destinations {
-        if let Scope::Destination(name) = scope
-            && name != d.name
-        {
-            continue;
-        }
+    for d in destinations {
         check_destination(&mut out, d).await;
     }
-    out.findings
+    out.0
 }
 
-async fn check_destination(out: &mut Out, d: &Destination) {
+async fn check_destination(out: &mut Findings, d: &DestinationParts<'_>) {
     let side = format!("destination {}", d.name);
-    match setup::state_store(&side, &d.state) {
+    match &d.store {
         Ok(store) => {
-            let r = probe_store(&store, &sync::side_name(&d.name)).await;
+            let r = probe_store(store, &side_name(d.name)).await;
             out.push(&side, format!("state {}", store.describe()), r);
         }
-        Err(e) => out.push(&side, "state store", Err(format!("{e:#}"))),
+        Err(e) => out.push(&side, "state store", Err(e.clone())),
     }
-    let client = match setup::vault_login(&side, &d.vault).await {
-        Ok((c, ..)) => c,
+    let client = match &d.vault {
+        Ok(c) => c,
         Err(e) => {
-            out.push(&side, "vault client", Err(format!("{e:#}")));
+            out.push(&side, "vault client", Err(e.clone()));
             return;
         }
     };
-    let mut mounts: Vec<&String> = d.mounts.values().collect();
+    let mut mounts = d.mounts.clone();
     mounts.sort();
     mounts.dedup();
-    for m in mounts {
-        let r = destination_mount(&client, m).await;
+    for m in &mounts {
+        let r = destination_mount(client, m).await;
         out.push(&side, format!("vault {} mount {m}", client.address()), r);
     }
 }

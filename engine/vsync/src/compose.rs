@@ -1,16 +1,19 @@
-//! Turns configuration into runtime parts: Vault clients, state stores. The only place where
-//! config types meet runtime types.
+//! The composition root: turns the configuration into the runtime parts (Vault clients,
+//! logged in once; state stores; specs; the plugin stacks) that `vsync check` and the roles
+//! share. The only place where config types meet runtime types.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use vsync_config::{StateSettings, VaultSettings};
+use vsync_config::{Config, Destination, StateSettings, VaultSettings};
+use vsync_core::{DestinationSpec, OriginSpec};
+use vsync_engine::Tripwire;
+use vsync_engine::check;
 use vsync_state::consul::{ConsulClient, ConsulConfig, ConsulToken};
 use vsync_state::{ConsulStore, FileStore, StateStore};
 use vsync_vault::{Token, TokenLease, VaultClient, VaultConfig};
 
-use crate::runtime::Shutdown;
-use crate::tokens::{self, Secret, TokenSource};
+use vsync_engine::tokens::{self, Secret, TokenSource};
 
 /// Resolves the token source of a Vault side. `side` names it in errors ("origin", "destination eu").
 fn token(side: &str, v: &VaultSettings) -> Result<Token> {
@@ -81,16 +84,8 @@ pub fn token_source(side: &str, v: &VaultSettings) -> Result<TokenSource> {
 pub async fn vault_login(side: &str, v: &VaultSettings) -> Result<(VaultClient, TokenSource, Option<TokenLease>)> {
     let client = vault_client(side, v)?;
     let source = token_source(side, v)?;
-    let lease = tokens::login(&client, side, &source).await?;
+    let lease = tokens::login(&client, side, &source).await.map_err(|f| anyhow::anyhow!(f.message))?;
     Ok((client, source, lease))
-}
-
-/// Builds a side's client, logs in if needed, and keeps its token valid for the life of the
-/// process (a token that cannot be kept trips `shutdown` with a fatal error).
-pub async fn connect(side: &str, v: &VaultSettings, shutdown: &Shutdown) -> Result<VaultClient> {
-    let (client, source, lease) = vault_login(side, v).await?;
-    tokens::spawn_keeper(side.to_owned(), client.clone(), source, lease, shutdown.clone());
-    Ok(client)
 }
 
 /// Opens the state store of one side.
@@ -155,15 +150,93 @@ pub fn state_store(side: &str, s: &StateSettings) -> Result<StateStore> {
     }
 }
 
-/// The origin's configured bucket count, if any (`buckets` in a Consul state block).
-pub fn bucket_count(s: &StateSettings) -> Result<Option<u32>> {
-    match s {
-        StateSettings::Consul { buckets: Some(n), .. } => {
-            if *n == 0 || *n > 1 << 20 {
-                bail!("origin state: buckets = {n} is out of range (1 to 1048576)");
-            }
-            Ok(Some(*n))
+/// A built part, or its error as a finding's text.
+fn part<T>(r: &Result<T>) -> Result<&T, String> {
+    r.as_ref().map_err(|e| format!("{e:#}"))
+}
+
+/// One Vault side, logged in once; its token is kept valid once a role starts.
+pub struct VaultSide {
+    /// The client.
+    pub client: VaultClient,
+    source: TokenSource,
+    lease: Option<TokenLease>,
+}
+
+impl VaultSide {
+    async fn connect(side: &str, v: &VaultSettings) -> Result<Self> {
+        let (client, source, lease) = vault_login(side, v).await?;
+        Ok(Self { client, source, lease })
+    }
+
+    /// Keeps the token valid for the life of the process: a token that cannot be kept trips
+    /// `tripwire` with a fatal fault.
+    pub fn keep_token(&self, side: &str, tripwire: &Tripwire) {
+        tokens::spawn_keeper(side.to_owned(), self.client.clone(), self.source.clone(), self.lease, tripwire.clone());
+    }
+}
+
+/// One destination's parts.
+pub struct DestinationParts {
+    /// Its runtime spec.
+    pub spec: DestinationSpec,
+    /// Its Vault, or why it could not be reached.
+    pub vault: Result<VaultSide>,
+    /// Its state store, or why it could not be opened.
+    pub store: Result<StateStore>,
+}
+
+/// The parts that `vsync check` and the roles share: built once, so nothing logs in twice.
+/// A part that could not be built keeps its error: `check` lists it, a role stops on it.
+pub struct Parts {
+    /// The origin's runtime spec.
+    pub origin_spec: OriginSpec,
+    /// The origin Vault.
+    pub origin_vault: Result<VaultSide>,
+    /// The origin's state store.
+    pub origin_store: Result<StateStore>,
+    /// The selected destinations.
+    pub destinations: Vec<DestinationParts>,
+}
+
+impl Parts {
+    /// Builds the origin's parts and those of `destinations`.
+    pub async fn build<'c>(config: &'c Config, destinations: impl IntoIterator<Item = &'c Destination>) -> Parts {
+        let mut dests = Vec::new();
+        for d in destinations {
+            let side = format!("destination {}", d.name);
+            dests.push(DestinationParts {
+                spec: d.spec(),
+                vault: VaultSide::connect(&side, &d.vault).await,
+                store: state_store(&side, &d.state),
+            });
         }
-        _ => Ok(None),
+        Parts {
+            origin_spec: config.origin_spec(),
+            origin_vault: VaultSide::connect("origin", &config.origin.vault).await,
+            origin_store: state_store("origin", &config.origin.state),
+            destinations: dests,
+        }
+    }
+
+    /// The start-up checks over these parts; `origin_writes` when the origin role runs here.
+    pub async fn check(&self, origin_writes: bool) -> Vec<check::Finding> {
+        let origin = check::OriginParts {
+            vault: part(&self.origin_vault).map(|v: &VaultSide| &v.client),
+            store: part(&self.origin_store),
+            mounts: &self.origin_spec.mounts,
+            writes: origin_writes,
+        };
+        let dests: Vec<check::DestinationParts<'_>> = self
+            .destinations
+            .iter()
+            .map(|d| check::DestinationParts {
+                name: &d.spec.name,
+                vault: part(&d.vault).map(|v: &VaultSide| &v.client),
+                store: part(&d.store),
+                mounts: d.spec.mounts.values().cloned().collect(),
+            })
+            .collect();
+        check::run(&origin, &dests).await
     }
 }

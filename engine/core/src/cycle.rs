@@ -1,0 +1,607 @@
+//! Every decision of one destination cycle, without I/O: bind to the origin mounts' UUIDs,
+//! plan (through [`crate::plan_buckets`]), refuse path collisions and mass deletes, choose
+//! which removals may run after the writes, and merge the per-secret outcomes into the next
+//! destination info.
+//!
+//! The engine executes what [`CyclePlan`] says and reports an outcome per action; [`settle`]
+//! turns those into the info to commit and the cycle's counts. A refused cycle
+//! ([`Refusal`]) writes nothing anywhere.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::digest::Digest;
+use crate::info::{Buckets, SyncInfo};
+use crate::mapping::DestinationMapper;
+use crate::plan::{Action, Plan, PlanOptions, plan_buckets};
+use crate::types::{DeletePolicy, DestEntry, DestPath, KvVersion, SecretPath};
+
+/// What the origin published (or a scan produced).
+#[derive(Debug, Clone)]
+pub struct OriginInfo {
+    /// Every secret of the configured mounts, in buckets.
+    pub entries: SyncInfo,
+    /// Bucket digests.
+    pub digests: Vec<Digest>,
+    /// Origin mount -> UUID.
+    pub mounts: BTreeMap<String, String>,
+}
+
+impl OriginInfo {
+    /// Builds the info from scanned entries, computing the digests.
+    pub fn new(entries: SyncInfo, mounts: BTreeMap<String, String>) -> Self {
+        let digests = entries.digests();
+        Self { entries, digests, mounts }
+    }
+}
+
+/// A destination's own state, in the origin's bucket layout.
+#[derive(Debug, Clone)]
+pub struct DestInfo {
+    /// What was copied (and tombstones of keys with no live version).
+    pub entries: Buckets<DestEntry>,
+    /// Their digests.
+    pub digests: Vec<Digest>,
+    /// Origin mount UUIDs this destination is bound to.
+    pub origin_mounts: BTreeMap<String, String>,
+    /// Hash of the mount map and plugin configuration the entries were made with.
+    pub config_hash: Option<String>,
+}
+
+impl DestInfo {
+    /// The state of a destination that never committed.
+    pub fn empty(bucket_count: u32) -> Self {
+        let entries = Buckets::new(bucket_count);
+        Self {
+            digests: entries.digests(),
+            entries,
+            origin_mounts: BTreeMap::new(),
+            config_hash: None,
+        }
+    }
+
+    /// Secrets the destination holds a copy of (tombstones not counted).
+    pub fn copies(&self) -> usize {
+        self.entries.iter().filter(|(_, e)| e.has_copy()).count()
+    }
+}
+
+/// The destination's settings that decide a plan.
+#[derive(Debug, Clone, Copy)]
+pub struct CycleRules<'a> {
+    /// Destination name (for messages).
+    pub destination: &'a str,
+    /// What to do with secrets that left the origin.
+    pub deletes: DeletePolicy,
+    /// The mass-delete guard's ratio.
+    pub max_delete_ratio: f64,
+    /// Hash of the mount map and plugin configuration in force.
+    pub config_hash: &'a str,
+}
+
+/// Operator overrides for one cycle (`--allow-mass-delete`, `--allow-origin-change`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CycleFlags {
+    /// Let a cycle past the mass-delete guard.
+    pub allow_mass_delete: bool,
+    /// Accept re-created origin mounts (new UUID) for this cycle.
+    pub allow_origin_change: bool,
+}
+
+/// Deletes above this count are checked against the ratio; fewer always pass.
+pub const MASS_DELETE_FLOOR: usize = 10;
+
+/// Why a cycle is refused before anything is written. Each one needs a human.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// An origin mount has a new UUID: it was re-created, so its keys are a different data set.
+    #[error(
+        "destination `{destination}`: origin mount `{mount}` was re-created (UUID {old} is now {new}); \
+         refusing to sync. Check the origin, then run once with --allow-origin-change"
+    )]
+    OriginMountRecreated {
+        /// Destination name.
+        destination: String,
+        /// The mount.
+        mount: String,
+        /// UUID the destination is bound to.
+        old: String,
+        /// UUID the origin reports now.
+        new: String,
+    },
+    /// Two origin secrets would be written to one destination path.
+    #[error(
+        "destination `{destination}`: {} destination path(s) claimed by more than one origin secret ({}{}); \
+         nothing was written. Fix the transforms",
+        clashes.len(),
+        clashes.iter().take(10).cloned().collect::<Vec<_>>().join("; "),
+        if clashes.len() > 10 { "; ..." } else { "" }
+    )]
+    PathCollision {
+        /// Destination name.
+        destination: String,
+        /// "`a` and `b` both map to `t`", sorted.
+        clashes: Vec<String>,
+    },
+    /// The plan deletes more than `max_delete_ratio` of the destination's secrets.
+    #[error(
+        "destination `{destination}`: the plan would delete {deletes} of {copies} secrets, over max_delete_ratio \
+         {ratio}; nothing was changed. If this is intended, run once with --allow-mass-delete"
+    )]
+    MassDelete {
+        /// Destination name.
+        destination: String,
+        /// Deletes planned.
+        deletes: usize,
+        /// Copies the destination holds.
+        copies: usize,
+        /// The configured ratio.
+        ratio: f64,
+    },
+}
+
+/// A planned cycle.
+#[derive(Debug, Clone)]
+pub struct CyclePlan {
+    /// The actions.
+    pub plan: Plan,
+    /// Target of every key mapped this cycle.
+    pub targets: HashMap<SecretPath, DestPath>,
+    /// The origin mount UUIDs the destination is bound to after this cycle.
+    pub origin_mounts: BTreeMap<String, String>,
+    /// Keys whose mapping failed, with the reason.
+    pub mapping_failures: Vec<(SecretPath, crate::mapping::MapError)>,
+}
+
+/// Binds the destination to the origin mounts' UUIDs: a mount it knows under another UUID was
+/// re-created and is refused unless `allow_change`.
+pub fn bind_origin_mounts(
+    destination: &str,
+    bound: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+    allow_change: bool,
+) -> Result<BTreeMap<String, String>, Refusal> {
+    let mut next = bound.clone();
+    for (mount, uuid) in current {
+        match bound.get(mount) {
+            Some(old) if old != uuid && !allow_change => {
+                return Err(Refusal::OriginMountRecreated {
+                    destination: destination.to_owned(),
+                    mount: mount.clone(),
+                    old: old.clone(),
+                    new: uuid.clone(),
+                });
+            }
+            _ => {
+                next.insert(mount.clone(), uuid.clone());
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// Plans one destination cycle: UUID binding, the per-key plan, then the collision check and
+/// the mass-delete guard. Nothing is decided anywhere else.
+pub fn plan_cycle(
+    origin: &OriginInfo,
+    dest: &DestInfo,
+    rules: CycleRules<'_>,
+    flags: CycleFlags,
+    mapper: &mut DestinationMapper<'_>,
+) -> Result<CyclePlan, Refusal> {
+    let origin_mounts = bind_origin_mounts(rules.destination, &dest.origin_mounts, &origin.mounts, flags.allow_origin_change)?;
+    let recheck_all = dest.config_hash.as_deref() != Some(rules.config_hash);
+    let kind_of = |k: &SecretPath| {
+        origin
+            .entries
+            .get(k)
+            .map(|e| e.kind)
+            .or_else(|| dest.entries.get(k).map(|e| e.origin.kind))
+            .unwrap_or(KvVersion::V2)
+    };
+    let plan = plan_buckets(
+        &origin.entries,
+        &origin.digests,
+        &dest.entries,
+        &dest.digests,
+        recheck_all,
+        PlanOptions { deletes: rules.deletes },
+        |k| mapper.map(k, kind_of(k)),
+    );
+    // The planner may ask for one key twice (origin side, destination side): report it once.
+    let mut mapping_failures = std::mem::take(&mut mapper.failures);
+    mapping_failures.sort_by(|a, b| a.0.cmp(&b.0));
+    mapping_failures.dedup_by(|a, b| a.0 == b.0);
+    let cycle = CyclePlan {
+        plan,
+        targets: std::mem::take(&mut mapper.targets),
+        origin_mounts,
+        mapping_failures,
+    };
+    check_collisions(rules.destination, &cycle.plan, dest)?;
+    if !flags.allow_mass_delete {
+        mass_delete_guard(rules, &cycle.plan, dest)?;
+    }
+    Ok(cycle)
+}
+
+/// Refuses a plan in which two origin secrets land on one destination path after the cycle:
+/// every written target, plus the copies the plan leaves where they are.
+pub fn check_collisions(destination: &str, plan: &Plan, dest: &DestInfo) -> Result<(), Refusal> {
+    if plan.writes.is_empty() {
+        return Ok(());
+    }
+    let touched: HashSet<&SecretPath> = plan.writes.iter().chain(plan.removals.iter()).map(Action::key).collect();
+    let kept = dest
+        .entries
+        .iter()
+        .filter(|(k, e)| e.has_copy() && !touched.contains(k))
+        .map(|(k, e)| (&e.target, k));
+    let written = plan.writes.iter().filter_map(|a| match a {
+        Action::CopyV2 { key, target, .. } | Action::SyncV1 { key, target } => Some((target, key)),
+        _ => None,
+    });
+    let mut seen: HashMap<&DestPath, &SecretPath> = HashMap::new();
+    let mut clashes = Vec::new();
+    for (target, key) in kept.chain(written) {
+        if let Some(other) = seen.insert(target, key)
+            && other != key
+        {
+            clashes.push(format!("`{other}` and `{key}` both map to `{target}`"));
+        }
+    }
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    clashes.sort();
+    Err(Refusal::PathCollision {
+        destination: destination.to_owned(),
+        clashes,
+    })
+}
+
+/// The mass-delete guard, against the copies the destination holds (not tombstones).
+pub fn mass_delete_guard(rules: CycleRules<'_>, plan: &Plan, dest: &DestInfo) -> Result<(), Refusal> {
+    let deletes = plan.delete_count();
+    let copies = dest.copies();
+    if deletes > MASS_DELETE_FLOOR && (deletes as f64) > rules.max_delete_ratio * (copies as f64) {
+        return Err(Refusal::MassDelete {
+            destination: rules.destination.to_owned(),
+            deletes,
+            copies,
+            ratio: rules.max_delete_ratio,
+        });
+    }
+    Ok(())
+}
+
+/// How one write action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The destination was written.
+    Written,
+    /// The destination already held an equal value.
+    Equal,
+    /// Nothing to write; the entry is recorded.
+    Recorded,
+    /// The origin changed during the cycle; retried next cycle.
+    Skipped,
+    /// Failed (logged); retried next cycle.
+    Failed,
+}
+
+impl WriteOutcome {
+    /// Whether the destination now holds what the plan wanted.
+    pub fn succeeded(self) -> bool {
+        matches!(self, WriteOutcome::Written | WriteOutcome::Equal | WriteOutcome::Recorded)
+    }
+}
+
+/// How one removal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalOutcome {
+    /// Done.
+    Removed,
+    /// Failed (logged); retried next cycle.
+    Failed,
+}
+
+/// The removals to run once the writes are done: a key whose new copy was not written keeps
+/// its old one until it is.
+pub fn removals_to_run<'p>(plan: &'p Plan, writes: &HashMap<SecretPath, WriteOutcome>) -> Vec<&'p Action> {
+    plan.removals
+        .iter()
+        .filter(|a| writes.get(a.key()).is_none_or(|o| o.succeeded()))
+        .collect()
+}
+
+/// Counts of one destination cycle.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CycleCounts {
+    /// Secrets written that the destination never had.
+    pub added: usize,
+    /// Secrets written again (new version, re-created, moved, KV v1 value changed).
+    pub updated: usize,
+    /// Secrets checked and found equal (KV v1 without digest, or equal data already there).
+    pub checked_equal: usize,
+    /// Secrets removed or soft-deleted.
+    pub deleted: usize,
+    /// Secrets in scope that needed nothing.
+    pub unchanged: usize,
+    /// Secrets that changed at the origin during the cycle (retried next cycle).
+    pub skipped: usize,
+    /// Per-secret failures (mapping, write or removal).
+    pub failed: usize,
+}
+
+/// Merges a cycle's outcomes into the destination's entries: what succeeded is recorded,
+/// what failed keeps its old entry (so only it is retried), a moved secret points at its new
+/// place, and a secret with no live version leaves a tombstone so both infos agree.
+pub fn settle(
+    cycle: &CyclePlan,
+    origin: &OriginInfo,
+    dest: &mut Buckets<DestEntry>,
+    writes: &HashMap<SecretPath, WriteOutcome>,
+    removals: &HashMap<SecretPath, RemovalOutcome>,
+) -> CycleCounts {
+    let mut counts = CycleCounts {
+        unchanged: cycle.plan.unchanged,
+        failed: cycle.plan.failed.len(),
+        ..CycleCounts::default()
+    };
+    for action in &cycle.plan.writes {
+        let key = action.key();
+        let (Some(outcome), Some(entry)) = (writes.get(key), origin.entries.get(key)) else {
+            continue;
+        };
+        let target = match action {
+            Action::CopyV2 { target, .. } | Action::SyncV1 { target, .. } | Action::Record { target, .. } => target,
+            _ => continue,
+        };
+        let is_new = !dest.get(key).is_some_and(|e| e.origin.current_live);
+        match outcome {
+            WriteOutcome::Skipped => {
+                counts.skipped += 1;
+                continue;
+            }
+            WriteOutcome::Failed => {
+                counts.failed += 1;
+                continue;
+            }
+            WriteOutcome::Written if is_new => counts.added += 1,
+            WriteOutcome::Written => counts.updated += 1,
+            WriteOutcome::Equal => counts.checked_equal += 1,
+            WriteOutcome::Recorded => {}
+        }
+        dest.insert(key.clone(), DestEntry { origin: entry.clone(), target: target.clone() });
+    }
+    for action in &cycle.plan.removals {
+        let key = action.key();
+        let Some(outcome) = removals.get(key) else {
+            continue; // not run: its new copy was not written
+        };
+        if *outcome == RemovalOutcome::Failed {
+            counts.failed += 1;
+            continue;
+        }
+        let removed_target = match action {
+            Action::Delete { target, .. } | Action::SoftDelete { target, .. } => {
+                counts.deleted += 1;
+                Some(target)
+            }
+            _ => None,
+        };
+        // A secret that moved keeps its entry (it points at the new place now).
+        let moved = removed_target.is_some_and(|t| dest.get(key).is_some_and(|e| e.target != *t));
+        if moved {
+            continue;
+        }
+        match (origin.entries.get(key), cycle.targets.get(key)) {
+            (Some(entry), Some(target)) => {
+                dest.insert(key.clone(), DestEntry { origin: entry.clone(), target: target.clone() });
+            }
+            _ => {
+                dest.remove(key);
+            }
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::CopyReason;
+    use crate::types::OriginEntry;
+
+    fn v2(version: u64) -> OriginEntry {
+        OriginEntry {
+            kind: KvVersion::V2,
+            current_version: version,
+            created_time: "t".into(),
+            current_live: true,
+            digest: Some(Digest([version as u8; 32])),
+        }
+    }
+
+    fn key(p: &str) -> SecretPath {
+        SecretPath::new("secret/", p)
+    }
+
+    fn at(p: &str) -> DestPath {
+        DestPath { mount: "secret/".into(), path: p.into() }
+    }
+
+    fn mounts() -> BTreeMap<String, String> {
+        [("secret/".to_owned(), "secret/".to_owned())].into()
+    }
+
+    fn origin(entries: &[(&str, OriginEntry)]) -> OriginInfo {
+        OriginInfo::new(
+            SyncInfo::from_entries(2, entries.iter().map(|(p, e)| (key(p), e.clone()))),
+            [("secret/".to_owned(), "uuid-1".to_owned())].into(),
+        )
+    }
+
+    fn dest(entries: &[(&str, OriginEntry, &str)]) -> DestInfo {
+        let b = Buckets::from_entries(
+            2,
+            entries.iter().map(|(p, e, t)| (key(p), DestEntry { origin: e.clone(), target: at(t) })),
+        );
+        DestInfo {
+            digests: b.digests(),
+            entries: b,
+            origin_mounts: [("secret/".to_owned(), "uuid-1".to_owned())].into(),
+            config_hash: Some("h".into()),
+        }
+    }
+
+    const RULES: CycleRules<'static> = CycleRules {
+        destination: "eu",
+        deletes: DeletePolicy::Mirror,
+        max_delete_ratio: 0.5,
+        config_hash: "h",
+    };
+
+    fn plan(o: &OriginInfo, d: &DestInfo, rules: CycleRules<'_>, flags: CycleFlags) -> Result<CyclePlan, Refusal> {
+        let (labels, m) = (BTreeMap::new(), mounts());
+        let mut mapper = DestinationMapper::new("eu", &labels, &m, None);
+        plan_cycle(o, d, rules, flags, &mut mapper)
+    }
+
+    /// Runs a cycle whose every action succeeds, returning the next destination info.
+    fn apply(o: &OriginInfo, d: &DestInfo, c: &CyclePlan) -> (DestInfo, CycleCounts) {
+        let writes = c.plan.writes.iter().map(|a| (a.key().clone(), WriteOutcome::Written)).collect();
+        let removals = removals_to_run(&c.plan, &writes)
+            .into_iter()
+            .map(|a| (a.key().clone(), RemovalOutcome::Removed))
+            .collect();
+        let mut entries = d.entries.clone();
+        let counts = settle(c, o, &mut entries, &writes, &removals);
+        let next = DestInfo {
+            digests: entries.digests(),
+            entries,
+            origin_mounts: c.origin_mounts.clone(),
+            config_hash: Some("h".into()),
+        };
+        (next, counts)
+    }
+
+    #[test]
+    fn adds_updates_deletes_then_nothing() {
+        let o = origin(&[("new", v2(1)), ("upd", v2(3)), ("same", v2(1))]);
+        let d = dest(&[("upd", v2(2), "upd"), ("same", v2(1), "same"), ("gone", v2(1), "gone")]);
+        let c = plan(&o, &d, RULES, CycleFlags::default()).expect("plan");
+        let (next, counts) = apply(&o, &d, &c);
+        assert_eq!((counts.added, counts.updated, counts.deleted, counts.unchanged), (1, 1, 1, 1), "{counts:?}");
+        assert_eq!(next.digests, o.digests, "after a good cycle the infos are equal bucket by bucket");
+        let again = plan(&o, &next, RULES, CycleFlags::default()).expect("plan");
+        assert!(again.plan.is_empty(), "{:?}", again.plan);
+    }
+
+    #[test]
+    fn origin_mount_recreated_is_refused_unless_allowed() {
+        let mut o = origin(&[("a", v2(1))]);
+        o.mounts.insert("secret/".into(), "uuid-2".into());
+        let d = dest(&[("a", v2(1), "a")]);
+        let err = plan(&o, &d, RULES, CycleFlags::default()).expect_err("refused");
+        assert!(matches!(&err, Refusal::OriginMountRecreated { mount, .. } if mount == "secret/"), "{err}");
+        assert!(err.to_string().contains("origin mount `secret/` was re-created"));
+        let c = plan(&o, &d, RULES, CycleFlags { allow_origin_change: true, ..Default::default() }).expect("allowed");
+        assert_eq!(c.origin_mounts["secret/"], "uuid-2", "rebound to the new mount");
+    }
+
+    #[test]
+    fn mass_delete_guard_counts_copies_and_has_a_floor() {
+        let names: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+        let d = dest(&names.iter().map(|n| (n.as_str(), v2(1), n.as_str())).collect::<Vec<_>>());
+        // 20 of 30 deleted: over 0.5 and over the floor.
+        let kept: Vec<(&str, OriginEntry)> = names[..10].iter().map(|n| (n.as_str(), v2(1))).collect();
+        let o = origin(&kept);
+        let err = plan(&o, &d, RULES, CycleFlags::default()).expect_err("guard");
+        assert!(matches!(err, Refusal::MassDelete { deletes: 20, copies: 30, .. }), "{err}");
+        assert!(err.to_string().contains("--allow-mass-delete"));
+        assert!(plan(&o, &d, RULES, CycleFlags { allow_mass_delete: true, ..Default::default() }).is_ok());
+        // 10 deletes are under the floor, whatever the ratio.
+        let small = dest(&names[..10].iter().map(|n| (n.as_str(), v2(1), n.as_str())).collect::<Vec<_>>());
+        assert!(plan(&origin(&[]), &small, RULES, CycleFlags::default()).is_ok());
+    }
+
+    #[test]
+    fn two_secrets_on_one_path_are_refused_before_any_write() {
+        let o = origin(&[("eu/db", v2(1)), ("us/db", v2(1))]);
+        let d = DestInfo::empty(2);
+        let (labels, m) = (BTreeMap::new(), mounts());
+        let mut strip = |p: &str, _: &crate::mapping::PathContext| -> Result<Option<String>, crate::mapping::MapError> {
+            Ok(Some(p.split_once('/').map_or(p, |(_, rest)| rest).to_owned()))
+        };
+        let mut mapper = DestinationMapper::new("eu", &labels, &m, Some(&mut strip));
+        let err = plan_cycle(&o, &d, RULES, CycleFlags::default(), &mut mapper).expect_err("collision");
+        assert!(err.to_string().contains("`secret/eu/db` and `secret/us/db` both map to `secret/db`"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_old_entry_and_its_old_copy() {
+        // `a` moves from `old` to `new`; its write fails, so the old copy must stay.
+        let o = origin(&[("a", v2(2))]);
+        let mut d = dest(&[("a", v2(1), "old")]);
+        d.config_hash = Some("other".into());
+        let (labels, m) = (BTreeMap::new(), mounts());
+        let mut to_new = |_: &str, _: &crate::mapping::PathContext| -> Result<Option<String>, crate::mapping::MapError> {
+            Ok(Some("new".into()))
+        };
+        let mut mapper = DestinationMapper::new("eu", &labels, &m, Some(&mut to_new));
+        let c = plan_cycle(&o, &d, RULES, CycleFlags::default(), &mut mapper).expect("plan");
+        assert!(matches!(c.plan.writes[0], Action::CopyV2 { reason: CopyReason::Update, .. }));
+        let writes: HashMap<_, _> = [(key("a"), WriteOutcome::Failed)].into();
+        assert!(removals_to_run(&c.plan, &writes).is_empty(), "the old copy stays until the new one is written");
+        let mut entries = d.entries.clone();
+        let counts = settle(&c, &o, &mut entries, &writes, &HashMap::new());
+        assert_eq!(counts.failed, 1);
+        assert_eq!(entries.get(&key("a")), d.entries.get(&key("a")), "old entry kept, so it is retried");
+
+        // Written, then the old copy removed: the entry points at the new place.
+        let writes: HashMap<_, _> = [(key("a"), WriteOutcome::Written)].into();
+        let run = removals_to_run(&c.plan, &writes);
+        assert!(matches!(run[..], [Action::Delete { target, .. }] if target.path == "old"));
+        let removals = [(key("a"), RemovalOutcome::Removed)].into();
+        let mut entries = d.entries.clone();
+        let counts = settle(&c, &o, &mut entries, &writes, &removals);
+        assert_eq!((counts.updated, counts.deleted), (1, 1));
+        assert_eq!(entries.get(&key("a")).map(|e| e.target.path.as_str()), Some("new"));
+    }
+
+    #[test]
+    fn skipped_and_failed_removals_are_retried_and_tombstones_recorded() {
+        let mut gone = v2(2);
+        gone.current_live = false;
+        let o = origin(&[("soft", gone.clone()), ("skip", v2(5))]);
+        let d = dest(&[("soft", v2(1), "soft"), ("skip", v2(4), "skip"), ("del", v2(1), "del")]);
+        let c = plan(&o, &d, RULES, CycleFlags::default()).expect("plan");
+        let writes: HashMap<_, _> = [(key("skip"), WriteOutcome::Skipped)].into();
+        let removals: HashMap<_, _> =
+            [(key("soft"), RemovalOutcome::Removed), (key("del"), RemovalOutcome::Failed)].into();
+        let mut entries = d.entries.clone();
+        let counts = settle(&c, &o, &mut entries, &writes, &removals);
+        assert_eq!((counts.skipped, counts.failed, counts.deleted), (1, 1, 1), "{counts:?}");
+        assert_eq!(entries.get(&key("soft")).map(|e| &e.origin), Some(&gone), "tombstone of a key with no live version");
+        assert_eq!(entries.get(&key("skip")), d.entries.get(&key("skip")), "skipped: retried next cycle");
+        assert!(entries.get(&key("del")).is_some(), "failed delete: retried next cycle");
+    }
+
+    #[test]
+    fn failed_mappings_are_reported_and_touch_nothing() {
+        let o = origin(&[("a", v2(2))]);
+        let d = dest(&[("a", v2(1), "a")]);
+        let (labels, m) = (BTreeMap::new(), mounts());
+        let mut failing = |_: &str, _: &crate::mapping::PathContext| -> Result<Option<String>, crate::mapping::MapError> {
+            Err(crate::mapping::MapError("plugin `x` trapped".into()))
+        };
+        let mut mapper = DestinationMapper::new("eu", &labels, &m, Some(&mut failing));
+        let mut d2 = d.clone();
+        d2.config_hash = None;
+        let c = plan_cycle(&o, &d2, RULES, CycleFlags::default(), &mut mapper).expect("plan");
+        assert_eq!(c.plan.failed, vec![key("a")]);
+        assert!(c.plan.is_empty());
+        assert_eq!(c.mapping_failures.len(), 1, "one report per key");
+    }
+}

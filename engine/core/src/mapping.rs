@@ -1,0 +1,161 @@
+//! Where an origin secret goes at a destination: the mount map, then the destination's path
+//! filters and transformers behind the [`PathMapper`] seam (the WASM plugin stack implements
+//! it; tests use plain closures).
+//!
+//! The mapper remembers every target it computed in a cycle, because the planner skips keys
+//! whose bucket did not change and the cycle's outcome needs the targets it did compute.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::plan::Mapping;
+use crate::types::{DestPath, KvVersion, SecretPath};
+
+/// Non-secret facts handed to filters and transformers with each path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PathContext {
+    /// Origin name.
+    pub origin: String,
+    /// Destination name.
+    pub destination: String,
+    /// Origin mount (`secret/`).
+    pub origin_mount: String,
+    /// Destination mount.
+    pub destination_mount: String,
+    /// KV version of the origin mount.
+    pub kv_version: Option<KvVersion>,
+    /// Destination labels (`region = "eu"`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a path could not be mapped (a plugin failed); the message names the plugin and the path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MapError(pub String);
+
+/// Rewrites mount-relative origin paths for one destination: `Ok(None)` when a filter excludes
+/// the path, otherwise the destination path (relative to the destination mount).
+pub trait PathMapper: Send {
+    /// Maps one mount-relative path.
+    fn map_path(&mut self, path: &str, context: &PathContext) -> Result<Option<String>, MapError>;
+}
+
+/// Maps origin keys to destination paths for one destination: mount map, then the optional
+/// [`PathMapper`]. Keeps what it computed this cycle.
+pub struct DestinationMapper<'a> {
+    destination: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    mounts: &'a BTreeMap<String, String>,
+    paths: Option<&'a mut dyn PathMapper>,
+    /// Targets computed this cycle.
+    pub targets: HashMap<SecretPath, DestPath>,
+    /// Keys whose mapping failed, with the reason.
+    pub failures: Vec<(SecretPath, MapError)>,
+}
+
+impl std::fmt::Debug for DestinationMapper<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationMapper")
+            .field("destination", &self.destination)
+            .field("mounts", &self.mounts)
+            .field("plugins", &self.paths.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> DestinationMapper<'a> {
+    /// A mapper over a normalised mount map (origin mount -> destination mount) and an
+    /// optional path mapper (none: paths keep their names).
+    pub fn new(
+        destination: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        mounts: &'a BTreeMap<String, String>,
+        paths: Option<&'a mut dyn PathMapper>,
+    ) -> Self {
+        Self {
+            destination,
+            labels,
+            mounts,
+            paths,
+            targets: HashMap::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Where `key` (of engine version `kind`) goes.
+    pub fn map(&mut self, key: &SecretPath, kind: KvVersion) -> Mapping {
+        // The planner may ask twice for one key; plugin calls are the expensive part.
+        if let Some(known) = self.targets.get(key) {
+            return Mapping::To(known.clone());
+        }
+        let Some(dest_mount) = self.mounts.get(key.mount.as_str()) else {
+            return Mapping::OutOfScope;
+        };
+        let path = match self.paths.as_deref_mut() {
+            None => key.path.clone(),
+            Some(paths) => {
+                let context = PathContext {
+                    origin: "origin".into(),
+                    destination: self.destination.to_owned(),
+                    origin_mount: key.mount.to_string(),
+                    destination_mount: dest_mount.clone(),
+                    kv_version: Some(kind),
+                    labels: self.labels.clone(),
+                };
+                match paths.map_path(&key.path, &context) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return Mapping::OutOfScope,
+                    Err(e) => {
+                        self.failures.push((key.clone(), e));
+                        return Mapping::Failed;
+                    }
+                }
+            }
+        };
+        let target = DestPath {
+            mount: dest_mount.clone(),
+            path,
+        };
+        self.targets.insert(key.clone(), target.clone());
+        Mapping::To(target)
+    }
+}
+
+impl<F> PathMapper for F
+where
+    F: FnMut(&str, &PathContext) -> Result<Option<String>, MapError> + Send,
+{
+    fn map_path(&mut self, path: &str, context: &PathContext) -> Result<Option<String>, MapError> {
+        self(path, context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_map_then_paths_and_failures_are_kept() {
+        let mounts: BTreeMap<String, String> = [("secret/".to_owned(), "dst/".to_owned())].into();
+        let labels = BTreeMap::from([("region".to_owned(), "eu".to_owned())]);
+        let mut plugin = |path: &str, ctx: &PathContext| -> Result<Option<String>, MapError> {
+            assert_eq!(ctx.labels["region"], "eu");
+            assert_eq!(ctx.destination_mount, "dst/");
+            match path {
+                "skip" => Ok(None),
+                "bad" => Err(MapError("plugin `x`: boom".into())),
+                p => Ok(Some(format!("eu/{p}"))),
+            }
+        };
+        let mut m = DestinationMapper::new("eu", &labels, &mounts, Some(&mut plugin));
+        let k = SecretPath::new("secret/", "app");
+        assert_eq!(
+            m.map(&k, KvVersion::V2),
+            Mapping::To(DestPath { mount: "dst/".into(), path: "eu/app".into() })
+        );
+        assert_eq!(m.map(&SecretPath::new("secret/", "skip"), KvVersion::V2), Mapping::OutOfScope);
+        assert_eq!(m.map(&SecretPath::new("secret/", "bad"), KvVersion::V2), Mapping::Failed);
+        assert_eq!(m.map(&SecretPath::new("other/", "app"), KvVersion::V2), Mapping::OutOfScope);
+        assert_eq!(m.targets.len(), 1);
+        assert_eq!(m.failures.len(), 1);
+    }
+}

@@ -1,0 +1,30 @@
+//! `vsync-engine`: the vsync runtime as a library.
+//!
+//! - [`origin`]: the complete origin scan, publishing and loading the origin info;
+//! - [`destination`]: one destination's cycle: plan (decisions in `vsync_core::cycle`),
+//!   execute with bounded workers, commit;
+//! - [`roles`]: ONE loop for the origin, destination and `run` roles, with triggers
+//!   ([`triggers`]), per-cycle timeouts and an injected shutdown future;
+//! - [`fault`]: typed fault classes, decided where an error is created;
+//! - [`check`]: start-up checks on the parts the roles use;
+//! - [`tokens`]: token renewal and AppRole re-login; [`alert`]: the fatal-error webhook.
+//!
+//! The engine takes runtime specs (`vsync_core::spec`) and reaches the plugins through
+//! `vsync_core::PathMapper`; it never sees the configuration schema and never links wasmtime.
+
+pub mod alert;
+pub mod check;
+pub mod destination;
+pub mod fault;
+pub mod origin;
+pub mod roles;
+pub mod tokens;
+pub mod triggers;
+pub mod tripwire;
+
+pub use alert::Alerter;
+pub use destination::{CycleReport, Destination, Preview, preview, side_name};
+pub use fault::{FatalCause, Fault, FaultClass};
+pub use origin::ORIGIN_SIDE;
+pub use roles::{Ended, Engine, Event, Publisher, Reporter, Role, RunOptions, run};
+pub use tripwire::Tripwire;

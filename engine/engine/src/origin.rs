@@ -1,0 +1,164 @@
+//! The origin side: a complete scan of the configured mounts into sync info, publishing it,
+//! and loading what was published.
+//!
+//! Any listing, metadata or value error fails the whole scan, so a partial view (which would
+//! read as deletes everywhere) is never published or used.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::info;
+use vsync_core::digest::{MetadataDigest, value_hmac};
+use vsync_core::info::auto_bucket_count;
+use vsync_core::{Digest, KvVersion, OriginEntry, OriginInfo, OriginSpec, SecretPath, SyncInfo};
+use vsync_state::info as state_info;
+use vsync_state::{StateStore, StoreLock};
+use vsync_vault::{SecretData, VaultClient};
+
+use crate::fault::Fault;
+
+/// The origin's side name in a state store.
+pub const ORIGIN_SIDE: &str = "origin";
+
+/// Scans every origin mount completely, bounded by the spec's timeout.
+///
+/// With `digest_key`, every KV v1 value is read and its HMAC recorded; without, KV v1 entries
+/// carry no digest and destinations compare values themselves.
+pub async fn scan(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<OriginInfo, Fault> {
+    let info = tokio::time::timeout(spec.timeout, scan_mounts(origin, spec, digest_key))
+        .await
+        .map_err(|_| Fault::transient(format!("origin scan timed out after {:?}", spec.timeout)))?
+        .map_err(|f| f.context("origin scan"))?;
+    info!(secrets = info.entries.len(), buckets = info.entries.count(), mounts = info.mounts.len(), "origin scanned");
+    Ok(info)
+}
+
+async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<OriginInfo, Fault> {
+    let mut entries: Vec<(SecretPath, OriginEntry)> = Vec::new();
+    let mut uuids = BTreeMap::new();
+    let now = SystemTime::now();
+    let key: Option<Arc<Vec<u8>>> = digest_key.map(|k| Arc::new(k.to_vec()));
+    for mount in &spec.mounts {
+        let info = origin
+            .mount_info(mount)
+            .await
+            .map_err(|e| Fault::vault(format!("origin mount `{mount}`"), e))?;
+        let listed = origin
+            .list_secrets(&info)
+            .await
+            .map_err(|e| Fault::vault(format!("listing origin mount `{mount}`"), e))?;
+        // Servers without detailed-metadata need one metadata read per KV v2 key; keyed KV v1
+        // digests need one value read per key.
+        let limit = Arc::new(Semaphore::new(spec.workers.max(1)));
+        let mut fetches: JoinSet<Result<Option<(SecretPath, OriginEntry)>, Fault>> = JoinSet::new();
+        for item in listed {
+            let key_of = SecretPath::new(mount.clone(), item.path.clone());
+            match (info.kind, item.metadata, key.clone()) {
+                (KvVersion::V2, Some(meta), _) => entries.push((key_of, v2_entry(&meta, now))),
+                (KvVersion::V1, _, None) => entries.push((key_of, v1_entry(None))),
+                (kind, _, hmac_key) => {
+                    let (client, limit, mount) = (origin.clone(), limit.clone(), mount.clone());
+                    fetches.spawn(async move {
+                        let _permit = limit.acquire_owned().await;
+                        let ctx = || format!("reading origin `{mount}{}`", item.path);
+                        if kind == KvVersion::V2 {
+                            // None: deleted between LIST and GET, so not there.
+                            let meta = client
+                                .read_metadata(&mount, &item.path)
+                                .await
+                                .map_err(|e| Fault::vault(ctx(), e))?;
+                            return Ok(meta.map(|m| (key_of, v2_entry(&m, now))));
+                        }
+                        let value = client.read_v1(&mount, &item.path).await.map_err(|e| Fault::vault(ctx(), e))?;
+                        Ok(value.map(|v| {
+                            let digest = hmac_key.map(|k| value_hmac(&k, &canonical_json(&v)));
+                            (key_of, v1_entry(digest))
+                        }))
+                    });
+                }
+            }
+        }
+        while let Some(joined) = fetches.join_next().await {
+            let found = joined.map_err(|e| Fault::transient(format!("origin read task failed: {e}")))??;
+            entries.extend(found);
+        }
+        uuids.insert(mount.clone(), info.uuid);
+    }
+    let count = spec.buckets.unwrap_or_else(|| auto_bucket_count(entries.len()));
+    Ok(OriginInfo::new(SyncInfo::from_entries(count, entries), uuids))
+}
+
+/// JSON with sorted keys and no whitespace, so equal values digest equally.
+pub fn canonical_json(data: &SecretData) -> String {
+    serde_json::from_str::<serde_json::Value>(data.as_json())
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| data.as_json().to_owned())
+}
+
+fn v1_entry(digest: Option<Digest>) -> OriginEntry {
+    OriginEntry {
+        kind: KvVersion::V1,
+        current_version: 0,
+        created_time: String::new(),
+        current_live: true,
+        digest,
+    }
+}
+
+fn v2_entry(meta: &vsync_vault::KvMetadata, now: SystemTime) -> OriginEntry {
+    let digest = MetadataDigest {
+        current_version: meta.current_version,
+        oldest_version: meta.oldest_version,
+        created_time: &meta.created_time,
+        max_versions: meta.max_versions,
+        cas_required: meta.cas_required,
+        delete_version_after: &meta.delete_version_after,
+        custom_metadata: meta
+            .custom_metadata
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        versions: meta
+            .versions
+            .iter()
+            .map(|(n, v)| (*n, v.created_time.as_str(), v.deletion_time.as_str(), v.destroyed))
+            .collect(),
+    }
+    .digest();
+    OriginEntry {
+        kind: KvVersion::V2,
+        current_version: meta.current_version,
+        created_time: meta.created_time.clone(),
+        current_live: meta.current_is_live_at(now),
+        digest: Some(digest),
+    }
+}
+
+/// Publishes the origin info (only complete scans get here). Returns whether anything changed.
+pub async fn publish(store: &StateStore, lock: &StoreLock, origin: &OriginInfo) -> Result<bool, Fault> {
+    state_info::commit(store, lock, origin.mounts.clone(), None, &origin.entries, &origin.digests)
+        .await
+        .map_err(|e| Fault::state(format!("publishing the origin info to {}", store.describe()), e))
+}
+
+/// Loads what the origin published.
+pub async fn load(store: &StateStore) -> Result<OriginInfo, Fault> {
+    let loaded = state_info::load::<OriginEntry>(store, ORIGIN_SIDE)
+        .await
+        .map_err(|e| Fault::state("loading the origin info", e))?
+        .ok_or_else(|| {
+            Fault::transient(format!(
+                "no origin sync info in {} yet: run `vsync origin` (or `vsync run`) first",
+                store.describe()
+            ))
+        })?;
+    Ok(OriginInfo {
+        digests: loaded.root.digests(),
+        mounts: loaded.root.origin_mounts,
+        entries: loaded.buckets,
+    })
+}

@@ -1,0 +1,306 @@
+//! The role loop: ONE loop for `vsync origin`, `vsync destination` and `vsync run`.
+//!
+//! An [`Engine`] holds an optional [`Publisher`] (the origin role: scan and publish every
+//! `interval`) and any number of [`Destination`]s. With a publisher, the destinations use its
+//! fresh scan (one shared scan in `run`); without one, they load what the origin published
+//! and also wake when the origin's root changes. Each destination's cycle runs and settles on
+//! its own, bounded by its `timeout`: one unreachable destination never holds up the others.
+//!
+//! Shutdown is an injected future (a signal, in the binary): when it resolves, the cycle in
+//! progress is abandoned (nothing partial is committed) and [`run`] returns
+//! [`Ended::Stopped`]. A fatal fault, from a cycle or from a background task through the
+//! [`Tripwire`], is alerted and returned.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::error;
+use vsync_core::{CycleFlags, OriginInfo, OriginSpec};
+use vsync_state::{StateStore, StoreLock};
+use vsync_vault::VaultClient;
+
+use crate::alert::Alerter;
+use crate::destination::{CycleReport, Destination};
+use crate::fault::{FatalCause, Fault, FaultClass, STATE_RETRY_BUDGET};
+use crate::origin::{self, ORIGIN_SIDE};
+use crate::triggers::watch_root;
+use crate::tripwire::Tripwire;
+
+/// Which command runs the loop (the alert's `role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `vsync origin`.
+    Origin,
+    /// `vsync destination`.
+    Destination,
+    /// `vsync run`.
+    Run,
+}
+
+impl Role {
+    /// `origin`, `destination` or `run`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Origin => "origin",
+            Role::Destination => "destination",
+            Role::Run => "run",
+        }
+    }
+}
+
+/// The origin role's own parts: it scans and publishes.
+#[derive(Debug)]
+pub struct Publisher {
+    /// What the configuration says.
+    pub spec: OriginSpec,
+    /// The origin side's writer lock.
+    pub lock: StoreLock,
+    /// The KV v1 digest key (`digest_key_file`), never stored.
+    pub digest_key: Option<Vec<u8>>,
+}
+
+/// What the loop reports as it goes (the binary prints it).
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The origin was scanned and its info published (or found unchanged).
+    OriginScanned {
+        /// The scan.
+        info: &'a OriginInfo,
+        /// Whether the published info changed.
+        published: bool,
+    },
+    /// A destination cycle completed.
+    DestinationCycle {
+        /// Destination name.
+        name: &'a str,
+        /// What it did.
+        report: &'a CycleReport,
+    },
+}
+
+/// Receives [`Event`]s.
+pub type Reporter = Box<dyn Fn(&Event<'_>) + Send + Sync>;
+
+/// Everything the loop runs.
+pub struct Engine {
+    /// Which command this is.
+    pub role: Role,
+    /// The origin Vault (scans, and the versions destinations copy).
+    pub origin_vault: VaultClient,
+    /// Where the origin's info is published.
+    pub origin_store: StateStore,
+    /// The origin role, when this process runs it.
+    pub publisher: Option<Publisher>,
+    /// The destination roles this process runs.
+    pub destinations: Vec<Destination>,
+    /// Where fatal faults go.
+    pub alerter: Alerter,
+    /// Background tasks' fatal faults.
+    pub tripwire: Tripwire,
+    /// Progress reports.
+    pub reporter: Reporter,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("role", &self.role)
+            .field("publisher", &self.publisher)
+            .field("destinations", &self.destinations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// One round, then return.
+    pub once: bool,
+    /// `--allow-*` overrides; they hold until a destination's next successful cycle.
+    pub flags: CycleFlags,
+}
+
+/// How [`run`] ended without a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The shutdown future resolved.
+    Stopped,
+    /// `once`: the round completed; `per_secret_failures` when some secrets failed.
+    Once {
+        /// Some secrets failed (exit 3).
+        per_secret_failures: bool,
+    },
+}
+
+/// Per-role state across rounds.
+#[derive(Debug, Default)]
+struct Settling {
+    state_failures: u32,
+    flags: CycleFlags,
+}
+
+impl Settling {
+    /// Settles a failed cycle: `Some` stops the process (fatal, or any failure with `once`);
+    /// `None` retries next cycle. Transient state-store failures become fatal after
+    /// [`STATE_RETRY_BUDGET`] cycles in a row.
+    fn failed(&mut self, fault: Fault, once: bool) -> Option<Fault> {
+        if fault.fatal_cause().is_some() || once {
+            return Some(fault);
+        }
+        if fault.class == FaultClass::StateStore {
+            self.state_failures += 1;
+            if self.state_failures >= STATE_RETRY_BUDGET {
+                return Some(Fault::fatal(
+                    FatalCause::StateStoreUnusable,
+                    format!("the state store failed {} cycles in a row: {}", self.state_failures, fault.message),
+                ));
+            }
+        } else {
+            self.state_failures = 0;
+        }
+        error!("{fault}; nothing committed this cycle, retrying next cycle");
+        None
+    }
+
+    fn succeeded(&mut self) {
+        self.state_failures = 0;
+        self.flags = CycleFlags::default();
+    }
+}
+
+/// A fault that ends the loop, and whose it is.
+struct Stop {
+    destination: Option<String>,
+    fault: Fault,
+}
+
+/// What one round did.
+#[derive(Debug, Default)]
+struct Round {
+    per_secret_failures: bool,
+    /// With `once`: the first failed cycle (the others still ran).
+    failed: Option<(Option<String>, Fault)>,
+}
+
+/// Runs the roles until `shutdown` resolves, a fatal fault, or (with `once`) one round.
+pub async fn run(mut engine: Engine, options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Ended, Fault> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (alerter, tripwire, role) = (engine.alerter.clone(), engine.tripwire.clone(), engine.role);
+    let trigger = Arc::new(Notify::new());
+    let _watch = (engine.publisher.is_none() && !options.once)
+        .then(|| watch_root(engine.origin_store.clone(), ORIGIN_SIDE, trigger.clone()));
+    let interval = match (&engine.publisher, engine.destinations.iter().map(|d| d.spec.interval).min()) {
+        (_, Some(min)) => min,
+        (Some(p), None) => p.spec.interval,
+        (None, None) => Duration::from_secs(60),
+    };
+    let mut origin_settling = Settling::default();
+    let mut settling: Vec<Settling> = engine
+        .destinations
+        .iter()
+        .map(|_| Settling { state_failures: 0, flags: options.flags })
+        .collect();
+    loop {
+        let result = tokio::select! {
+            r = round(&mut engine, &mut origin_settling, &mut settling, options.once) => r,
+            _ = &mut shutdown => return Ok(Ended::Stopped),
+            fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
+        };
+        let round = match result {
+            Ok(r) => r,
+            Err(stop) => return fail(&alerter, role, stop).await,
+        };
+        if options.once {
+            return match round.failed {
+                Some((destination, fault)) => fail(&alerter, role, Stop { destination, fault }).await,
+                None => Ok(Ended::Once { per_secret_failures: round.per_secret_failures }),
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = trigger.notified() => {}
+            _ = &mut shutdown => return Ok(Ended::Stopped),
+            fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
+        }
+    }
+}
+
+/// Alerts a fault that ends the loop and returns it.
+async fn fail(alerter: &Alerter, role: Role, stop: Stop) -> Result<Ended, Fault> {
+    alerter.fatal(role.name(), stop.destination.as_deref(), &stop.fault).await;
+    Err(stop.fault)
+}
+
+/// One round: the origin scan (or the published info), then every destination's cycle, each
+/// settled on its own.
+async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &mut [Settling], once: bool) -> Result<Round, Stop> {
+    let mut done = Round::default();
+    let info = match &engine.publisher {
+        Some(p) => {
+            let scanned = async {
+                let info = origin::scan(&engine.origin_vault, &p.spec, p.digest_key.as_deref()).await?;
+                let published = origin::publish(&engine.origin_store, &p.lock, &info).await?;
+                Ok::<_, Fault>((info, published))
+            };
+            match scanned.await {
+                Ok((info, published)) => {
+                    origin_settling.succeeded();
+                    (engine.reporter)(&Event::OriginScanned { info: &info, published });
+                    info
+                }
+                Err(fault) => {
+                    return match origin_settling.failed(fault, once) {
+                        Some(fault) if fault.fatal_cause().is_some() => Err(Stop { destination: None, fault }),
+                        Some(fault) => Ok(Round { failed: Some((None, fault)), ..done }),
+                        None => Ok(done),
+                    };
+                }
+            }
+        }
+        None => match origin::load(&engine.origin_store).await {
+            Ok(info) => info,
+            Err(fault) => {
+                // Without the origin's info no destination can run: settle it as each one's failure.
+                let mut stop = None;
+                for (d, s) in engine.destinations.iter().zip(settling.iter_mut()) {
+                    if let Some(f) = s.failed(fault.clone(), once) {
+                        stop.get_or_insert((Some(d.spec.name.clone()), f));
+                    }
+                }
+                return match stop {
+                    Some((destination, fault)) if fault.fatal_cause().is_some() => Err(Stop { destination, fault }),
+                    failed => Ok(Round { failed, ..done }),
+                };
+            }
+        },
+    };
+    for (d, s) in engine.destinations.iter_mut().zip(settling.iter_mut()) {
+        let name = d.spec.name.clone();
+        let timeout = d.spec.timeout;
+        let result = tokio::time::timeout(timeout, d.cycle(&engine.origin_vault, &info, s.flags))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Fault::transient(format!(
+                    "destination `{name}`: cycle timed out after {timeout:?}; everything it started was cancelled, \
+                     nothing committed"
+                )))
+            });
+        match result {
+            Ok(report) => {
+                s.succeeded();
+                done.per_secret_failures |= report.counts.failed > 0;
+                (engine.reporter)(&Event::DestinationCycle { name: &name, report: &report });
+            }
+            Err(fault) => match s.failed(fault, once) {
+                Some(fault) if fault.fatal_cause().is_some() => return Err(Stop { destination: Some(name), fault }),
+                Some(fault) => {
+                    done.failed.get_or_insert((Some(name), fault));
+                }
+                None => {}
+            },
+        }
+    }
+    Ok(done)
+}
