@@ -111,6 +111,17 @@ pub enum VaultError {
         #[source]
         source: reqwest::Error,
     },
+    /// A 404 that is not KV's "nothing here". KV answers a missing key, version or folder with
+    /// exactly `{"errors":[]}` (and a deleted version with its metadata); any other 404 (an
+    /// error text, a warning, no `errors` array, no body) means the request did not reach what
+    /// it meant to, so reading it as "missing" could turn a fault into a delete.
+    #[error("{request}: HTTP 404 that is not an empty not-found (`{{\"errors\":[]}}`): {message}")]
+    UnexpectedNotFound {
+        /// Method and API path.
+        request: String,
+        /// What the body held instead (server error texts and warnings, or its shape).
+        message: String,
+    },
     /// The server answered with a body this client cannot read.
     #[error("{request}: unexpected response: {message}")]
     Decode {

@@ -1,5 +1,13 @@
 //! KV operations: mount discovery, recursive listing, KV v2 metadata and versioned data,
 //! KV v1 values. Each call maps the server's answers to typed results (reference/vault-kv.md).
+//!
+//! "Empty" and "missing" are read strictly, because the origin scan turns them into deletes at
+//! every destination. KV says "nothing here" in exactly two ways: a 404 whose body is exactly
+//! `{"errors":[]}` (missing key, version or folder; an empty mount's LIST) and, for SCAN, a 200
+//! with `data: {}` or `data.keys: []` (a missing prefix). A deleted or destroyed version is a
+//! 404 that carries the version's metadata. Every other answer (no `data`, `data: null`, keys
+//! that are not strings, a body that is not JSON, a 404 with an error text, a warning or no
+//! `errors` array) fails the call with a typed error instead of reading as "no keys".
 
 use std::collections::VecDeque;
 
@@ -23,6 +31,96 @@ fn decode<'a, T: Deserialize<'a>>(request: &str, body: &'a [u8]) -> Result<T> {
         request: request.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// What a 404 answer means, by KV's conventions (reference/vault-kv.md sections 1.2, 1.4, 5).
+#[derive(Debug, PartialEq, Eq)]
+enum NotFound {
+    /// Exactly `{"errors":[]}`: nothing at this path.
+    Empty,
+    /// `no handler for route`: no mount at this path (it may have vanished mid-scan).
+    NoMount(String),
+    /// The server routed the request but has no such path or operation there: `unsupported
+    /// path`/`unsupported operation`, or KV v2's catch-all warning `Invalid path for a
+    /// versioned K/V secrets engine` (a KV v1 path on a KV v2 mount, or an endpoint this KV
+    /// plugin does not have).
+    Unsupported(String),
+    /// Anything else, described for the error.
+    Other(String),
+}
+
+fn strings(value: Option<&serde_json::Value>) -> Vec<String> {
+    value
+        .and_then(serde_json::Value::as_array)
+        .map(|list| {
+            list.iter()
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn classify_404(body: &[u8]) -> NotFound {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return NotFound::Other("empty body".into());
+    }
+    // The body is not quoted in errors: whatever a middlebox sent could hold anything.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return NotFound::Other(format!("body is not JSON ({} bytes)", body.len()));
+    };
+    let Some(top) = value.as_object() else {
+        return NotFound::Other("body is not a JSON object".into());
+    };
+    let errors = strings(top.get("errors"));
+    let warnings = strings(top.get("warnings"));
+    if errors.iter().any(|e| e.contains("no handler for route")) {
+        return NotFound::NoMount(errors.join("; "));
+    }
+    if errors.iter().any(|e| e.contains("unsupported path") || e.contains("unsupported operation"))
+        || warnings.iter().any(|w| w.contains("Invalid path for a versioned K/V"))
+    {
+        let texts: Vec<String> = errors.into_iter().chain(warnings).collect();
+        return NotFound::Unsupported(texts.join("; "));
+    }
+    match top.get("errors") {
+        Some(serde_json::Value::Array(list)) if list.is_empty() && top.len() == 1 => NotFound::Empty,
+        Some(serde_json::Value::Array(list)) if list.is_empty() => {
+            let others: Vec<&str> = top.keys().map(String::as_str).filter(|k| *k != "errors").collect();
+            NotFound::Other(format!("`errors` is empty but the body also holds {}", others.join(", ")))
+        }
+        Some(serde_json::Value::Array(_)) => NotFound::Other(format!("errors: {}", errors.join("; "))),
+        Some(_) => NotFound::Other("`errors` is not an array".into()),
+        None if warnings.is_empty() => NotFound::Other("no `errors` array".into()),
+        None => NotFound::Other(format!("no `errors` array; warnings: {}", warnings.join("; "))),
+    }
+}
+
+/// The `data` of a 200 LIST or SCAN answer. `data: {}` is SCAN's "nothing under this prefix";
+/// otherwise `data.keys` must be an array of strings.
+fn listing(request: &str, body: &[u8]) -> Result<ListData> {
+    let bad = |message: String| VaultError::Decode {
+        request: request.to_owned(),
+        message,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("listing body is not JSON: {e}")))?;
+    let serde_json::Value::Object(mut top) = value else {
+        return Err(bad("listing body is not a JSON object".into()));
+    };
+    let data = match top.remove("data") {
+        None => return Err(bad("no `data` in the listing".into())),
+        Some(serde_json::Value::Null) => return Err(bad("`data` is null in the listing".into())),
+        Some(serde_json::Value::Object(data)) => data,
+        Some(_) => return Err(bad("`data` is not an object in the listing".into())),
+    };
+    if !data.contains_key("keys") {
+        if data.is_empty() {
+            return Ok(ListData::default());
+        }
+        let fields: Vec<&str> = data.keys().map(String::as_str).collect();
+        return Err(bad(format!("no `data.keys` in the listing, but `data` holds {}", fields.join(", "))));
+    }
+    serde_json::from_value(serde_json::Value::Object(data)).map_err(|e| bad(format!("`data` of the listing: {e}")))
 }
 
 /// An error body: `{"errors":[...]}`.
@@ -164,6 +262,22 @@ impl VaultClient {
         })
     }
 
+    /// Accepts a 404 only when it is KV's "nothing here"; anything else fails `request`.
+    fn expect_empty_404(&self, request: &str, mount: &str, body: &[u8]) -> Result<()> {
+        match classify_404(body) {
+            NotFound::Empty => Ok(()),
+            NotFound::NoMount(message) => Err(VaultError::MountNotFound {
+                mount: mount.to_owned(),
+                address: self.address.clone(),
+                message,
+            }),
+            NotFound::Unsupported(message) | NotFound::Other(message) => Err(VaultError::UnexpectedNotFound {
+                request: request.to_owned(),
+                message,
+            }),
+        }
+    }
+
     fn mount_not_found(&self, mount: &str, body: &[u8]) -> VaultError {
         VaultError::MountNotFound {
             mount: mount.to_owned(),
@@ -177,7 +291,8 @@ impl VaultClient {
     /// On OpenBao a KV v2 mount is read with one `SCAN <mount>/detailed-metadata/`, which also
     /// returns every key's metadata; KV v1 with one `SCAN <mount>/`. Servers without SCAN (Vault)
     /// or tokens without the `scan` capability fall back to a LIST walk (remembered per mount).
-    /// An empty mount (root lists as 404 `{"errors":[]}`) gives an empty list.
+    /// An empty mount (SCAN 200 `data: {}`, LIST 404 `{"errors":[]}`) gives an empty list; any
+    /// answer that is not one of KV's "empty" answers fails (see the module docs).
     pub async fn list_secrets(&self, mount: &MountInfo) -> Result<Vec<ListedSecret>> {
         let prefix = Self::mount_prefix(&mount.path)?;
         let scan_known_bad = self
@@ -201,6 +316,12 @@ impl VaultClient {
     }
 
     /// `Ok(None)` when SCAN is not supported or not permitted, so the caller walks instead.
+    ///
+    /// "Not supported" is what real servers answer then: 405 or 400 for an unknown method
+    /// (Vault, older OpenBao), 403 without the `scan` capability, and a 404 that says the path
+    /// or operation is unsupported (see [`NotFound::Unsupported`]). A 404 naming a missing mount
+    /// or any other odd answer is an error, not a reason to walk: the walk would be remembered
+    /// for the mount, and the answer says nothing about SCAN support.
     async fn scan(&self, mount: &MountInfo, prefix: &str) -> Result<Option<Vec<ListedSecret>>> {
         let api = match mount.kind {
             KvVersion::V2 => format!("{prefix}/detailed-metadata/"),
@@ -217,14 +338,21 @@ impl VaultClient {
             Err(e) => return Err(e),
         };
         if answer.status == StatusCode::NOT_FOUND {
-            // 404 {"errors":[]} is an empty mount; a 404 with an error text is an unknown path
-            // (no detailed-metadata on this server).
-            return Ok(if errors_of(&answer.body).is_empty() { Some(Vec::new()) } else { None });
+            return match classify_404(&answer.body) {
+                NotFound::Empty => Ok(Some(Vec::new())),
+                NotFound::Unsupported(message) => {
+                    debug!(%request, %message, "SCAN path unsupported by the server");
+                    Ok(None)
+                }
+                NotFound::NoMount(message) => Err(VaultError::MountNotFound {
+                    mount: mount.path.clone(),
+                    address: self.address.clone(),
+                    message,
+                }),
+                NotFound::Other(message) => Err(VaultError::UnexpectedNotFound { request, message }),
+            };
         }
-        let data: Option<ListData> = decode::<Wrapped<Option<ListData>>>(&request, &answer.body)
-            .map(|w| w.data)
-            .or_else(|_| Ok::<_, VaultError>(None))?;
-        let data = data.unwrap_or_default();
+        let data = listing(&request, &answer.body)?;
         let mut info = data.key_info.unwrap_or_default();
         let mut out = Vec::with_capacity(data.keys.len());
         for key in data.keys {
@@ -258,14 +386,12 @@ impl VaultClient {
             let request = format!("LIST {api}");
             let answer = self.call(RequestKind::List, method("LIST"), &api, &[], None).await?;
             if answer.status == StatusCode::NOT_FOUND {
-                let errors = errors_of(&answer.body);
-                if errors.is_empty() {
-                    continue; // empty or vanished folder
-                }
-                return Err(self.mount_not_found(&mount.path, &answer.body));
+                // Only `{"errors":[]}` is an empty mount or a folder that vanished since its
+                // parent was listed; anything else would silently drop the folder's keys.
+                self.expect_empty_404(&request, &mount.path, &answer.body)?;
+                continue;
             }
-            let data: Wrapped<ListData> = decode(&request, &answer.body)?;
-            for key in data.data.keys {
+            for key in listing(&request, &answer.body)?.keys {
                 let full = format!("{folder}{key}");
                 if key.ends_with('/') {
                     folders.push_back(full);
@@ -278,14 +404,17 @@ impl VaultClient {
         Ok(out)
     }
 
-    /// Reads KV v2 metadata; `None` if the key does not exist.
+    /// Reads KV v2 metadata; `None` if the key does not exist (404 `{"errors":[]}` only: a 404
+    /// with an error text, e.g. the mount vanished, is an error, not a deleted key).
     pub async fn read_metadata(&self, mount: &str, path: &str) -> Result<Option<KvMetadata>> {
         let api = Self::api_path(&format!("{}/metadata", Self::mount_prefix(mount)?), path)?;
+        let request = format!("GET {api}");
         let answer = self.call(RequestKind::MetadataRead, Method::GET, &api, &[], None).await?;
         if answer.status == StatusCode::NOT_FOUND {
+            self.expect_empty_404(&request, mount, &answer.body)?;
             return Ok(None);
         }
-        let w: Wrapped<KvMetadata> = decode(&format!("GET {api}"), &answer.body)?;
+        let w: Wrapped<KvMetadata> = decode(&request, &answer.body)?;
         Ok(Some(w.data))
     }
 
@@ -313,33 +442,32 @@ impl VaultClient {
             )));
         }
         let api = Self::api_path(&format!("{}/data", Self::mount_prefix(mount)?), path)?;
-        self.read_data(&api, &[("version", version.to_string())]).await
+        self.read_data(mount, &api, &[("version", version.to_string())]).await
     }
 
     /// Reads the latest KV v2 version (used on destinations and in tests).
     pub async fn read_latest(&self, mount: &str, path: &str) -> Result<DataRead> {
         let api = Self::api_path(&format!("{}/data", Self::mount_prefix(mount)?), path)?;
-        self.read_data(&api, &[]).await
+        self.read_data(mount, &api, &[]).await
     }
 
-    async fn read_data(&self, api: &str, query: &[(&str, String)]) -> Result<DataRead> {
+    async fn read_data(&self, mount: &str, api: &str, query: &[(&str, String)]) -> Result<DataRead> {
         let request = format!("GET {api}");
         let answer = self.call(RequestKind::DataRead, Method::GET, api, query, None).await?;
-        let parsed: Option<DataResponse> = if answer.body.is_empty() {
-            None
-        } else {
-            Some(decode(&request, &answer.body)?)
-        };
-        let inner = parsed.and_then(|p| p.data);
         if answer.status == StatusCode::NOT_FOUND {
-            // A 404 with metadata is a deleted or destroyed version; without, nothing is there.
-            return Ok(match inner.and_then(|i| i.metadata) {
-                Some(meta) if meta.destroyed => DataRead::Destroyed(meta),
-                Some(meta) => DataRead::Deleted(meta),
-                None => DataRead::Missing,
-            });
+            // A 404 with the version's metadata is a deleted or destroyed version (reference
+            // 1.4); a missing key or version is exactly `{"errors":[]}`; anything else is not
+            // "missing" (a missing version would let the caller skip or overwrite it).
+            if let Ok(DataResponse {
+                data: Some(DataInner { metadata: Some(meta), .. }),
+            }) = serde_json::from_slice::<DataResponse>(&answer.body)
+            {
+                return Ok(if meta.destroyed { DataRead::Destroyed(meta) } else { DataRead::Deleted(meta) });
+            }
+            self.expect_empty_404(&request, mount, &answer.body)?;
+            return Ok(DataRead::Missing);
         }
-        let inner = inner.ok_or_else(|| VaultError::Decode {
+        let inner = decode::<DataResponse>(&request, &answer.body)?.data.ok_or_else(|| VaultError::Decode {
             request: request.clone(),
             message: "no `data` in a successful read".into(),
         })?;
@@ -413,14 +541,17 @@ impl VaultClient {
         self.versions_op("destroy", mount, path, versions).await
     }
 
-    /// Reads a KV v1 value; `None` if missing.
+    /// Reads a KV v1 value; `None` if missing (404 `{"errors":[]}` only; a KV v2 mount answers
+    /// a KV v1 read with a 404 and a warning, which is an error).
     pub async fn read_v1(&self, mount: &str, path: &str) -> Result<Option<SecretData>> {
         let api = Self::api_path(&Self::mount_prefix(mount)?, path)?;
+        let request = format!("GET {api}");
         let answer = self.call(RequestKind::DataRead, Method::GET, &api, &[], None).await?;
         if answer.status == StatusCode::NOT_FOUND {
+            self.expect_empty_404(&request, mount, &answer.body)?;
             return Ok(None);
         }
-        let inner: Wrapped<Box<RawValue>> = decode(&format!("GET {api}"), &answer.body)?;
+        let inner: Wrapped<Box<RawValue>> = decode(&request, &answer.body)?;
         Ok(Some(SecretData::from_raw(inner.data)))
     }
 
@@ -466,5 +597,43 @@ impl VaultClient {
             Some(decode(&format!("{method_name} {api_path}"), &answer.body)?)
         };
         Ok((answer.status.as_u16(), parsed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_empty_errors_array_is_an_empty_404() {
+        assert_eq!(classify_404(br#"{"errors":[]}"#), NotFound::Empty);
+        assert_eq!(classify_404(b" { \"errors\" : [ ] }\n"), NotFound::Empty);
+        for body in [&b""[..], b"{}", b"[]", b"null", b"<html>", br#"{"errors":["x"]}"#,
+            br#"{"errors":[],"data":null}"#, br#"{"errors":{}}"#, br#"{"data":null}"#]
+        {
+            assert!(matches!(classify_404(body), NotFound::Other(_)), "{}", String::from_utf8_lossy(body));
+        }
+        assert!(matches!(
+            classify_404(br#"{"errors":["no handler for route \"m/x\". route entry not found."]}"#),
+            NotFound::NoMount(m) if m.contains("m/x")
+        ));
+        assert!(matches!(classify_404(br#"{"errors":["1 error occurred:\n\t* unsupported path\n\n"]}"#), NotFound::Unsupported(_)));
+        assert!(matches!(
+            classify_404(br#"{"data":null,"warnings":["Invalid path for a versioned K/V secrets engine."]}"#),
+            NotFound::Unsupported(m) if m.contains("Invalid path")
+        ));
+    }
+
+    #[test]
+    fn listings_need_data_with_string_keys() {
+        let keys = |body: &str| listing("SCAN m/", body.as_bytes()).map(|d| d.keys);
+        assert_eq!(keys(r#"{"data":{}}"#).ok(), Some(vec![]));
+        assert_eq!(keys(r#"{"data":{"keys":[]}}"#).ok(), Some(vec![]));
+        assert_eq!(keys(r#"{"request_id":"r","data":{"keys":["a","b/"]},"warnings":null}"#).ok(), Some(vec!["a".to_owned(), "b/".to_owned()]));
+        for body in ["", "{}", "[]", "x", r#"{"data":null}"#, r#"{"data":[]}"#, r#"{"data":{"keys":null}}"#,
+            r#"{"data":{"keys":"a"}}"#, r#"{"data":{"keys":["a",1]}}"#, r#"{"data":{"key_info":{}}}"#]
+        {
+            assert!(matches!(keys(body), Err(VaultError::Decode { .. })), "{body}");
+        }
     }
 }

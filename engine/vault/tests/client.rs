@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use vsync_core::KvVersion;
-use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
+use vsync_test_harness::{Bao, DEV_ROOT_TOKEN, HttpProxy};
 use vsync_vault::{
     DataRead, MetadataSettings, RetryPolicy, SecretData, Token, VaultClient, VaultConfig, VaultError,
 };
@@ -334,4 +334,301 @@ async fn namespaces_are_sent_as_a_header() {
     // Not visible from the root namespace.
     let root = client(&bao, DEV_ROOT_TOKEN);
     assert!(root.mount_info("inner").await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strict reading of listings and 404s (issue 10, item 2): only KV's own "nothing here" answers
+// mean empty or missing; any other answer fails the call instead of hiding keys. The malformed
+// answers come from an HTTP proxy in front of the real server, so everything else is real.
+
+/// A client that reaches `bao` through a fresh rewriting proxy.
+fn proxied(bao: &Bao, token: &str) -> (HttpProxy, VaultClient) {
+    let proxy = HttpProxy::start(bao.port);
+    let mut cfg = VaultConfig::new(proxy.addr(), Token::new(token));
+    cfg.retry = fast_retry();
+    (proxy, VaultClient::new(cfg).unwrap())
+}
+
+/// A fresh client through an existing proxy (no remembered SCAN support, no pooled connection).
+fn via(proxy: &HttpProxy, token: &str) -> VaultClient {
+    let mut cfg = VaultConfig::new(proxy.addr(), Token::new(token));
+    cfg.retry = fast_retry();
+    VaultClient::new(cfg).unwrap()
+}
+
+/// Listing answers that are not KV's "empty": each must fail the listing.
+const MALFORMED_LISTINGS: &[(u16, &str)] = &[
+    (200, "{}"),
+    (200, r#"{"data":null}"#),
+    (200, r#"{"data":{"keys":["a",1]}}"#),
+    (200, r#"{"data":{"keys":"a"}}"#),
+    (200, r#"{"data":{"key_info":{}}}"#),
+    (200, "not json"),
+    (404, ""),
+    (404, "{}"),
+    (404, "not json"),
+    (404, r#"{"errors":["no handler for route \"x\""]}"#),
+    (404, r#"{"errors":["1 error occurred:\n\t* something else\n\n"]}"#),
+    (404, r#"{"errors":[],"data":null}"#),
+];
+
+const WALKER_POLICY: &str = r#"path "secret/metadata/*" { capabilities = ["read", "list"] }
+   path "secret/metadata/" { capabilities = ["list"] }
+   path "kv1/*" { capabilities = ["read", "list"] }
+   path "kv1/" { capabilities = ["list"] }"#;
+
+fn seed_v1_and_v2(bao: &Bao) {
+    bao.enable_kv("kv1", 1);
+    for p in ["top", "app/db", "app/x/y"] {
+        bao.root("POST", &format!("secret/data/{p}"), Some(&json!({"data": {"p": p}})));
+        bao.root("POST", &format!("kv1/{p}"), Some(&json!({"p": p})));
+    }
+}
+
+fn assert_listing_error(err: &VaultError) {
+    assert!(
+        matches!(err, VaultError::Decode { .. } | VaultError::UnexpectedNotFound { .. } | VaultError::MountNotFound { .. }),
+        "typed listing error expected, got {err:?}"
+    );
+    assert!(!err.is_transient(), "{err}");
+}
+
+#[tokio::test]
+async fn scan_answers_that_are_not_kv_empty_fail_the_listing() {
+    let bao = Bao::dev();
+    seed_v1_and_v2(&bao);
+    let proxy = HttpProxy::start(bao.port);
+    let mut wrong = Vec::new();
+    for (mount, scan_path) in [("secret", "/v1/secret/detailed-metadata/"), ("kv1", "/v1/kv1/")] {
+        for (status, body) in MALFORMED_LISTINGS {
+            proxy.clear();
+            proxy.respond("SCAN", scan_path, *status, body);
+            let c = via(&proxy, DEV_ROOT_TOKEN);
+            let info = c.mount_info(mount).await.unwrap();
+            let before = proxy.rewritten();
+            match c.list_secrets(&info).await {
+                Ok(listed) => wrong.push(format!("{mount}: {status} {body:?} listed {} keys", listed.len())),
+                Err(e) => {
+                    assert_listing_error(&e);
+                    assert!(e.to_string().contains("SCAN") || e.to_string().contains(mount), "{e}");
+                }
+            }
+            assert_eq!(proxy.rewritten() - before, 1, "the rule answered the SCAN");
+            // Failing is not "SCAN unsupported": no LIST walk was tried instead.
+            if c.request_counts().lists != 1 {
+                wrong.push(format!("{mount}: {status} {body:?} fell back to a LIST walk"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "malformed SCAN answers read as a listing:\n{}", wrong.join("\n"));
+    // With the rules off the same proxy lists everything.
+    proxy.clear();
+    let c = via(&proxy, DEV_ROOT_TOKEN);
+    for mount in ["secret", "kv1"] {
+        let info = c.mount_info(mount).await.unwrap();
+        assert_eq!(c.list_secrets(&info).await.unwrap().len(), 3, "{mount}");
+    }
+}
+
+#[tokio::test]
+async fn list_walk_answers_that_are_not_kv_empty_fail_the_listing() {
+    let bao = Bao::dev();
+    seed_v1_and_v2(&bao);
+    // No `scan` capability: the real server refuses SCAN with 403 and the client walks.
+    let token = bao.token_with_policy("walker", WALKER_POLICY);
+    let proxy = HttpProxy::start(bao.port);
+    let mut wrong = Vec::new();
+    let folders = [
+        ("secret", "/v1/secret/metadata/"),
+        ("secret", "/v1/secret/metadata/app/"),
+        ("kv1", "/v1/kv1/"),
+        ("kv1", "/v1/kv1/app/"),
+    ];
+    for (mount, folder) in folders {
+        for (status, body) in MALFORMED_LISTINGS {
+            proxy.clear();
+            proxy.respond("LIST", folder, *status, body);
+            let c = via(&proxy, &token);
+            let info = c.mount_info(mount).await.unwrap();
+            let before = proxy.rewritten();
+            match c.list_secrets(&info).await {
+                Ok(listed) => {
+                    let paths: Vec<String> = listed.into_iter().map(|s| s.path).collect();
+                    wrong.push(format!("LIST {folder}: {status} {body:?} listed {paths:?}"));
+                }
+                Err(e) => assert_listing_error(&e),
+            }
+            assert_eq!(proxy.rewritten() - before, 1, "the rule answered LIST {folder}");
+        }
+    }
+    assert!(wrong.is_empty(), "malformed LIST answers read as a listing:\n{}", wrong.join("\n"));
+    proxy.clear();
+    let c = via(&proxy, &token);
+    for mount in ["secret", "kv1"] {
+        let info = c.mount_info(mount).await.unwrap();
+        let paths: Vec<String> = c.list_secrets(&info).await.unwrap().into_iter().map(|s| s.path).collect();
+        assert_eq!(paths, ["app/db", "app/x/y", "top"], "{mount}");
+    }
+}
+
+#[tokio::test]
+async fn empty_mounts_and_missing_folders_still_list_as_empty() {
+    let bao = Bao::dev();
+    seed_v1_and_v2(&bao);
+    bao.enable_kv("e1", 1);
+    bao.enable_kv("e2", 2);
+    // What the real server answers, which the strict rule relies on (reference 1.2).
+    for scan in ["e2/detailed-metadata/", "e1/", "secret/detailed-metadata/nope/", "kv1/nope/"] {
+        let (status, body) = bao.http("SCAN", scan, Some(DEV_ROOT_TOKEN), None);
+        assert_eq!((status, &body["data"]), (200, &json!({})), "SCAN {scan}: {body}");
+    }
+    for list in ["e2/metadata/", "e1/", "secret/metadata/nope/", "kv1/nope/"] {
+        let (status, body) = bao.http("LIST", list, Some(DEV_ROOT_TOKEN), None);
+        assert_eq!((status, body), (404, json!({"errors": []})), "LIST {list}");
+    }
+    let token = bao.token_with_policy(
+        "walker-empty",
+        r#"path "e1/*" { capabilities = ["list"] }
+           path "e1/" { capabilities = ["list"] }
+           path "e2/metadata/*" { capabilities = ["list"] }
+           path "e2/metadata/" { capabilities = ["list"] }"#,
+    );
+    let (proxy, scanner) = proxied(&bao, DEV_ROOT_TOKEN);
+    let walker = via(&proxy, &token);
+    for m in ["e1", "e2"] {
+        let info = scanner.mount_info(m).await.unwrap();
+        assert!(scanner.list_secrets(&info).await.unwrap().is_empty(), "SCAN of empty {m}");
+        assert!(walker.list_secrets(&info).await.unwrap().is_empty(), "walk of empty {m}");
+    }
+    assert!(walker.request_counts().lists >= 4, "the walker walked");
+
+    // The other answers that mean "empty": SCAN 200 `data.keys: []` and 404 `{"errors":[]}`.
+    let secret = scanner.mount_info("secret").await.unwrap();
+    for (status, body) in [(200, r#"{"data":{"keys":[]}}"#), (200, r#"{"data":{}}"#), (404, r#"{"errors":[]}"#)] {
+        proxy.clear();
+        proxy.respond("SCAN", "/v1/secret/detailed-metadata/", status, body);
+        let c = via(&proxy, DEV_ROOT_TOKEN);
+        assert!(c.list_secrets(&secret).await.unwrap().is_empty(), "{status} {body}");
+    }
+    // A folder that vanishes between LIST levels (404 `{"errors":[]}`) is skipped by the walk.
+    proxy.clear();
+    proxy.respond("LIST", "/v1/secret/metadata/app/", 404, r#"{"errors":[]}"#);
+    let walker = via(&proxy, &bao.token_with_policy("walker2", WALKER_POLICY));
+    let paths: Vec<String> = walker.list_secrets(&secret).await.unwrap().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["top"]);
+}
+
+#[tokio::test]
+async fn unsupported_scan_still_falls_back_to_the_list_walk() {
+    let bao = Bao::dev();
+    seed_v1_and_v2(&bao);
+    // The real answers of a server that does not know SCAN on a path: an unknown method is
+    // 405, a path without a handler in the engine 404 "unsupported path", a KV v2 path the
+    // plugin does not know 404 with the "Invalid path for a versioned K/V" warning.
+    let (status, unknown_method) = bao.http("FOO", "secret/metadata/", Some(DEV_ROOT_TOKEN), None);
+    assert_eq!(status, 405, "{unknown_method}");
+    let (status, unsupported_path) = bao.http("SCAN", "sys/mounts/", Some(DEV_ROOT_TOKEN), None);
+    assert_eq!(status, 404, "{unsupported_path}");
+    let (status, invalid_kv_path) = bao.http("SCAN", "secret/nosuch/", Some(DEV_ROOT_TOKEN), None);
+    assert_eq!(status, 404, "{invalid_kv_path}");
+    assert!(invalid_kv_path["warnings"][0].as_str().unwrap().contains("Invalid path"), "{invalid_kv_path}");
+
+    let proxy = HttpProxy::start(bao.port);
+    let mut wrong = Vec::new();
+    for (status, body) in [(405, unknown_method), (404, unsupported_path), (404, invalid_kv_path)] {
+        let body = body.to_string();
+        proxy.clear();
+        proxy.respond("SCAN", "/v1/secret/detailed-metadata/", status, &body);
+        let c = via(&proxy, DEV_ROOT_TOKEN);
+        let info = c.mount_info("secret").await.unwrap();
+        match c.list_secrets(&info).await {
+            Ok(listed) => {
+                let paths: Vec<String> = listed.iter().map(|s| s.path.clone()).collect();
+                if paths != ["app/db", "app/x/y", "top"] {
+                    wrong.push(format!("{status} {body}: listed {paths:?}"));
+                    continue;
+                }
+                assert!(listed.iter().all(|s| s.metadata.is_none()), "walked, not scanned");
+            }
+            Err(e) => {
+                wrong.push(format!("{status} {body}: {e}"));
+                continue;
+            }
+        }
+        // Remembered: the next listing walks straight away.
+        let scans = proxy.rewritten();
+        c.list_secrets(&info).await.unwrap();
+        assert_eq!(proxy.rewritten(), scans, "no second SCAN");
+    }
+    assert!(wrong.is_empty(), "SCAN-unsupported answers did not fall back to the walk:\n{}", wrong.join("\n"));
+}
+
+#[tokio::test]
+async fn reads_are_missing_only_on_a_404_with_empty_errors() {
+    let bao = Bao::dev();
+    seed_v1_and_v2(&bao);
+    let c = client(&bao, DEV_ROOT_TOKEN);
+    bao.root("POST", "secret/data/app/db", Some(&json!({"data": {"v": 2}})));
+    bao.root("POST", "secret/delete/app/db", Some(&json!({"versions": [1]})));
+    // The real server: missing key, missing version and missing KV v1 value are exactly
+    // 404 `{"errors":[]}`; a deleted version is a 404 with the version's metadata.
+    for get in ["secret/metadata/nope", "secret/data/nope", "secret/data/app/db?version=9", "kv1/nope"] {
+        let (status, body) = bao.http("GET", get, Some(DEV_ROOT_TOKEN), None);
+        assert_eq!((status, body), (404, json!({"errors": []})), "GET {get}");
+    }
+    let (status, body) = bao.http("GET", "secret/data/app/db?version=1", Some(DEV_ROOT_TOKEN), None);
+    assert_eq!(status, 404);
+    assert_eq!(body["data"]["metadata"]["version"], 1, "{body}");
+    assert!(c.read_metadata("secret/", "nope").await.unwrap().is_none());
+    assert!(matches!(c.read_version("secret/", "nope", 1).await.unwrap(), DataRead::Missing));
+    assert!(matches!(c.read_version("secret/", "app/db", 9).await.unwrap(), DataRead::Missing));
+    assert!(matches!(c.read_version("secret/", "app/db", 1).await.unwrap(), DataRead::Deleted(m) if m.version == 1));
+    assert!(matches!(c.read_latest("secret/", "nope").await.unwrap(), DataRead::Missing));
+    assert!(c.read_v1("kv1/", "nope").await.unwrap().is_none());
+    // A KV v1 read on a KV v2 mount: the real server answers 404 `data: null` with a warning.
+    // That is a wrong request, not a missing value.
+    let mut wrong = Vec::new();
+    match c.read_v1("secret/", "app/db").await {
+        Ok(v) => wrong.push(format!("read_v1 on a KV v2 mount (real 404 with a warning): {}", v.is_some())),
+        Err(err) => {
+            assert!(matches!(err, VaultError::UnexpectedNotFound { .. }), "{err:?}");
+            assert!(err.to_string().contains("Invalid path"), "{err}");
+        }
+    }
+
+    let (proxy, c) = proxied(&bao, DEV_ROOT_TOKEN);
+    let no_handler = r#"{"errors":["no handler for route \"secret/metadata/app/db\". route entry not found."]}"#;
+    for (status, body) in [(404, no_handler), (404, "{}"), (404, ""), (404, "not json"), (404, r#"{"errors":["x"]}"#)] {
+        proxy.clear();
+        proxy.respond("GET", "/v1/secret/metadata/app/db", status, body);
+        proxy.respond("GET", "/v1/secret/data/app/db", status, body);
+        proxy.respond("GET", "/v1/kv1/app/db", status, body);
+        match c.read_metadata("secret/", "app/db").await {
+            Ok(m) => wrong.push(format!("read_metadata {status} {body:?}: {m:?}")),
+            Err(e) => assert_listing_error(&e),
+        }
+        match c.read_version("secret/", "app/db", 2).await {
+            Ok(r) => wrong.push(format!("read_version {status} {body:?}: {r:?}")),
+            Err(e) => assert_listing_error(&e),
+        }
+        match c.read_latest("secret/", "app/db").await {
+            Ok(r) => wrong.push(format!("read_latest {status} {body:?}: {r:?}")),
+            Err(e) => assert_listing_error(&e),
+        }
+        match c.read_v1("kv1/", "app/db").await {
+            Ok(v) => wrong.push(format!("read_v1 {status} {body:?}: {}", v.is_some())),
+            Err(e) => assert_listing_error(&e),
+        }
+    }
+    assert!(wrong.is_empty(), "404s that are not `{{\"errors\":[]}}` read as missing:\n{}", wrong.join("\n"));
+    // The one 404 that means missing, even for a key that exists behind the proxy.
+    proxy.clear();
+    proxy.respond("GET", "/v1/secret/metadata/app/db", 404, r#"{"errors":[]}"#);
+    assert!(c.read_metadata("secret/", "app/db").await.unwrap().is_none());
+    // A mount that vanished mid-scan names the mount.
+    proxy.respond("GET", "/v1/secret/metadata/app/db", 404, no_handler);
+    let err = c.read_metadata("secret/", "app/db").await.unwrap_err();
+    assert!(matches!(&err, VaultError::MountNotFound { mount, .. } if mount == "secret/"), "{err:?}");
+    proxy.clear();
+    assert_eq!(c.read_metadata("secret/", "app/db").await.unwrap().unwrap().current_version, 2);
 }

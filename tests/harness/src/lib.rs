@@ -8,8 +8,9 @@
 
 #![allow(clippy::unwrap_used)] // a test harness: failing loudly is the point
 
-
+mod http_proxy;
 mod proxy;
+pub use http_proxy::HttpProxy;
 pub use proxy::Proxy;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
