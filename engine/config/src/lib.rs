@@ -486,7 +486,12 @@ impl Destination {
     /// when it changes, every target is re-checked.
     pub fn config_hash(&self) -> String {
         // Debug of these ordered maps is deterministic; this hash only ever meets itself.
-        let text = format!("{:?}|{:?}|{:?}", self.mounts, self.transforms, self.filters);
+        let mut text = format!("{:?}|{:?}|{:?}", self.mounts, self.transforms, self.filters);
+        // A switch to `all` re-checks every key (adopting exact ones); `latest` keeps the hash
+        // it always had.
+        if self.versions == VersionsMode::All {
+            text.push_str("|versions=all");
+        }
         vsync_core::Digest(Sha256::digest(text.as_bytes()).into()).to_hex()
     }
 

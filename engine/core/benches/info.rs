@@ -37,7 +37,7 @@ fn worlds(n: u64) -> (OriginSnapshot, DestinationState) {
             }
             let k = key(i);
             let t = target(&k).expect("target");
-            (k, DestEntry { origin: e, target: t })
+            (k, DestEntry::new(e, t))
         })
         .collect();
     (origin, dest)

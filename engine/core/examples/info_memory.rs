@@ -31,7 +31,7 @@ fn main() {
             }
             let k = key(i);
             let target = DestPath { mount: k.mount.to_string(), path: k.path.clone() };
-            (k, DestEntry { origin: e, target })
+            (k, DestEntry::new(e, target))
         }),
     );
     let started = std::time::Instant::now();

@@ -13,7 +13,7 @@ use crate::digest::Digest;
 use crate::info::{Buckets, SyncInfo};
 use crate::mapping::DestinationMapper;
 use crate::plan::{Action, Plan, PlanOptions, plan_buckets};
-use crate::types::{DeletePolicy, DestEntry, DestPath, KvVersion, SecretPath};
+use crate::types::{DeletePolicy, DestEntry, DestPath, ExactState, KvVersion, SecretPath, VersionsMode};
 
 /// What the origin published (or a scan produced).
 #[derive(Debug, Clone)]
@@ -72,6 +72,8 @@ pub struct CycleRules<'a> {
     pub destination: &'a str,
     /// What to do with secrets that left the origin.
     pub deletes: DeletePolicy,
+    /// Which KV v2 versions are replicated.
+    pub versions: VersionsMode,
     /// The mass-delete guard's ratio.
     pub max_delete_ratio: f64,
     /// Hash of the mount map and plugin configuration in force.
@@ -204,7 +206,7 @@ pub fn plan_cycle(
         &dest.entries,
         &dest.digests,
         recheck_all,
-        PlanOptions { deletes: rules.deletes },
+        PlanOptions { deletes: rules.deletes, versions: rules.versions },
         |k| mapper.map(k, kind_of(k)),
     );
     // The planner may ask for one key twice (origin side, destination side): report it once.
@@ -219,7 +221,7 @@ pub fn plan_cycle(
     };
     check_collisions(rules.destination, &cycle.plan, dest)?;
     if !flags.allow_mass_delete {
-        mass_delete_guard(rules, &cycle.plan, dest)?;
+        mass_delete_guard(rules, &cycle.plan, dest, 0)?;
     }
     Ok(cycle)
 }
@@ -237,7 +239,9 @@ pub fn check_collisions(destination: &str, plan: &Plan, dest: &DestInfo) -> Resu
         .filter(|(k, e)| e.has_copy() && !touched.contains(k))
         .map(|(k, e)| (&e.target, k));
     let written = plan.writes.iter().filter_map(|a| match a {
-        Action::CopyV2 { key, target, .. } | Action::SyncV1 { key, target } => Some((target, key)),
+        Action::CopyV2 { key, target, .. } | Action::ExactV2 { key, target, .. } | Action::SyncV1 { key, target } => {
+            Some((target, key))
+        }
         _ => None,
     });
     let mut seen: HashMap<&DestPath, &SecretPath> = HashMap::new();
@@ -260,8 +264,10 @@ pub fn check_collisions(destination: &str, plan: &Plan, dest: &DestInfo) -> Resu
 }
 
 /// The mass-delete guard, against the copies the destination holds (not tombstones).
-pub fn mass_delete_guard(rules: CycleRules<'_>, plan: &Plan, dest: &DestInfo) -> Result<(), Refusal> {
-    let deletes = plan.delete_count();
+/// `rebuilds` are existing destination keys the cycle deletes and rewrites (`versions =
+/// "all"`): they count as deletes.
+pub fn mass_delete_guard(rules: CycleRules<'_>, plan: &Plan, dest: &DestInfo, rebuilds: usize) -> Result<(), Refusal> {
+    let deletes = plan.delete_count() + rebuilds;
     let copies = dest.copies();
     if deletes > MASS_DELETE_FLOOR && (deletes as f64) > rules.max_delete_ratio * (copies as f64) {
         return Err(Refusal::MassDelete {
@@ -279,6 +285,10 @@ pub fn mass_delete_guard(rules: CycleRules<'_>, plan: &Plan, dest: &DestInfo) ->
 pub enum WriteOutcome {
     /// The destination was written.
     Written,
+    /// The destination key was deleted and written again (`versions = "all"`).
+    Rebuilt,
+    /// The destination key already was an exact replica and is adopted (`versions = "all"`).
+    Adopted,
     /// The destination already held an equal value.
     Equal,
     /// Nothing to write; the entry is recorded.
@@ -292,7 +302,7 @@ pub enum WriteOutcome {
 impl WriteOutcome {
     /// Whether the destination now holds what the plan wanted.
     pub fn succeeded(self) -> bool {
-        matches!(self, WriteOutcome::Written | WriteOutcome::Equal | WriteOutcome::Recorded)
+        !matches!(self, WriteOutcome::Skipped | WriteOutcome::Failed)
     }
 }
 
@@ -331,16 +341,23 @@ pub struct CycleCounts {
     pub skipped: usize,
     /// Per-secret failures (mapping, write or removal).
     pub failed: usize,
+    /// Keys deleted and written again at the destination (also counted as updated).
+    pub rebuilt: usize,
+    /// Keys found already exact at the destination and adopted without a write.
+    pub adopted: usize,
 }
 
 /// Merges a cycle's outcomes into the destination's entries: what succeeded is recorded,
 /// what failed keeps its old entry (so only it is retried), a moved secret points at its new
 /// place, and a secret with no live version leaves a tombstone so both infos agree.
+///
+/// `exact` holds the per-key state of every key replicated exactly this cycle.
 pub fn settle(
     cycle: &CyclePlan,
     origin: &OriginInfo,
     dest: &mut Buckets<DestEntry>,
     writes: &HashMap<SecretPath, WriteOutcome>,
+    exact: &HashMap<SecretPath, ExactState>,
     removals: &HashMap<SecretPath, RemovalOutcome>,
 ) -> CycleCounts {
     let mut counts = CycleCounts {
@@ -354,10 +371,13 @@ pub fn settle(
             continue;
         };
         let target = match action {
-            Action::CopyV2 { target, .. } | Action::SyncV1 { target, .. } | Action::Record { target, .. } => target,
+            Action::CopyV2 { target, .. }
+            | Action::ExactV2 { target, .. }
+            | Action::SyncV1 { target, .. }
+            | Action::Record { target, .. } => target,
             _ => continue,
         };
-        let is_new = !dest.get(key).is_some_and(|e| e.origin.current_live);
+        let is_new = !dest.get(key).is_some_and(DestEntry::has_copy);
         match outcome {
             WriteOutcome::Skipped => {
                 counts.skipped += 1;
@@ -369,10 +389,19 @@ pub fn settle(
             }
             WriteOutcome::Written if is_new => counts.added += 1,
             WriteOutcome::Written => counts.updated += 1,
+            WriteOutcome::Rebuilt => {
+                counts.updated += 1;
+                counts.rebuilt += 1;
+            }
+            WriteOutcome::Adopted => counts.adopted += 1,
             WriteOutcome::Equal => counts.checked_equal += 1,
             WriteOutcome::Recorded => {}
         }
-        dest.insert(key.clone(), DestEntry { origin: entry.clone(), target: target.clone() });
+        let mut next = DestEntry::new(entry.clone(), target.clone());
+        if matches!(action, Action::ExactV2 { .. }) {
+            next.exact = Some(exact.get(key).cloned().unwrap_or_default());
+        }
+        dest.insert(key.clone(), next);
     }
     for action in &cycle.plan.removals {
         let key = action.key();
@@ -397,7 +426,7 @@ pub fn settle(
         }
         match (origin.entries.get(key), cycle.targets.get(key)) {
             (Some(entry), Some(target)) => {
-                dest.insert(key.clone(), DestEntry { origin: entry.clone(), target: target.clone() });
+                dest.insert(key.clone(), DestEntry::new(entry.clone(), target.clone()));
             }
             _ => {
                 dest.remove(key);
@@ -445,7 +474,7 @@ mod tests {
     fn dest(entries: &[(&str, OriginEntry, &str)]) -> DestInfo {
         let b = Buckets::from_entries(
             2,
-            entries.iter().map(|(p, e, t)| (key(p), DestEntry { origin: e.clone(), target: at(t) })),
+            entries.iter().map(|(p, e, t)| (key(p), DestEntry::new(e.clone(), at(t)))),
         );
         DestInfo {
             digests: b.digests(),
@@ -458,6 +487,7 @@ mod tests {
     const RULES: CycleRules<'static> = CycleRules {
         destination: "eu",
         deletes: DeletePolicy::Mirror,
+        versions: VersionsMode::Latest,
         max_delete_ratio: 0.5,
         config_hash: "h",
     };
@@ -476,7 +506,7 @@ mod tests {
             .map(|a| (a.key().clone(), RemovalOutcome::Removed))
             .collect();
         let mut entries = d.entries.clone();
-        let counts = settle(c, o, &mut entries, &writes, &removals);
+        let counts = settle(c, o, &mut entries, &writes, &HashMap::new(), &removals);
         let next = DestInfo {
             digests: entries.digests(),
             entries,
@@ -555,7 +585,7 @@ mod tests {
         let writes: HashMap<_, _> = [(key("a"), WriteOutcome::Failed)].into();
         assert!(removals_to_run(&c.plan, &writes).is_empty(), "the old copy stays until the new one is written");
         let mut entries = d.entries.clone();
-        let counts = settle(&c, &o, &mut entries, &writes, &HashMap::new());
+        let counts = settle(&c, &o, &mut entries, &writes, &HashMap::new(), &HashMap::new());
         assert_eq!(counts.failed, 1);
         assert_eq!(entries.get(&key("a")), d.entries.get(&key("a")), "old entry kept, so it is retried");
 
@@ -565,7 +595,7 @@ mod tests {
         assert!(matches!(run[..], [Action::Delete { target, .. }] if target.path == "old"));
         let removals = [(key("a"), RemovalOutcome::Removed)].into();
         let mut entries = d.entries.clone();
-        let counts = settle(&c, &o, &mut entries, &writes, &removals);
+        let counts = settle(&c, &o, &mut entries, &writes, &HashMap::new(), &removals);
         assert_eq!((counts.updated, counts.deleted), (1, 1));
         assert_eq!(entries.get(&key("a")).map(|e| e.target.path.as_str()), Some("new"));
     }
@@ -581,7 +611,7 @@ mod tests {
         let removals: HashMap<_, _> =
             [(key("soft"), RemovalOutcome::Removed), (key("del"), RemovalOutcome::Failed)].into();
         let mut entries = d.entries.clone();
-        let counts = settle(&c, &o, &mut entries, &writes, &removals);
+        let counts = settle(&c, &o, &mut entries, &writes, &HashMap::new(), &removals);
         assert_eq!((counts.skipped, counts.failed, counts.deleted), (1, 1, 1), "{counts:?}");
         assert_eq!(entries.get(&key("soft")).map(|e| &e.origin), Some(&gone), "tombstone of a key with no live version");
         assert_eq!(entries.get(&key("skip")), d.entries.get(&key("skip")), "skipped: retried next cycle");

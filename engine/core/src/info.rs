@@ -1,7 +1,7 @@
 //! Sync info: what a side knows about every secret, grouped into buckets with digests, so two
 //! sides can skip every bucket they agree on.
 //!
-//! # Canonical encoding, format 1
+//! # Canonical bucket encoding, version 1
 //!
 //! A bucket's digest is SHA-256 over this byte string (language-independent, no debug prints):
 //!
@@ -32,8 +32,16 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::{Digest, field};
 use crate::types::{DestEntry, KvVersion, OriginEntry, SecretPath};
 
-/// Format version of the sync info (encoding, bucket hash, stored documents).
-pub const INFO_FORMAT: u32 = 1;
+/// Format version of the stored sync info (root and part documents). The canonical bucket
+/// encoding below is versioned on its own (`vsync-bucket-v1`) and did not change.
+///
+/// - 1: origin and destination entries;
+/// - 2: destination entries may carry per-key state outside the digest (placeholder
+///   versions of `versions = "all"`).
+pub const INFO_FORMAT: u32 = 2;
+
+/// The oldest stored format this build reads (and upgrades on its next commit).
+pub const MIN_READ_FORMAT: u32 = 1;
 
 /// Bucket counts are chosen so a bucket holds about this many entries.
 pub const TARGET_BUCKET_ENTRIES: usize = 1024;

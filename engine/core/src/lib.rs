@@ -7,12 +7,13 @@
 //! tests and keeps the crate fast to compile.
 //!
 //! Modules, from the bottom up: [`types`] (keys, entries, policies), [`digest`] (metadata and
-//! keyed value digests), [`info`] (buckets and their canonical encoding), [`path`] (path
+//! keyed value digests), [`exact`] (per-key decisions of `versions = "all"`), [`info`] (buckets and their canonical encoding), [`path`] (path
 //! rules), [`mapping`] (mount map and the plugin seam), [`plan`] (per-key decisions),
 //! [`cycle`] (a whole cycle's decisions), [`spec`] (runtime specifications).
 
 pub mod cycle;
 pub mod digest;
+pub mod exact;
 pub mod info;
 pub mod mapping;
 pub mod path;
@@ -28,6 +29,6 @@ pub use path::{PathError, join_mount, normalize_mount, validate_relative_path};
 pub use plan::{Action, CopyReason, Mapping, Plan, PlanOptions, plan_buckets, plan_latest};
 pub use spec::{DestinationSpec, OriginSpec};
 pub use types::{
-    DeletePolicy, DestEntry, DestPath, DestinationState, KvVersion, MountName, OriginEntry, OriginSnapshot, SecretPath,
+    DeletePolicy, DestEntry, DestPath, DestinationState, ExactState, KvVersion, MountName, OriginEntry, OriginSnapshot, SecretPath,
     VersionsMode,
 };

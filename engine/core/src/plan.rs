@@ -10,12 +10,19 @@
 //!   writes only when they differ;
 //! - a secret the destination copied that is no longer at the origin (or no longer in scope) is
 //!   deleted according to the [`DeletePolicy`].
+//!
+//! Rules for `versions = "all"` (KV v2): a secret is replicated exactly ([`Action::ExactV2`];
+//! the per-key steps are decided by [`crate::exact`] once both metadata documents are read)
+//! when the destination has no exact replica of it, when its origin entry differs from what
+//! was replicated, or when its target changed. A deleted or destroyed current version is a
+//! flag to copy, not a delete; `deletes` applies only to keys gone from the origin or out of
+//! scope.
 
 use serde::Serialize;
 
 use crate::types::{
-    DeletePolicy, DestEntry, DestinationState, KvVersion, OriginEntry, OriginSnapshot, SecretPath,
-    DestPath,
+    DeletePolicy, DestEntry, DestPath, DestinationState, KvVersion, OriginEntry, OriginSnapshot, SecretPath,
+    VersionsMode,
 };
 
 /// Why a KV v2 secret is copied.
@@ -43,6 +50,15 @@ pub enum Action {
         /// The origin version to read (pinned: never "latest").
         version: u64,
         /// Where to write it.
+        target: DestPath,
+        /// Why.
+        reason: CopyReason,
+    },
+    /// Make the destination key an exact replica of the KV v2 origin key (`versions = "all"`).
+    ExactV2 {
+        /// Origin secret.
+        key: SecretPath,
+        /// Where the replica is.
         target: DestPath,
         /// Why.
         reason: CopyReason,
@@ -91,6 +107,7 @@ impl Action {
     pub fn key(&self) -> &SecretPath {
         match self {
             Action::CopyV2 { key, .. }
+            | Action::ExactV2 { key, .. }
             | Action::SyncV1 { key, .. }
             | Action::Delete { key, .. }
             | Action::SoftDelete { key, .. }
@@ -147,11 +164,27 @@ impl From<Option<DestPath>> for Mapping {
     }
 }
 
-/// Knobs of the planner.
-#[derive(Debug, Clone, Copy, Default)]
+/// Knobs of the planner. The default is the `latest` planner with `deletes = "mirror"`;
+/// cycles always build their options from the destination's rules.
+#[derive(Debug, Clone, Copy)]
 pub struct PlanOptions {
     /// What to do with secrets that left the origin.
     pub deletes: DeletePolicy,
+    /// Which KV v2 versions are replicated.
+    pub versions: VersionsMode,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self::latest(DeletePolicy::Mirror)
+    }
+}
+
+impl PlanOptions {
+    /// The options of a `versions = "latest"` destination.
+    pub fn latest(deletes: DeletePolicy) -> Self {
+        Self { deletes, versions: VersionsMode::Latest }
+    }
 }
 
 /// Plans a `versions = "latest"` cycle.
@@ -183,7 +216,13 @@ fn plan_keys<M: Into<Mapping>>(
     for (key, entry) in origin {
         while recorded.next_if(|(k, _)| *k < key).is_some() {}
         let known = recorded.peek().filter(|(k, _)| *k == key).map(|(_, v)| *v);
-        if trust_targets && entry.digest.is_some() && known.is_some_and(|k| k.origin == *entry) {
+        let exact = options.versions == VersionsMode::All && entry.kind == KvVersion::V2;
+        // In `all` mode only an exact replica counts: a `latest` copy of the same entry (after
+        // a switch of mode) is checked and adopted or rebuilt.
+        if trust_targets
+            && entry.digest.is_some()
+            && known.is_some_and(|k| k.origin == *entry && (!exact || k.exact.is_some()))
+        {
             plan.unchanged += 1;
             continue;
         }
@@ -195,6 +234,25 @@ fn plan_keys<M: Into<Mapping>>(
                 continue;
             }
         };
+        if exact {
+            let moved_from = known.filter(|old| old.target != target && old.has_copy());
+            if let Some(old) = moved_from {
+                plan.removals.push(removal(key, old, options.deletes, true));
+            }
+            let reason = match known {
+                None => Some(CopyReason::Add),
+                Some(k) if k.exact.is_none() || k.origin.kind != KvVersion::V2 => Some(CopyReason::Update),
+                Some(k) if k.target != target => Some(CopyReason::Move),
+                Some(k) if k.origin.created_time != entry.created_time => Some(CopyReason::Recreated),
+                Some(k) if k.origin != *entry => Some(CopyReason::Update),
+                Some(_) => None,
+            };
+            match reason {
+                Some(reason) => plan.writes.push(Action::ExactV2 { key: key.clone(), target, reason }),
+                None => plan.unchanged += 1,
+            }
+            continue;
+        }
         if entry.is_gone() {
             // Nothing to copy. The destination records the entry as a tombstone (no copy at
             // the target) so both infos agree bucket by bucket; a copy it still has goes.
@@ -372,10 +430,7 @@ mod tests {
     }
 
     fn copied(entry: &OriginEntry, k: &SecretPath) -> DestEntry {
-        DestEntry {
-            origin: entry.clone(),
-            target: identity(k).expect("target"),
-        }
+        DestEntry::new(entry.clone(), identity(k).expect("target"))
     }
 
     /// Applies the plan to the state the way a fully successful cycle would.
@@ -401,7 +456,7 @@ mod tests {
             match (origin.get(k), dest.get(k)) {
                 (Some(e), Some(old)) if e.is_gone() && !matches!(a, Action::Forget { .. }) => {
                     let t = old.target.clone();
-                    dest.insert(k.clone(), DestEntry { origin: e.clone(), target: t });
+                    dest.insert(k.clone(), DestEntry::new(e.clone(), t));
                 }
                 _ => {
                     dest.remove(k);
@@ -483,12 +538,12 @@ mod tests {
         let dest: DestinationState =
             [(a.clone(), copied(&v2(1, "t"), &a)), (b.clone(), copied(&v1(), &b))].into();
         let origin = OriginSnapshot::new();
-        let mirror = plan_latest(&origin, &dest, PlanOptions { deletes: DeletePolicy::Mirror }, identity);
+        let mirror = plan_latest(&origin, &dest, PlanOptions::latest(DeletePolicy::Mirror), identity);
         assert_eq!(mirror.delete_count(), 2);
-        let soft = plan_latest(&origin, &dest, PlanOptions { deletes: DeletePolicy::Soft }, identity);
+        let soft = plan_latest(&origin, &dest, PlanOptions::latest(DeletePolicy::Soft), identity);
         assert!(matches!(soft.removals[0], Action::SoftDelete { .. }));
         assert!(matches!(soft.removals[1], Action::Forget { .. }), "KV v1 has no soft delete");
-        let ignore = plan_latest(&origin, &dest, PlanOptions { deletes: DeletePolicy::Ignore }, identity);
+        let ignore = plan_latest(&origin, &dest, PlanOptions::latest(DeletePolicy::Ignore), identity);
         assert_eq!(ignore.delete_count(), 0);
         assert_eq!(ignore.removals.len(), 2);
     }
@@ -499,7 +554,7 @@ mod tests {
         let e = v2(2, "t");
         let dest: DestinationState = [(k.clone(), copied(&e, &k))].into();
         let moved = |k: &SecretPath| Some(DestPath { mount: "other/".into(), path: k.path.clone() });
-        let plan = plan_latest(&[(k.clone(), e)].into(), &dest, PlanOptions { deletes: DeletePolicy::Ignore }, moved);
+        let plan = plan_latest(&[(k.clone(), e)].into(), &dest, PlanOptions::latest(DeletePolicy::Ignore), moved);
         assert!(matches!(plan.writes[0], Action::CopyV2 { reason: CopyReason::Move, .. }));
         assert!(
             matches!(&plan.removals[0], Action::Delete { target, .. } if target.mount == "secret/"),

@@ -57,6 +57,7 @@ impl DestinationSpec {
         CycleRules {
             destination: &self.name,
             deletes: self.deletes,
+            versions: self.versions,
             max_delete_ratio: self.max_delete_ratio,
             config_hash: &self.config_hash,
         }

@@ -192,19 +192,37 @@ pub type OriginSnapshot = BTreeMap<SecretPath, OriginEntry>;
 
 /// What a destination remembers about one secret it copied: the origin's entry as it was
 /// copied (compared with the origin's info, bucket by bucket) and, outside the compared digest,
-/// where it was written.
+/// where it was written and the per-key state of `versions = "all"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestEntry {
     /// The origin entry that was copied.
     pub origin: OriginEntry,
     /// Where the secret was written.
     pub target: DestPath,
+    /// Set when the key was replicated exactly (`versions = "all"`); `None` for `latest`
+    /// copies (and entries of format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<ExactState>,
+}
+
+/// Per-key state of an exact (`versions = "all"`) replica, outside the compared digests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactState {
+    /// Destination versions that hold a placeholder (see `exact::PLACEHOLDER`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placeholders: Vec<u64>,
 }
 
 impl DestEntry {
-    /// Whether the destination holds a copy for this entry (it is not a tombstone).
+    /// An entry of a `latest` copy (or a tombstone).
+    pub fn new(origin: OriginEntry, target: DestPath) -> Self {
+        Self { origin, target, exact: None }
+    }
+
+    /// Whether the destination holds a copy for this entry (it is not a tombstone). An exact
+    /// replica always exists at its target, whatever the state of its current version.
     pub fn has_copy(&self) -> bool {
-        !self.origin.is_gone()
+        self.exact.is_some() || !self.origin.is_gone()
     }
 }
 

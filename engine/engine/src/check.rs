@@ -70,8 +70,11 @@ pub struct DestinationParts<'a> {
     pub vault: Part<'a, VaultClient>,
     /// Its state store.
     pub store: Part<'a, StateStore>,
-    /// Destination mounts it writes to, normalised.
-    pub mounts: Vec<String>,
+    /// Origin mount -> destination mount, normalised.
+    pub mounts: std::collections::BTreeMap<String, String>,
+    /// `versions = "all"`: the destination mounts' preconditions and matching KV versions are
+    /// checked too.
+    pub exact: bool,
 }
 
 #[derive(Debug, Default)]
@@ -120,13 +123,25 @@ pub async fn run(origin: &OriginParts<'_>, destinations: &[DestinationParts<'_>]
             out.push("origin", format!("vault {} mount {m}", client.address()), r);
         }
     }
+    let mut origin_kinds = std::collections::BTreeMap::new();
+    if let Ok(client) = &origin.vault {
+        for m in origin.mounts {
+            if let Ok(info) = client.mount_info(m).await {
+                origin_kinds.insert(m.clone(), info.kind);
+            }
+        }
+    }
     for d in destinations {
-        check_destination(&mut out, d).await;
+        check_destination(&mut out, d, &origin_kinds).await;
     }
     out.0
 }
 
-async fn check_destination(out: &mut Findings, d: &DestinationParts<'_>) {
+async fn check_destination(
+    out: &mut Findings,
+    d: &DestinationParts<'_>,
+    origin_kinds: &std::collections::BTreeMap<String, KvVersion>,
+) {
     let side = format!("destination {}", d.name);
     match &d.store {
         Ok(store) => {
@@ -142,12 +157,29 @@ async fn check_destination(out: &mut Findings, d: &DestinationParts<'_>) {
             return;
         }
     };
-    let mut mounts = d.mounts.clone();
+    let mut mounts: Vec<&String> = d.mounts.values().collect();
     mounts.sort();
     mounts.dedup();
-    for m in &mounts {
+    for m in mounts {
         let r = destination_mount(client, m).await;
         out.push(&side, format!("vault {} mount {m}", client.address()), r);
+    }
+    if !d.exact {
+        return;
+    }
+    for (from, to) in &d.mounts {
+        let Ok(info) = client.mount_info(to).await else { continue };
+        let subject = format!("versions = \"all\" on {from} -> {to}");
+        let r = match origin_kinds.get(from) {
+            Some(kind) if *kind != info.kind => Err(format!(
+                "origin mount {from} is {kind} and destination mount {to} is {}; versions = \"all\" needs the \
+                 same KV version on both sides (use versions = \"latest\")",
+                info.kind
+            )),
+            _ if info.kind == KvVersion::V2 => crate::exact::check_mount(client, to).await.map(|()| " (max_versions 0, delete_version_after <= 0)".into()),
+            _ => Ok(" (kv v1 to kv v1)".into()),
+        };
+        out.push(&side, subject, r);
     }
 }
 

@@ -13,13 +13,14 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 use vsync_core::cycle::{self, CycleCounts, CycleFlags, CyclePlan, RemovalOutcome, WriteOutcome};
 use vsync_core::{
-    Action, DestEntry, DestInfo, DestPath, DestinationMapper, DestinationSpec, KvVersion, OriginInfo, PathMapper, Refusal,
-    SecretPath, VersionsMode,
+    Action, DestEntry, DestInfo, DestPath, DestinationMapper, DestinationSpec, ExactState, KvVersion, OriginInfo, PathMapper,
+    Refusal, SecretPath, VersionsMode,
 };
 use vsync_state::info as state_info;
 use vsync_state::{StateStore, StoreLock};
 use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
+use crate::exact::{self, Inspected};
 use crate::fault::{FatalCause, Fault};
 
 /// Name of a destination's side in the state store.
@@ -94,6 +95,8 @@ impl std::fmt::Display for CycleReport {
 pub struct Preview {
     /// The plan a cycle would execute.
     pub cycle: CyclePlan,
+    /// Per key of `versions = "all"`: what replicating it takes.
+    pub exact: HashMap<SecretPath, Inspected>,
     /// Refusals a cycle without `--allow-*` flags would stop on.
     pub refusals: Vec<Refusal>,
 }
@@ -127,16 +130,6 @@ fn plan<'a>(
     dest: &DestInfo,
     flags: CycleFlags,
 ) -> Result<CyclePlan, Fault> {
-    if spec.versions == VersionsMode::All {
-        return Err(Fault::fatal(
-            FatalCause::Config,
-            format!(
-                "destination `{}`: versions = \"all\" (exact replica of every version) is not built yet; \
-                 set versions = \"latest\"",
-                spec.name
-            ),
-        ));
-    }
     if spec.uses_plugins && paths.is_none() {
         return Err(Fault::fatal(
             FatalCause::Config,
@@ -151,25 +144,33 @@ fn plan<'a>(
     Ok(planned)
 }
 
-/// Plans a cycle without touching either Vault or writing any state (`vsync plan`): the plan,
-/// and what would stop a cycle run without `--allow-*` flags.
+/// Plans a cycle without writing anything (`vsync plan`): the plan, what `versions = "all"`
+/// would do per key (both Vaults' metadata are read), and what would stop a cycle run without
+/// `--allow-*` flags.
 pub async fn preview<'a>(
     spec: &'a DestinationSpec,
     store: &StateStore,
     paths: Option<&'a mut dyn PathMapper>,
+    origin_vault: &VaultClient,
+    dest_vault: &VaultClient,
     origin: &OriginInfo,
 ) -> Result<Preview, Fault> {
     let dest = load_info(store, &spec.name, origin.entries.count()).await?;
     let everything = CycleFlags { allow_mass_delete: true, allow_origin_change: true };
     let planned = plan(spec, paths, origin, &dest, everything)?;
+    let (exact, failures) = inspect_all(origin_vault, dest_vault, &planned.plan, origin, &dest, spec.workers).await;
+    if let Some((_, fault)) = failures.into_iter().next() {
+        return Err(fault);
+    }
     let mut refusals = Vec::new();
     if let Err(r) = cycle::bind_origin_mounts(&spec.name, &dest.origin_mounts, &origin.mounts, false) {
         refusals.push(r);
     }
-    if let Err(r) = cycle::mass_delete_guard(spec.rules(), &planned.plan, &dest) {
+    let rebuilds = exact.values().filter(|i| i.rebuilds_existing()).count();
+    if let Err(r) = cycle::mass_delete_guard(spec.rules(), &planned.plan, &dest, rebuilds) {
         refusals.push(r);
     }
-    Ok(Preview { cycle: planned, refusals })
+    Ok(Preview { cycle: planned, exact, refusals })
 }
 
 impl Destination {
@@ -191,6 +192,7 @@ impl Destination {
             .chain(plan.removals.iter())
             .filter_map(|a| match a {
                 Action::CopyV2 { target, .. }
+                | Action::ExactV2 { target, .. }
                 | Action::SyncV1 { target, .. }
                 | Action::Delete { target, .. }
                 | Action::SoftDelete { target, .. } => Some(target.mount.as_str()),
@@ -204,26 +206,61 @@ impl Destination {
                 .mount_info(m)
                 .await
                 .map_err(|e| Fault::vault(format!("destination `{name}` mount `{m}`"), e))?;
+            if self.spec.versions == VersionsMode::All && info.kind == KvVersion::V2 {
+                exact::check_mount(&self.vault, m)
+                    .await
+                    .map_err(|e| Fault::fatal(FatalCause::Config, format!("destination `{name}` mount `{m}`: {e}")))?;
+            }
             kinds.insert(m.to_owned(), info.kind);
+        }
+        if self.spec.versions == VersionsMode::All {
+            refuse_mixed_kinds(&name, plan, &kinds)?;
         }
         let kinds = Arc::new(kinds);
 
-        // Writes, `workers` at a time.
+        // `versions = "all"`: read both metadata documents of every key to replicate, before
+        // any write, so rebuilds count for the mass-delete guard.
         let limit = Arc::new(Semaphore::new(self.spec.workers.max(1)));
+        let mut writes: HashMap<SecretPath, WriteOutcome> = HashMap::new();
+        let (mut inspected, failures) = inspect_all(origin_vault, &self.vault, plan, origin, &dest, self.spec.workers).await;
+        for (action, fault) in failures {
+            let outcome = self.per_secret(fault, &action, || {})?;
+            writes.insert(action.key().clone(), outcome);
+        }
+        let rebuilds = inspected.values().filter(|i| i.rebuilds_existing()).count();
+        if rebuilds > 0 && !flags.allow_mass_delete {
+            cycle::mass_delete_guard(self.spec.rules(), plan, &dest, rebuilds).map_err(Fault::refusal)?;
+        }
+
+        // Writes, `workers` at a time.
         let mut tasks = JoinSet::new();
         for action in plan.writes.iter().cloned() {
+            if writes.contains_key(action.key()) {
+                continue; // failed while inspecting
+            }
+            let found = inspected.remove(action.key());
             let (oc, dc, limit, kinds) = (origin_vault.clone(), self.vault.clone(), limit.clone(), kinds.clone());
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let result = write(&oc, &dc, &kinds, &action).await;
+                let result = match (&action, found) {
+                    (Action::ExactV2 { key, target, .. }, Some(found)) => {
+                        exact::apply(&oc, &dc, key, target, found).await.map(|(o, state)| (o, Some(state)))
+                    }
+                    _ => write(&oc, &dc, &kinds, &action).await.map(|o| (o, None)),
+                };
                 (action, result)
             });
         }
-        let mut writes: HashMap<SecretPath, WriteOutcome> = HashMap::new();
+        let mut exact_states: HashMap<SecretPath, ExactState> = HashMap::new();
         while let Some(joined) = tasks.join_next().await {
             let (action, result) = joined.map_err(|e| Fault::transient(format!("destination `{name}`: copy task failed: {e}")))?;
             let outcome = match result {
-                Ok(o) => o,
+                Ok((o, state)) => {
+                    if let Some(state) = state {
+                        exact_states.insert(action.key().clone(), state);
+                    }
+                    o
+                }
                 Err(fault) => self.per_secret(fault, &action, || tasks.abort_all())?,
             };
             writes.insert(action.key().clone(), outcome);
@@ -242,7 +279,7 @@ impl Destination {
             removals.insert(action.key().clone(), outcome);
         }
 
-        let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &removals);
+        let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &exact_states, &removals);
         let digests = dest.entries.digests();
         let committed = state_info::commit(
             &self.store,
@@ -277,9 +314,74 @@ impl Destination {
     }
 }
 
+/// Inspects every `ExactV2` key of `plan` (`workers` at a time): what it needs, or the fault
+/// met while reading.
+async fn inspect_all(
+    origin_vault: &VaultClient,
+    dest_vault: &VaultClient,
+    plan: &vsync_core::Plan,
+    origin: &OriginInfo,
+    dest: &DestInfo,
+    workers: usize,
+) -> (HashMap<SecretPath, Inspected>, Vec<(Action, Fault)>) {
+    let limit = Arc::new(Semaphore::new(workers.max(1)));
+    let mut tasks = JoinSet::new();
+    for action in &plan.writes {
+        let Action::ExactV2 { key, target, .. } = action else { continue };
+        let Some(scanned) = origin.entries.get(key).cloned() else { continue };
+        let known = dest.entries.get(key).cloned();
+        let (oc, dc, limit) = (origin_vault.clone(), dest_vault.clone(), limit.clone());
+        let (action, key, target) = (action.clone(), key.clone(), target.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let result = exact::inspect(&oc, &dc, &key, &target, &scanned, known.as_ref()).await;
+            (action, result)
+        });
+    }
+    let (mut found, mut failed) = (HashMap::new(), Vec::new());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((action, Ok(i))) => {
+                found.insert(action.key().clone(), i);
+            }
+            Ok((action, Err(fault))) => failed.push((action, fault)),
+            Err(e) => tracing::error!(error = %e, "an inspect task failed"),
+        }
+    }
+    (found, failed)
+}
+
+/// `versions = "all"` replicates KV v2 to KV v2 and KV v1 to KV v1; a mapping across engine
+/// versions only works in `latest` mode.
+fn refuse_mixed_kinds(name: &str, plan: &vsync_core::Plan, kinds: &HashMap<String, KvVersion>) -> Result<(), Fault> {
+    for action in &plan.writes {
+        let (target, origin_kind) = match action {
+            Action::ExactV2 { target, .. } => (target, KvVersion::V2),
+            Action::SyncV1 { target, .. } => (target, KvVersion::V1),
+            _ => continue,
+        };
+        if let Some(kind) = kinds.get(&target.mount)
+            && *kind != origin_kind
+        {
+            return Err(Fault::fatal(
+                FatalCause::Config,
+                format!(
+                    "destination `{name}`: origin mount `{}` ({origin_kind}) is mapped to `{}` ({kind}); \
+                     versions = \"all\" needs the same KV version on both sides: use versions = \"latest\" \
+                     for this destination or map it to a {origin_kind} mount",
+                    action.key().mount,
+                    target.mount
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn op_name(action: &Action) -> &'static str {
     match action {
         Action::CopyV2 { .. } => "copy",
+        Action::ExactV2 { .. } => "replicate",
         Action::SyncV1 { .. } => "sync-kv1",
         Action::Record { .. } => "record",
         Action::Delete { .. } => "delete",

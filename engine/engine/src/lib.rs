@@ -15,6 +15,7 @@
 pub mod alert;
 pub mod check;
 pub mod destination;
+pub mod exact;
 pub mod fault;
 pub mod origin;
 pub mod roles;

@@ -108,7 +108,8 @@ fn v1_entry(digest: Option<Digest>) -> OriginEntry {
     }
 }
 
-fn v2_entry(meta: &vsync_vault::KvMetadata, now: SystemTime) -> OriginEntry {
+/// The origin entry of a KV v2 key's metadata, as of `now`.
+pub(crate) fn v2_entry(meta: &vsync_vault::KvMetadata, now: SystemTime) -> OriginEntry {
     let digest = MetadataDigest {
         current_version: meta.current_version,
         oldest_version: meta.oldest_version,

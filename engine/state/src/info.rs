@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use vsync_core::info::{Buckets, HasOrigin, INFO_FORMAT};
+use vsync_core::info::{Buckets, HasOrigin, INFO_FORMAT, MIN_READ_FORMAT};
 use vsync_core::{Digest, SecretPath};
 
 use crate::{Result, StateError, StateStore, StoreLock};
@@ -81,7 +81,8 @@ fn parse_root(store: &StateStore, side: &str, bytes: &[u8]) -> Result<InfoRoot> 
     let raw: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| corrupt(store, format!("root of `{side}`"), e.to_string()))?;
     let found = raw.get("format").and_then(serde_json::Value::as_u64).unwrap_or(0) as u32;
-    if found != INFO_FORMAT {
+    // Older formats are read (entries gain defaults) and upgraded by the next commit.
+    if !(MIN_READ_FORMAT..=INFO_FORMAT).contains(&found) {
         return Err(StateError::UnknownFormat {
             path: format!("{}: root of `{side}`", store.describe()).into(),
             found,
@@ -211,10 +212,13 @@ pub async fn commit<T: HasOrigin + Serialize>(
 ) -> Result<bool> {
     let side = lock.side().to_owned();
     let previous_read = store.read_root(&side).await?;
-    // An unreadable previous root (older format, corrupt) is replaced, not fatal to a writer.
-    let previous: Option<InfoRoot> = previous_read
-        .as_ref()
-        .and_then(|r| parse_root(store, &side, &r.bytes).ok());
+    // A corrupt previous root is replaced; one of a newer format (a newer vsync wrote it) is
+    // never overwritten by this older build.
+    let previous: Option<InfoRoot> = match previous_read.as_ref().map(|r| parse_root(store, &side, &r.bytes)) {
+        Some(Ok(root)) => Some(root),
+        Some(Err(e @ StateError::UnknownFormat { .. })) => return Err(e),
+        Some(Err(_)) | None => None,
+    };
     let mut refs = Vec::with_capacity(buckets.buckets().len());
     let mut to_write = Vec::new();
     for (i, bucket) in buckets.buckets().iter().enumerate() {

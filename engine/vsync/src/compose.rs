@@ -234,7 +234,8 @@ impl Parts {
                 name: &d.spec.name,
                 vault: part(&d.vault).map(|v: &VaultSide| &v.client),
                 store: part(&d.store),
-                mounts: d.spec.mounts.values().cloned().collect(),
+                mounts: d.spec.mounts.clone(),
+                exact: d.spec.versions == vsync_core::VersionsMode::All,
             })
             .collect();
         check::run(&origin, &dests).await

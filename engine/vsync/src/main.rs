@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info};
-use vsync_config::{Config, LogFormat, VersionsMode};
+use vsync_config::{Config, LogFormat};
 use vsync_core::{Action, CycleFlags, PathMapper};
 use vsync_engine::{Alerter, Destination, Ended, Engine, Event, Publisher, Role, RunOptions, Tripwire};
 
@@ -223,20 +223,6 @@ fn destination<'c>(config: &'c Config, name: &str) -> Result<&'c vsync_config::D
         .ok_or_else(|| config_error(anyhow::anyhow!("no destination named `{name}` in the config")))
 }
 
-/// Refuses what is accepted by the schema but not built yet, before anything runs.
-fn refuse_unbuilt<'c>(dests: impl IntoIterator<Item = &'c vsync_config::Destination>) -> Result<(), Failure> {
-    for d in dests {
-        if d.versions == VersionsMode::All {
-            return Err(config_error(anyhow::anyhow!(
-                "destination `{}`: versions = \"all\" (exact replica of every version) is not built yet; \
-                 set versions = \"latest\"",
-                d.name
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Reads the origin's KV v1 digest key, if configured.
 fn digest_key(config: &Config) -> Result<Option<Vec<u8>>, Failure> {
     let Some(path) = &config.origin.digest_key_file else {
@@ -308,7 +294,6 @@ async fn run_role(
     plugins_dir: Option<&Path>,
     options: RunOptions,
 ) -> Outcome {
-    refuse_unbuilt(dests.iter().copied())?;
     let shutdown = shutdown_signal();
     let publishes = role != Role::Destination;
     let digest_key = if publishes { digest_key(config)? } else { None };
@@ -417,8 +402,33 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// What replicating one key exactly takes, for `vsync plan`.
+fn exact_summary(inspected: Option<&vsync_engine::exact::Inspected>) -> String {
+    use vsync_engine::exact::Inspected;
+    let Some(Inspected::Plan { plan, dest_exists, .. }) = inspected else {
+        return ": changed at the origin since the scan, next cycle".into();
+    };
+    if plan.adopt_if_equal.is_some() {
+        return ": already exact, adopted without a write".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(reason) = plan.rebuild.filter(|_| *dest_exists) {
+        parts.push(format!("REBUILD ({reason:?}: the destination key is deleted, then rewritten)"));
+    }
+    if !plan.writes.is_empty() {
+        parts.push(format!("{} version write(s)", plan.writes.len()));
+    }
+    let flags = plan.destroy.len() + plan.delete.len() + plan.undelete.len();
+    if flags > 0 {
+        parts.push(format!("{flags} flag change(s)"));
+    }
+    if plan.settings.is_some() {
+        parts.push("settings".into());
+    }
+    format!(": {}", if parts.is_empty() { "nothing".into() } else { parts.join(", ") })
+}
+
 fn validate(config: &Config) -> Outcome {
-    refuse_unbuilt(&config.destinations)?;
     // Every plugin a destination names is loaded, its kind checked and its config applied.
     let dests: Vec<_> = config.destinations.iter().collect();
     let stacks = if config.plugins.dir.is_some() && !dests.iter().any(|d| d.uses_plugins()) {
@@ -447,19 +457,19 @@ fn plugin_validate(config: Option<&Config>, dir: &Path, format: &str) -> Outcome
 /// `vsync plan --name NAME`: what a cycle would do, touching neither Vault.
 async fn plan(config: &Config, name: &str) -> Outcome {
     let d = destination(config, name)?;
-    refuse_unbuilt([d])?;
     let key = digest_key(config)?;
     let mut mapper = mappers(config, &[d], None)?.pop().flatten();
     let parts = Parts::build(config, [d]).await;
     let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
     let part = &parts.destinations[0];
     let store = part.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
+    let vault = part.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
     let info = vsync_engine::origin::scan(&origin_vault.client, &parts.origin_spec, key.as_deref())
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     // `plan` only reads: the destination's side is not locked, so it runs beside the role.
     let paths = mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
-    let preview = vsync_engine::preview(&part.spec, store, paths, &info)
+    let preview = vsync_engine::preview(&part.spec, store, paths, &origin_vault.client, &vault.client, &info)
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     let plan = &preview.cycle.plan;
@@ -469,6 +479,7 @@ async fn plan(config: &Config, name: &str) -> Outcome {
     for action in plan.writes.iter().chain(plan.removals.iter()) {
         match action {
             Action::CopyV2 { key, version, target, reason } => println!("copy   {key} v{version} -> {target} ({reason:?})"),
+            Action::ExactV2 { key, target, reason } => println!("exact  {key} -> {target} ({reason:?}){}", exact_summary(preview.exact.get(key))),
             Action::SyncV1 { key, target } => println!("check  {key} -> {target} (kv1)"),
             Action::Record { key, .. } => println!("record {key} (metadata only or no live version)"),
             Action::Delete { target, .. } => println!("delete {target}"),

@@ -1,0 +1,245 @@
+//! Executing `versions = "all"` for one KV v2 key: read both metadata documents, let
+//! `vsync_core::exact` decide, then run its steps against the destination (reference/vault-kv.md
+//! §2.2). Reading happens in [`inspect`], before any write of the cycle, so rebuilds count for
+//! the mass-delete guard; writing in [`apply`].
+
+use std::time::SystemTime;
+
+use tracing::{info, warn};
+use vsync_core::exact::{self, KeyMeta, KeyPlan, KeySettings, KeyState, PLACEHOLDER, RebuildReason, VersionFlags, VersionSource};
+use vsync_core::{DestEntry, DestPath, ExactState, OriginEntry, SecretPath, WriteOutcome};
+use vsync_vault::{DataRead, KvMetadata, MetadataSettings, SecretData, VaultClient, VaultError};
+
+use crate::fault::Fault;
+use crate::origin::v2_entry;
+
+/// The reproducible part of a server's metadata document, as of `now`.
+pub fn key_meta(meta: &KvMetadata, now: SystemTime) -> KeyMeta {
+    KeyMeta {
+        current_version: meta.current_version,
+        oldest_version: meta.oldest_version,
+        created_time: meta.created_time.clone(),
+        settings: KeySettings {
+            max_versions: meta.max_versions,
+            cas_required: meta.cas_required,
+            delete_version_after: meta.delete_version_after.clone(),
+            custom_metadata: meta.custom_metadata.clone().unwrap_or_default(),
+        },
+        versions: meta
+            .versions
+            .iter()
+            .map(|(v, i)| (*v, VersionFlags { destroyed: i.destroyed, deleted: !i.destroyed && !i.is_live_at(now) }))
+            .collect(),
+    }
+}
+
+/// What inspecting a key found.
+#[derive(Debug)]
+pub enum Inspected {
+    /// The origin key changed since the scan (or is gone): retried next cycle.
+    Skipped,
+    /// The steps to run, and whether the destination key exists now.
+    Plan {
+        /// The decision.
+        plan: KeyPlan,
+        /// The origin key's settings (for the catch-up window write).
+        origin_settings: KeySettings,
+        /// Whether a destination key exists (a rebuild deletes it).
+        dest_exists: bool,
+    },
+}
+
+impl Inspected {
+    /// Whether this deletes an existing destination key (counted by the mass-delete guard).
+    pub fn rebuilds_existing(&self) -> bool {
+        matches!(self, Inspected::Plan { plan, dest_exists: true, .. } if plan.rebuild.is_some())
+    }
+}
+
+/// Reads the origin and destination metadata of one key and decides its steps. `scanned` is
+/// the origin entry the plan was made from; `known` what the destination recorded.
+pub async fn inspect(
+    origin: &VaultClient,
+    dest: &VaultClient,
+    key: &SecretPath,
+    target: &DestPath,
+    scanned: &OriginEntry,
+    known: Option<&DestEntry>,
+) -> Result<Inspected, Fault> {
+    let now = SystemTime::now();
+    let Some(om) = origin
+        .read_metadata(&key.mount, &key.path)
+        .await
+        .map_err(|e| Fault::vault(format!("reading origin metadata of {key}"), e))?
+    else {
+        return Ok(Inspected::Skipped);
+    };
+    if v2_entry(&om, now) != *scanned {
+        warn!(secret = %key, "origin key changed since the scan; it is replicated next cycle");
+        return Ok(Inspected::Skipped);
+    }
+    let dm = dest
+        .read_metadata(&target.mount, &target.path)
+        .await
+        .map_err(|e| Fault::vault(format!("reading destination metadata of {target}"), e))?;
+    let origin_meta = key_meta(&om, now);
+    let dest_meta = dm.as_ref().map(|m| key_meta(m, now));
+    let state = known
+        .filter(|k| k.target == *target)
+        .and_then(|k| k.exact.as_ref().map(|e| (k.origin.created_time.as_str(), e.placeholders.as_slice())))
+        .map(|(created, placeholders)| KeyState { origin_created_time: created, placeholders });
+    let mut plan = exact::plan_key(&origin_meta, dest_meta.as_ref(), state);
+    if let Some(live) = plan.adopt_if_equal.clone() {
+        for v in live {
+            if !same_version(origin, dest, key, target, v).await? {
+                info!(secret = %key, target = %target, version = v, "destination key differs from the origin; rebuilding it");
+                plan = exact::plan_rebuild(&origin_meta, RebuildReason::Diverged);
+                break;
+            }
+        }
+    }
+    Ok(Inspected::Plan { plan, origin_settings: origin_meta.settings, dest_exists: dm.is_some() })
+}
+
+/// Whether version `v` holds equal data on both sides.
+async fn same_version(origin: &VaultClient, dest: &VaultClient, key: &SecretPath, target: &DestPath, v: u64) -> Result<bool, Fault> {
+    let o = origin
+        .read_version(&key.mount, &key.path, v)
+        .await
+        .map_err(|e| Fault::vault(format!("reading origin {key} v{v}"), e))?;
+    let d = dest
+        .read_version(&target.mount, &target.path, v)
+        .await
+        .map_err(|e| Fault::vault(format!("reading destination {target} v{v}"), e))?;
+    Ok(matches!((o, d), (DataRead::Live(a, _), DataRead::Live(b, _)) if a.same_value(&b)))
+}
+
+fn settings(s: &KeySettings) -> MetadataSettings {
+    MetadataSettings {
+        max_versions: s.max_versions,
+        cas_required: s.cas_required,
+        delete_version_after: if s.delete_version_after.is_empty() { "0s".into() } else { s.delete_version_after.clone() },
+        custom_metadata: s.custom_metadata.clone(),
+    }
+}
+
+/// Runs one key's steps. Every data write carries `cas` = version - 1 and checks the version
+/// the server returns, so a destination changed by someone else fails the write (and the key
+/// is rebuilt next cycle) instead of being overwritten.
+pub async fn apply(
+    origin: &VaultClient,
+    dest: &VaultClient,
+    key: &SecretPath,
+    target: &DestPath,
+    inspected: Inspected,
+) -> Result<(WriteOutcome, ExactState), Fault> {
+    let Inspected::Plan { plan, origin_settings, dest_exists } = inspected else {
+        return Ok((WriteOutcome::Skipped, ExactState::default()));
+    };
+    let (mount, path) = (target.mount.as_str(), target.path.as_str());
+    let at = |what: &str| format!("{what} {target}");
+    if plan.adopt_if_equal.is_some() {
+        info!(secret = %key, target = %target, "destination key already exact; adopted");
+        return Ok((WriteOutcome::Adopted, ExactState { placeholders: plan.placeholders }));
+    }
+    if let Some(reason) = plan.rebuild
+        && dest_exists
+    {
+        // The key is missing (or incomplete) at the destination until the writes below end.
+        warn!(secret = %key, target = %target, ?reason, "rebuilding the destination key");
+        dest.delete_metadata(mount, path).await.map_err(|e| Fault::vault(at("rebuild: deleting"), e))?;
+    }
+    if let Some(window) = plan.window {
+        let catch_up = MetadataSettings {
+            max_versions: window,
+            cas_required: false,
+            delete_version_after: "0s".into(),
+            custom_metadata: origin_settings.custom_metadata.clone(),
+        };
+        dest.write_metadata(mount, path, &catch_up)
+            .await
+            .map_err(|e| Fault::vault(at("setting the retention window of"), e))?;
+    }
+    let placeholder = SecretData::from_json(PLACEHOLDER).map_err(|e| Fault::transient(format!("placeholder: {e}")))?;
+    let mut placeholders = plan.placeholders.clone();
+    let mut late = Vec::new();
+    for (v, source) in &plan.writes {
+        let data = match source {
+            VersionSource::Placeholder => None,
+            VersionSource::Origin => match origin
+                .read_version(&key.mount, &key.path, *v)
+                .await
+                .map_err(|e| Fault::vault(format!("reading origin {key} v{v}"), e))?
+            {
+                DataRead::Live(data, _) => Some(data),
+                // Deleted or destroyed since it was inspected: a placeholder, soft-deleted
+                // below; the next cycle copies the origin's new flags.
+                _ => {
+                    late.push(*v);
+                    None
+                }
+            },
+        };
+        dest.write_version(mount, path, data.as_ref().unwrap_or(&placeholder), v - 1)
+            .await
+            .map_err(|e| Fault::vault(format!("writing {target} v{v}"), e))?;
+    }
+    let mut delete = plan.delete.clone();
+    for v in late {
+        placeholders.push(v);
+        if !plan.destroy.contains(&v) && !delete.contains(&v) {
+            delete.push(v);
+        }
+    }
+    placeholders.sort_unstable();
+    placeholders.dedup();
+    flag(dest, target, "destroying versions of", &plan.destroy, VaultClient::destroy_versions).await?;
+    flag(dest, target, "deleting versions of", &delete, VaultClient::delete_versions).await?;
+    flag(dest, target, "undeleting versions of", &plan.undelete, VaultClient::undelete_versions).await?;
+    if let Some(s) = &plan.settings {
+        dest.write_metadata(mount, path, &settings(s))
+            .await
+            .map_err(|e| Fault::vault(at("writing the settings of"), e))?;
+    }
+    info!(secret = %key, target = %target, versions = plan.writes.len(), "replicated exactly");
+    let outcome = if plan.rebuild.is_some() && dest_exists { WriteOutcome::Rebuilt } else { WriteOutcome::Written };
+    Ok((outcome, ExactState { placeholders }))
+}
+
+async fn flag<'c, F, Fut>(dest: &'c VaultClient, target: &'c DestPath, what: &str, versions: &'c [u64], op: F) -> Result<(), Fault>
+where
+    F: FnOnce(&'c VaultClient, &'c str, &'c str, &'c [u64]) -> Fut,
+    Fut: std::future::Future<Output = Result<(), VaultError>>,
+{
+    if versions.is_empty() {
+        return Ok(());
+    }
+    op(dest, &target.mount, &target.path, versions)
+        .await
+        .map_err(|e| Fault::vault(format!("{what} {target}"), e))
+}
+
+/// The destination-mount preconditions of `versions = "all"` (reference/vault-kv.md §2.2):
+/// `max_versions` 0 (the key's window must rule) and `delete_version_after` <= 0 (the
+/// destination must not stamp its own deletion times). `Err` says how to fix the mount.
+pub async fn check_mount(dest: &VaultClient, mount: &str) -> Result<(), String> {
+    let (_, body) = dest
+        .sys("GET", &format!("{mount}config"), None)
+        .await
+        .map_err(|e| format!("reading {mount}config: {e}"))?;
+    let data = body.as_ref().and_then(|b| b.get("data"));
+    let max = data.and_then(|d| d.get("max_versions")).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let dva = data
+        .and_then(|d| d.get("delete_version_after"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("0s");
+    let positive = !dva.starts_with('-') && dva.chars().any(|c| c.is_ascii_digit() && c != '0');
+    if max != 0 || positive {
+        return Err(format!(
+            "versions = \"all\" needs max_versions = 0 and delete_version_after <= 0 on the destination mount \
+             (found max_versions = {max}, delete_version_after = {dva}); fix it with \
+             `bao write {mount}config max_versions=0 delete_version_after=0s`"
+        ));
+    }
+    Ok(())
+}
