@@ -64,7 +64,7 @@ name = "eu"
 vault = { address = "http://127.0.0.1:$DEST_PORT", token = "root" }
 mounts = { "secret/" = "secret/" }
 state = { backend = "file", path = "$work/state" }
-versions = "latest"
+versions = "all"   # the default: an exact replica of every version; "latest" copies only the current one
 TOML
 
 echo "==> quickstart: vsync run --once --config $work/vsync.toml"
