@@ -180,6 +180,16 @@ impl Destination {
         let origin_before = origin_vault.request_counts();
         let dest_before = self.vault.request_counts();
         let mut dest = load_info(&self.store, &name, origin.entries.count()).await?;
+        // `vsync verify --repair`: forget what was recorded for those keys, so this cycle
+        // checks them against the destination and rebuilds the ones that differ.
+        let repair = crate::verify::pending_repair(&self.store, &name).await?;
+        if let Some(request) = &repair {
+            for key in &request.keys {
+                dest.entries.remove(key);
+            }
+            dest.digests = dest.entries.digests();
+            info!(destination = %name, keys = request.keys.len(), "repairing the keys `vsync verify --repair` named");
+        }
         let paths = self.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
         let planned = plan(&self.spec, paths, origin, &dest, flags)?;
         let plan = &planned.plan;
@@ -291,6 +301,12 @@ impl Destination {
         )
         .await
         .map_err(|e| Fault::state(format!("destination `{name}`: committing its info"), e))?;
+        if repair.is_some() {
+            self.store
+                .delete_doc(&side_name(&name), crate::verify::REPAIR_DOC)
+                .await
+                .map_err(|e| Fault::state(format!("destination `{name}`: removing the handled repair request"), e))?;
+        }
         let (o, d) = (origin_vault.request_counts(), self.vault.request_counts());
         Ok(CycleReport {
             counts,

@@ -7,6 +7,7 @@
 //!   ([`triggers`]), per-cycle timeouts and an injected shutdown future;
 //! - [`fault`]: typed fault classes, decided where an error is created;
 //! - [`check`]: start-up checks on the parts the roles use;
+//! - [`exact`]: executing `versions = "all"` per key; [`verify`]: `vsync verify`;
 //! - [`tokens`]: token renewal and AppRole re-login; [`alert`]: the fatal-error webhook.
 //!
 //! The engine takes runtime specs (`vsync_core::spec`) and reaches the plugins through
@@ -22,6 +23,7 @@ pub mod roles;
 pub mod tokens;
 pub mod triggers;
 pub mod tripwire;
+pub mod verify;
 
 pub use alert::Alerter;
 pub use destination::{CycleReport, Destination, Preview, preview, side_name};

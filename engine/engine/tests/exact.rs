@@ -297,3 +297,43 @@ async fn model_sequences_of_origin_operations_stay_exact_after_every_cycle() {
     }
     eprintln!("model: {sequences} sequences, {operations} origin operations, exact after every cycle");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_drift_and_repair_rebuilds_it() {
+    use vsync_engine::verify::{pending_repair, request_repair, verify};
+    let mut w = world();
+    for k in ["hand", "soft", "meta", "clean"] {
+        for i in 1..=3 {
+            w.put(k, json!({ "v": i })).await;
+        }
+    }
+    w.cycle().await;
+    let run = |w: &World| {
+        let (ca, cb, store, spec) = (w.ca.clone(), w.cb.clone(), w.dest.store.clone(), w.dest.spec.clone());
+        async move { verify(&ca, &["secret/".to_owned()], &spec, &cb, &store, None, true).await.unwrap() }
+    };
+    let clean = run(&w).await;
+    assert_eq!((clean.checked, clean.drifted.len(), clean.pending.len()), (4, 0, 0), "{clean:?}");
+
+    // Hands at the destination: a new version, a soft delete, a custom_metadata change.
+    w.cb.write_version("secret/", "hand", &data(json!({ "v": "by hand" })), 3).await.unwrap();
+    w.cb.delete_versions("secret/", "soft", &[2]).await.unwrap();
+    let s = MetadataSettings { max_versions: 0, cas_required: false, delete_version_after: "0s".into(), custom_metadata: [("x".to_owned(), "y".to_owned())].into() };
+    w.cb.write_metadata("secret/", "meta", &s).await.unwrap();
+    // And an origin change not replicated yet: pending, not drift.
+    w.put("clean", json!({ "v": 4 })).await;
+    let found = run(&w).await;
+    let drifted: Vec<&str> = found.drifted.iter().map(|d| d.key.path.as_str()).collect();
+    assert_eq!(drifted, vec!["hand", "meta", "soft"], "{found:?}");
+    assert_eq!(found.pending.iter().map(|k| k.path.as_str()).collect::<Vec<_>>(), vec!["clean"]);
+
+    // --repair: the next cycle rebuilds exactly those keys and consumes the request.
+    request_repair(&w.dest.store, "eu", found.drifted.iter().map(|d| d.key.clone()).collect()).await.unwrap();
+    assert!(pending_repair(&w.dest.store, "eu").await.unwrap().is_some());
+    let (report, _) = w.cycle().await;
+    assert_eq!(report.counts.rebuilt, 3, "{report}");
+    assert!(pending_repair(&w.dest.store, "eu").await.unwrap().is_none(), "the request is consumed");
+    let after = run(&w).await;
+    assert_eq!((after.drifted.len(), after.pending.len()), (0, 0), "{after:?}");
+    w.assert_exact("after repair").await;
+}

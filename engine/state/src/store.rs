@@ -168,6 +168,45 @@ impl StateStore {
         }
     }
 
+    /// Reads a small document `name` of `side` outside the sync info (e.g. `repair`), `None`
+    /// if there is none. File store: `<dir>/<side>.<name>.json`; Consul: `<prefix><side>/<name>`.
+    pub async fn read_doc(&self, side: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        valid_side(side)?;
+        match self {
+            StateStore::File(f) => {
+                let path = f.doc_path(&format!("{side}.{name}"));
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(crate::io(&path, "read")(e)),
+                }
+            }
+            StateStore::Consul(c) => Ok(c.client.get(&format!("{}{side}/{name}", c.prefix)).await?.data.map(|e| e.value)),
+        }
+    }
+
+    /// Writes a small document `name` of `side` outside the sync info. It needs no lock: a
+    /// request to a side (`vsync verify --repair`) is written by another process.
+    pub async fn write_doc(&self, side: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        valid_side(side)?;
+        match self {
+            StateStore::File(f) => f.write_atomic(&format!("{side}.{name}"), bytes),
+            StateStore::Consul(c) => Ok(c.client.put(&format!("{}{side}/{name}", c.prefix), bytes).await?),
+        }
+    }
+
+    /// Removes a document written by [`StateStore::write_doc`]; no error if it is missing.
+    pub async fn delete_doc(&self, side: &str, name: &str) -> Result<()> {
+        valid_side(side)?;
+        match self {
+            StateStore::File(f) => {
+                let doc = format!("{side}.{name}");
+                if f.exists(&doc) { f.remove(&doc) } else { Ok(()) }
+            }
+            StateStore::Consul(c) => Ok(c.client.delete(&format!("{}{side}/{name}", c.prefix)).await?),
+        }
+    }
+
     /// Reads a side's root; `None` if the side never committed.
     pub async fn read_root(&self, side: &str) -> Result<Option<RootRead>> {
         valid_side(side)?;

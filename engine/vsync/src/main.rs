@@ -64,6 +64,18 @@ enum Command {
     },
     /// Check connectivity, auth, permissions, mounts and state stores; exit 1 on any problem.
     Check,
+    /// Compare destination NAME with the origin on every replicated field; exit 1 on drift.
+    Verify {
+        /// Destination name from the config.
+        #[arg(long)]
+        name: String,
+        /// Have the destination's next cycle rebuild every drifted key.
+        #[arg(long)]
+        repair: bool,
+        /// Also compare the data of every live version.
+        #[arg(long)]
+        data: bool,
+    },
     /// Check the config (and the plugins it names) offline.
     Validate,
     /// Plugin tools.
@@ -211,6 +223,7 @@ async fn dispatch(command: Command, config: Option<Config>) -> Outcome {
         }
         Command::Plan { name } => plan(&config, &name).await,
         Command::Check => check(&config).await,
+        Command::Verify { name, repair, data } => verify(&config, &name, repair, data).await,
         Command::Validate => validate(&config),
         Command::Status => Err(Failure::NotBuilt("status")),
         Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(Some(&config), &dir, &format),
@@ -400,6 +413,44 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// `vsync verify --name NAME [--repair] [--data]`: reads both Vaults, never writes to them.
+async fn verify(config: &Config, name: &str, repair: bool, data: bool) -> Outcome {
+    let d = destination(config, name)?;
+    let mut mapper = mappers(config, &[d], None)?.pop().flatten();
+    let parts = Parts::build(config, [d]).await;
+    let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+    let part = &parts.destinations[0];
+    let store = part.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
+    let vault = part.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+    let paths = mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
+    let report = vsync_engine::verify::verify(&origin_vault.client, &parts.origin_spec.mounts, &part.spec, &vault.client, store, paths, data)
+        .await
+        .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
+    for drift in &report.drifted {
+        println!("DRIFT   {} -> {}: {}", drift.key, drift.target, drift.what);
+    }
+    for key in &report.pending {
+        println!("pending {key}: changed at the origin since the last cycle");
+    }
+    println!(
+        "verify `{name}`: {} checked, {} drifted, {} pending",
+        report.checked,
+        report.drifted.len(),
+        report.pending.len()
+    );
+    if report.drifted.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if repair {
+        let keys = report.drifted.iter().map(|d| d.key.clone()).collect();
+        vsync_engine::verify::request_repair(store, name, keys)
+            .await
+            .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
+        println!("repair requested: the next cycle of `{name}` rebuilds {} key(s)", report.drifted.len());
+    }
+    Ok(ExitCode::from(1))
 }
 
 /// What replicating one key exactly takes, for `vsync plan`.
