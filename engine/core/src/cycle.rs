@@ -78,6 +78,8 @@ pub struct CycleRules<'a> {
     pub max_delete_ratio: f64,
     /// Hash of the mount map and plugin configuration in force.
     pub config_hash: &'a str,
+    /// Origin mount -> destination mount.
+    pub mounts: &'a BTreeMap<String, String>,
 }
 
 /// Operator overrides for one cycle (`--allow-mass-delete`, `--allow-origin-change`).
@@ -126,8 +128,9 @@ pub enum Refusal {
     },
     /// The plan deletes more than `max_delete_ratio` of the destination's secrets.
     #[error(
-        "destination `{destination}`: the plan would delete {deletes} of {copies} secrets, over max_delete_ratio \
-         {ratio}; nothing was changed. If this is intended, run once with --allow-mass-delete"
+        "destination `{destination}`: the plan would delete {deletes} of {copies} secrets{}, over max_delete_ratio \
+         {ratio}; nothing was changed. If this is intended, run once with --allow-mass-delete",
+        mount.as_ref().map(|m| format!(" of mount `{m}`")).unwrap_or_default()
     )]
     MassDelete {
         /// Destination name.
@@ -138,6 +141,20 @@ pub enum Refusal {
         copies: usize,
         /// The configured ratio.
         ratio: f64,
+        /// The destination mount over the ratio, when the total is not.
+        mount: Option<String>,
+    },
+    /// A mapped origin mount is not in the origin's info: its keys would all read as deleted.
+    #[error(
+        "destination `{destination}`: origin mount `{mount}` is mapped here but the origin does not publish it \
+         (is it still in the origin's `mounts`?); refusing to delete its copies. Fix the configuration, or run \
+         once with --allow-origin-change to accept it"
+    )]
+    OriginMountMissing {
+        /// Destination name.
+        destination: String,
+        /// The mount.
+        mount: String,
     },
 }
 
@@ -191,6 +208,11 @@ pub fn plan_cycle(
     mapper: &mut DestinationMapper<'_>,
 ) -> Result<CyclePlan, Refusal> {
     let origin_mounts = bind_origin_mounts(rules.destination, &dest.origin_mounts, &origin.mounts, flags.allow_origin_change)?;
+    if !flags.allow_origin_change
+        && let Some(mount) = rules.mounts.keys().find(|m| !origin.mounts.contains_key(*m))
+    {
+        return Err(Refusal::OriginMountMissing { destination: rules.destination.to_owned(), mount: mount.clone() });
+    }
     let recheck_all = dest.config_hash.as_deref() != Some(rules.config_hash);
     let kind_of = |k: &SecretPath| {
         origin
@@ -219,17 +241,21 @@ pub fn plan_cycle(
         origin_mounts,
         mapping_failures,
     };
-    check_collisions(rules.destination, &cycle.plan, dest)?;
+    let mut cycle = cycle;
+    check_collisions(rules.destination, &mut cycle.plan, dest)?;
     if !flags.allow_mass_delete {
-        mass_delete_guard(rules, &cycle.plan, dest, 0)?;
+        mass_delete_guard(rules, &cycle.plan, dest, &[])?;
     }
     Ok(cycle)
 }
 
 /// Refuses a plan in which two origin secrets land on one destination path after the cycle:
-/// every written target, plus the copies the plan leaves where they are.
-pub fn check_collisions(destination: &str, plan: &Plan, dest: &DestInfo) -> Result<(), Refusal> {
-    if plan.writes.is_empty() {
+/// every written target, plus the copies the plan leaves where they are. Then drops every
+/// removal whose target one of those holds: a removal never deletes a path that the new
+/// destination info assigns to a key (the same one after a move, or another one after a
+/// swap or a re-mapping). Such a removal becomes a [`Action::Forget`] of its key.
+pub fn check_collisions(destination: &str, plan: &mut Plan, dest: &DestInfo) -> Result<(), Refusal> {
+    if plan.writes.is_empty() && plan.removals.is_empty() {
         return Ok(());
     }
     let touched: HashSet<&SecretPath> = plan.writes.iter().chain(plan.removals.iter()).map(Action::key).collect();
@@ -244,38 +270,66 @@ pub fn check_collisions(destination: &str, plan: &Plan, dest: &DestInfo) -> Resu
         }
         _ => None,
     });
-    let mut seen: HashMap<&DestPath, &SecretPath> = HashMap::new();
+    let mut claims: HashMap<&DestPath, &SecretPath> = HashMap::new();
     let mut clashes = Vec::new();
     for (target, key) in kept.chain(written) {
-        if let Some(other) = seen.insert(target, key)
+        if let Some(other) = claims.insert(target, key)
             && other != key
         {
             clashes.push(format!("`{other}` and `{key}` both map to `{target}`"));
         }
     }
-    if clashes.is_empty() {
-        return Ok(());
+    if !clashes.is_empty() {
+        clashes.sort();
+        return Err(Refusal::PathCollision {
+            destination: destination.to_owned(),
+            clashes,
+        });
     }
-    clashes.sort();
-    Err(Refusal::PathCollision {
-        destination: destination.to_owned(),
-        clashes,
-    })
+    let claimed: HashSet<DestPath> = claims.into_keys().cloned().collect();
+    let written_keys: HashSet<SecretPath> = plan.writes.iter().map(|a| a.key().clone()).collect();
+    let mut kept_removals = Vec::with_capacity(plan.removals.len());
+    for action in std::mem::take(&mut plan.removals) {
+        match &action {
+            Action::Delete { key, target, .. } | Action::SoftDelete { key, target } if claimed.contains(target) => {
+                // A moved key's entry is replaced by its write; a gone key is forgotten.
+                if !written_keys.contains(key) {
+                    kept_removals.push(Action::Forget { key: key.clone() });
+                }
+            }
+            _ => kept_removals.push(action),
+        }
+    }
+    plan.removals = kept_removals;
+    Ok(())
 }
 
-/// The mass-delete guard, against the copies the destination holds (not tombstones).
-/// `rebuilds` are existing destination keys the cycle deletes and rewrites (`versions =
-/// "all"`): they count as deletes.
-pub fn mass_delete_guard(rules: CycleRules<'_>, plan: &Plan, dest: &DestInfo, rebuilds: usize) -> Result<(), Refusal> {
-    let deletes = plan.delete_count() + rebuilds;
+/// The mass-delete guard, against the copies the destination holds (not tombstones), in
+/// total and per destination mount. Moves are not deletes. `rebuilds` are targets of existing
+/// destination keys the cycle deletes and rewrites (`versions = "all"`): they count as deletes.
+pub fn mass_delete_guard(rules: CycleRules<'_>, plan: &Plan, dest: &DestInfo, rebuilds: &[DestPath]) -> Result<(), Refusal> {
+    let over = |deletes: usize, copies: usize| deletes > MASS_DELETE_FLOOR && (deletes as f64) > rules.max_delete_ratio * (copies as f64);
+    let refuse = |deletes: usize, copies: usize, mount: Option<String>| Refusal::MassDelete {
+        destination: rules.destination.to_owned(),
+        deletes,
+        copies,
+        ratio: rules.max_delete_ratio,
+        mount,
+    };
+    let targets: Vec<&DestPath> = plan.deletes().map(|(_, t)| t).chain(rebuilds.iter()).collect();
     let copies = dest.copies();
-    if deletes > MASS_DELETE_FLOOR && (deletes as f64) > rules.max_delete_ratio * (copies as f64) {
-        return Err(Refusal::MassDelete {
-            destination: rules.destination.to_owned(),
-            deletes,
-            copies,
-            ratio: rules.max_delete_ratio,
-        });
+    if over(targets.len(), copies) {
+        return Err(refuse(targets.len(), copies, None));
+    }
+    let mut per_mount: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &targets {
+        *per_mount.entry(t.mount.as_str()).or_default() += 1;
+    }
+    for (mount, deletes) in per_mount {
+        let copies = dest.entries.iter().filter(|(_, e)| e.has_copy() && e.target.mount == mount).count();
+        if over(deletes, copies) {
+            return Err(refuse(deletes, copies, Some(mount.to_owned())));
+        }
     }
     Ok(())
 }
@@ -484,13 +538,15 @@ mod tests {
         }
     }
 
-    const RULES: CycleRules<'static> = CycleRules {
+    static MOUNTS: std::sync::LazyLock<BTreeMap<String, String>> = std::sync::LazyLock::new(mounts);
+    static RULES: std::sync::LazyLock<CycleRules<'static>> = std::sync::LazyLock::new(|| CycleRules {
         destination: "eu",
         deletes: DeletePolicy::Mirror,
         versions: VersionsMode::Latest,
         max_delete_ratio: 0.5,
         config_hash: "h",
-    };
+        mounts: &MOUNTS,
+    });
 
     fn plan(o: &OriginInfo, d: &DestInfo, rules: CycleRules<'_>, flags: CycleFlags) -> Result<CyclePlan, Refusal> {
         let (labels, m) = (BTreeMap::new(), mounts());
@@ -520,11 +576,11 @@ mod tests {
     fn adds_updates_deletes_then_nothing() {
         let o = origin(&[("new", v2(1)), ("upd", v2(3)), ("same", v2(1))]);
         let d = dest(&[("upd", v2(2), "upd"), ("same", v2(1), "same"), ("gone", v2(1), "gone")]);
-        let c = plan(&o, &d, RULES, CycleFlags::default()).expect("plan");
+        let c = plan(&o, &d, *RULES, CycleFlags::default()).expect("plan");
         let (next, counts) = apply(&o, &d, &c);
         assert_eq!((counts.added, counts.updated, counts.deleted, counts.unchanged), (1, 1, 1, 1), "{counts:?}");
         assert_eq!(next.digests, o.digests, "after a good cycle the infos are equal bucket by bucket");
-        let again = plan(&o, &next, RULES, CycleFlags::default()).expect("plan");
+        let again = plan(&o, &next, *RULES, CycleFlags::default()).expect("plan");
         assert!(again.plan.is_empty(), "{:?}", again.plan);
     }
 
@@ -533,10 +589,10 @@ mod tests {
         let mut o = origin(&[("a", v2(1))]);
         o.mounts.insert("secret/".into(), "uuid-2".into());
         let d = dest(&[("a", v2(1), "a")]);
-        let err = plan(&o, &d, RULES, CycleFlags::default()).expect_err("refused");
+        let err = plan(&o, &d, *RULES, CycleFlags::default()).expect_err("refused");
         assert!(matches!(&err, Refusal::OriginMountRecreated { mount, .. } if mount == "secret/"), "{err}");
         assert!(err.to_string().contains("origin mount `secret/` was re-created"));
-        let c = plan(&o, &d, RULES, CycleFlags { allow_origin_change: true, ..Default::default() }).expect("allowed");
+        let c = plan(&o, &d, *RULES, CycleFlags { allow_origin_change: true, ..Default::default() }).expect("allowed");
         assert_eq!(c.origin_mounts["secret/"], "uuid-2", "rebound to the new mount");
     }
 
@@ -547,13 +603,13 @@ mod tests {
         // 20 of 30 deleted: over 0.5 and over the floor.
         let kept: Vec<(&str, OriginEntry)> = names[..10].iter().map(|n| (n.as_str(), v2(1))).collect();
         let o = origin(&kept);
-        let err = plan(&o, &d, RULES, CycleFlags::default()).expect_err("guard");
+        let err = plan(&o, &d, *RULES, CycleFlags::default()).expect_err("guard");
         assert!(matches!(err, Refusal::MassDelete { deletes: 20, copies: 30, .. }), "{err}");
         assert!(err.to_string().contains("--allow-mass-delete"));
-        assert!(plan(&o, &d, RULES, CycleFlags { allow_mass_delete: true, ..Default::default() }).is_ok());
+        assert!(plan(&o, &d, *RULES, CycleFlags { allow_mass_delete: true, ..Default::default() }).is_ok());
         // 10 deletes are under the floor, whatever the ratio.
         let small = dest(&names[..10].iter().map(|n| (n.as_str(), v2(1), n.as_str())).collect::<Vec<_>>());
-        assert!(plan(&origin(&[]), &small, RULES, CycleFlags::default()).is_ok());
+        assert!(plan(&origin(&[]), &small, *RULES, CycleFlags::default()).is_ok());
     }
 
     #[test]
@@ -565,7 +621,7 @@ mod tests {
             Ok(Some(p.split_once('/').map_or(p, |(_, rest)| rest).to_owned()))
         };
         let mut mapper = DestinationMapper::new("eu", &labels, &m, Some(&mut strip));
-        let err = plan_cycle(&o, &d, RULES, CycleFlags::default(), &mut mapper).expect_err("collision");
+        let err = plan_cycle(&o, &d, *RULES, CycleFlags::default(), &mut mapper).expect_err("collision");
         assert!(err.to_string().contains("`secret/eu/db` and `secret/us/db` both map to `secret/db`"), "{err}");
     }
 
@@ -580,7 +636,7 @@ mod tests {
             Ok(Some("new".into()))
         };
         let mut mapper = DestinationMapper::new("eu", &labels, &m, Some(&mut to_new));
-        let c = plan_cycle(&o, &d, RULES, CycleFlags::default(), &mut mapper).expect("plan");
+        let c = plan_cycle(&o, &d, *RULES, CycleFlags::default(), &mut mapper).expect("plan");
         assert!(matches!(c.plan.writes[0], Action::CopyV2 { reason: CopyReason::Update, .. }));
         let writes: HashMap<_, _> = [(key("a"), WriteOutcome::Failed)].into();
         assert!(removals_to_run(&c.plan, &writes).is_empty(), "the old copy stays until the new one is written");
@@ -606,7 +662,7 @@ mod tests {
         gone.current_live = false;
         let o = origin(&[("soft", gone.clone()), ("skip", v2(5))]);
         let d = dest(&[("soft", v2(1), "soft"), ("skip", v2(4), "skip"), ("del", v2(1), "del")]);
-        let c = plan(&o, &d, RULES, CycleFlags::default()).expect("plan");
+        let c = plan(&o, &d, *RULES, CycleFlags::default()).expect("plan");
         let writes: HashMap<_, _> = [(key("skip"), WriteOutcome::Skipped)].into();
         let removals: HashMap<_, _> =
             [(key("soft"), RemovalOutcome::Removed), (key("del"), RemovalOutcome::Failed)].into();
@@ -629,9 +685,99 @@ mod tests {
         let mut mapper = DestinationMapper::new("eu", &labels, &m, Some(&mut failing));
         let mut d2 = d.clone();
         d2.config_hash = None;
-        let c = plan_cycle(&o, &d2, RULES, CycleFlags::default(), &mut mapper).expect("plan");
+        let c = plan_cycle(&o, &d2, *RULES, CycleFlags::default(), &mut mapper).expect("plan");
         assert_eq!(c.plan.failed, vec![key("a")]);
         assert!(c.plan.is_empty());
         assert_eq!(c.mapping_failures.len(), 1, "one report per key");
+    }
+
+    fn two_mounts() -> BTreeMap<String, String> {
+        [("a/".to_owned(), "x/".to_owned()), ("b/".to_owned(), "x/".to_owned())].into()
+    }
+
+    #[test]
+    fn a_removal_never_deletes_a_path_written_in_the_same_cycle() {
+        // a/db was synced to x/db; now a/db is gone and b/db, mapped to the same x/db, is new.
+        let m = two_mounts();
+        let rules = CycleRules { mounts: &m, ..*RULES };
+        let xdb = DestPath { mount: "x/".into(), path: "db".into() };
+        let o = OriginInfo::new(
+            SyncInfo::from_entries(2, [(SecretPath::new("b/", "db"), v2(1))]),
+            [("a/".to_owned(), "u1".to_owned()), ("b/".to_owned(), "u2".to_owned())].into(),
+        );
+        let entries = Buckets::from_entries(2, [(SecretPath::new("a/", "db"), DestEntry::new(v2(1), xdb.clone()))]);
+        let d = DestInfo { digests: entries.digests(), entries, origin_mounts: o.mounts.clone(), config_hash: Some("h".into()) };
+        let labels = BTreeMap::new();
+        let mut mapper = DestinationMapper::new("eu", &labels, &m, None);
+        let c = plan_cycle(&o, &d, rules, CycleFlags::default(), &mut mapper).expect("plan");
+        assert!(matches!(&c.plan.writes[..], [Action::CopyV2 { target, .. }] if *target == xdb));
+        assert!(
+            !c.plan.removals.iter().any(|a| matches!(a, Action::Delete { target, .. } if *target == xdb)),
+            "x/db is written this cycle and must not be deleted: {:?}",
+            c.plan.removals
+        );
+        // The gone key is forgotten; after the cycle only b/db holds x/db.
+        let (next, counts) = apply(&o, &d, &c);
+        assert_eq!(counts.deleted, 0);
+        assert_eq!(next.entries.len(), 1);
+        assert_eq!(next.entries.get(&SecretPath::new("b/", "db")).map(|e| &e.target), Some(&xdb));
+    }
+
+    #[test]
+    fn swapped_mappings_write_both_and_delete_neither() {
+        let swapped: BTreeMap<String, String> = [("a/".to_owned(), "y/".to_owned()), ("b/".to_owned(), "x/".to_owned())].into();
+        let rules = CycleRules { mounts: &swapped, config_hash: "swapped", ..*RULES };
+        let at = |m: &str| DestPath { mount: m.into(), path: "db".into() };
+        let o = OriginInfo::new(
+            SyncInfo::from_entries(2, [(SecretPath::new("a/", "db"), v2(1)), (SecretPath::new("b/", "db"), v2(1))]),
+            [("a/".to_owned(), "u1".to_owned()), ("b/".to_owned(), "u2".to_owned())].into(),
+        );
+        let entries = Buckets::from_entries(
+            2,
+            [(SecretPath::new("a/", "db"), DestEntry::new(v2(1), at("x/"))), (SecretPath::new("b/", "db"), DestEntry::new(v2(1), at("y/")))],
+        );
+        let d = DestInfo { digests: entries.digests(), entries, origin_mounts: o.mounts.clone(), config_hash: Some("h".into()) };
+        let labels = BTreeMap::new();
+        let mut mapper = DestinationMapper::new("eu", &labels, &swapped, None);
+        let c = plan_cycle(&o, &d, rules, CycleFlags::default(), &mut mapper).expect("plan");
+        assert_eq!(c.plan.writes.len(), 2);
+        assert!(c.plan.removals.iter().all(|a| !matches!(a, Action::Delete { .. })), "{:?}", c.plan.removals);
+    }
+
+    #[test]
+    fn a_mapped_origin_mount_missing_from_the_origin_info_is_refused() {
+        let m = two_mounts();
+        let rules = CycleRules { mounts: &m, ..*RULES };
+        let o = OriginInfo::new(SyncInfo::new(2), [("a/".to_owned(), "u1".to_owned())].into());
+        let d = DestInfo::empty(2);
+        let labels = BTreeMap::new();
+        let mut mapper = DestinationMapper::new("eu", &labels, &m, None);
+        let err = plan_cycle(&o, &d, rules, CycleFlags::default(), &mut mapper).expect_err("refused");
+        assert!(matches!(&err, Refusal::OriginMountMissing { mount, .. } if mount == "b/"), "{err}");
+    }
+
+    #[test]
+    fn the_guard_applies_per_destination_mount_and_moves_do_not_count() {
+        // 12 of 100 copies deleted in total (under 0.5) but 12 of 15 of mount `small/`.
+        let mut entries = Vec::new();
+        for i in 0..85 {
+            entries.push((format!("big{i}"), DestPath { mount: "secret/".into(), path: format!("big{i}") }));
+        }
+        for i in 0..15 {
+            entries.push((format!("small{i}"), DestPath { mount: "small/".into(), path: format!("s{i}") }));
+        }
+        let b = Buckets::from_entries(2, entries.iter().map(|(p, t)| (key(p), DestEntry::new(v2(1), t.clone()))));
+        let d = DestInfo { digests: b.digests(), entries: b, origin_mounts: Default::default(), config_hash: None };
+        let mut plan = Plan::default();
+        for (p, t) in entries.iter().filter(|(p, _)| p.starts_with("small")).take(12) {
+            plan.removals.push(Action::Delete { key: key(p), kind: KvVersion::V2, target: t.clone() });
+        }
+        let err = mass_delete_guard(*RULES, &plan, &d, &[]).expect_err("per mount");
+        assert!(matches!(&err, Refusal::MassDelete { mount: Some(m), deletes: 12, copies: 15, .. } if m == "small/"), "{err}");
+        // The same removals as moves (their keys are written elsewhere) are not deletes.
+        for (p, _) in entries.iter().filter(|(p, _)| p.starts_with("small")).take(12) {
+            plan.writes.push(Action::CopyV2 { key: key(p), version: 1, target: at(p), reason: CopyReason::Move });
+        }
+        assert!(mass_delete_guard(*RULES, &plan, &d, &[]).is_ok());
     }
 }

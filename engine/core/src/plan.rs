@@ -138,10 +138,19 @@ impl Plan {
 
     /// Number of destructive actions (deletes and soft-deletes) in the plan.
     pub fn delete_count(&self) -> usize {
-        self.removals
-            .iter()
-            .filter(|a| matches!(a, Action::Delete { .. } | Action::SoftDelete { .. }))
-            .count()
+        self.deletes().count()
+    }
+
+    /// The destructive removals that are not moves (a moved secret's new copy is written by
+    /// the same plan, so its old one going is not a loss).
+    pub fn deletes(&self) -> impl Iterator<Item = (&SecretPath, &DestPath)> {
+        let written: std::collections::HashSet<&SecretPath> = self.writes.iter().map(Action::key).collect();
+        self.removals.iter().filter_map(move |a| match a {
+            Action::Delete { key, target, .. } | Action::SoftDelete { key, target } if !written.contains(key) => {
+                Some((key, target))
+            }
+            _ => None,
+        })
     }
 }
 

@@ -60,6 +60,7 @@ impl DestinationSpec {
             versions: self.versions,
             max_delete_ratio: self.max_delete_ratio,
             config_hash: &self.config_hash,
+            mounts: &self.mounts,
         }
     }
 }

@@ -166,8 +166,8 @@ pub async fn preview<'a>(
     if let Err(r) = cycle::bind_origin_mounts(&spec.name, &dest.origin_mounts, &origin.mounts, false) {
         refusals.push(r);
     }
-    let rebuilds = exact.values().filter(|i| i.rebuilds_existing()).count();
-    if let Err(r) = cycle::mass_delete_guard(spec.rules(), &planned.plan, &dest, rebuilds) {
+    let rebuilds = rebuild_targets(&planned.plan, &exact);
+    if let Err(r) = cycle::mass_delete_guard(spec.rules(), &planned.plan, &dest, &rebuilds) {
         refusals.push(r);
     }
     Ok(Preview { cycle: planned, exact, refusals })
@@ -237,9 +237,9 @@ impl Destination {
             let outcome = self.per_secret(fault, &action, || {})?;
             writes.insert(action.key().clone(), outcome);
         }
-        let rebuilds = inspected.values().filter(|i| i.rebuilds_existing()).count();
-        if rebuilds > 0 && !flags.allow_mass_delete {
-            cycle::mass_delete_guard(self.spec.rules(), plan, &dest, rebuilds).map_err(Fault::refusal)?;
+        let rebuilds = rebuild_targets(plan, &inspected);
+        if !rebuilds.is_empty() && !flags.allow_mass_delete {
+            cycle::mass_delete_guard(self.spec.rules(), plan, &dest, &rebuilds).map_err(Fault::refusal)?;
         }
 
         // Writes, `workers` at a time.
@@ -328,6 +328,17 @@ impl Destination {
         error!(destination = %self.spec.name, secret = %action.key(), op, error = %fault, "secret failed; it is retried next cycle");
         Ok(WriteOutcome::Failed)
     }
+}
+
+/// Targets of existing destination keys the inspected plans rebuild.
+fn rebuild_targets(plan: &vsync_core::Plan, inspected: &HashMap<SecretPath, Inspected>) -> Vec<DestPath> {
+    plan.writes
+        .iter()
+        .filter_map(|a| match a {
+            Action::ExactV2 { key, target, .. } if inspected.get(key).is_some_and(Inspected::rebuilds_existing) => Some(target.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Inspects every `ExactV2` key of `plan` (`workers` at a time): what it needs, or the fault

@@ -31,6 +31,8 @@ pub enum FatalCause {
     Config,
     /// An origin mount was re-created (new UUID).
     OriginMountRecreated,
+    /// A mapped origin mount is missing from the origin's info.
+    OriginMountMissing,
     /// Two origin secrets map to one destination path.
     PathCollision,
     /// The plan deletes more than `max_delete_ratio`.
@@ -61,6 +63,7 @@ impl FatalCause {
             FatalCause::Mount => "mount",
             FatalCause::Config => "config",
             FatalCause::OriginMountRecreated => "origin-mount-recreated",
+            FatalCause::OriginMountMissing => "origin-mount-missing",
             FatalCause::PathCollision => "path-collision",
             FatalCause::MassDeleteGuard => "mass-delete-guard",
             FatalCause::UnknownFormat => "unknown-format",
@@ -151,6 +154,7 @@ impl Fault {
     pub fn refusal(r: Refusal) -> Self {
         let cause = match &r {
             Refusal::OriginMountRecreated { .. } => FatalCause::OriginMountRecreated,
+            Refusal::OriginMountMissing { .. } => FatalCause::OriginMountMissing,
             Refusal::PathCollision { .. } => FatalCause::PathCollision,
             Refusal::MassDelete { .. } => FatalCause::MassDeleteGuard,
         };
@@ -207,7 +211,7 @@ mod tests {
         assert_eq!(f.fatal_cause(), Some(FatalCause::UnknownFormat));
         let io = StateError::Io { path: "x".into(), action: "read", source: std::io::Error::other("disk") };
         assert_eq!(Fault::state("load", io).class, FaultClass::StateStore);
-        let r = Refusal::MassDelete { destination: "eu".into(), deletes: 20, copies: 30, ratio: 0.5 };
+        let r = Refusal::MassDelete { destination: "eu".into(), deletes: 20, copies: 30, ratio: 0.5, mount: None };
         let f = Fault::refusal(r).context("destination `eu`");
         assert_eq!(f.fatal_cause().map(FatalCause::kind), Some("mass-delete-guard"));
         assert!(f.message.starts_with("destination `eu`: "), "{}", f.message);

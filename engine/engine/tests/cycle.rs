@@ -159,3 +159,34 @@ async fn the_role_loop_runs_one_shared_round_and_stops_on_shutdown() {
     let fault = vsync_engine::run(e, RunOptions::default(), std::future::pending()).await.unwrap_err();
     assert_eq!(fault.fatal_cause(), Some(FatalCause::Token));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_written_this_cycle_is_never_deleted_by_a_removal() {
+    // Issue 10 item 1: origin mounts a/ and b/ are both mapped to x/; a/db was synced; then
+    // a/db is deleted and b/db created. The cycle writes x/db and must not delete it after.
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("a", 2);
+    a.enable_kv("b", 2);
+    b.enable_kv("x", 2);
+    let (ca, cb) = (client(&a), client(&b));
+    ca.write_version("a/", "db", &data(json!({"from": "a"})), 0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::File(FileStore::open(dir.path()).unwrap());
+    let mut spec = dest_spec(&[("a/", "x/"), ("b/", "x/")]);
+    spec.max_delete_ratio = 1.0;
+    let mut d = destination(&store, cb.clone(), spec);
+    let mut ospec = origin_spec();
+    ospec.mounts = vec!["a/".into(), "b/".into()];
+    let info = origin::scan(&ca, &ospec, None).await.unwrap();
+    d.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
+    assert_eq!(live(&cb, "x/", "db").await.as_deref(), Some(r#"{"from":"a"}"#));
+
+    ca.delete_metadata("a/", "db").await.unwrap();
+    ca.write_version("b/", "db", &data(json!({"from": "b"})), 0).await.unwrap();
+    for round in 0..3 {
+        let info = origin::scan(&ca, &ospec, None).await.unwrap();
+        let report = d.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
+        assert_eq!(report.counts.deleted, 0, "round {round}: {report}");
+        assert_eq!(live(&cb, "x/", "db").await.as_deref(), Some(r#"{"from":"b"}"#), "round {round}: {report}");
+    }
+}
