@@ -40,6 +40,9 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// Several values are not acceptable (every one is listed).
+    #[error("{} problems:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
     /// The TOML is well-formed but a value is not acceptable.
     #[error("{file}: `{key}`: {message}")]
     Invalid {
@@ -392,67 +395,109 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks everything the schema cannot, and reports every problem at once.
     fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            file: file.to_owned(),
-            key,
-            message,
-        };
-        check_vault(&self.origin.vault, "origin.vault").map_err(|(k, m)| invalid(k, m))?;
+        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut bad = |key: String, message: String| problems.push((key, message));
+        if let Err((k, m)) = check_vault(&self.origin.vault, "origin.vault") {
+            bad(k, m);
+        }
         if self.origin.mounts.is_empty() {
-            return Err(invalid("origin.mounts".into(), "list at least one mount".into()));
+            bad("origin.mounts".into(), "list at least one mount".into());
         }
-        let mut origin_mounts = Vec::new();
+        let mut origin_mounts: Vec<String> = Vec::new();
         for m in &self.origin.mounts {
-            let n = vsync_core::normalize_mount(m)
-                .map_err(|e| invalid("origin.mounts".into(), format!("mount `{m}`: {e}")))?;
-            if origin_mounts.contains(&n) {
-                return Err(invalid("origin.mounts".into(), format!("mount `{m}` is listed twice")));
+            match vsync_core::normalize_mount(m) {
+                Err(e) => bad("origin.mounts".into(), format!("mount `{m}`: {e}")),
+                Ok(n) if origin_mounts.contains(&n) => bad("origin.mounts".into(), format!("mount `{m}` is listed twice")),
+                Ok(n) => {
+                    if let Some(other) = origin_mounts.iter().find(|o| n.starts_with(o.as_str()) || o.starts_with(n.as_str())) {
+                        bad(
+                            "origin.mounts".into(),
+                            format!("mounts `{other}` and `{n}` overlap: one is inside the other, so its keys would be scanned twice"),
+                        );
+                    }
+                    origin_mounts.push(n);
+                }
             }
-            origin_mounts.push(n);
         }
-        if self.origin.workers == 0 {
-            return Err(invalid("origin.workers".into(), "must be at least 1".into()));
-        }
+        check_workers(&mut bad, "origin.workers", self.origin.workers);
+        check_durations(&mut bad, "origin", self.origin.interval, self.origin.timeout);
         if let StateSettings::Consul { buckets: Some(n), .. } = &self.origin.state
-            && (*n == 0 || *n > 1 << 20)
+            && (*n == 0 || *n > MAX_BUCKETS)
         {
-            return Err(invalid("origin.state.buckets".into(), format!("{n} is out of range (1 to 1048576)")));
+            bad("origin.state.buckets".into(), format!("{n} is out of range (1 to {MAX_BUCKETS})"));
+        }
+        if self.origin.audit_listen.is_some() {
+            bad(
+                "origin.audit_listen".into(),
+                "the socket audit device feed is not built yet; remove the key (the origin polls every `interval`)".into(),
+            );
+        }
+        if self.telemetry.listen.is_some() {
+            bad(
+                "telemetry.listen".into(),
+                "the /metrics and /healthz listener is not built yet; remove the key".into(),
+            );
+        }
+        if self.plugins.call_timeout.is_zero() {
+            bad("plugins.call_timeout".into(), "must be longer than 0".into());
         }
         let mut names = Vec::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let at = |k: &str| format!("destination[{i}].{k}");
-            if d.name.trim().is_empty() || d.name.contains(['/', '\\']) {
-                return Err(invalid(at("name"), format!("`{}` is not a usable name (non-empty, no slashes)", d.name)));
+            let usable = !d.name.is_empty()
+                && d.name.len() <= 100
+                && d.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !usable {
+                bad(
+                    at("name"),
+                    format!("`{}` is not a usable name: use 1 to 100 letters, digits, `-`, `_` or `.`", d.name),
+                );
             }
             if names.contains(&&d.name) {
-                return Err(invalid(at("name"), format!("destination `{}` is defined twice", d.name)));
+                bad(at("name"), format!("destination `{}` is defined twice", d.name));
             }
             names.push(&d.name);
-            check_vault(&d.vault, &at("vault")).map_err(|(k, m)| invalid(k, m))?;
+            if let Err((k, m)) = check_vault(&d.vault, &at("vault")) {
+                bad(k, m);
+            }
             if d.mounts.is_empty() {
-                return Err(invalid(at("mounts"), "map at least one origin mount to a destination mount".into()));
+                bad(at("mounts"), "map at least one origin mount to a destination mount".into());
             }
+            let mut seen_from: Vec<String> = Vec::new();
             for (from, to) in &d.mounts {
-                let n = vsync_core::normalize_mount(from)
-                    .map_err(|e| invalid(at("mounts"), format!("origin mount `{from}`: {e}")))?;
-                if !origin_mounts.contains(&n) {
-                    return Err(invalid(
-                        at("mounts"),
-                        format!("origin mount `{from}` is not in origin.mounts ({})", origin_mounts.join(", ")),
-                    ));
+                match vsync_core::normalize_mount(from) {
+                    Err(e) => bad(at("mounts"), format!("origin mount `{from}`: {e}")),
+                    Ok(n) if seen_from.contains(&n) => {
+                        bad(at("mounts"), format!("origin mount `{n}` is mapped twice (`{n}` and `{}` are one mount)", n.trim_end_matches('/')))
+                    }
+                    Ok(n) => {
+                        if !origin_mounts.contains(&n) {
+                            bad(at("mounts"), format!("origin mount `{from}` is not in origin.mounts ({})", origin_mounts.join(", ")));
+                        }
+                        seen_from.push(n);
+                    }
                 }
-                vsync_core::normalize_mount(to)
-                    .map_err(|e| invalid(at("mounts"), format!("destination mount `{to}`: {e}")))?;
+                if let Err(e) = vsync_core::normalize_mount(to) {
+                    bad(at("mounts"), format!("destination mount `{to}`: {e}"));
+                }
             }
-            if d.workers == 0 {
-                return Err(invalid(at("workers"), "must be at least 1".into()));
-            }
+            check_workers(&mut bad, &at("workers"), d.workers);
+            check_durations(&mut bad, &format!("destination[{i}]"), d.interval, d.timeout);
             if !(0.0..=1.0).contains(&d.max_delete_ratio) {
-                return Err(invalid(at("max_delete_ratio"), "must be between 0 and 1".into()));
+                bad(at("max_delete_ratio"), "must be between 0 and 1".into());
             }
         }
-        Ok(())
+        let mut invalid: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|(key, message)| ConfigError::Invalid { file: file.to_owned(), key, message })
+            .collect();
+        match invalid.len() {
+            0 => Ok(()),
+            1 => Err(invalid.remove(0)),
+            _ => Err(ConfigError::Many(invalid)),
+        }
     }
 
     /// The destination called `name`.
@@ -511,6 +556,27 @@ impl Destination {
             config_hash: self.config_hash(),
             uses_plugins: self.uses_plugins(),
         }
+    }
+}
+
+/// Requests in flight above this are refused (a typo, not a setting).
+pub const MAX_WORKERS: usize = 1024;
+
+/// Largest bucket count accepted.
+pub const MAX_BUCKETS: u32 = 1 << 20;
+
+fn check_workers(bad: &mut impl FnMut(String, String), key: &str, workers: usize) {
+    if workers == 0 || workers > MAX_WORKERS {
+        bad(key.to_owned(), format!("{workers} is out of range (1 to {MAX_WORKERS})"));
+    }
+}
+
+fn check_durations(bad: &mut impl FnMut(String, String), at: &str, interval: Duration, timeout: Duration) {
+    if interval.is_zero() {
+        bad(format!("{at}.interval"), "must be longer than 0".into());
+    }
+    if timeout.is_zero() {
+        bad(format!("{at}.timeout"), "must be longer than 0".into());
     }
 }
 
@@ -620,6 +686,23 @@ memory_limit = "32MiB"
             let err = Config::parse(&text, Path::new("vsync.toml")).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_and_new_rules_hold() {
+        let bad = GOOD
+            .replace("mounts = [\"secret/\", \"kv1\"]", "mounts = [\"secret/\", \"secret/sub/\", \"kv1\"]")
+            .replace("name = \"eu\"", "name = \"eu west\"")
+            .replace("interval = \"30s\"", "interval = \"0s\"\nworkers = 100000")
+            .replace("mounts = { \"secret/\" = \"secret/\", \"kv1/\" = \"kv1/\" }", "mounts = { \"secret/\" = \"secret/\", \"secret\" = \"other/\", \"kv1/\" = \"kv1/\" }");
+        let err = Config::parse(&bad, Path::new("vsync.toml")).unwrap_err().to_string();
+        for needle in ["overlap", "destination[0].name", "destination[0].interval", "destination[0].workers", "mapped twice"] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        assert!(err.starts_with("5 problems"), "{err}");
+        let listen = format!("{GOOD}\n[telemetry]\nlisten = \"127.0.0.1:9464\"\n");
+        let err = Config::parse(&listen, Path::new("vsync.toml")).unwrap_err().to_string();
+        assert!(err.contains("telemetry.listen") && err.contains("not built yet"), "{err}");
     }
 
     #[test]
