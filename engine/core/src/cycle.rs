@@ -378,6 +378,16 @@ pub fn removals_to_run<'p>(plan: &'p Plan, writes: &HashMap<SecretPath, WriteOut
         .collect()
 }
 
+/// What the executor learned per key, beyond the outcome, that the next info records.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    /// Per-key state of every key replicated exactly this cycle.
+    pub exact: HashMap<SecretPath, ExactState>,
+    /// KV v1 keys whose written value could not be checked against the scan's keyed digest
+    /// (the destination has no `digest_key_file`).
+    pub unverified: HashSet<SecretPath>,
+}
+
 /// Counts of one destination cycle.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CycleCounts {
@@ -404,14 +414,12 @@ pub struct CycleCounts {
 /// Merges a cycle's outcomes into the destination's entries: what succeeded is recorded,
 /// what failed keeps its old entry (so only it is retried), a moved secret points at its new
 /// place, and a secret with no live version leaves a tombstone so both infos agree.
-///
-/// `exact` holds the per-key state of every key replicated exactly this cycle.
 pub fn settle(
     cycle: &CyclePlan,
     origin: &OriginInfo,
     dest: &mut Buckets<DestEntry>,
     writes: &HashMap<SecretPath, WriteOutcome>,
-    exact: &HashMap<SecretPath, ExactState>,
+    records: &Records,
     removals: &HashMap<SecretPath, RemovalOutcome>,
 ) -> CycleCounts {
     let mut counts = CycleCounts {
@@ -453,7 +461,12 @@ pub fn settle(
         }
         let mut next = DestEntry::new(entry.clone(), target.clone());
         if matches!(action, Action::ExactV2 { .. }) {
-            next.exact = Some(exact.get(key).cloned().unwrap_or_default());
+            next.exact = Some(records.exact.get(key).cloned().unwrap_or_default());
+        }
+        if records.unverified.contains(key) {
+            // The value written could not be tied to the scan's keyed digest: record none, so
+            // the next cycle compares the values again instead of trusting a digest.
+            next.origin.digest = None;
         }
         dest.insert(key.clone(), next);
     }
@@ -562,7 +575,7 @@ mod tests {
             .map(|a| (a.key().clone(), RemovalOutcome::Removed))
             .collect();
         let mut entries = d.entries.clone();
-        let counts = settle(c, o, &mut entries, &writes, &HashMap::new(), &removals);
+        let counts = settle(c, o, &mut entries, &writes, &Records::default(), &removals);
         let next = DestInfo {
             digests: entries.digests(),
             entries,
@@ -641,7 +654,7 @@ mod tests {
         let writes: HashMap<_, _> = [(key("a"), WriteOutcome::Failed)].into();
         assert!(removals_to_run(&c.plan, &writes).is_empty(), "the old copy stays until the new one is written");
         let mut entries = d.entries.clone();
-        let counts = settle(&c, &o, &mut entries, &writes, &HashMap::new(), &HashMap::new());
+        let counts = settle(&c, &o, &mut entries, &writes, &Records::default(), &HashMap::new());
         assert_eq!(counts.failed, 1);
         assert_eq!(entries.get(&key("a")), d.entries.get(&key("a")), "old entry kept, so it is retried");
 
@@ -651,7 +664,7 @@ mod tests {
         assert!(matches!(run[..], [Action::Delete { target, .. }] if target.path == "old"));
         let removals = [(key("a"), RemovalOutcome::Removed)].into();
         let mut entries = d.entries.clone();
-        let counts = settle(&c, &o, &mut entries, &writes, &HashMap::new(), &removals);
+        let counts = settle(&c, &o, &mut entries, &writes, &Records::default(), &removals);
         assert_eq!((counts.updated, counts.deleted), (1, 1));
         assert_eq!(entries.get(&key("a")).map(|e| e.target.path.as_str()), Some("new"));
     }
@@ -667,7 +680,7 @@ mod tests {
         let removals: HashMap<_, _> =
             [(key("soft"), RemovalOutcome::Removed), (key("del"), RemovalOutcome::Failed)].into();
         let mut entries = d.entries.clone();
-        let counts = settle(&c, &o, &mut entries, &writes, &HashMap::new(), &removals);
+        let counts = settle(&c, &o, &mut entries, &writes, &Records::default(), &removals);
         assert_eq!((counts.skipped, counts.failed, counts.deleted), (1, 1, 1), "{counts:?}");
         assert_eq!(entries.get(&key("soft")).map(|e| &e.origin), Some(&gone), "tombstone of a key with no live version");
         assert_eq!(entries.get(&key("skip")), d.entries.get(&key("skip")), "skipped: retried next cycle");

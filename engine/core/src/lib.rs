@@ -21,7 +21,7 @@ pub mod plan;
 pub mod spec;
 pub mod types;
 
-pub use cycle::{CycleCounts, CycleFlags, CyclePlan, CycleRules, DestInfo, OriginInfo, Refusal, RemovalOutcome, WriteOutcome};
+pub use cycle::{CycleCounts, CycleFlags, CyclePlan, CycleRules, DestInfo, OriginInfo, Records, Refusal, RemovalOutcome, WriteOutcome};
 pub use digest::Digest;
 pub use info::{Buckets, SyncInfo};
 pub use mapping::{DestinationMapper, MapError, PathContext, PathMapper};

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
-use vsync_core::cycle::{self, CycleCounts, CycleFlags, CyclePlan, RemovalOutcome, WriteOutcome};
+use vsync_core::cycle::{self, CycleCounts, CycleFlags, CyclePlan, Records, RemovalOutcome, WriteOutcome};
+use vsync_core::digest::value_hmac;
 use vsync_core::{
     Action, DestEntry, DestInfo, DestPath, DestinationMapper, DestinationSpec, ExactState, KvVersion, OriginInfo, PathMapper,
     Refusal, SecretPath, VersionsMode,
@@ -21,6 +22,7 @@ use vsync_state::{StateStore, StoreLock};
 use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
 use crate::exact::{self, Inspected};
+use crate::origin::canonical_json;
 use crate::fault::{FatalCause, Fault};
 
 /// Name of a destination's side in the state store.
@@ -40,6 +42,9 @@ pub struct Destination {
     pub lock: StoreLock,
     /// Filters and transformers (the plugin stack), when configured.
     pub mapper: Option<Box<dyn PathMapper>>,
+    /// The origin's KV v1 digest key (`digest_key_file`), when this process can read it: a
+    /// KV v1 value read for a copy is checked against the scan's keyed digest.
+    pub digest_key: Option<Arc<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Destination {
@@ -249,27 +254,32 @@ impl Destination {
                 continue; // failed while inspecting
             }
             let found = inspected.remove(action.key());
-            let (oc, dc, limit, kinds) = (origin_vault.clone(), self.vault.clone(), limit.clone(), kinds.clone());
+            let scanned = origin.entries.get(action.key()).and_then(|e| e.digest);
+            let (oc, dc, limit, kinds, hmac) =
+                (origin_vault.clone(), self.vault.clone(), limit.clone(), kinds.clone(), self.digest_key.clone());
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let result = match (&action, found) {
-                    (Action::ExactV2 { key, target, .. }, Some(found)) => {
-                        exact::apply(&oc, &dc, key, target, found).await.map(|(o, state)| (o, Some(state)))
-                    }
-                    _ => write(&oc, &dc, &kinds, &action).await.map(|o| (o, None)),
+                    (Action::ExactV2 { key, target, .. }, Some(found)) => exact::apply(&oc, &dc, key, target, found)
+                        .await
+                        .map(|(o, state)| Written { outcome: o, exact: Some(state), unverified: false }),
+                    _ => write(&oc, &dc, &kinds, &action, scanned, hmac.as_deref().map(Vec::as_slice)).await,
                 };
                 (action, result)
             });
         }
-        let mut exact_states: HashMap<SecretPath, ExactState> = HashMap::new();
+        let mut records = Records::default();
         while let Some(joined) = tasks.join_next().await {
             let (action, result) = joined.map_err(|e| Fault::transient(format!("destination `{name}`: copy task failed: {e}")))?;
             let outcome = match result {
-                Ok((o, state)) => {
-                    if let Some(state) = state {
-                        exact_states.insert(action.key().clone(), state);
+                Ok(written) => {
+                    if let Some(state) = written.exact {
+                        records.exact.insert(action.key().clone(), state);
                     }
-                    o
+                    if written.unverified {
+                        records.unverified.insert(action.key().clone());
+                    }
+                    written.outcome
                 }
                 Err(fault) => self.per_secret(fault, &action, || tasks.abort_all())?,
             };
@@ -289,7 +299,7 @@ impl Destination {
             removals.insert(action.key().clone(), outcome);
         }
 
-        let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &exact_states, &removals);
+        let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &records, &removals);
         let digests = dest.entries.digests();
         let committed = state_info::commit(
             &self.store,
@@ -439,21 +449,55 @@ async fn remove(dest: &VaultClient, kinds: &HashMap<String, KvVersion>, action: 
     result.map_err(|e| Fault::vault(format!("removing {}", action.key()), e))
 }
 
-async fn write(origin: &VaultClient, dest: &VaultClient, kinds: &HashMap<String, KvVersion>, action: &Action) -> Result<WriteOutcome, Fault> {
+/// What one write task produced.
+struct Written {
+    outcome: WriteOutcome,
+    exact: Option<ExactState>,
+    unverified: bool,
+}
+
+impl From<WriteOutcome> for Written {
+    fn from(outcome: WriteOutcome) -> Self {
+        Self { outcome, exact: None, unverified: false }
+    }
+}
+
+/// Copies one secret (`latest` KV v2, or KV v1). `scanned` is the keyed digest the scan
+/// recorded for a KV v1 value; with the key, a value that changed since the scan is skipped
+/// (recording the scan's digest for another value would hide the change for good).
+async fn write(
+    origin: &VaultClient,
+    dest: &VaultClient,
+    kinds: &HashMap<String, KvVersion>,
+    action: &Action,
+    scanned: Option<vsync_core::Digest>,
+    digest_key: Option<&[u8]>,
+) -> Result<Written, Fault> {
     let read_fault = |e: VaultError| Fault::vault(format!("reading origin {}", action.key()), e);
+    let mut unverified = false;
     let (key, target, data) = match action {
-        Action::Record { .. } => return Ok(WriteOutcome::Recorded),
+        Action::Record { .. } => return Ok(WriteOutcome::Recorded.into()),
         Action::CopyV2 { key, version, target, .. } => match origin.read_version(&key.mount, &key.path, *version).await.map_err(read_fault)? {
             DataRead::Live(data, _) => (key, target, data),
             // Deleted, destroyed or gone since the scan: the next scan sees it.
             other => {
                 warn!(secret = %key, version, state = ?other, "origin version changed during the cycle; skipped");
-                return Ok(WriteOutcome::Skipped);
+                return Ok(WriteOutcome::Skipped.into());
             }
         },
         Action::SyncV1 { key, target } => match origin.read_v1(&key.mount, &key.path).await.map_err(read_fault)? {
-            Some(data) => (key, target, data),
-            None => return Ok(WriteOutcome::Skipped),
+            Some(data) => {
+                match (scanned, digest_key) {
+                    (Some(d), Some(k)) if value_hmac(k, &canonical_json(&data)) != d => {
+                        warn!(secret = %key, "origin value changed since the scan; skipped until the next scan");
+                        return Ok(WriteOutcome::Skipped.into());
+                    }
+                    (Some(_), None) => unverified = true,
+                    _ => {}
+                }
+                (key, target, data)
+            }
+            None => return Ok(WriteOutcome::Skipped.into()),
         },
         _ => return Err(Fault::transient("not a write action")),
     };
@@ -462,7 +506,7 @@ async fn write(origin: &VaultClient, dest: &VaultClient, kinds: &HashMap<String,
         .await
         .map_err(|e| Fault::vault(format!("writing {target}"), e))?;
     info!(secret = %key, target = %target, wrote, "synced");
-    Ok(if wrote { WriteOutcome::Written } else { WriteOutcome::Equal })
+    Ok(Written { outcome: if wrote { WriteOutcome::Written } else { WriteOutcome::Equal }, exact: None, unverified })
 }
 
 /// Writes `data` at `target` unless the destination already holds an equal value.

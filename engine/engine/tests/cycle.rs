@@ -50,7 +50,7 @@ fn dest_spec(mounts: &[(&str, &str)]) -> DestinationSpec {
 
 fn destination(store: &StateStore, vault: VaultClient, spec: DestinationSpec) -> Destination {
     let lock = store.lock_side(&vsync_engine::side_name(&spec.name)).unwrap();
-    Destination { spec, vault, store: store.clone(), lock, mapper: None }
+    Destination { spec, vault, store: store.clone(), lock, mapper: None, digest_key: None }
 }
 
 async fn live(c: &VaultClient, mount: &str, path: &str) -> Option<String> {
@@ -189,4 +189,47 @@ async fn a_path_written_this_cycle_is_never_deleted_by_a_removal() {
         assert_eq!(report.counts.deleted, 0, "round {round}: {report}");
         assert_eq!(live(&cb, "x/", "db").await.as_deref(), Some(r#"{"from":"b"}"#), "round {round}: {report}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv1_value_changed_after_the_keyed_scan_is_not_recorded_under_the_old_digest() {
+    // Issue 10 item 5: origin value A is scanned with a digest key; the value becomes B before
+    // the destination copies; then A again. The destination must end with A.
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let (ca, cb) = (client(&a), client(&b));
+    let key = std::sync::Arc::new(b"0123456789abcdef0123456789abcdef".to_vec());
+    let mut ospec = origin_spec();
+    ospec.mounts = vec!["kv1/".into()];
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::File(FileStore::open(dir.path()).unwrap());
+    let mut d = destination(&store, cb.clone(), dest_spec(&[("kv1/", "kv1/")]));
+    d.digest_key = Some(key.clone());
+
+    ca.write_v1("kv1/", "app", &data(json!({"v": "A"}))).await.unwrap();
+    let scanned_a = origin::scan(&ca, &ospec, Some(&key)).await.unwrap();
+    ca.write_v1("kv1/", "app", &data(json!({"v": "B"}))).await.unwrap();
+    let report = d.cycle(&ca, &scanned_a, CycleFlags::default()).await.unwrap();
+    assert_eq!(report.counts.skipped, 1, "B does not match the scanned digest: {report}");
+    ca.write_v1("kv1/", "app", &data(json!({"v": "A"}))).await.unwrap();
+    let info = origin::scan(&ca, &ospec, Some(&key)).await.unwrap();
+    d.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
+    assert_eq!(cb.read_v1("kv1/", "app").await.unwrap().map(|v| v.as_json().to_owned()).as_deref(), Some(r#"{"v":"A"}"#));
+
+    // Without the key at the destination the value is written but its digest is not trusted:
+    // the next cycle compares again and converges.
+    let mut d2 = destination(&StateStore::File(FileStore::open(tempfile::tempdir().unwrap().keep()).unwrap()), cb.clone(), {
+        let mut s = dest_spec(&[("kv1/", "kv1/")]);
+        s.name = "us".into();
+        s
+    });
+    ca.write_v1("kv1/", "app", &data(json!({"v": "C"}))).await.unwrap();
+    let scanned_c = origin::scan(&ca, &ospec, Some(&key)).await.unwrap();
+    ca.write_v1("kv1/", "app", &data(json!({"v": "D"}))).await.unwrap();
+    d2.cycle(&ca, &scanned_c, CycleFlags::default()).await.unwrap();
+    ca.write_v1("kv1/", "app", &data(json!({"v": "C"}))).await.unwrap();
+    let info = origin::scan(&ca, &ospec, Some(&key)).await.unwrap();
+    d2.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
+    assert_eq!(cb.read_v1("kv1/", "app").await.unwrap().map(|v| v.as_json().to_owned()).as_deref(), Some(r#"{"v":"C"}"#));
 }

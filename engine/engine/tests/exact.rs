@@ -61,7 +61,7 @@ fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
     let lock = store.lock_side("destination-eu").unwrap();
-    let dest = Destination { spec: spec(), vault: cb.clone(), store, lock, mapper: None };
+    let dest = Destination { spec: spec(), vault: cb.clone(), store, lock, mapper: None, digest_key: None };
     World { _a: a, _b: b, ca, cb, _dir: dir, dest }
 }
 

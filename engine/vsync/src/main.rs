@@ -309,7 +309,16 @@ async fn run_role(
 ) -> Outcome {
     let shutdown = shutdown_signal();
     let publishes = role != Role::Destination;
-    let digest_key = if publishes { digest_key(config)? } else { None };
+    let digest_key = match publishes {
+        true => digest_key(config)?,
+        // A destination uses the key only to check KV v1 values against the scan; without
+        // it those values are compared each cycle (slower, never wrong).
+        false => digest_key(config).unwrap_or_else(|_| {
+            tracing::warn!("digest_key_file is not readable here; KV v1 values are compared each cycle");
+            None
+        }),
+    };
+    let shared_key = digest_key.clone().map(std::sync::Arc::new);
     let mut mappers = mappers(config, &dests, plugins_dir)?;
     let parts = Parts::build(config, dests).await;
     let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
@@ -333,6 +342,7 @@ async fn run_role(
             store: store.clone(),
             lock,
             mapper,
+            digest_key: shared_key.clone(),
         });
     }
     let findings = parts.check(publishes).await;
