@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
-use vsync_vault::{TokenLease, VaultClient};
+use vsync_vault::{TokenLease, VaultClient, VaultError};
 
 use crate::fault::{FatalCause, Fault};
 use crate::tripwire::Tripwire;
@@ -93,6 +93,16 @@ pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, firs
                         continue;
                     }
                     Ok(new) => debug!(side = %side, ttl = ?new.ttl, "renewal capped by the max TTL"),
+                    // A static token has half its TTL left: one failed renewal (a Vault that
+                    // is briefly unreachable) is retried with backoff until it is close to
+                    // expiry. A revoked token is not retried.
+                    Err(e) if matches!(source, TokenSource::Static) && !matches!(e, VaultError::PermissionDenied { .. }) => {
+                        warn!(side = %side, error = %e, "token renewal failed; retrying until the token is close to expiry");
+                        if let Some(new) = retry_renewal(&client, &side, full, remaining).await {
+                            lease = new;
+                            continue;
+                        }
+                    }
                     Err(e) => warn!(side = %side, error = %e, "token renewal failed"),
                 }
             }
@@ -134,4 +144,30 @@ pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, firs
             }
         }
     });
+}
+
+/// Retries a failed renewal with backoff (1 s, doubling, at most 30 s) while more than a tenth
+/// of `remaining` (at least 1 s) is left; the renewed lease, or `None` when the token is about
+/// to expire or was revoked.
+async fn retry_renewal(client: &VaultClient, side: &str, full: Duration, remaining: Duration) -> Option<TokenLease> {
+    let deadline = tokio::time::Instant::now() + remaining;
+    let margin = (remaining / 10).max(Duration::from_secs(1));
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left <= margin {
+            return None;
+        }
+        tokio::time::sleep(wait.min(left - margin)).await;
+        match client.renew_self(full).await {
+            Ok(new) if !new.ttl.is_zero() => {
+                info!(side, ttl = ?new.ttl, "token renewed after a failed attempt");
+                return Some(new);
+            }
+            Ok(_) => return None,
+            Err(VaultError::PermissionDenied { .. }) => return None,
+            Err(e) => warn!(side, error = %e, "token renewal failed again"),
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }

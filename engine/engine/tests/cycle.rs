@@ -233,3 +233,25 @@ async fn a_kv1_value_changed_after_the_keyed_scan_is_not_recorded_under_the_old_
     d2.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
     assert_eq!(cb.read_v1("kv1/", "app").await.unwrap().map(|v| v.as_json().to_owned()).as_deref(), Some(r#"{"v":"C"}"#));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failed_renewal_of_a_static_token_is_retried_not_fatal() {
+    // Issue 10 item 9: a renewable token of TTL 6 s; its first renewal (at 3 s) meets a cut
+    // connection for ~1.5 s. Half the TTL remains, so the keeper retries and the token lives.
+    let a = Bao::dev();
+    let token = a.root("POST", "auth/token/create", Some(&json!({"ttl": "6s", "explicit_max_ttl": "60s", "renewable": true, "policies": ["default"]})));
+    let token = token["auth"]["client_token"].as_str().unwrap().to_owned();
+    let port: u16 = a.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = vsync_test_harness::Proxy::start(port);
+    let c = VaultClient::new(VaultConfig::new(proxy.addr(), Token::new(token))).unwrap();
+    let lease = c.lookup_self().await.unwrap();
+    let tripwire = Tripwire::new();
+    vsync_engine::tokens::spawn_keeper("origin".into(), c.clone(), vsync_engine::tokens::TokenSource::Static, Some(lease), tripwire.clone());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    proxy.set_cut(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set_cut(false);
+    let tripped = tokio::time::timeout(Duration::from_secs(6), tripwire.tripped()).await;
+    assert!(tripped.is_err(), "the keeper gave up: {:?}", tripped.map(|f| f.message));
+    assert!(c.lookup_self().await.is_ok(), "the token is still valid 10 s after it was created with a 6 s TTL");
+}
