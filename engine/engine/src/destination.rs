@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -40,8 +41,8 @@ pub struct Destination {
     pub store: StateStore,
     /// Its side's writer lock.
     pub lock: StoreLock,
-    /// Filters and transformers (the plugin stack), when configured.
-    pub mapper: Option<Box<dyn PathMapper>>,
+    /// Filters and transformers (the plugin stack), when configured ([`share`] one).
+    pub mapper: Option<SharedMapper>,
     /// The origin's KV v1 digest key (`digest_key_file`), when this process can read it: a
     /// KV v1 value read for a copy is checked against the scan's keyed digest.
     pub digest_key: Option<Arc<Vec<u8>>>,
@@ -55,6 +56,43 @@ impl std::fmt::Debug for Destination {
             .field("store", &self.store.describe())
             .field("plugins", &self.mapper.is_some())
             .finish()
+    }
+}
+
+/// A path mapper that a planning thread can hold while the cycle's future waits for it.
+pub type SharedMapper = Arc<std::sync::Mutex<Box<dyn PathMapper>>>;
+
+/// Shares a path mapper for [`Destination::mapper`].
+pub fn share(mapper: Box<dyn PathMapper>) -> SharedMapper {
+    Arc::new(std::sync::Mutex::new(mapper))
+}
+
+/// Guards plugin calls while planning runs on a blocking thread: once the cycle is abandoned
+/// (timeout, signal: its future is dropped, which sets `cancel`) or its deadline passes, every
+/// further path fails at once instead of calling a plugin, so planning ends within one call.
+struct PlanningGate<'m> {
+    inner: &'m mut dyn PathMapper,
+    cancel: &'m AtomicBool,
+    deadline: std::time::Instant,
+    stopped: bool,
+}
+
+impl PathMapper for PlanningGate<'_> {
+    fn map_path(&mut self, path: &str, context: &vsync_core::PathContext) -> Result<Option<String>, vsync_core::MapError> {
+        if self.stopped || self.cancel.load(Ordering::Relaxed) || std::time::Instant::now() >= self.deadline {
+            self.stopped = true;
+            return Err(vsync_core::MapError("planning was cancelled".into()));
+        }
+        self.inner.map_path(path, context)
+    }
+}
+
+/// Sets its flag when dropped: the cycle's future went away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -180,7 +218,10 @@ pub async fn preview<'a>(
 
 impl Destination {
     /// Runs one cycle against `origin` (read through `origin_vault`) and commits.
-    pub async fn cycle(&mut self, origin_vault: &VaultClient, origin: &OriginInfo, flags: CycleFlags) -> Result<CycleReport, Fault> {
+    ///
+    /// Planning (with its plugin calls) runs on the blocking pool and is interruptible: the
+    /// cycle's deadline (`timeout`) and dropping this future stop it between paths.
+    pub async fn cycle(&mut self, origin_vault: &VaultClient, origin: &Arc<OriginInfo>, flags: CycleFlags) -> Result<CycleReport, Fault> {
         let name = self.spec.name.clone();
         let origin_before = origin_vault.request_counts();
         let dest_before = self.vault.request_counts();
@@ -195,8 +236,31 @@ impl Destination {
             dest.digests = dest.entries.digests();
             info!(destination = %name, keys = request.keys.len(), "repairing the keys `vsync verify --repair` named");
         }
-        let paths = self.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
-        let planned = plan(&self.spec, paths, origin, &dest, flags)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        let deadline = std::time::Instant::now() + self.spec.timeout;
+        let (spec, mapper, shared_origin) = (self.spec.clone(), self.mapper.clone(), origin.clone());
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            // A previous cycle's abandoned planning holds the lock until its next path.
+            let mut held = mapper.as_ref().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let mut gate = held.as_deref_mut().map(|m| PlanningGate { inner: &mut **m, cancel: &cancel, deadline, stopped: false });
+            let result = plan(&spec, gate.as_mut().map(|g| g as &mut dyn PathMapper), &shared_origin, &dest, flags);
+            let stopped = gate.is_some_and(|g| g.stopped);
+            (dest, if stopped { Err(None) } else { result.map_err(Some) })
+        })
+        .await
+        .map_err(|e| Fault::transient(format!("destination `{name}`: planning task failed: {e}")))?;
+        let mut dest = returned;
+        let planned = match result {
+            Ok(p) => p,
+            Err(Some(fault)) => return Err(fault),
+            Err(None) => {
+                return Err(Fault::transient(format!(
+                    "destination `{name}`: planning ran past the cycle timeout ({:?}) and was cancelled; nothing committed",
+                    self.spec.timeout
+                )));
+            }
+        };
         let plan = &planned.plan;
 
         // Destination mount kinds decide the write API (a KV v1 origin may feed a KV v2 mount).

@@ -27,13 +27,13 @@ pub const ORIGIN_SIDE: &str = "origin";
 ///
 /// With `digest_key`, every KV v1 value is read and its HMAC recorded; without, KV v1 entries
 /// carry no digest and destinations compare values themselves.
-pub async fn scan(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<OriginInfo, Fault> {
+pub async fn scan(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<Arc<OriginInfo>, Fault> {
     let info = tokio::time::timeout(spec.timeout, scan_mounts(origin, spec, digest_key))
         .await
         .map_err(|_| Fault::transient(format!("origin scan timed out after {:?}", spec.timeout)))?
         .map_err(|f| f.context("origin scan"))?;
     info!(secrets = info.entries.len(), buckets = info.entries.count(), mounts = info.mounts.len(), "origin scanned");
-    Ok(info)
+    Ok(Arc::new(info))
 }
 
 async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<OriginInfo, Fault> {
@@ -147,7 +147,7 @@ pub async fn publish(store: &StateStore, lock: &StoreLock, origin: &OriginInfo) 
 }
 
 /// Loads what the origin published.
-pub async fn load(store: &StateStore) -> Result<OriginInfo, Fault> {
+pub async fn load(store: &StateStore) -> Result<Arc<OriginInfo>, Fault> {
     let loaded = state_info::load::<OriginEntry>(store, ORIGIN_SIDE)
         .await
         .map_err(|e| Fault::state("loading the origin info", e))?
@@ -157,9 +157,9 @@ pub async fn load(store: &StateStore) -> Result<OriginInfo, Fault> {
                 store.describe()
             ))
         })?;
-    Ok(OriginInfo {
+    Ok(Arc::new(OriginInfo {
         digests: loaded.root.digests(),
         mounts: loaded.root.origin_mounts,
         entries: loaded.buckets,
-    })
+    }))
 }

@@ -255,3 +255,61 @@ async fn one_failed_renewal_of_a_static_token_is_retried_not_fatal() {
     assert!(tripped.is_err(), "the keeper gave up: {:?}", tripped.map(|f| f.message));
     assert!(c.lookup_self().await.is_ok(), "the token is still valid 10 s after it was created with a 6 s TTL");
 }
+
+/// A path mapper that takes `delay` per path (a slow plugin stack).
+struct SlowMapper(Duration);
+
+impl vsync_core::PathMapper for SlowMapper {
+    fn map_path(&mut self, path: &str, _: &vsync_core::PathContext) -> Result<Option<String>, vsync_core::MapError> {
+        std::thread::sleep(self.0);
+        Ok(Some(path.to_owned()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_planning_is_cut_by_the_cycle_timeout_and_by_shutdown() {
+    // Issue 10 item 8: 200 paths at 50 ms each is 10 s of plugin calls; the cycle timeout is
+    // 1 s, and a shutdown after 0.5 s must end the role loop just as fast.
+    let (a, b) = (Bao::dev(), Bao::dev());
+    let (ca, cb) = (client(&a), client(&b));
+    for i in 0..200 {
+        ca.write_version("secret/", &format!("k{i}"), &data(json!({"v": i})), 0).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::File(FileStore::open(dir.path()).unwrap());
+    let mut spec = dest_spec(&[("secret/", "secret/")]);
+    spec.timeout = Duration::from_secs(1);
+    spec.uses_plugins = true;
+    let mut d = destination(&store, cb.clone(), spec.clone());
+    d.mapper = Some(vsync_engine::destination::share(Box::new(SlowMapper(Duration::from_millis(50)))));
+    let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
+    let started = std::time::Instant::now();
+    let fault = d.cycle(&ca, &info, CycleFlags::default()).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "planning ran {:?}", started.elapsed());
+    assert!(fault.message.contains("cancelled"), "{fault}");
+    assert!(cb.read_metadata("secret/", "k0").await.unwrap().is_none(), "nothing was written");
+
+    // The role loop with a long timeout: the shutdown future ends the planning too.
+    drop(d);
+    spec.timeout = Duration::from_secs(120);
+    let mut d = destination(&store, cb.clone(), spec);
+    d.mapper = Some(vsync_engine::destination::share(Box::new(SlowMapper(Duration::from_millis(50)))));
+    let engine = Engine {
+        role: Role::Destination,
+        origin_vault: ca.clone(),
+        origin_store: store.clone(),
+        publisher: None,
+        destinations: vec![d],
+        alerter: Alerter::new(None),
+        tripwire: Tripwire::new(),
+        reporter: Box::new(|_| {}),
+    };
+    // The destination role loads the origin's published info.
+    let lock = store.lock_side(vsync_engine::ORIGIN_SIDE).unwrap();
+    origin::publish(&store, &lock, &info).await.unwrap();
+    drop(lock);
+    let started = std::time::Instant::now();
+    let ended = vsync_engine::run(engine, RunOptions::default(), tokio::time::sleep(Duration::from_millis(500))).await.unwrap();
+    assert_eq!(ended, Ended::Stopped);
+    assert!(started.elapsed() < Duration::from_secs(3), "stopping took {:?}", started.elapsed());
+}

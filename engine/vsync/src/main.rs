@@ -341,7 +341,7 @@ async fn run_role(
             vault: vault.client.clone(),
             store: store.clone(),
             lock,
-            mapper,
+            mapper: mapper.map(vsync_engine::destination::share),
             digest_key: shared_key.clone(),
         });
     }
