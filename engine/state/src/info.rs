@@ -169,6 +169,12 @@ where
             let Some(bytes) = bytes else {
                 return Ok::<_, StateError>(Err(hash));
             };
+            // Parts are named by their content: a part whose bytes do not hash to its name was
+            // changed or truncated, and is never trusted.
+            let actual = Digest(Sha256::digest(&bytes).into()).to_hex();
+            if actual != hash {
+                return Err(corrupt(&store, format!("part {hash} of `{side}`"), format!("its content hashes to {actual}")));
+            }
             let rows: Vec<(SecretPath, T)> = serde_json::from_slice(&bytes)
                 .map_err(|e| corrupt(&store, format!("part {hash} of `{side}`"), e.to_string()))?;
             Ok(Ok(rows))
@@ -328,6 +334,29 @@ mod tests {
         let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
         assert_eq!(loaded.root.generation, 3);
         assert_eq!(loaded.buckets, changed);
+    }
+
+    #[tokio::test]
+    async fn a_part_that_does_not_match_its_name_is_corrupt_and_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("state");
+        let store = StateStore::File(FileStore::open(&sub).unwrap());
+        let lock = store.lock_side("origin").unwrap();
+        let info = SyncInfo::from_entries(1, (0..3).map(|i| (SecretPath::new("secret/", format!("k{i}")), entry(i))));
+        commit(&store, &lock, BTreeMap::new(), None, &info, &info.digests()).await.unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&sub), 0o700);
+            assert_eq!(mode(&sub.join("origin.json")), 0o600);
+            assert_eq!(mode(&sub.join("origin.lock")), 0o600);
+        }
+        let part = std::fs::read_dir(sub.join("origin.buckets")).unwrap().next().unwrap().unwrap().path();
+        let text = std::fs::read_to_string(&part).unwrap().replace("\"k1\"", "\"kX\"");
+        std::fs::write(&part, text).unwrap();
+        let err = load::<OriginEntry>(&store, "origin").await.unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }) && err.to_string().contains("hashes to"), "{err}");
     }
 
     #[tokio::test]

@@ -17,6 +17,24 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub mod consul;
+
+/// Creates `dir` (and its parents) readable by this user only: sync info names every secret.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates (or truncates) a file readable and writable by this user only.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
 pub mod info;
 pub mod store;
 
@@ -120,7 +138,7 @@ impl FileStore {
     /// Opens (creating if needed) a store directory.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(io(&dir, "create directory"))?;
+        private_dir(&dir).map_err(io(&dir, "create directory"))?;
         Ok(Self { dir })
     }
 
@@ -133,12 +151,11 @@ impl FileStore {
     /// [`StateError::Locked`] if another process holds it.
     pub fn lock_side(&self, side: &str) -> Result<SideLock> {
         let path = self.dir.join(format!("{side}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path, "open lock file"))?;
+        let mut options = OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&path).map_err(io(&path, "open lock file"))?;
         match file.try_lock() {
             Ok(()) => Ok(SideLock {
                 _file: file,
@@ -191,11 +208,11 @@ impl FileStore {
     pub(crate) fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.doc_path(name);
         let parent = path.parent().unwrap_or(&self.dir).to_owned();
-        std::fs::create_dir_all(&parent).map_err(io(&parent, "create directory"))?;
+        private_dir(&parent).map_err(io(&parent, "create directory"))?;
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
         {
-            let mut f = File::create(&tmp).map_err(io(&tmp, "create temp file"))?;
+            let mut f = private_file(&tmp).map_err(io(&tmp, "create temp file"))?;
             f.write_all(bytes).map_err(io(&tmp, "write temp file"))?;
             f.sync_all().map_err(io(&tmp, "fsync temp file"))?;
         }
