@@ -297,6 +297,7 @@ fn run_vector(host: &PluginHost, name: &str, index: usize, v: &Vector, default_c
                 CallError::Guest { error, .. } => Some(error.case()),
                 CallError::Timeout { .. } => Some("timeout"),
                 CallError::MemoryExceeded { .. } => Some("memory-exceeded"),
+                CallError::OutputTooLong { .. } => Some("output-too-long"),
                 CallError::Trap { .. } | CallError::Restart { .. } => Some("trap"),
             };
             match &v.error {
