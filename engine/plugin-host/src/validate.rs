@@ -13,6 +13,10 @@
 //! path = "prod/app/db"
 //! expect = "eu/app/db"   # or: dropped = true | included = true | error = "invalid-config"
 //! ```
+//!
+//! `error` names a plugin error case (`invalid-config`, `invalid-path`, `failed`), a host
+//! verdict (`timeout`, `memory-exceeded`, `output-too-long`, `trap`), or text the error
+//! message contains.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
