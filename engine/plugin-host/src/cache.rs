@@ -480,6 +480,24 @@ mod unix {
         }
 
         #[test]
+        fn files_of_another_user_are_not_used() {
+            // Needs the right to give a file away: only root has it.
+            if euid() != 0 {
+                eprintln!("skipped: not running as root, cannot chown");
+                return;
+            }
+            let nobody = 65534;
+            let root = tempfile::tempdir().unwrap();
+            let cache = Cache::open(root.path()).unwrap();
+            cache.put("x", b"artifact").unwrap();
+            std::os::unix::fs::chown(cache.entry_path("x"), Some(nobody), None).unwrap();
+            assert!(rejected(cache.get("x")).contains("owned by uid 65534"));
+            std::os::unix::fs::chown(root.path(), Some(nobody), None).unwrap();
+            let err = Cache::open(root.path()).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 65534, not by this user (uid 0)"), "{err}");
+        }
+
+        #[test]
         fn a_key_others_may_read_is_replaced() {
             let root = tempfile::tempdir().unwrap();
             let cache = Cache::open(root.path()).unwrap();

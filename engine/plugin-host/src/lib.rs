@@ -843,7 +843,7 @@ pub struct Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        // Drops the summary interval held back.
+        // Lines dropped since the last summary (held back by its interval) are still reported.
         self.budget().summarize(&self.loaded.name);
     }
 }

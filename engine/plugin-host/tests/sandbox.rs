@@ -353,3 +353,24 @@ fn plugin_logging_is_rate_limited() {
     // instance is dropped.
     assert!((1..=3).contains(&summaries), "{summaries} summaries:\n{log}");
 }
+
+#[test]
+fn a_trap_does_not_refill_the_log_budget() {
+    let (host, _d) = host_with("flood", &fixture("flood"), cfg());
+    let (allowed, log) = captured(|| {
+        let mut i = host.instantiate("flood", "{}").unwrap();
+        let started = Instant::now();
+        // 8 x 32 lines empty the bucket; every call traps and the instance is replaced.
+        for _ in 0..8 {
+            assert!(matches!(i.transform("panic/32", &ctx()), Err(CallError::Trap { .. })));
+        }
+        assert_eq!(i.transform("log/32", &ctx()).unwrap(), None);
+        // What the bucket refilled meanwhile (a fresh bucket would allow all 32).
+        (started.elapsed().as_secs_f64() * 64.0).ceil() as usize
+    });
+    // A bucket reset by each restart would let 9 x 32 = 288 through.
+    let total = log.lines().filter(|l| l.contains("flood line")).count();
+    assert!(total <= 256 + allowed, "{total} lines (allowed {})", 256 + allowed);
+    assert!(allowed < 32, "too slow to tell a kept bucket from a fresh one ({allowed} tokens refilled)");
+}
+
