@@ -3,42 +3,59 @@
 //!
 //! - **Load pipeline** ([`PluginHost::load_file`]): read; refuse anything that is not a
 //!   component (random bytes, core modules); compile (cached on disk when
-//!   [`HostConfig::cache_dir`] is set: key = SHA-256 of the bytes + wasmtime version + engine
-//!   compatibility hash; otherwise each host compiles once, in memory); check the exported API
-//!   (world and version, from the export name) and every import against an allowlist; link and
-//!   pre-instantiate, which type-checks the exports against the world. `configure` runs at
-//!   [`PluginHost::instantiate`].
+//!   [`HostConfig::cache_dir`] is set, see below; otherwise each host compiles once, in memory);
+//!   refuse a component whose declared memories and tables exceed the limits below; check the
+//!   exported API (world and version, from the export name) and every import against an
+//!   allowlist; link and pre-instantiate, which type-checks the exports against the world.
+//!   `configure` runs at [`PluginHost::instantiate`].
+//! - **Compile cache** (`cache.rs`): entries are native code that runs outside the sandbox, so
+//!   one is deserialized only after it passed every check: the directory is this user's and
+//!   not writable by group or others (else the cache is not used, with a warning); the entry is
+//!   a regular file of this user's, not writable by others; and its HMAC-SHA-256 under a
+//!   per-user key (`hmac-key`, `0600`, in the directory) matches. Entries are written `0600`,
+//!   atomically; one failing a check is ignored, compiled afresh and rewritten.
+//!   [`PluginHost::cache_stats`] counts what happened. Entry name: SHA-256 of the component
+//!   bytes + wasmtime version + engine compatibility hash.
 //! - **Sandbox**: no WASI capabilities. The host links its logging import (forwarded to
 //!   `tracing` with the plugin name) and `wasi:random/insecure-seed` (Rust's `HashMap` asks for
 //!   it) under the exact name the component imports; every other import the component declares
 //!   traps when called (`define_unknown_imports_as_traps`), and anything beyond
 //!   `vsync:plugin/*`, `wasi:io/*`, `wasi:cli/*` and `wasi:random/insecure-seed` (files, sockets,
 //!   clocks, ...) is refused at load.
-//! - **Limits**: a per-call time limit (epoch deadline; a background thread ticks every 2 ms
-//!   while the host or any of its instances lives) and a memory limit per instance (linear
-//!   memory and tables). A trap or limit hit fails that call only; the instance is replaced
-//!   (re-instantiated and re-configured) before its next call.
+//! - **Limits** (`sandbox.rs`): a per-call time limit (epoch deadline; a background thread
+//!   ticks every 2 ms while the host or any of its instances lives) and a memory limit that
+//!   bounds the whole instance: [`HostConfig::memory_limit`] bytes of linear memory in all,
+//!   `memory_limit / 16` table elements in all, one linear memory (multi-memory is off in the
+//!   engine), at most 8 tables and 16 core instances. A trap or limit hit fails that call only;
+//!   the instance is replaced (re-instantiated and re-configured) before its next call.
+//! - **Caps** on what a plugin hands back: error texts over 4 KiB are cut (with a marker), a
+//!   transformer output over 4 KiB fails its path ([`CallError::OutputTooLong`]); log lines
+//!   over 4 KiB are cut, and an instance forwards at most 32 lines a call and 64 a second
+//!   (bursts of 256): the rest is dropped and counted in one summary line.
 //! - **Stacks** ([`Stack`]): a destination's filters, then its transformers in order, then the
 //!   identity; results must be valid relative paths.
 //! - **Validation** ([`validate_dir`]): what `vsync plugin validate` runs in CI.
 //!
 //! Layout: `bindings.rs` (the two `bindgen!` worlds of `wit/plugin@0.1.0`), `lib.rs` (host,
-//! instances, stacks), `validate.rs` (vectors files and the report); `build.rs` builds the
-//! `plugins/` workspace and embeds the default pack.
+//! instances, stacks), `sandbox.rs` (resource limiter, log budget, caps), `cache.rs` (the
+//! compile cache and its trust checks), `validate.rs` (vectors files and the report);
+//! `build.rs` builds the `plugins/` workspace and embeds the default pack.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Config, Engine, Store, Trap};
 
 mod bindings;
+mod cache;
+mod sandbox;
 mod validate;
 
 pub use validate::{ComponentReport, ValidateReport, VectorReport, validate_dir};
@@ -46,13 +63,13 @@ pub use validate::{ComponentReport, ValidateReport, VectorReport, validate_dir};
 use bindings::filter::{Filter as FilterWorld, FilterPre};
 use bindings::transformer::vsync::plugin::{host as wit_host, types as wit};
 use bindings::transformer::{Transformer as TransformerWorld, TransformerPre};
+use cache::{Cache, Lookup};
+use sandbox::{LogBudget, Limits, MAX_ERROR_TEXT, MAX_LOG_LINE, MAX_OUTPUT, cap_text};
 
 /// The plugin API this host speaks.
 pub const API_VERSION: &str = "0.1.0";
 const TRANSFORMER_EXPORT: &str = "vsync:plugin/transformer-api";
 const FILTER_EXPORT: &str = "vsync:plugin/filter-api";
-/// Longest plugin log line forwarded to `tracing`, in bytes.
-const MAX_LOG_LINE: usize = 4096;
 /// How often the epoch advances: the granularity of the per-call time limit.
 const TICK: Duration = Duration::from_millis(2);
 
@@ -69,9 +86,11 @@ pub const DEFAULT_PACK: &[(&str, &[u8])] = &[
 pub struct HostConfig {
     /// Time limit of one call into a plugin.
     pub call_timeout: Duration,
-    /// Memory limit of one plugin instance, in bytes.
+    /// Memory limit of one plugin instance, in bytes: all its linear memory together (tables
+    /// get `memory_limit / 16` elements in all).
     pub memory_limit: u64,
-    /// Where compiled components are cached (none: compile on every start).
+    /// Where compiled components are cached (none: compile on every start). Created `0700`;
+    /// not used (with a warning) when another user owns it or group or others may write it.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -138,11 +157,14 @@ impl std::fmt::Display for PluginError {
 }
 
 impl From<wit::PluginError> for PluginError {
+    /// The guest's error, its text cut to [`MAX_ERROR_TEXT`] bytes: it ends up in log lines and
+    /// reports, and a plugin must not be able to blow those up.
     fn from(e: wit::PluginError) -> Self {
+        let cap = |m| cap_text(m, MAX_ERROR_TEXT);
         match e {
-            wit::PluginError::InvalidConfig(m) => PluginError::InvalidConfig(m),
-            wit::PluginError::InvalidPath(m) => PluginError::InvalidPath(m),
-            wit::PluginError::Failed(m) => PluginError::Failed(m),
+            wit::PluginError::InvalidConfig(m) => PluginError::InvalidConfig(cap(m)),
+            wit::PluginError::InvalidPath(m) => PluginError::InvalidPath(cap(m)),
+            wit::PluginError::Failed(m) => PluginError::Failed(cap(m)),
         }
     }
 }
@@ -184,6 +206,14 @@ pub enum HostError {
         file: PathBuf,
         /// The import.
         import: String,
+    },
+    /// Declares more memories or tables, or bigger ones, than an instance may have.
+    #[error("plugin file {file}: exceeds the sandbox's limits: {reason}")]
+    ExceedsLimits {
+        /// File.
+        file: PathBuf,
+        /// Which limit, and by how much.
+        reason: String,
     },
     /// `configure` failed (or trapped).
     #[error("plugin `{plugin}`: configure failed: {error}")]
@@ -255,6 +285,16 @@ pub enum CallError {
         /// The limit.
         limit: u64,
     },
+    /// A transformer returned a path longer than the host accepts.
+    #[error("plugin `{plugin}`: returned a path of {length} bytes, over the limit of {limit}")]
+    OutputTooLong {
+        /// Plugin name.
+        plugin: String,
+        /// Its length in bytes.
+        length: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The guest trapped (a panic, an unreachable, a forbidden call).
     #[error("plugin `{plugin}`: trapped: {message}")]
     Trap {
@@ -311,71 +351,42 @@ impl Context {
     }
 }
 
-/// The per-instance memory limit. Like wasmtime's `StoreLimits` with `trap_on_grow_failure`,
-/// but it records that the limit was hit, so the trap is reported as `MemoryExceeded` without
-/// matching on error text.
-struct Limits {
-    memory_bytes: usize,
-    table_elements: usize,
-    hit: bool,
-}
-
-impl Limits {
-    fn check(&mut self, what: &str, desired: usize, limit: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > limit {
-            self.hit = true;
-            return Err(wasmtime::Error::msg(format!("{what} limit exceeded: growing to {desired} (limit {limit})")));
-        }
-        // The module's own declared maximum: ordinary wasm semantics (`grow` returns -1).
-        Ok(maximum.is_none_or(|max| desired <= max))
-    }
-}
-
-impl ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.check("memory", desired, self.memory_bytes, maximum)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.check("table", desired, self.table_elements, maximum)
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        // The host could not provide memory below the limit: fail the call rather than let the
-        // guest's allocator abort in a less readable way.
-        Err(error.context("memory growth failed"))
-    }
-}
-
-/// Per-store state: limits, the plugin's name for its log lines, and its last panic message.
+/// Per-store state: limits, the plugin's name for its log lines, its log budget (shared with
+/// its [`Instance`], which outlives the store) and its last panic message.
 pub(crate) struct State {
     limits: Limits,
     plugin: Arc<str>,
+    log: Arc<Mutex<LogBudget>>,
     last_error_log: Option<String>,
 }
 
 impl wit_host::Host for State {
-    fn log(&mut self, level: wit_host::Level, mut message: String) {
-        // A plugin must not be able to flood the engine's log with one huge line.
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("… (truncated)");
+    fn log(&mut self, level: wit_host::Level, message: String) {
+        use wit_host::Level;
+        if level == Level::Error {
+            // Kept whatever the budget, so a trap that follows (a panic) can say why.
+            self.last_error_log = Some(message.chars().take(500).collect());
         }
+        // Lines nobody would see do not use up the budget.
+        let wanted = match level {
+            Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !wanted || !self.log.lock().unwrap_or_else(PoisonError::into_inner).admit() {
+            return;
+        }
+        // A plugin must not be able to flood the engine's log with one huge line either.
+        let message = cap_text(message, MAX_LOG_LINE);
         let plugin = &*self.plugin;
         match level {
-            wit_host::Level::Trace => trace!(plugin, "{message}"),
-            wit_host::Level::Debug => debug!(plugin, "{message}"),
-            wit_host::Level::Info => info!(plugin, "{message}"),
-            wit_host::Level::Warn => warn!(plugin, "{message}"),
-            wit_host::Level::Error => {
-                error!(plugin, "{message}");
-                // Kept so a trap that follows (a panic) can say why.
-                self.last_error_log = Some(message.chars().take(500).collect());
-            }
+            Level::Trace => trace!(plugin, "{message}"),
+            Level::Debug => debug!(plugin, "{message}"),
+            Level::Info => info!(plugin, "{message}"),
+            Level::Warn => warn!(plugin, "{message}"),
+            Level::Error => error!(plugin, "{message}"),
         }
     }
 }
@@ -428,12 +439,46 @@ impl Drop for Ticker {
     }
 }
 
-/// The plugin host: one engine, its ticker, and the loaded plugins.
+/// The plugin host: one engine, its ticker, the compile cache, and the loaded plugins.
 pub struct PluginHost {
     engine: Engine,
     cfg: HostConfig,
     plugins: BTreeMap<String, Arc<Loaded>>,
     ticker: Arc<Ticker>,
+    cache: Option<Cache>,
+    stats: CacheCounters,
+}
+
+/// What the compile cache did for one host: see [`PluginHost::cache_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Whether the cache directory passed its checks and is in use.
+    pub enabled: bool,
+    /// Entries that passed every check and were deserialized.
+    pub hits: u64,
+    /// Components with no entry yet (compiled).
+    pub misses: u64,
+    /// Entries that failed a check (owner, mode, format, HMAC) or did not deserialize:
+    /// ignored; the component was compiled and the entry rewritten.
+    pub rejected: u64,
+    /// Entries written.
+    pub written: u64,
+}
+
+/// [`CacheStats`] as the host counts them (loading takes `&self` for the compile step).
+#[derive(Debug, Default)]
+struct CacheCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    rejected: AtomicU64,
+    written: AtomicU64,
+}
+
+impl CacheCounters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -449,6 +494,9 @@ fn engine() -> Result<Engine, HostError> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // One linear memory per core module, so the memory limit is one number per instance (the
+    // limiter also counts memories across the component's modules).
+    config.wasm_multi_memory(false);
     Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))
 }
 
@@ -475,12 +523,34 @@ impl PluginHost {
     pub fn empty(cfg: HostConfig) -> Result<Self, HostError> {
         let engine = engine()?;
         let ticker = Ticker::start(&engine)?;
+        let cache = cfg.cache_dir.as_deref().and_then(|dir| match Cache::open(dir) {
+            Ok(c) => Some(c),
+            Err(error) => {
+                warn!(%error, "not using the compiled-component cache; compiling every plugin");
+                None
+            }
+        });
         Ok(Self {
             engine,
             cfg,
             plugins: BTreeMap::new(),
             ticker,
+            cache,
+            stats: CacheCounters::default(),
         })
+    }
+
+    /// What the compile cache did so far: whether it is in use, and its hits, misses,
+    /// rejected entries and writes (for tests and diagnostics).
+    pub fn cache_stats(&self) -> CacheStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            enabled: self.cache.is_some(),
+            hits: get(&self.stats.hits),
+            misses: get(&self.stats.misses),
+            rejected: get(&self.stats.rejected),
+            written: get(&self.stats.written),
+        }
     }
 
     /// Loads every `*.wasm` in `dir` (name = file stem). Returns the names loaded.
@@ -528,7 +598,8 @@ impl PluginHost {
                 reason: "not a WebAssembly component (a core module, or not WebAssembly at all)".into(),
             });
         }
-        let component = self.compile(&file, bytes)?;
+        let component = self.compile(name, &file, bytes)?;
+        self.check_resources(&file, &component)?;
         let ty = component.component_type();
         let mut kind = None;
         let mut exports = Vec::new();
@@ -550,7 +621,7 @@ impl PluginHost {
         let Some(kind) = kind else {
             return Err(HostError::WrongWorld {
                 file,
-                exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+                exports: if exports.is_empty() { "nothing".into() } else { cap_text(exports.join(", "), MAX_ERROR_TEXT) },
             });
         };
         let mut linker: Linker<State> = Linker::new(&self.engine);
@@ -560,7 +631,7 @@ impl PluginHost {
             if !import_allowed(import) {
                 return Err(HostError::ForbiddenImport {
                     file,
-                    import: import.to_owned(),
+                    import: cap_text(import.to_owned(), MAX_ERROR_TEXT),
                 });
             }
             // The seed Rust's HashMap asks for, under the exact name and version imported (a
@@ -585,7 +656,10 @@ impl PluginHost {
         })?;
         let wrong_world = |e: wasmtime::Error| HostError::WrongWorld {
             file: file.clone(),
-            exports: format!("{} (its {kind} API does not match wit/plugin@{API_VERSION}: {e:#})", exports.join(", ")),
+            exports: cap_text(
+                format!("{} (its {kind} API does not match wit/plugin@{API_VERSION}: {e:#})", exports.join(", ")),
+                MAX_ERROR_TEXT,
+            ),
         };
         let pre = match kind {
             PluginKind::Transformer => Pre::Transformer(TransformerPre::new(pre).map_err(wrong_world)?),
@@ -604,13 +678,50 @@ impl PluginHost {
         Ok(())
     }
 
-    /// Compiles, through the on-disk cache when configured.
-    fn compile(&self, file: &Path, bytes: &[u8]) -> Result<Component, HostError> {
+    /// Refuses a component that declares more, or bigger, memories and tables than an instance
+    /// may have: at load, naming the file, rather than at its first instantiation.
+    fn check_resources(&self, file: &Path, component: &Component) -> Result<(), HostError> {
+        let exceeds = |reason: String| HostError::ExceedsLimits {
+            file: file.to_owned(),
+            reason,
+        };
+        let Some(r) = component.resources_required() else {
+            return Err(exceeds("it imports core modules, so its memories and tables cannot be checked".into()));
+        };
+        if r.num_memories as usize > sandbox::MAX_MEMORIES {
+            return Err(exceeds(format!(
+                "it declares {} linear memories (across its core instances); a plugin may have {}",
+                r.num_memories,
+                sandbox::MAX_MEMORIES
+            )));
+        }
+        if r.num_tables as usize > sandbox::MAX_TABLES {
+            return Err(exceeds(format!("it declares {} tables; a plugin may have {}", r.num_tables, sandbox::MAX_TABLES)));
+        }
+        // Wasm pages are 64 KiB (custom page sizes are off).
+        let initial = r.max_initial_memory_size.unwrap_or(0).saturating_mul(64 << 10);
+        if initial > self.cfg.memory_limit {
+            return Err(exceeds(format!(
+                "its initial linear memory is {initial} bytes, over the memory limit of {} bytes",
+                self.cfg.memory_limit
+            )));
+        }
+        let elements = r.max_initial_table_size.unwrap_or(0);
+        let limit = sandbox::table_elements(self.cfg.memory_limit);
+        if usize::try_from(elements).unwrap_or(usize::MAX) > limit {
+            return Err(exceeds(format!("a table starts with {elements} elements, over the limit of {limit}")));
+        }
+        Ok(())
+    }
+
+    /// Compiles, through the on-disk cache when it is in use (see `cache.rs` for why an entry
+    /// is trusted).
+    fn compile(&self, name: &str, file: &Path, bytes: &[u8]) -> Result<Component, HostError> {
         let invalid = |e: wasmtime::Error| HostError::InvalidComponent {
             file: file.to_owned(),
             reason: format!("{e:#}"),
         };
-        let Some(dir) = &self.cfg.cache_dir else {
+        let Some(cache) = &self.cache else {
             return Component::new(&self.engine, bytes).map_err(invalid);
         };
         let mut h = Sha256::new();
@@ -621,30 +732,39 @@ impl PluginHost {
         std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
         h.update(std::hash::Hasher::finish(&compat).to_le_bytes());
         let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        let path = dir.join(format!("{key}.cwasm"));
-        if path.is_file() {
-            // SAFETY: the file is in vsync's own cache directory, named by the SHA-256 of the
-            // component bytes and the engine version, and was written by `serialize` below;
-            // wasmtime also checks its header and refuses artifacts from another engine build.
-            #[allow(unsafe_code)]
-            let cached = unsafe { Component::deserialize_file(&self.engine, &path) };
-            match cached {
-                Ok(c) => return Ok(c),
-                Err(e) => warn!(path = %path.display(), error = %e, "ignoring an unusable cached component"),
+        match cache.get(&key) {
+            Lookup::Hit(artifact) => {
+                // SAFETY: `deserialize` trusts its input to be wasmtime's own output. This is:
+                // the entry authenticated under this user's private key (HMAC-SHA-256 over its
+                // name and bytes), from a file of this user's that others cannot write, in a
+                // directory likewise, and only `put` below writes such entries, from
+                // `serialize`. wasmtime also checks the header and the engine's settings.
+                #[allow(unsafe_code)]
+                let cached = unsafe { Component::deserialize(&self.engine, &artifact) };
+                match cached {
+                    Ok(c) => {
+                        CacheCounters::bump(&self.stats.hits);
+                        return Ok(c);
+                    }
+                    Err(e) => {
+                        CacheCounters::bump(&self.stats.rejected);
+                        warn!(plugin = name, path = %cache.entry_path(&key).display(), error = %e, "ignoring an unusable cached component; recompiling");
+                    }
+                }
+            }
+            Lookup::Miss => CacheCounters::bump(&self.stats.misses),
+            Lookup::Rejected(error) => {
+                CacheCounters::bump(&self.stats.rejected);
+                warn!(plugin = name, %error, "ignoring a cached component that failed its checks; recompiling");
             }
         }
         let component = Component::new(&self.engine, bytes).map_err(invalid)?;
-        if let Ok(serialized) = component.serialize() {
-            // Unique per writer (process and call), then renamed into place atomically.
-            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-            let tmp = dir.join(format!(".{key}.{}.{seq}.tmp", std::process::id()));
-            let written = std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(&tmp, serialized))
-                .and_then(|()| std::fs::rename(&tmp, &path));
-            if let Err(e) = written {
-                debug!(dir = %dir.display(), error = %e, "component cache not written");
-            }
+        match component.serialize() {
+            Ok(serialized) => match cache.put(&key, &serialized) {
+                Ok(()) => CacheCounters::bump(&self.stats.written),
+                Err(error) => debug!(plugin = name, %error, "component cache not written"),
+            },
+            Err(error) => debug!(plugin = name, %error, "component not serialized for the cache"),
         }
         Ok(component)
     }
@@ -673,6 +793,7 @@ impl PluginHost {
             config: config_json.to_owned(),
             live: None,
             ctx_cache: None,
+            log: Arc::default(),
         };
         instance.start().map_err(|error| HostError::Configure {
             plugin: name.to_owned(),
@@ -716,6 +837,15 @@ pub struct Instance {
     config: String,
     live: Option<Live>,
     ctx_cache: Option<(Context, wit::Context)>,
+    /// The log budget, kept across restarts: a plugin must not refill it by trapping.
+    log: Arc<Mutex<LogBudget>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Lines dropped since the last summary (held back by its interval) are still reported.
+        self.budget().summarize(&self.loaded.name);
+    }
 }
 
 impl std::fmt::Debug for Instance {
@@ -735,6 +865,10 @@ impl Instance {
         self.loaded.kind
     }
 
+    fn budget(&self) -> std::sync::MutexGuard<'_, LogBudget> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn deadline_ticks(&self) -> u64 {
         (self.cfg.call_timeout.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
     }
@@ -742,13 +876,9 @@ impl Instance {
     /// Instantiates and configures; the error is a readable reason.
     fn start(&mut self) -> Result<(), String> {
         let state = State {
-            limits: Limits {
-                memory_bytes: usize::try_from(self.cfg.memory_limit).unwrap_or(usize::MAX),
-                // Tables live in host memory too; a table element is at most 16 bytes.
-                table_elements: usize::try_from(self.cfg.memory_limit / 16).unwrap_or(usize::MAX),
-                hit: false,
-            },
+            limits: Limits::new(self.cfg.memory_limit),
             plugin: Arc::from(self.loaded.name.as_str()),
+            log: self.log.clone(),
             last_error_log: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -761,10 +891,12 @@ impl Instance {
         }
         .map_err(|e| self.describe_trap(&store, &e).to_string())?;
         store.set_epoch_deadline(self.deadline_ticks());
+        self.budget().begin_call();
         let configured = match &bound {
             Bound::Transformer(t) => t.vsync_plugin_transformer_api().call_configure(&mut store, &self.config),
             Bound::Filter(f) => f.vsync_plugin_filter_api().call_configure(&mut store, &self.config),
         };
+        self.budget().end_call(&self.loaded.name);
         match configured {
             Ok(Ok(())) => {
                 self.live = Some(Live { store, bound });
@@ -820,6 +952,7 @@ impl Instance {
         })?;
         live.store.set_epoch_deadline(ticks);
         live.store.data_mut().last_error_log = None;
+        live.store.data().log.lock().unwrap_or_else(PoisonError::into_inner).begin_call();
         Ok(live)
     }
 
@@ -852,7 +985,8 @@ impl Instance {
         }
     }
 
-    /// Calls a transformer: `Ok(None)` means "not mine".
+    /// Calls a transformer: `Ok(None)` means "not mine". An output over 4 KiB is an error
+    /// ([`CallError::OutputTooLong`]); the instance stays up.
     pub fn transform(&mut self, path: &str, ctx: &Context) -> Result<Option<String>, CallError> {
         let cached = self.take_ctx(ctx);
         let result = {
@@ -863,7 +997,14 @@ impl Instance {
             }
         };
         self.ctx_cache = Some(cached);
-        self.outcome(result, PluginKind::Transformer)
+        match self.outcome(result, PluginKind::Transformer)? {
+            Some(out) if out.len() > MAX_OUTPUT => Err(CallError::OutputTooLong {
+                plugin: self.loaded.name.clone(),
+                length: out.len(),
+                limit: MAX_OUTPUT,
+            }),
+            out => Ok(out),
+        }
     }
 
     /// Calls a filter: whether the path is included.
@@ -887,6 +1028,7 @@ impl Instance {
         result: Option<wasmtime::Result<Result<T, wit::PluginError>>>,
         wanted: PluginKind,
     ) -> Result<T, CallError> {
+        self.budget().end_call(&self.loaded.name);
         match result {
             Some(Ok(Ok(out))) => Ok(out),
             Some(Ok(Err(e))) => Err(CallError::Guest {

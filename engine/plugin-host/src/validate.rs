@@ -13,6 +13,10 @@
 //! path = "prod/app/db"
 //! expect = "eu/app/db"   # or: dropped = true | included = true | error = "invalid-config"
 //! ```
+//!
+//! `error` names a plugin error case (`invalid-config`, `invalid-path`, `failed`), a host
+//! verdict (`timeout`, `memory-exceeded`, `output-too-long`, `trap`), or text the error
+//! message contains.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -297,6 +301,7 @@ fn run_vector(host: &PluginHost, name: &str, index: usize, v: &Vector, default_c
                 CallError::Guest { error, .. } => Some(error.case()),
                 CallError::Timeout { .. } => Some("timeout"),
                 CallError::MemoryExceeded { .. } => Some("memory-exceeded"),
+                CallError::OutputTooLong { .. } => Some("output-too-long"),
                 CallError::Trap { .. } | CallError::Restart { .. } => Some("trap"),
             };
             match &v.error {

@@ -276,6 +276,15 @@ fn validate_dir_reports_passes_and_failures() {
     assert_eq!(json["passed"], false);
 }
 
+/// The compiled entries of a cache directory (not its key).
+fn cache_entries(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect()
+}
+
 #[test]
 fn compiled_components_are_cached_on_disk() {
     let cache = tempfile::tempdir().unwrap();
@@ -283,11 +292,15 @@ fn compiled_components_are_cached_on_disk() {
     let started = Instant::now();
     let host = PluginHost::new(cfg.clone()).unwrap();
     let cold = started.elapsed();
+    let stats = host.cache_stats();
+    assert!(stats.enabled && (stats.misses, stats.written, stats.hits) == (4, 4, 0), "{stats:?}");
     drop(host);
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 4, "one artifact per default-pack plugin");
+    assert_eq!(cache_entries(cache.path()).len(), 4, "one artifact per default-pack plugin");
     let started = Instant::now();
     let host = PluginHost::new(cfg).unwrap();
     let warm = started.elapsed();
+    let stats = host.cache_stats();
+    assert!((stats.hits, stats.misses, stats.rejected, stats.written) == (4, 0, 0, 0), "{stats:?}");
     still_works(&host);
     println!("default pack load: cold {cold:?}, from cache {warm:?}");
 }
@@ -398,12 +411,14 @@ fn a_corrupt_cache_entry_is_ignored_and_rewritten() {
     let cache = tempfile::tempdir().unwrap();
     let cfg = HostConfig { cache_dir: Some(cache.path().to_owned()), ..HostConfig::default() };
     drop(PluginHost::new(cfg.clone()).unwrap());
-    let entries: Vec<PathBuf> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries = cache_entries(cache.path());
     assert_eq!(entries.len(), 4);
     for e in &entries {
         std::fs::write(e, b"not a compiled component").unwrap();
     }
     let host = PluginHost::new(cfg).unwrap();
+    let stats = host.cache_stats();
+    assert!((stats.hits, stats.rejected, stats.written) == (0, 4, 4), "{stats:?}");
     still_works(&host);
     for e in &entries {
         assert!(std::fs::metadata(e).unwrap().len() > 1000, "{} rewritten", e.display());
