@@ -562,8 +562,9 @@ impl Destination {
 /// Requests in flight above this are refused (a typo, not a setting).
 pub const MAX_WORKERS: usize = 1024;
 
-/// Largest bucket count accepted.
-pub const MAX_BUCKETS: u32 = 1 << 20;
+/// Largest bucket count accepted (the root keeps the bucket list in index parts, so any count
+/// stores; more buckets than this only cost reads).
+pub const MAX_BUCKETS: u32 = 1 << 16;
 
 fn check_workers(bad: &mut impl FnMut(String, String), key: &str, workers: usize) {
     if workers == 0 || workers > MAX_WORKERS {

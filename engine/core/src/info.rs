@@ -58,10 +58,15 @@ pub fn bucket_of(key: &SecretPath, count: u32) -> u32 {
     (u64::from_be_bytes(first) % u64::from(count.max(1))) as u32
 }
 
-/// The bucket count chosen for `entries` secrets: a power of two, ~1024 entries a bucket.
+/// The largest automatic bucket count (16M secrets at ~1024 a bucket; beyond that buckets
+/// grow, and their parts split).
+pub const MAX_AUTO_BUCKETS: u32 = 1 << 14;
+
+/// The bucket count chosen for `entries` secrets: a power of two, ~1024 entries a bucket,
+/// at most [`MAX_AUTO_BUCKETS`].
 pub fn auto_bucket_count(entries: usize) -> u32 {
     let wanted = entries.div_ceil(TARGET_BUCKET_ENTRIES).max(1);
-    wanted.next_power_of_two().min(1 << 20) as u32
+    wanted.next_power_of_two().min(MAX_AUTO_BUCKETS as usize) as u32
 }
 
 /// Something that carries an origin entry (the origin's own entries, or a destination's record
@@ -285,6 +290,8 @@ mod tests {
         assert_eq!(auto_bucket_count(0), 1);
         assert_eq!(auto_bucket_count(200_000), 256);
         assert_eq!(auto_bucket_count(1_000_000), 1024);
+        assert_eq!(auto_bucket_count(10_000_000), 8192);
+        assert_eq!(auto_bucket_count(100_000_000), MAX_AUTO_BUCKETS);
     }
 
 }

@@ -47,8 +47,14 @@ pub struct InfoRoot {
     /// with; a different hash makes the next plan re-check every target.
     #[serde(default)]
     pub config_hash: Option<String>,
-    /// Buckets, by index.
+    /// Buckets, by index, when they fit in the root (small infos, and every format-1 root).
+    /// After [`load`] this always holds every bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<BucketRef>,
+    /// Format 2, large infos: names of the index parts that hold the [`BucketRef`]s, in
+    /// bucket order, so the root stays small however many buckets there are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub index: Vec<String>,
 }
 
 impl InfoRoot {
@@ -114,6 +120,51 @@ pub fn split_for_storage<T: Serialize>(entries: &[T], limit: usize) -> std::resu
     Ok(chunks)
 }
 
+/// A root whose bucket list encodes larger than this moves it to index parts.
+pub const INLINE_ROOT_LIMIT: usize = 64 * 1024;
+
+/// Moves a large bucket list out of the root into content-addressed index parts (each under
+/// [`PART_LIMIT`]); returns the parts to write.
+fn split_index(store: &StateStore, side: &str, root: &mut InfoRoot) -> Result<Vec<(String, Vec<u8>)>> {
+    let encoded = serde_json::to_vec(&root.buckets).map_err(|e| corrupt(store, format!("root of `{side}`"), e.to_string()))?;
+    if encoded.len() <= INLINE_ROOT_LIMIT {
+        return Ok(Vec::new());
+    }
+    let chunks = split_for_storage(&root.buckets, PART_LIMIT).map_err(|e| corrupt(store, format!("index of `{side}`"), e.to_string()))?;
+    let mut parts = Vec::with_capacity(chunks.len());
+    root.index.clear();
+    for chunk in chunks {
+        let hash = Digest(Sha256::digest(chunk.as_bytes()).into()).to_hex();
+        root.index.push(hash.clone());
+        parts.push((hash, chunk.into_bytes()));
+    }
+    root.buckets.clear();
+    Ok(parts)
+}
+
+/// Reads a root's index parts into its bucket list (a root without an index is unchanged).
+/// `Ok(Err(name))` names an index part that is gone (a newer commit collected it).
+async fn resolve_index(store: &StateStore, side: &str, root: &mut InfoRoot) -> Result<std::result::Result<(), String>> {
+    if root.index.is_empty() {
+        return Ok(Ok(()));
+    }
+    let mut buckets = Vec::new();
+    for name in &root.index {
+        let Some(bytes) = store.read_part(side, name).await? else {
+            return Ok(Err(name.clone()));
+        };
+        let actual = Digest(Sha256::digest(&bytes).into()).to_hex();
+        if actual != *name {
+            return Err(corrupt(store, format!("index part {name} of `{side}`"), format!("its content hashes to {actual}")));
+        }
+        let refs: Vec<BucketRef> =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(store, format!("index part {name} of `{side}`"), e.to_string()))?;
+        buckets.extend(refs);
+    }
+    root.buckets = buckets;
+    Ok(Ok(()))
+}
+
 /// Parts fetched at once from Consul (each is one request).
 const PARALLEL_READS: usize = 8;
 
@@ -132,7 +183,14 @@ where
         let Some(root_read) = store.read_root(side).await? else {
             return Ok(None);
         };
-        let root = parse_root(store, side, &root_read.bytes)?;
+        let mut root = parse_root(store, side, &root_read.bytes)?;
+        match resolve_index(store, side, &mut root).await? {
+            Ok(()) => {}
+            Err(missing) if attempt >= 3 => {
+                return Err(corrupt(store, format!("index part {missing} of `{side}`"), "index part referenced by the root is missing".into()));
+            }
+            Err(_) => continue,
+        }
         match load_parts::<T>(store, side, &root).await? {
             Ok(buckets) => {
                 return Ok(Some(LoadedInfo {
@@ -249,7 +307,10 @@ pub async fn commit<T: HasOrigin + Serialize>(
         origin_mounts,
         config_hash,
         buckets: refs,
+        index: Vec::new(),
     };
+    to_write.extend(split_index(store, &side, &mut root)?);
+    // Index parts are content-addressed: equal names, equal bucket lists.
     if previous.as_ref() == Some(&root) {
         return Ok(false);
     }
@@ -261,18 +322,26 @@ pub async fn commit<T: HasOrigin + Serialize>(
             store,
             format!("root of `{side}`"),
             format!(
-                "{} bytes over the {PART_LIMIT}-byte value limit: set a smaller `buckets` count",
+                "{} bytes over the {PART_LIMIT}-byte value limit",
                 root_bytes.len()
             ),
         ));
     }
+    let to_write_names: Vec<String> = to_write.iter().map(|(n, _)| n.clone()).collect();
     store.write_parts(lock, to_write).await?;
     store
         .swap_root(lock, &root_bytes, previous_read.as_ref().map(|r| r.version))
         .await?;
     // Keep the parts of this root and of the previous one (a reader may still hold it).
-    let mut keep: HashSet<String> = root.buckets.iter().flat_map(|b| b.parts.iter().cloned()).collect();
-    if let Some(p) = &previous {
+    let mut keep: HashSet<String> = to_write_names.into_iter().collect();
+    keep.extend(root.index.iter().cloned());
+    if let Some(mut p) = previous {
+        keep.extend(p.index.iter().cloned());
+        if resolve_index(store, &side, &mut p).await?.is_err() {
+            // The previous index is gone already: nothing of it to keep, and nothing to collect
+            // safely this time.
+            return Ok(true);
+        }
         keep.extend(p.buckets.iter().flat_map(|b| b.parts.iter().cloned()));
     }
     let stale: Vec<String> = store
@@ -357,6 +426,52 @@ mod tests {
         std::fs::write(&part, text).unwrap();
         let err = load::<OriginEntry>(&store, "origin").await.unwrap_err();
         assert!(matches!(err, StateError::Corrupt { .. }) && err.to_string().contains("hashes to"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn large_bucket_counts_keep_the_root_small_through_index_parts() {
+        // 10M keys give 8192 automatic buckets (16384 at most, the size of a forced `buckets`
+        // count's root grows the same way).
+        for count in [8192u32] {
+            let dir = tempfile::tempdir().unwrap();
+            let file = FileStore::open(dir.path()).unwrap();
+            let store = StateStore::File(file.clone());
+            let lock = store.lock_side("origin").unwrap();
+            // One entry per bucket is enough: the root's size depends on the bucket count.
+            let mut info = SyncInfo::new(count);
+            let (mut i, mut filled) = (0u64, HashSet::new());
+            while filled.len() < count as usize && i < u64::from(count) * 20 {
+                let key = SecretPath::new("secret/", format!("k{i}"));
+                filled.insert(vsync_core::info::bucket_of(&key, count));
+                info.insert(key, entry(i));
+                i += 1;
+            }
+            assert!(commit(&store, &lock, BTreeMap::new(), None, &info, &info.digests()).await.unwrap());
+            let root = std::fs::read(dir.path().join("origin.json")).unwrap();
+            assert!(root.len() < 4096, "{count} buckets: root of {} bytes", root.len());
+            for part in file.list("origin.buckets").unwrap() {
+                let len = std::fs::metadata(dir.path().join("origin.buckets").join(format!("{part}.json"))).unwrap().len();
+                assert!(len <= PART_LIMIT as u64, "part of {len} bytes");
+            }
+            let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
+            assert_eq!(loaded.root.buckets.len(), count as usize);
+            assert_eq!(loaded.root.digests(), info.digests());
+            assert_eq!(loaded.buckets, info);
+            assert!(!commit(&store, &lock, BTreeMap::new(), None, &info, &info.digests()).await.unwrap(), "no change, no write");
+            // One change: a new generation; the previous one's parts are kept, older ones go.
+            let mut changed = info.clone();
+            changed.insert(SecretPath::new("secret/", "k0"), entry(999));
+            assert!(commit(&store, &lock, BTreeMap::new(), None, &changed, &changed.digests()).await.unwrap());
+            let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
+            assert_eq!(loaded.buckets, changed);
+            if count != 8192 {
+                continue;
+            }
+            changed.insert(SecretPath::new("secret/", "k1"), entry(998));
+            assert!(commit(&store, &lock, BTreeMap::new(), None, &changed, &changed.digests()).await.unwrap());
+            let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
+            assert_eq!(loaded.buckets, changed);
+        }
     }
 
     #[tokio::test]
