@@ -313,3 +313,81 @@ async fn slow_planning_is_cut_by_the_cycle_timeout_and_by_shutdown() {
     assert_eq!(ended, Ended::Stopped);
     assert!(started.elapsed() < Duration::from_secs(3), "stopping took {:?}", started.elapsed());
 }
+
+/// Maps `k<i>` to `t<(i + 7 * epoch) % 23>`: injective at each epoch, reusing targets over time.
+struct Rotating(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl vsync_core::PathMapper for Rotating {
+    fn map_path(&mut self, path: &str, _: &vsync_core::PathContext) -> Result<Option<String>, vsync_core::MapError> {
+        let i: u64 = path.trim_start_matches('k').parse().map_err(|_| vsync_core::MapError(format!("odd path {path}")))?;
+        let epoch = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(format!("t{}", (i + 7 * epoch) % 23)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_destination_contents_equal_the_mapped_origin_after_every_cycle() {
+    // Issue 10: seeded sequences of creates, updates, deletes and moves (a new mapping epoch);
+    // after every cycle the destination's keys and values equal the mapped origin's.
+    let sequences: u64 = std::env::var("VSYNC_MODEL_SEQUENCES").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let mut cycles = 0;
+    for (seq, versions) in (0..sequences).flat_map(|s| [(s, VersionsMode::Latest), (s, VersionsMode::All)]) {
+        let seed = 0xdead_0000 + seq;
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let (a, b) = (Bao::dev(), Bao::dev());
+        let (ca, cb) = (client(&a), client(&b));
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::File(FileStore::open(dir.path()).unwrap());
+        let epoch = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut spec = dest_spec(&[("secret/", "secret/")]);
+        spec.versions = versions;
+        spec.uses_plugins = true;
+        spec.max_delete_ratio = 1.0;
+        let mut d = destination(&store, cb.clone(), spec);
+        d.mapper = Some(vsync_engine::destination::share(Box::new(Rotating(epoch.clone()))));
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new(); // key index -> value
+        for step in 0..40u64 {
+            let i = next(20);
+            match next(6) {
+                0..=2 => {
+                    let cur = ca.read_metadata("secret/", &format!("k{i}")).await.unwrap().map_or(0, |m| m.current_version);
+                    ca.write_version("secret/", &format!("k{i}"), &data(json!({ "v": step })), cur).await.unwrap();
+                    model.insert(i, step);
+                }
+                3 | 4 => {
+                    ca.delete_metadata("secret/", &format!("k{i}")).await.unwrap();
+                    model.remove(&i);
+                }
+                _ => {
+                    let e = epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    d.spec.config_hash = format!("epoch-{e}");
+                }
+            }
+            if step % 3 != 2 {
+                continue;
+            }
+            let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
+            let report = d.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
+            cycles += 1;
+            assert_eq!(report.counts.failed, 0, "seed {seed:#x} step {step}: {report}");
+            let e = epoch.load(std::sync::atomic::Ordering::Relaxed);
+            let want: BTreeMap<String, String> =
+                model.iter().map(|(i, v)| (format!("t{}", (i + 7 * e) % 23), format!(r#"{{"v":{v}}}"#))).collect();
+            let listed = cb.list_secrets(&cb.mount_info("secret/").await.unwrap()).await.unwrap();
+            let mut got = BTreeMap::new();
+            for s in listed {
+                if let Some(v) = live(&cb, "secret/", &s.path).await {
+                    got.insert(s.path, v);
+                }
+            }
+            assert_eq!(got, want, "seed {seed:#x} ({versions:?}), after step {step}: destination differs from the mapped origin");
+        }
+    }
+    eprintln!("model: {sequences} seeds x 2 modes, {cycles} cycles, destination equal to the mapped origin after each");
+}
