@@ -199,7 +199,10 @@ async fn mass_delete_guard_and_origin_mount_recreation_are_fatal() {
         ca.write_version("secret/", &format!("k{i}"), &data(json!({"i": i})), 0).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &a, &b, "");
+    // The webhook URL often carries a credential: it is unreachable here, and must not show
+    // up in any output when the alert fails.
+    let hook_secret = format!("hook-{}", std::process::id());
+    let cfg = config(dir.path(), &a, &b, &format!("\n[alert]\nwebhook = \"http://127.0.0.1:1/hooks/{hook_secret}\"\n"));
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_vsync"))
             .arg("--config").arg(&cfg).args(args)
@@ -213,6 +216,9 @@ async fn mass_delete_guard_and_origin_mount_recreation_are_fatal() {
     let out = run(&["run", "--once"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("--allow-mass-delete"), "{}", text(&out));
+    assert!(text(&out).contains("alert webhook"), "the failed alert is logged: {}", text(&out));
+    assert!(!text(&out).contains(&hook_secret), "the webhook URL leaked: {}", text(&out));
+    assert!(!text(&out).contains('\u{1b}'), "colour codes in a pipe: {}", text(&out));
     assert_eq!(versions(&client(&b)).await.len(), 20, "destination untouched");
     let out = run(&["run", "--once", "--allow-mass-delete"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -193,7 +193,11 @@ fn init_logging(flag: Option<&str>, config: Option<&Config>) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VSYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a terminal: a pipe or a log file gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
