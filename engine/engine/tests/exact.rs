@@ -337,3 +337,69 @@ async fn verify_reports_drift_and_repair_rebuilds_it() {
     assert_eq!((after.drifted.len(), after.pending.len()), (0, 0), "{after:?}");
     w.assert_exact("after repair").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_mode_preconditions_and_mixed_kv_versions_are_refused_before_any_write() {
+    let mut w = world();
+    w.put("a", json!({ "v": 1 })).await;
+    // A destination mount that keeps 8 versions would keep placeholders the origin pruned.
+    w.cb.sys("POST", "secret/config", Some(json!({ "max_versions": 8 }))).await.unwrap();
+    let info = origin::scan(&w.ca, &origin_spec(), None).await.unwrap();
+    let fault = w.dest.cycle(&w.ca, &info, CycleFlags::default()).await.unwrap_err();
+    assert_eq!(fault.fatal_cause(), Some(vsync_engine::FatalCause::Config), "{fault}");
+    assert!(fault.message.contains("max_versions = 0") && fault.message.contains("secret/config"), "{fault}");
+    assert!(w.cb.read_metadata("secret/", "a").await.unwrap().is_none(), "nothing written");
+    w.cb.sys("POST", "secret/config", Some(json!({ "max_versions": 0 }))).await.unwrap();
+
+    // KV v2 origin mapped to a KV v1 destination mount: `all` cannot replicate versions there.
+    w._b.enable_kv("flat", 1);
+    w.dest.spec.mounts = [("secret/".to_owned(), "flat/".to_owned())].into();
+    let fault = w.dest.cycle(&w.ca, &info, CycleFlags::default()).await.unwrap_err();
+    assert_eq!(fault.fatal_cause(), Some(vsync_engine::FatalCause::Config), "{fault}");
+    assert!(fault.message.contains("versions = \"latest\""), "{fault}");
+    assert!(w.cb.read_v1("flat/", "a").await.unwrap().is_none(), "nothing written");
+
+    // In `latest` mode the same mapping works.
+    w.dest.spec.versions = VersionsMode::Latest;
+    let report = w.dest.cycle(&w.ca, &info, CycleFlags::default()).await.unwrap();
+    assert_eq!(report.counts.added, 1, "{report}");
+    assert!(w.cb.read_v1("flat/", "a").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_counts_per_key_stay_what_the_algorithm_promises() {
+    // One key, each kind of change; the counts exclude the origin scan (one SCAN) and the
+    // destination's mount lookups (two `sys` calls a cycle with work).
+    let mut w = world();
+    let per_key = |c: &VaultClient| c.request_counts();
+    let delta = |a: vsync_vault::RequestCounts, b: vsync_vault::RequestCounts| {
+        (b.data_reads - a.data_reads, b.data_writes - a.data_writes, b.metadata_reads - a.metadata_reads, b.metadata_writes - a.metadata_writes)
+    };
+    let mut measure = Vec::new();
+    for (name, change) in [("bootstrap v5", 0), ("new version", 1), ("metadata only", 2), ("rebuild (re-created, 2 versions)", 3)] {
+        match change {
+            0 => {
+                for i in 1..=5 {
+                    w.put("k", json!({ "v": i })).await;
+                }
+            }
+            1 => w.put("k", json!({ "v": 6 })).await,
+            2 => w.settings("k", 0, false, "0s", &[("owner", "x")]).await,
+            _ => {
+                w.ca.delete_metadata("secret/", "k").await.unwrap();
+                w.put("k", json!({ "v": "a" })).await;
+                w.put("k", json!({ "v": "b" })).await;
+            }
+        }
+        let (o0, d0) = (per_key(&w.ca), per_key(&w.cb));
+        w.cycle().await;
+        let (o, d) = (delta(o0, per_key(&w.ca)), delta(d0, per_key(&w.cb)));
+        w.assert_exact(name).await;
+        eprintln!("{name}: origin {} data reads, {} metadata reads; destination {} data writes, {} metadata reads, {} metadata writes", o.0, o.2, d.1, d.2, d.3);
+        measure.push((o, d));
+    }
+    assert_eq!(measure[0].1 .1, 5, "bootstrap: current_version data writes");
+    assert_eq!(measure[1].1 .1, 1, "a new version: one data write");
+    assert_eq!(measure[2].1 .1, 0, "metadata only: no data write");
+    assert_eq!(measure[3].1 .1, 2, "rebuild: the new key's versions");
+}
