@@ -566,6 +566,19 @@ async fn write(
         _ => return Err(Fault::transient("not a write action")),
     };
     let kind = kind_of(kinds, target)?;
+    // Optimistic create: the destination info says this key was never copied, so write with
+    // cas = 0 (create only) without reading first; a key that exists after all fails the CAS
+    // and falls back to read-and-compare.
+    if kind == KvVersion::V2 && matches!(action, Action::CopyV2 { reason: vsync_core::CopyReason::Add, .. }) {
+        match dest.write_version(&target.mount, &target.path, &data, 0).await {
+            Ok(_) => {
+                info!(secret = %key, target = %target, wrote = true, "synced");
+                return Ok(WriteOutcome::Written.into());
+            }
+            Err(VaultError::CasMismatch { .. }) => {}
+            Err(e) => return Err(Fault::vault(format!("writing {target}"), e)),
+        }
+    }
     let wrote = write_if_different(dest, kind, target, &data)
         .await
         .map_err(|e| Fault::vault(format!("writing {target}"), e))?;

@@ -77,6 +77,7 @@ async fn a_destination_cycle_copies_then_does_nothing() {
     assert_eq!(report.counts.added, 30, "{report}");
     assert!(report.committed);
     assert_eq!(report.origin_data_reads, 30);
+    assert_eq!(report.dest_data_reads, 0, "new keys are created with cas = 0, without a read first");
     assert_eq!(live(&cb, "secret/", "app/k7").await.as_deref(), Some(r#"{"v":7}"#));
 
     // Nothing changed: no Vault data request and no state write.
