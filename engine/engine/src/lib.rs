@@ -19,6 +19,7 @@ pub mod destination;
 pub mod exact;
 pub mod fault;
 pub mod origin;
+pub mod policy;
 pub mod roles;
 pub mod tokens;
 pub mod triggers;

@@ -78,6 +78,11 @@ enum Command {
     },
     /// Check the config (and the plugins it names) offline.
     Validate,
+    /// Print the least-privilege Vault policy (HCL) a role needs for the configured mounts.
+    Policy {
+        #[command(subcommand)]
+        role: PolicyRole,
+    },
     /// Plugin tools.
     Plugin {
         #[command(subcommand)]
@@ -85,6 +90,18 @@ enum Command {
     },
     /// Show the last cycle per role from the state store (not built yet).
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyRole {
+    /// The origin's token (read-only).
+    Origin,
+    /// A destination's token for its Vault.
+    Destination {
+        /// Destination name from the config.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +244,7 @@ async fn dispatch(command: Command, config: Option<Config>) -> Outcome {
         }
         Command::Plan { name } => plan(&config, &name).await,
         Command::Check => check(&config).await,
+        Command::Policy { role } => policy(&config, role).await,
         Command::Verify { name, repair, data } => verify(&config, &name, repair, data).await,
         Command::Validate => validate(&config),
         Command::Status => Err(Failure::NotBuilt("status")),
@@ -427,6 +445,38 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// `vsync policy origin|destination --name NAME`: mount kinds are read from the Vault.
+async fn policy(config: &Config, role: PolicyRole) -> Outcome {
+    let kinds = |side: String, settings: vsync_config::VaultSettings, mounts: Vec<String>| async move {
+        let client = compose::vault_login(&side, &settings).await.map_err(fatal)?.0;
+        let mut out = Vec::new();
+        for m in mounts {
+            let info = client
+                .mount_info(&m)
+                .await
+                .map_err(|e| fatal(anyhow::anyhow!("{side}: mount `{m}`: {e}")))?;
+            out.push((m, info.kind));
+        }
+        Ok::<_, Failure>(out)
+    };
+    let text = match role {
+        PolicyRole::Origin => {
+            let mounts = config.origin_spec().mounts;
+            vsync_engine::policy::origin(&kinds("origin".into(), config.origin.vault.clone(), mounts).await?)
+        }
+        PolicyRole::Destination { name } => {
+            let d = destination(config, &name)?;
+            let mut mounts: Vec<String> = d.spec().mounts.into_values().collect();
+            mounts.sort();
+            mounts.dedup();
+            let found = kinds(format!("destination {name}"), d.vault.clone(), mounts).await?;
+            vsync_engine::policy::destination(&found, d.versions)
+        }
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `vsync verify --name NAME [--repair] [--data]`: reads both Vaults, never writes to them.
