@@ -45,6 +45,9 @@ pub struct EmulatorConfig {
     pub datacenter: String,
     /// ACLs (default-deny when set).
     pub acl: Option<Acl>,
+    /// Shortest session TTL accepted (Consul's `session_ttl_min`, 10 s). Tests lower it so
+    /// session expiry takes a second or two, not 20 s; the maximum stays Consul's 86400 s.
+    pub session_ttl_min: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -57,6 +60,7 @@ impl Default for EmulatorConfig {
             max_wait: Duration::from_secs(600),
             datacenter: "dc1".into(),
             acl: None,
+            session_ttl_min: Duration::from_secs(10),
         }
     }
 }
