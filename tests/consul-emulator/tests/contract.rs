@@ -141,7 +141,8 @@ impl Target {
         a
     }
 
-    /// Creates a session without health checks (only its TTL invalidates it); its ID.
+    /// Creates a session without health checks (only its TTL invalidates it); its ID. Tests
+    /// that need a session to outlive them use `ttl_min * 10`.
     async fn session(&self, ttl: Duration, lock_delay: &str, behavior: &str) -> String {
         let body = json!({"Name": "vsync-contract", "TTL": go(ttl), "LockDelay": lock_delay, "Behavior": behavior, "NodeChecks": []});
         let a = self.create_session(body).await;
@@ -754,7 +755,7 @@ fn unknown_session() -> String {
 // session as a list, 404 once it is gone; destroy answers `true`, also for a gone session.
 // Omitted fields default to Behavior "release" and a 15 s LockDelay (reported in nanoseconds).
 contract!(session_life_cycle, |t| {
-    let id = t.session(t.ttl_min, "1s", "release").await;
+    let id = t.session(t.ttl_min * 10, "1s", "release").await;
     let info = t.session_info(&id).await.expect("the new session exists");
     assert_eq!(info["ID"], json!(id));
     assert_eq!(info["Name"], json!("vsync-contract"));
@@ -841,8 +842,8 @@ contract!(session_ttl_expiry_and_renewal, |t| {
 // stay, Session goes); an explicit release sets no lock-delay; an unknown session never
 // acquires; a plain PUT writes the value but keeps the lock.
 contract!(acquire_and_release, |t| {
-    let s1 = t.session(t.ttl_min, "15s", "release").await;
-    let s2 = t.session(t.ttl_min, "15s", "release").await;
+    let s1 = t.session(t.ttl_min * 10, "15s", "release").await;
+    let s2 = t.session(t.ttl_min * 10, "15s", "release").await;
     let first = t.acquire("lock", &s1, b"holder-1").await;
     assert_eq!((first.status, first.json()), (200, json!(true)));
     let e = t.kv("GET", "lock", "", None).await.entry();
@@ -880,8 +881,8 @@ contract!(acquire_and_release, |t| {
 // watchers, and starts its lock-delay: no session acquires those keys until it has passed.
 contract!(invalidation_releases_locks_after_lock_delay, |t| {
     let delay = Duration::from_secs(2);
-    let s1 = t.session(t.ttl_min, &go(delay), "release").await;
-    let s2 = t.session(t.ttl_min, &go(delay), "release").await;
+    let s1 = t.session(t.ttl_min * 10, &go(delay), "release").await;
+    let s2 = t.session(t.ttl_min * 10, &go(delay), "release").await;
     assert_eq!(t.acquire("l", &s1, b"one").await.json(), json!(true));
     let idx = t.kv("GET", "l", "", None).await.index.unwrap();
     let (woken, destroyed_at) = tokio::join!(
@@ -909,7 +910,7 @@ contract!(invalidation_releases_locks_after_lock_delay, |t| {
     let e = t.kv("GET", "l", "", None).await.entry();
     assert_eq!((e["Session"].clone(), e["LockIndex"].clone()), (json!(s2), json!(2)));
 
-    let s3 = t.session(t.ttl_min, "1s", "delete").await;
+    let s3 = t.session(t.ttl_min * 10, "1s", "delete").await;
     assert_eq!(t.acquire("d", &s3, b"x").await.json(), json!(true));
     t.call("PUT", &format!("/v1/session/destroy/{s3}"), "", None).await;
     assert_eq!(t.kv("GET", "d", "", None).await.status, 404, "Behavior \"delete\" deletes the held keys");
@@ -919,8 +920,8 @@ contract!(invalidation_releases_locks_after_lock_delay, |t| {
 // key is locked by that session (its result is the entry, value null); for another session's
 // lock, a released lock or a missing key the whole txn rolls back with 409 naming the op.
 contract!(txn_check_session, |t| {
-    let s1 = t.session(t.ttl_min, "1s", "release").await;
-    let s2 = t.session(t.ttl_min, "1s", "release").await;
+    let s1 = t.session(t.ttl_min * 10, "1s", "release").await;
+    let s2 = t.session(t.ttl_min * 10, "1s", "release").await;
     assert_eq!(t.acquire("lock", &s1, b"me").await.json(), json!(true));
     let lock = t.key("lock");
     let guarded = |session: &str, key: &str, value: &[u8]| {
