@@ -48,8 +48,8 @@ fn dest_spec(mounts: &[(&str, &str)]) -> DestinationSpec {
     }
 }
 
-fn destination(store: &StateStore, vault: VaultClient, spec: DestinationSpec) -> Destination {
-    let lock = store.lock_side(&vsync_engine::side_name(&spec.name)).unwrap();
+async fn destination(store: &StateStore, vault: VaultClient, spec: DestinationSpec) -> Destination {
+    let lock = store.lock_side(&vsync_engine::side_name(&spec.name)).await.unwrap();
     Destination { spec, vault, store: store.clone(), lock, mapper: None }
 }
 
@@ -69,7 +69,7 @@ async fn a_destination_cycle_copies_then_does_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let mut d = destination(&store, cb.clone(), dest_spec(&[("secret/", "secret/")]));
+    let mut d = destination(&store, cb.clone(), dest_spec(&[("secret/", "secret/")])).await;
 
     let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
     assert_eq!(info.entries.len(), 30);
@@ -103,7 +103,7 @@ async fn a_removal_on_a_missing_destination_mount_is_fatal_like_a_write() {
     ca.write_version("secret/", "x", &data(json!({"v": 1})), 0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let mut d = destination(&store, cb.clone(), dest_spec(&[("secret/", "gone/")]));
+    let mut d = destination(&store, cb.clone(), dest_spec(&[("secret/", "gone/")])).await;
     let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
     assert_eq!(d.cycle(&ca, &info, CycleFlags::default()).await.unwrap().counts.added, 1);
 
@@ -126,35 +126,35 @@ async fn the_role_loop_runs_one_shared_round_and_stops_on_shutdown() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let engine = |store: &StateStore| Engine {
+    let engine = async |store: &StateStore| Engine {
         role: Role::Run,
         origin_vault: ca.clone(),
         origin_store: store.clone(),
         publisher: Some(Publisher {
             spec: origin_spec(),
-            lock: store.lock_side(vsync_engine::ORIGIN_SIDE).unwrap(),
+            lock: store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap(),
             digest_key: None,
         }),
-        destinations: vec![destination(store, cb.clone(), dest_spec(&[("secret/", "secret/")]))],
+        destinations: vec![destination(store, cb.clone(), dest_spec(&[("secret/", "secret/")])).await],
         alerter: Alerter::new(None),
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
     };
     let once = RunOptions { once: true, ..Default::default() };
-    let ended = vsync_engine::run(engine(&store), once, std::future::pending()).await.unwrap();
+    let ended = vsync_engine::run(engine(&store).await, once, std::future::pending()).await.unwrap();
     assert_eq!(ended, Ended::Once { per_secret_failures: false });
     assert_eq!(live(&cb, "secret/", "k4").await.as_deref(), Some(r#"{"v":4}"#));
 
     // A long-running loop ends when the injected shutdown future resolves.
     let stop = tokio::time::sleep(Duration::from_millis(500));
-    let ended = tokio::time::timeout(Duration::from_secs(20), vsync_engine::run(engine(&store), RunOptions::default(), stop))
+    let ended = tokio::time::timeout(Duration::from_secs(20), vsync_engine::run(engine(&store).await, RunOptions::default(), stop))
         .await
         .expect("the loop stopped")
         .unwrap();
     assert_eq!(ended, Ended::Stopped);
 
     // A fatal fault from a background task stops it too, with that fault.
-    let e = engine(&store);
+    let e = engine(&store).await;
     e.tripwire.trip(vsync_engine::Fault::fatal(FatalCause::Token, "origin vault: the token expires"));
     let fault = vsync_engine::run(e, RunOptions::default(), std::future::pending()).await.unwrap_err();
     assert_eq!(fault.fatal_cause(), Some(FatalCause::Token));

@@ -6,9 +6,10 @@
 //! - parts named by their SHA-256: a JSON array of `[key, entry]` rows, never over
 //!   [`PART_LIMIT`] bytes (Consul's value limit), however large the bucket.
 //!
-//! A commit writes the parts that do not exist yet, then replaces the root atomically; a commit
-//! that changes nothing writes nothing. Parts referenced by neither the new nor the previous
-//! root are removed afterwards, so a reader holding the previous root still finds its parts.
+//! A commit writes the parts that do not exist yet, then replaces the root atomically, if the
+//! root is still the version the cycle started from (its *base*); a commit that changes nothing
+//! writes nothing. Parts referenced by neither the new nor the previous root are removed
+//! afterwards, so a reader holding the previous root still finds its parts.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -199,11 +200,21 @@ where
     })
 }
 
-/// Commits a side's info: new parts first, then the root (a CAS on Consul); GC afterwards.
-/// Returns whether anything was written (a commit equal to the stored one writes nothing).
+/// Commits a side's info: new parts first, then the root; GC afterwards. Returns whether
+/// anything was written (a commit equal to the stored one writes nothing).
+///
+/// `base` is the root version the cycle started from: what [`load`] returned for a
+/// destination, the root read *before* the scan for the origin (`None`: the side had no root).
+/// The root is replaced only if it is still that version, so an older scan or plan never
+/// overwrites a newer commit: otherwise [`StateError::Conflict`], with nothing visible. On
+/// Consul the swap also checks the side's session lock, so a writer that lost its lock commits
+/// nothing ([`StateError::LockLost`]).
+// One argument per part of a root; a struct for two call sites adds nothing.
+#[allow(clippy::too_many_arguments)]
 pub async fn commit<T: HasOrigin + Serialize>(
     store: &StateStore,
     lock: &StoreLock,
+    base: Option<u64>,
     origin_mounts: BTreeMap<String, String>,
     config_hash: Option<String>,
     buckets: &Buckets<T>,
@@ -211,6 +222,13 @@ pub async fn commit<T: HasOrigin + Serialize>(
 ) -> Result<bool> {
     let side = lock.side().to_owned();
     let previous_read = store.read_root(&side).await?;
+    // Committed by someone else since the cycle's base: do not even write parts.
+    if previous_read.as_ref().map(|r| r.version) != base {
+        return Err(StateError::Conflict {
+            side,
+            store: store.describe(),
+        });
+    }
     // An unreadable previous root (older format, corrupt) is replaced, not fatal to a writer.
     let previous: Option<InfoRoot> = previous_read
         .as_ref()
@@ -256,10 +274,11 @@ pub async fn commit<T: HasOrigin + Serialize>(
             ),
         ));
     }
+    if !lock.is_held() {
+        return Err(lock.lost_error(store));
+    }
     store.write_parts(lock, to_write).await?;
-    store
-        .swap_root(lock, &root_bytes, previous_read.as_ref().map(|r| r.version))
-        .await?;
+    store.swap_root(lock, &root_bytes, base).await?;
     // Keep the parts of this root and of the previous one (a reader may still hold it).
     let mut keep: HashSet<String> = root.buckets.iter().flat_map(|b| b.parts.iter().cloned()).collect();
     if let Some(p) = &previous {
@@ -271,8 +290,11 @@ pub async fn commit<T: HasOrigin + Serialize>(
         .into_iter()
         .filter(|name| !keep.contains(name))
         .collect();
-    store.remove_parts(lock, stale).await?;
-    Ok(true)
+    match store.remove_parts(lock, stale).await {
+        // The root is committed; the lock's next holder collects what is left.
+        Ok(()) | Err(StateError::LockLost { .. }) => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -299,12 +321,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = FileStore::open(dir.path()).unwrap();
         let store = StateStore::File(file.clone());
-        let lock = store.lock_side("origin").unwrap();
+        let lock = store.lock_side("origin").await.unwrap();
         let info = SyncInfo::from_entries(4, (0..50).map(|i| (SecretPath::new("secret/", format!("k{i}")), entry(i))));
         let mounts: BTreeMap<String, String> = [("secret/".to_owned(), "uuid-1".to_owned())].into();
-        assert!(commit(&store, &lock, mounts.clone(), None, &info, &info.digests()).await.unwrap());
+        assert!(commit(&store, &lock, None, mounts.clone(), None, &info, &info.digests()).await.unwrap());
         let mtime = file.modified("origin");
-        assert!(!commit(&store, &lock, mounts.clone(), None, &info, &info.digests()).await.unwrap(), "no change, no write");
+        let base = store.read_root("origin").await.unwrap().map(|r| r.version);
+        assert!(!commit(&store, &lock, base, mounts.clone(), None, &info, &info.digests()).await.unwrap(), "no change, no write");
         assert_eq!(file.modified("origin"), mtime);
         let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
         assert_eq!(loaded.buckets, info);
@@ -317,7 +340,8 @@ mod tests {
             for i in 0..50 {
                 changed.insert(SecretPath::new("secret/", format!("k{i}")), entry(100 + round * 100 + i));
             }
-            commit(&store, &lock, mounts.clone(), None, &changed, &changed.digests()).await.unwrap();
+            let base = store.read_root("origin").await.unwrap().map(|r| r.version);
+            commit(&store, &lock, base, mounts.clone(), None, &changed, &changed.digests()).await.unwrap();
         }
         let parts = file.list("origin.buckets").unwrap();
         assert_eq!(parts.len(), 8, "4 buckets x (current + previous generation)");
