@@ -290,7 +290,8 @@ mod tests {
         assert_eq!(auto_bucket_count(0), 1);
         assert_eq!(auto_bucket_count(200_000), 256);
         assert_eq!(auto_bucket_count(1_000_000), 1024);
-        assert_eq!(auto_bucket_count(10_000_000), 8192);
+        assert_eq!(auto_bucket_count(5_000_000), 8192);
+        assert_eq!(auto_bucket_count(10_000_000), MAX_AUTO_BUCKETS);
         assert_eq!(auto_bucket_count(100_000_000), MAX_AUTO_BUCKETS);
     }
 

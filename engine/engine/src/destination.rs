@@ -146,10 +146,16 @@ pub struct Preview {
 
 /// Loads a destination's info, re-bucketed to the origin's layout.
 pub async fn load_info(store: &StateStore, name: &str, bucket_count: u32) -> Result<DestInfo, Fault> {
+    load_versioned(store, name, bucket_count).await.map(|(info, _)| info)
+}
+
+/// [`load_info`], with the root version it was loaded from (the cycle's commit base).
+async fn load_versioned(store: &StateStore, name: &str, bucket_count: u32) -> Result<(DestInfo, Option<u64>), Fault> {
     let loaded = state_info::load::<DestEntry>(store, &side_name(name))
         .await
         .map_err(|e| Fault::state(format!("loading the info of destination `{name}`"), e))?;
-    Ok(match loaded {
+    let version = loaded.as_ref().map(|l| l.version);
+    let info = match loaded {
         None => DestInfo::empty(bucket_count),
         Some(loaded) => {
             let same_layout = loaded.buckets.count() == bucket_count;
@@ -161,7 +167,8 @@ pub async fn load_info(store: &StateStore, name: &str, bucket_count: u32) -> Res
                 config_hash: loaded.root.config_hash,
             }
         }
-    })
+    };
+    Ok((info, version))
 }
 
 /// Plans a cycle of `spec` (decisions in `vsync_core::cycle`), logging paths whose mapping
@@ -225,7 +232,7 @@ impl Destination {
         let name = self.spec.name.clone();
         let origin_before = origin_vault.request_counts();
         let dest_before = self.vault.request_counts();
-        let mut dest = load_info(&self.store, &name, origin.entries.count()).await?;
+        let (mut dest, base) = load_versioned(&self.store, &name, origin.entries.count()).await?;
         // `vsync verify --repair`: forget what was recorded for those keys, so this cycle
         // checks them against the destination and rebuilds the ones that differ.
         let repair = crate::verify::pending_repair(&self.store, &name).await?;
@@ -365,9 +372,11 @@ impl Destination {
 
         let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &records, &removals);
         let digests = dest.entries.digests();
+        // Against the root this cycle loaded: a commit in between (another writer) is a conflict.
         let committed = state_info::commit(
             &self.store,
             &self.lock,
+            base,
             planned.origin_mounts.clone(),
             Some(self.spec.config_hash.clone()),
             &dest.entries,

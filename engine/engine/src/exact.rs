@@ -34,6 +34,8 @@ pub fn key_meta(meta: &KvMetadata, now: SystemTime) -> KeyMeta {
 }
 
 /// What inspecting a key found.
+// Held once per key being replicated, for one cycle: boxing the plan would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Inspected {
     /// The origin key changed since the scan (or is gone): retried next cycle.

@@ -9,6 +9,9 @@
 //!   stop the cycle, commit nothing, retry next cycle;
 //! - [`FaultClass::StateStore`]: the state store failed transiently: like `Unavailable`, but
 //!   [`STATE_RETRY_BUDGET`] such cycles in a row are fatal;
+//! - [`FaultClass::LockLost`]: this process lost its side's lock (Consul session): the cycle is
+//!   abandoned with nothing committed and the role waits as a standby until it is the writer
+//!   again;
 //! - [`FaultClass::Transient`]: anything else; for one secret it is a per-secret failure
 //!   (retried next cycle while the rest commits), for a scan or a load it fails the cycle.
 
@@ -93,6 +96,8 @@ pub enum FaultClass {
     Unavailable,
     /// The state store failed transiently: stop the cycle, retry within the budget.
     StateStore,
+    /// The side's lock was lost: abandon the cycle, wait as a standby.
+    LockLost,
     /// Anything else: per secret, a per-secret failure; for the cycle, retry next cycle.
     Transient,
 }
@@ -144,6 +149,7 @@ impl Fault {
             StateError::Corrupt { .. } => FaultClass::Fatal(FatalCause::StateCorrupt),
             StateError::Conflict { .. } => FaultClass::Fatal(FatalCause::StateConflict),
             StateError::Locked { .. } => FaultClass::Fatal(FatalCause::StateLocked),
+            StateError::LockLost { .. } => FaultClass::LockLost,
             StateError::Consul(c) if !c.is_transient() => FaultClass::Fatal(FatalCause::StateStore),
             _ => FaultClass::StateStore,
         };

@@ -139,9 +139,21 @@ pub(crate) fn v2_entry(meta: &vsync_vault::KvMetadata, now: SystemTime) -> Origi
     }
 }
 
-/// Publishes the origin info (only complete scans get here). Returns whether anything changed.
-pub async fn publish(store: &StateStore, lock: &StoreLock, origin: &OriginInfo) -> Result<bool, Fault> {
-    state_info::commit(store, lock, origin.mounts.clone(), None, &origin.entries, &origin.digests)
+/// The version of the origin's published root (`None`: nothing published yet). Read before a
+/// scan, it is the base that scan's [`publish`] commits against.
+pub async fn published_version(store: &StateStore) -> Result<Option<u64>, Fault> {
+    let root = store
+        .read_root(ORIGIN_SIDE)
+        .await
+        .map_err(|e| Fault::state(format!("reading the origin's root in {}", store.describe()), e))?;
+    Ok(root.map(|r| r.version))
+}
+
+/// Publishes the origin info (only complete scans get here) if the published root is still
+/// `base` (read before the scan: an older scan never replaces a newer one). Returns whether
+/// anything changed.
+pub async fn publish(store: &StateStore, lock: &StoreLock, base: Option<u64>, origin: &OriginInfo) -> Result<bool, Fault> {
+    state_info::commit(store, lock, base, origin.mounts.clone(), None, &origin.entries, &origin.digests)
         .await
         .map_err(|e| Fault::state(format!("publishing the origin info to {}", store.describe()), e))
 }

@@ -10,13 +10,18 @@
 //! progress is abandoned (nothing partial is committed) and [`run`] returns
 //! [`Ended::Stopped`]. A fatal fault, from a cycle or from a background task through the
 //! [`Tripwire`], is alerted and returned.
+//!
+//! One writer per side: the roles come with their sides' locks held. A cycle whose lock is lost
+//! (a Consul session that ended) is abandoned with nothing committed, and before the next round
+//! the role waits as a hot standby until the lock is its own again. When [`run`] returns, the
+//! locks are released, so a standby takes over at once.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tracing::error;
+use tracing::{error, info, warn};
 use vsync_core::{CycleFlags, OriginInfo, OriginSpec};
 use vsync_state::{StateStore, StoreLock};
 use vsync_vault::VaultClient;
@@ -149,6 +154,10 @@ impl Settling {
         if fault.fatal_cause().is_some() || once {
             return Some(fault);
         }
+        if fault.class == FaultClass::LockLost {
+            warn!("{fault}; nothing committed this cycle: standby until this process holds the lock again");
+            return None;
+        }
         if fault.class == FaultClass::StateStore {
             self.state_failures += 1;
             if self.state_failures >= STATE_RETRY_BUDGET {
@@ -184,8 +193,46 @@ struct Round {
     failed: Option<(Option<String>, Fault)>,
 }
 
-/// Runs the roles until `shutdown` resolves, a fatal fault, or (with `once`) one round.
+/// Runs the roles until `shutdown` resolves, a fatal fault, or (with `once`) one round; then
+/// gives the sides' locks up.
 pub async fn run(mut engine: Engine, options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Ended, Fault> {
+    let ended = run_loop(&mut engine, options, shutdown).await;
+    release_locks(engine).await;
+    ended
+}
+
+/// Releases every side's lock (Consul: a standby takes over without waiting for a lock-delay).
+async fn release_locks(engine: Engine) {
+    if let Some(p) = engine.publisher {
+        p.lock.release().await;
+    }
+    for d in engine.destinations {
+        d.lock.release().await;
+    }
+}
+
+/// Waits as a standby for every side whose lock was lost, so no cycle runs without its lock.
+/// Transient store failures are retried while waiting; anything else stops the role.
+async fn regain_locks(engine: &mut Engine) -> Result<(), Stop> {
+    let publisher = engine.publisher.iter_mut().map(|p| (None, &mut p.lock));
+    let destinations = engine.destinations.iter_mut().map(|d| (Some(d.spec.name.clone()), &mut d.lock));
+    for (destination, lock) in publisher.chain(destinations) {
+        if lock.is_held() {
+            continue;
+        }
+        let (side, name) = (lock.side().to_owned(), lock.describe());
+        warn!(side, lock = %name, "this process lost the lock of side `{side}`: it is a standby now");
+        let mut on_wait = |h: &vsync_state::Holder| info!(side, "standby: {h}; waiting to take over");
+        if let Err(e) = lock.regain(&mut on_wait).await {
+            let fault = Fault::state(format!("side `{side}`: taking its lock {name} again"), e);
+            return Err(Stop { destination, fault });
+        }
+        info!(side, lock = %name, "took over side `{side}`: this process is its writer again");
+    }
+    Ok(())
+}
+
+async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Ended, Fault> {
     let mut shutdown = std::pin::pin!(shutdown);
     let (alerter, tripwire, role) = (engine.alerter.clone(), engine.tripwire.clone(), engine.role);
     let trigger = Arc::new(Notify::new());
@@ -204,7 +251,10 @@ pub async fn run(mut engine: Engine, options: RunOptions, shutdown: impl Future<
         .collect();
     loop {
         let result = tokio::select! {
-            r = round(&mut engine, &mut origin_settling, &mut settling, options.once) => r,
+            r = async {
+                regain_locks(engine).await?;
+                round(engine, &mut origin_settling, &mut settling, options.once).await
+            } => r,
             _ = &mut shutdown => return Ok(Ended::Stopped),
             fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
         };
@@ -240,11 +290,19 @@ async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &m
     let info = match &engine.publisher {
         Some(p) => {
             let scanned = async {
+                // The commit's base is the root before the scan: an older scan never lands on a
+                // newer one.
+                let base = origin::published_version(&engine.origin_store).await?;
                 let info = origin::scan(&engine.origin_vault, &p.spec, p.digest_key.as_deref()).await?;
-                let published = origin::publish(&engine.origin_store, &p.lock, &info).await?;
+                let published = origin::publish(&engine.origin_store, &p.lock, base, &info).await?;
                 Ok::<_, Fault>((info, published))
             };
-            match scanned.await {
+            let lost = p.lock.lost();
+            let scanned = tokio::select! {
+                r = scanned => r,
+                () = lost => Err(lock_lost("the origin", &p.lock)),
+            };
+            match scanned {
                 Ok((info, published)) => {
                     origin_settling.succeeded();
                     (engine.reporter)(&Event::OriginScanned { info: &info, published });
@@ -279,14 +337,16 @@ async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &m
     for (d, s) in engine.destinations.iter_mut().zip(settling.iter_mut()) {
         let name = d.spec.name.clone();
         let timeout = d.spec.timeout;
-        let result = tokio::time::timeout(timeout, d.cycle(&engine.origin_vault, &info, s.flags))
-            .await
-            .unwrap_or_else(|_| {
+        let (lost, lost_fault) = (d.lock.lost(), lock_lost(&format!("destination `{name}`"), &d.lock));
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, d.cycle(&engine.origin_vault, &info, s.flags)) => r.unwrap_or_else(|_| {
                 Err(Fault::transient(format!(
                     "destination `{name}`: cycle timed out after {timeout:?}; everything it started was cancelled, \
                      nothing committed"
                 )))
-            });
+            }),
+            () = lost => Err(lost_fault),
+        };
         match result {
             Ok(report) => {
                 s.succeeded();
@@ -303,4 +363,12 @@ async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &m
         }
     }
     Ok(done)
+}
+
+/// The fault of a cycle abandoned because its side's lock was lost.
+fn lock_lost(whose: &str, lock: &StoreLock) -> Fault {
+    Fault::new(
+        FaultClass::LockLost,
+        format!("{whose}: lost the lock {} (its session ended or could not be renewed); the cycle was abandoned", lock.describe()),
+    )
 }

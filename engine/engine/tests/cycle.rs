@@ -48,8 +48,8 @@ fn dest_spec(mounts: &[(&str, &str)]) -> DestinationSpec {
     }
 }
 
-fn destination(store: &StateStore, vault: VaultClient, spec: DestinationSpec) -> Destination {
-    let lock = store.lock_side(&vsync_engine::side_name(&spec.name)).unwrap();
+async fn destination(store: &StateStore, vault: VaultClient, spec: DestinationSpec) -> Destination {
+    let lock = store.lock_side(&vsync_engine::side_name(&spec.name)).await.unwrap();
     Destination { spec, vault, store: store.clone(), lock, mapper: None, digest_key: None }
 }
 
@@ -69,7 +69,7 @@ async fn a_destination_cycle_copies_then_does_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let mut d = destination(&store, cb.clone(), dest_spec(&[("secret/", "secret/")]));
+    let mut d = destination(&store, cb.clone(), dest_spec(&[("secret/", "secret/")])).await;
 
     let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
     assert_eq!(info.entries.len(), 30);
@@ -104,7 +104,7 @@ async fn a_removal_on_a_missing_destination_mount_is_fatal_like_a_write() {
     ca.write_version("secret/", "x", &data(json!({"v": 1})), 0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let mut d = destination(&store, cb.clone(), dest_spec(&[("secret/", "gone/")]));
+    let mut d = destination(&store, cb.clone(), dest_spec(&[("secret/", "gone/")])).await;
     let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
     assert_eq!(d.cycle(&ca, &info, CycleFlags::default()).await.unwrap().counts.added, 1);
 
@@ -127,35 +127,35 @@ async fn the_role_loop_runs_one_shared_round_and_stops_on_shutdown() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let engine = |store: &StateStore| Engine {
+    let engine = async |store: &StateStore| Engine {
         role: Role::Run,
         origin_vault: ca.clone(),
         origin_store: store.clone(),
         publisher: Some(Publisher {
             spec: origin_spec(),
-            lock: store.lock_side(vsync_engine::ORIGIN_SIDE).unwrap(),
+            lock: store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap(),
             digest_key: None,
         }),
-        destinations: vec![destination(store, cb.clone(), dest_spec(&[("secret/", "secret/")]))],
+        destinations: vec![destination(store, cb.clone(), dest_spec(&[("secret/", "secret/")])).await],
         alerter: Alerter::new(None),
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
     };
     let once = RunOptions { once: true, ..Default::default() };
-    let ended = vsync_engine::run(engine(&store), once, std::future::pending()).await.unwrap();
+    let ended = vsync_engine::run(engine(&store).await, once, std::future::pending()).await.unwrap();
     assert_eq!(ended, Ended::Once { per_secret_failures: false });
     assert_eq!(live(&cb, "secret/", "k4").await.as_deref(), Some(r#"{"v":4}"#));
 
     // A long-running loop ends when the injected shutdown future resolves.
     let stop = tokio::time::sleep(Duration::from_millis(500));
-    let ended = tokio::time::timeout(Duration::from_secs(20), vsync_engine::run(engine(&store), RunOptions::default(), stop))
+    let ended = tokio::time::timeout(Duration::from_secs(20), vsync_engine::run(engine(&store).await, RunOptions::default(), stop))
         .await
         .expect("the loop stopped")
         .unwrap();
     assert_eq!(ended, Ended::Stopped);
 
     // A fatal fault from a background task stops it too, with that fault.
-    let e = engine(&store);
+    let e = engine(&store).await;
     e.tripwire.trip(vsync_engine::Fault::fatal(FatalCause::Token, "origin vault: the token expires"));
     let fault = vsync_engine::run(e, RunOptions::default(), std::future::pending()).await.unwrap_err();
     assert_eq!(fault.fatal_cause(), Some(FatalCause::Token));
@@ -175,7 +175,7 @@ async fn a_path_written_this_cycle_is_never_deleted_by_a_removal() {
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
     let mut spec = dest_spec(&[("a/", "x/"), ("b/", "x/")]);
     spec.max_delete_ratio = 1.0;
-    let mut d = destination(&store, cb.clone(), spec);
+    let mut d = destination(&store, cb.clone(), spec).await;
     let mut ospec = origin_spec();
     ospec.mounts = vec!["a/".into(), "b/".into()];
     let info = origin::scan(&ca, &ospec, None).await.unwrap();
@@ -205,7 +205,7 @@ async fn a_kv1_value_changed_after_the_keyed_scan_is_not_recorded_under_the_old_
     ospec.mounts = vec!["kv1/".into()];
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let mut d = destination(&store, cb.clone(), dest_spec(&[("kv1/", "kv1/")]));
+    let mut d = destination(&store, cb.clone(), dest_spec(&[("kv1/", "kv1/")])).await;
     d.digest_key = Some(key.clone());
 
     ca.write_v1("kv1/", "app", &data(json!({"v": "A"}))).await.unwrap();
@@ -224,7 +224,8 @@ async fn a_kv1_value_changed_after_the_keyed_scan_is_not_recorded_under_the_old_
         let mut s = dest_spec(&[("kv1/", "kv1/")]);
         s.name = "us".into();
         s
-    });
+    })
+    .await;
     ca.write_v1("kv1/", "app", &data(json!({"v": "C"}))).await.unwrap();
     let scanned_c = origin::scan(&ca, &ospec, Some(&key)).await.unwrap();
     ca.write_v1("kv1/", "app", &data(json!({"v": "D"}))).await.unwrap();
@@ -281,7 +282,7 @@ async fn slow_planning_is_cut_by_the_cycle_timeout_and_by_shutdown() {
     let mut spec = dest_spec(&[("secret/", "secret/")]);
     spec.timeout = Duration::from_secs(1);
     spec.uses_plugins = true;
-    let mut d = destination(&store, cb.clone(), spec.clone());
+    let mut d = destination(&store, cb.clone(), spec.clone()).await;
     d.mapper = Some(vsync_engine::destination::share(Box::new(SlowMapper(Duration::from_millis(50)))));
     let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
     let started = std::time::Instant::now();
@@ -293,7 +294,7 @@ async fn slow_planning_is_cut_by_the_cycle_timeout_and_by_shutdown() {
     // The role loop with a long timeout: the shutdown future ends the planning too.
     drop(d);
     spec.timeout = Duration::from_secs(120);
-    let mut d = destination(&store, cb.clone(), spec);
+    let mut d = destination(&store, cb.clone(), spec).await;
     d.mapper = Some(vsync_engine::destination::share(Box::new(SlowMapper(Duration::from_millis(50)))));
     let engine = Engine {
         role: Role::Destination,
@@ -306,8 +307,8 @@ async fn slow_planning_is_cut_by_the_cycle_timeout_and_by_shutdown() {
         reporter: Box::new(|_| {}),
     };
     // The destination role loads the origin's published info.
-    let lock = store.lock_side(vsync_engine::ORIGIN_SIDE).unwrap();
-    origin::publish(&store, &lock, &info).await.unwrap();
+    let lock = store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap();
+    origin::publish(&store, &lock, None, &info).await.unwrap();
     drop(lock);
     let started = std::time::Instant::now();
     let ended = vsync_engine::run(engine, RunOptions::default(), tokio::time::sleep(Duration::from_millis(500))).await.unwrap();
@@ -350,7 +351,7 @@ async fn model_destination_contents_equal_the_mapped_origin_after_every_cycle() 
         spec.versions = versions;
         spec.uses_plugins = true;
         spec.max_delete_ratio = 1.0;
-        let mut d = destination(&store, cb.clone(), spec);
+        let mut d = destination(&store, cb.clone(), spec).await;
         d.mapper = Some(vsync_engine::destination::share(Box::new(Rotating(epoch.clone()))));
         let mut model: BTreeMap<u64, u64> = BTreeMap::new(); // key index -> value
         for step in 0..40u64 {

@@ -55,12 +55,12 @@ struct World {
     dest: Destination,
 }
 
-fn world() -> World {
+async fn world() -> World {
     let (a, b) = (Bao::dev(), Bao::dev());
     let (ca, cb) = (client(&a), client(&b));
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let lock = store.lock_side("destination-eu").unwrap();
+    let lock = store.lock_side("destination-eu").await.unwrap();
     let dest = Destination { spec: spec(), vault: cb.clone(), store, lock, mapper: None, digest_key: None };
     World { _a: a, _b: b, ca, cb, _dir: dir, dest }
 }
@@ -134,7 +134,7 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_cases_of_the_reference_replicate_exactly_at_the_promised_cost() {
-    let mut w = world();
+    let mut w = world().await;
     // S1: key max 5, 10 writes -> v6..10; v7 soft-deleted, v8 destroyed.
     w.settings("s1", 5, false, "0s", &[("owner", "team-a")]).await;
     for i in 1..=10 {
@@ -209,7 +209,7 @@ async fn named_cases_of_the_reference_replicate_exactly_at_the_promised_cost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_state_adopts_exact_keys_and_rebuilds_changed_ones() {
-    let mut w = world();
+    let mut w = world().await;
     for i in 1..=4 {
         w.put("a", json!({ "v": i })).await;
         w.put("b", json!({ "v": i })).await;
@@ -221,7 +221,7 @@ async fn lost_state_adopts_exact_keys_and_rebuilds_changed_ones() {
     // The state is lost; someone also changed `b` at the destination.
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    w.dest.lock = store.lock_side("destination-eu").unwrap();
+    w.dest.lock = store.lock_side("destination-eu").await.unwrap();
     w.dest.store = store;
     w.cb.write_version("secret/", "b", &data(json!({ "v": "hand" })), 4).await.unwrap();
     let (report, writes) = w.cycle().await;
@@ -252,7 +252,7 @@ async fn model_sequences_of_origin_operations_stay_exact_after_every_cycle() {
     for seq in 0..sequences {
         let seed = 0x5eed_0000 + seq;
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let mut w = world();
+        let mut w = world().await;
         let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
         for step in 0..60 {
             let k = &keys[rng.below(keys.len() as u64) as usize];
@@ -301,7 +301,7 @@ async fn model_sequences_of_origin_operations_stay_exact_after_every_cycle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reports_drift_and_repair_rebuilds_it() {
     use vsync_engine::verify::{pending_repair, request_repair, verify};
-    let mut w = world();
+    let mut w = world().await;
     for k in ["hand", "soft", "meta", "clean"] {
         for i in 1..=3 {
             w.put(k, json!({ "v": i })).await;
@@ -340,7 +340,7 @@ async fn verify_reports_drift_and_repair_rebuilds_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_mode_preconditions_and_mixed_kv_versions_are_refused_before_any_write() {
-    let mut w = world();
+    let mut w = world().await;
     w.put("a", json!({ "v": 1 })).await;
     // A destination mount that keeps 8 versions would keep placeholders the origin pruned.
     w.cb.sys("POST", "secret/config", Some(json!({ "max_versions": 8 }))).await.unwrap();
@@ -370,7 +370,7 @@ async fn all_mode_preconditions_and_mixed_kv_versions_are_refused_before_any_wri
 async fn request_counts_per_key_stay_what_the_algorithm_promises() {
     // One key, each kind of change; the counts exclude the origin scan (one SCAN) and the
     // destination's mount lookups (two `sys` calls a cycle with work).
-    let mut w = world();
+    let mut w = world().await;
     let per_key = |c: &VaultClient| c.request_counts();
     let delta = |a: vsync_vault::RequestCounts, b: vsync_vault::RequestCounts| {
         (b.data_reads - a.data_reads, b.data_writes - a.data_writes, b.metadata_reads - a.metadata_reads, b.metadata_writes - a.metadata_writes)

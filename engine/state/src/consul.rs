@@ -1,5 +1,7 @@
 //! A thin async client for the Consul KV subset vsync needs (reference/consul-kv.md §2):
-//! single-key reads (plain and blocking), key listing, CAS writes and deletes, and `/v1/txn`.
+//! single-key reads (plain and blocking), key listing, CAS writes and deletes, `/v1/txn`, and
+//! the sessions and locks behind one writer per side (create, renew, destroy; `?acquire`,
+//! `?release`; txn `check-session`).
 //!
 //! Written by hand because the published crates get presence flags, CAS deletes, 404 indexes or
 //! binary values wrong. The rules it follows:
@@ -175,6 +177,10 @@ pub struct Entry {
     pub create_index: u64,
     /// Index of the last change (used for CAS).
     pub modify_index: u64,
+    /// How many times a session newly acquired the key's lock.
+    pub lock_index: u64,
+    /// The session holding the key's lock, if any.
+    pub session: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +195,10 @@ struct WireEntry {
     create_index: u64,
     #[serde(default)]
     modify_index: u64,
+    #[serde(default)]
+    lock_index: u64,
+    #[serde(default)]
+    session: Option<String>,
 }
 
 impl WireEntry {
@@ -207,6 +217,8 @@ impl WireEntry {
             flags: self.flags,
             create_index: self.create_index,
             modify_index: self.modify_index,
+            lock_index: self.lock_index,
+            session: self.session.filter(|s| !s.is_empty()),
         })
     }
 }
@@ -263,6 +275,13 @@ pub enum TxnOp {
         /// Expected index.
         index: u64,
     },
+    /// Fail the txn unless `session` holds the key's lock.
+    CheckSession {
+        /// Key.
+        key: String,
+        /// Session ID.
+        session: String,
+    },
 }
 
 impl TxnOp {
@@ -273,7 +292,8 @@ impl TxnOp {
             | TxnOp::Get { key }
             | TxnOp::CheckIndex { key, .. }
             | TxnOp::Delete { key }
-            | TxnOp::DeleteCas { key, .. } => key,
+            | TxnOp::DeleteCas { key, .. }
+            | TxnOp::CheckSession { key, .. } => key,
         }
     }
 
@@ -283,7 +303,11 @@ impl TxnOp {
             TxnOp::Set { value, .. } | TxnOp::Cas { value, .. } => value.len().div_ceil(3) * 4,
             _ => 0,
         };
-        value + self.key().len() + 96
+        let session = match self {
+            TxnOp::CheckSession { session, .. } => session.len(),
+            _ => 0,
+        };
+        value + session + self.key().len() + 96
     }
 
     fn wire(&self) -> WireOp<'_> {
@@ -294,9 +318,14 @@ impl TxnOp {
             TxnOp::CheckIndex { key, index } => ("check-index", key, None, Some(*index)),
             TxnOp::Delete { key } => ("delete", key, None, None),
             TxnOp::DeleteCas { key, index } => ("delete-cas", key, None, Some(*index)),
+            TxnOp::CheckSession { key, .. } => ("check-session", key, None, None),
+        };
+        let session = match self {
+            TxnOp::CheckSession { session, .. } => Some(session.as_str()),
+            _ => None,
         };
         WireOp {
-            kv: WireKvOp { verb, key, value, index },
+            kv: WireKvOp { verb, key, value, index, session },
         }
     }
 }
@@ -316,6 +345,28 @@ struct WireKvOp<'a> {
     value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+}
+
+/// A session to create: a TTL session with no health checks (only the TTL, or a destroy, ends
+/// it) whose locks are released, not deleted, when it ends.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    /// Human-readable name (who holds it; shown by `consul` tools).
+    pub name: String,
+    /// TTL: Consul accepts 10 s to 86400 s and may invalidate up to 2 x TTL after the last
+    /// renewal, never before the TTL.
+    pub ttl: Duration,
+    /// After the session ends, its locks cannot be taken for this long (Consul: at most 60 s).
+    pub lock_delay: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct WireSessionCreated {
+    #[serde(rename = "ID")]
+    id: String,
 }
 
 /// A txn's outcome.
@@ -405,6 +456,11 @@ fn header_index(resp: &reqwest::Response) -> u64 {
 
 fn go_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis().max(1))
+}
+
+/// A Go duration for session settings: whole seconds as `15s` (as Consul shows them), else ms.
+fn go_setting(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
 }
 
 impl ConsulClient {
@@ -699,6 +755,72 @@ impl ConsulClient {
         })
     }
 
+    /// Creates a session (`PUT /v1/session/create`); its ID.
+    pub async fn create_session(&self, spec: &SessionSpec) -> Result<String> {
+        let body = serde_json::json!({
+            "Name": spec.name,
+            "TTL": go_setting(spec.ttl),
+            "LockDelay": go_setting(spec.lock_delay),
+            "Behavior": "release",
+            // No health checks (not even the agent's serfHealth): the TTL alone ends it.
+            "NodeChecks": [],
+        });
+        let (status, _, bytes) = self
+            .send("session create", &spec.name, Method::PUT, "/v1/session/create", &[], Some(body.to_string().into_bytes()), self.request_timeout)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected("session create", &spec.name, status, &bytes));
+        }
+        serde_json::from_slice::<WireSessionCreated>(&bytes)
+            .map(|c| c.id)
+            .map_err(|e| ConsulError::Decode { op: "session create", key: spec.name.clone(), message: e.to_string() })
+    }
+
+    /// Renews a session's TTL. `Ok(false)`: the session is gone (expired or destroyed; 404).
+    pub async fn renew_session(&self, id: &str) -> Result<bool> {
+        let path = format!("/v1/session/renew/{}", encode_key(id));
+        let (status, _, bytes) = self.send("session renew", id, Method::PUT, &path, &[], None, self.request_timeout).await?;
+        match status.as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(Self::unexpected("session renew", id, status, &bytes)),
+        }
+    }
+
+    /// Destroys a session (its locks are released, with its lock-delay); a gone one is fine.
+    pub async fn destroy_session(&self, id: &str) -> Result<()> {
+        let path = format!("/v1/session/destroy/{}", encode_key(id));
+        let (status, _, bytes) = self.send("session destroy", id, Method::PUT, &path, &[], None, self.request_timeout).await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected("session destroy", id, status, &bytes));
+        }
+        Ok(())
+    }
+
+    async fn lock_op(&self, op: &'static str, key: &str, session: &str, value: &[u8]) -> Result<bool> {
+        validate_key(key, false)?;
+        let path = format!("/v1/kv/{}", encode_key(key));
+        let (status, _, body) = self
+            .send(op, key, Method::PUT, &path, &[(op, session.to_owned())], Some(value.to_vec()), self.request_timeout)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::unexpected(op, key, status, &body));
+        }
+        serde_json::from_slice::<bool>(&body).map_err(|e| ConsulError::Decode { op, key: key.to_owned(), message: e.to_string() })
+    }
+
+    /// Takes the lock of `key` for `session`, writing `value`. `Ok(false)`: another session
+    /// holds it, or a lock-delay is running. Acquiring a lock already held is `Ok(true)`.
+    pub async fn acquire(&self, key: &str, session: &str, value: &[u8]) -> Result<bool> {
+        self.lock_op("acquire", key, session, value).await
+    }
+
+    /// Gives up the lock of `key` (no lock-delay follows), writing `value`. `Ok(false)`: the
+    /// session did not hold it.
+    pub async fn release(&self, key: &str, session: &str, value: &[u8]) -> Result<bool> {
+        self.lock_op("release", key, session, value).await
+    }
+
     /// Runs one transaction. The caller keeps within [`TXN_MAX_OPS`] and the body limit
     /// (see [`TxnOp::body_cost`]); nothing is split here, so atomicity is what the caller asked.
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome> {
@@ -783,12 +905,15 @@ mod tests {
         let ops = [
             TxnOp::Cas { key: "a".into(), value: vec![0, 255], index: 0 },
             TxnOp::Delete { key: "b".into() },
+            TxnOp::CheckSession { key: "l".into(), session: "s-1".into() },
         ];
         let wire: Vec<_> = ops.iter().map(TxnOp::wire).collect();
         let json = serde_json::to_string(&wire).unwrap();
         assert_eq!(
             json,
-            r#"[{"KV":{"Verb":"cas","Key":"a","Value":"AP8=","Index":0}},{"KV":{"Verb":"delete","Key":"b"}}]"#
+            r#"[{"KV":{"Verb":"cas","Key":"a","Value":"AP8=","Index":0}},{"KV":{"Verb":"delete","Key":"b"}},{"KV":{"Verb":"check-session","Key":"l","Session":"s-1"}}]"#
         );
+        assert_eq!(go_setting(Duration::from_secs(15)), "15s");
+        assert_eq!(go_setting(Duration::from_millis(1500)), "1500ms");
     }
 }

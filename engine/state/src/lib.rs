@@ -8,7 +8,8 @@
 //!   (temp file, fsync, rename, fsync of the directory), so a crash leaves the old or the new
 //!   version, never a torn one;
 //! - **Consul KV** ([`consul`]: a thin client; [`ConsulStore`]): content-addressed parts under
-//!   each side's prefix and one root per side swapped with a CAS.
+//!   each side's prefix and one root per side swapped with a CAS; one writer per side through a
+//!   session lock, with a second instance waiting as a hot standby ([`lock`]).
 //!
 //! [`info`] stores bucketed sync info on either.
 
@@ -36,8 +37,10 @@ fn private_file(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 pub mod info;
+pub mod lock;
 pub mod store;
 
+pub use lock::{Holder, LockOptions};
 pub use store::{ConsulStore, RootRead, StateStore, StoreLock};
 
 use serde::Serialize;
@@ -95,6 +98,15 @@ pub enum StateError {
         /// Store description.
         store: String,
     },
+    /// This process no longer holds the side's lock (its Consul session ended or could not be
+    /// renewed); another instance may be the writer now.
+    #[error("{lock}: this process lost the lock of side `{side}` (its session ended or could not be renewed); nothing of this commit is visible")]
+    LockLost {
+        /// Side name.
+        side: String,
+        /// Store and lock description.
+        lock: String,
+    },
 }
 
 impl From<consul::ConsulError> for StateError {
@@ -125,12 +137,18 @@ pub struct FileStore {
 pub struct SideLock {
     _file: File,
     side: String,
+    path: PathBuf,
 }
 
 impl SideLock {
     /// The side this lock holds.
     pub fn side(&self) -> &str {
         &self.side
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -160,6 +178,7 @@ impl FileStore {
             Ok(()) => Ok(SideLock {
                 _file: file,
                 side: side.to_owned(),
+                path,
             }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
                 path,

@@ -8,14 +8,16 @@
 //! |---|---|---|
 //! | root | `<dir>/<side>.json` | `<prefix><side>/root` |
 //! | part | `<dir>/<side>.buckets/<sha256>.json` | `<prefix><side>/parts/<sha256>` |
-//! | root swap | temp file + fsync + rename | PUT `?cas=<ModifyIndex read before>` |
-//! | one writer per side | OS file lock | the CAS: a second writer's commit fails |
+//! | lock | `<dir>/<side>.lock` | `<prefix><side>/lock` |
+//! | root swap | temp file + fsync + rename | txn: `cas` on the root + `check-session` on the lock |
+//! | one writer per side | OS file lock: a second process fails at once | session lock: a second process waits as a hot standby ([`crate::lock`]) |
 //! | root version | file modification time (ns) | `ModifyIndex` |
 //! | change notification | short poll of the root's version | blocking query on the root |
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::consul::{ConsulClient, ConsulError, MAX_VALUE_SIZE, TXN_MAX_OPS, TxnOp, TxnOutcome};
+use crate::lock::{ConsulLock, Holder, LockOptions, Lost, OnWait};
 use crate::{FileStore, Result, SideLock, StateError};
 
 /// A state store of either kind.
@@ -34,16 +36,14 @@ pub struct ConsulStore {
     prefix: String,
 }
 
-/// Write access to one side: held for the life of the process.
+/// Write access to one side ([`crate::lock`]): the file store's OS lock, held for the life of
+/// the process, or a Consul session lock, which can be lost (and regained).
 #[derive(Debug)]
 pub enum StoreLock {
     /// File store: the OS lock.
     File(SideLock),
-    /// Consul: commits are guarded by the root's CAS instead.
-    Consul {
-        /// Side name.
-        side: String,
-    },
+    /// Consul: the session lock on `<prefix><side>/lock`.
+    Consul(ConsulLock),
 }
 
 impl StoreLock {
@@ -51,7 +51,57 @@ impl StoreLock {
     pub fn side(&self) -> &str {
         match self {
             StoreLock::File(l) => l.side(),
-            StoreLock::Consul { side } => side,
+            StoreLock::Consul(l) => l.side(),
+        }
+    }
+
+    /// Whether this process still holds the lock (a file lock always does).
+    pub fn is_held(&self) -> bool {
+        match self {
+            StoreLock::File(_) => true,
+            StoreLock::Consul(l) => l.is_held(),
+        }
+    }
+
+    /// Resolves once the lock is lost: abandon the cycle, it cannot commit. Never, for a file
+    /// lock. The future owns what it needs, so it can race a cycle that borrows the lock.
+    pub fn lost(&self) -> Lost {
+        match self {
+            StoreLock::File(_) => Box::pin(std::future::pending()),
+            StoreLock::Consul(l) => l.lost(),
+        }
+    }
+
+    /// The lock, for messages (`consul key `vsync/origin/lock``, `file /state/origin.lock`).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLock::File(l) => format!("file {}", l.path().display()),
+            StoreLock::Consul(l) => format!("consul key `{}`", l.key()),
+        }
+    }
+
+    /// After the lock was lost: waits as a standby until it is held again, reporting the
+    /// holder to `on_wait` as it changes. A held lock (and any file lock) returns at once.
+    pub async fn regain(&mut self, on_wait: OnWait<'_>) -> Result<()> {
+        match self {
+            StoreLock::File(_) => Ok(()),
+            StoreLock::Consul(l) => l.regain(on_wait).await,
+        }
+    }
+
+    /// Gives the lock up (Consul: releases the key, so a standby takes over at once, and ends
+    /// the session; bounded, best effort). Dropping a lock releases it too, in the background.
+    pub async fn release(self) {
+        match self {
+            StoreLock::File(l) => drop(l),
+            StoreLock::Consul(l) => l.release().await,
+        }
+    }
+
+    pub(crate) fn lost_error(&self, store: &StateStore) -> StateError {
+        StateError::LockLost {
+            side: self.side().to_owned(),
+            lock: format!("{}: {}", store.describe(), self.describe()),
         }
     }
 }
@@ -86,6 +136,10 @@ impl ConsulStore {
         format!("{}{side}/parts/", self.prefix)
     }
 
+    fn lock_key(&self, side: &str) -> String {
+        format!("{}{side}/lock", self.prefix)
+    }
+
     /// The client (for checks and tests).
     pub fn client(&self) -> &ConsulClient {
         &self.client
@@ -118,12 +172,23 @@ impl StateStore {
         }
     }
 
-    /// Takes write access to `side` (file store: fails at once if another process holds it).
-    pub fn lock_side(&self, side: &str) -> Result<StoreLock> {
+    /// Takes write access to `side` with the default [`LockOptions`], waiting while another
+    /// process holds it on Consul (file store: fails at once with [`StateError::Locked`]).
+    pub async fn lock_side(&self, side: &str) -> Result<StoreLock> {
+        self.lock_side_with(side, &LockOptions::default(), &mut |_: &Holder| {}).await
+    }
+
+    /// Takes write access to `side`. File store: the OS lock, or [`StateError::Locked`] at once.
+    /// Consul: a session lock; while another process holds it, this one waits as a hot standby
+    /// and `on_wait` hears who holds it (each time that changes). Cancel the future (a timeout,
+    /// a signal) to stop waiting; the waiting session is then destroyed.
+    pub async fn lock_side_with(&self, side: &str, options: &LockOptions, on_wait: OnWait<'_>) -> Result<StoreLock> {
         valid_side(side)?;
         match self {
             StateStore::File(f) => f.lock_side(side).map(StoreLock::File),
-            StateStore::Consul(_) => Ok(StoreLock::Consul { side: side.to_owned() }),
+            StateStore::Consul(c) => ConsulLock::acquire(&c.client, side, c.lock_key(side), options.clone(), on_wait)
+                .await
+                .map(StoreLock::Consul),
         }
     }
 
@@ -311,66 +376,96 @@ impl StateStore {
                 }
                 commit_batch(c, batch).await?;
             }
-            (StateStore::File(_), StoreLock::Consul { .. }) => {
-                return Err(StateError::Corrupt {
-                    path: side.into(),
-                    message: "a Consul lock was used with a file store".into(),
-                });
-            }
+            (StateStore::File(_), StoreLock::Consul(_)) => return Err(mismatched(side)),
         }
         Ok(written)
     }
 
-    /// Replaces a side's root. `expected` is the version read before (`None`: the side must
-    /// not exist yet). Consul: a CAS; a concurrent writer makes it fail with
-    /// [`StateError::Conflict`]. File store: the side lock already excludes other writers.
+    /// Replaces a side's root if its version is still `expected` (`None`: the side must not
+    /// exist yet), else [`StateError::Conflict`]. Consul: one txn with a `cas` on the root and
+    /// a `check-session` on the lock, so a writer whose lock is gone commits nothing
+    /// ([`StateError::LockLost`]). File store: the version is compared under the OS lock.
     pub async fn swap_root(&self, lock: &StoreLock, bytes: &[u8], expected: Option<u64>) -> Result<()> {
         let side = lock.side();
+        let conflict = || StateError::Conflict {
+            side: side.to_owned(),
+            store: self.describe(),
+        };
         match (self, lock) {
-            (StateStore::File(f), StoreLock::File(l)) => f.write_raw(l, side, bytes),
-            (StateStore::Consul(c), _) => {
+            (StateStore::File(f), StoreLock::File(l)) => {
+                let now = std::fs::metadata(f.doc_path(side)).ok().map(|m| file_version(&m));
+                if now != expected {
+                    return Err(conflict());
+                }
+                f.write_raw(l, side, bytes)
+            }
+            (StateStore::Consul(c), StoreLock::Consul(l)) => {
+                if !l.is_held() {
+                    return Err(lock.lost_error(self));
+                }
                 let key = c.root_key(side);
-                if c.client.put_cas(&key, bytes, expected.unwrap_or(0)).await? {
+                let ops = [
+                    TxnOp::Cas {
+                        key: key.clone(),
+                        value: bytes.to_vec(),
+                        index: expected.unwrap_or(0),
+                    },
+                    TxnOp::CheckSession {
+                        key: c.lock_key(side),
+                        session: l.session().to_owned(),
+                    },
+                ];
+                let errors = match c.client.txn(&ops).await? {
+                    TxnOutcome::Committed(_) => return Ok(()),
+                    TxnOutcome::RolledBack(errors) => errors,
+                };
+                if let Some(denied) = permission_denied(c, &errors) {
+                    return Err(denied);
+                }
+                // A retried txn whose first attempt landed reads as a failed CAS: accept it
+                // when the stored root is exactly ours.
+                if c.client.get(&key).await?.data.is_some_and(|e| e.value == bytes) {
                     return Ok(());
                 }
-                // A retried PUT whose first attempt landed reads as a failed CAS: accept it
-                // when the stored root is exactly ours.
-                match c.client.get(&key).await?.data {
-                    Some(e) if e.value == bytes => Ok(()),
-                    _ => Err(StateError::Conflict {
-                        side: side.to_owned(),
-                        store: self.describe(),
-                    }),
+                if errors.iter().any(|(i, _)| *i == 1) {
+                    return Err(lock.lost_error(self));
                 }
+                Err(conflict())
             }
-            (StateStore::File(_), StoreLock::Consul { .. }) => Err(StateError::Corrupt {
-                path: side.into(),
-                message: "a Consul lock was used with a file store".into(),
-            }),
+            _ => Err(mismatched(side)),
         }
     }
 
-    /// Removes parts of a side (missing ones are fine).
+    /// Removes parts of a side (missing ones are fine). Consul: each batch carries a
+    /// `check-session` on the lock, so a writer that lost its lock never deletes parts its
+    /// successor may already reference ([`StateError::LockLost`]).
     pub async fn remove_parts(&self, lock: &StoreLock, hashes: Vec<String>) -> Result<()> {
         let side = lock.side();
-        match self {
-            StateStore::File(f) => {
+        match (self, lock) {
+            (StateStore::File(f), StoreLock::File(_)) => {
                 for h in hashes {
                     f.remove(&part_name(side, &h))?;
                 }
             }
-            StateStore::Consul(c) => {
+            (StateStore::Consul(c), StoreLock::Consul(l)) => {
                 let prefix = c.parts_prefix(side);
-                for chunk in hashes.chunks(TXN_MAX_OPS) {
-                    let ops = chunk
-                        .iter()
-                        .map(|h| TxnOp::Delete {
-                            key: format!("{prefix}{h}"),
-                        })
-                        .collect();
-                    commit_batch(c, ops).await?;
+                for chunk in hashes.chunks(TXN_MAX_OPS - 1) {
+                    let mut ops = vec![TxnOp::CheckSession {
+                        key: c.lock_key(side),
+                        session: l.session().to_owned(),
+                    }];
+                    ops.extend(chunk.iter().map(|h| TxnOp::Delete {
+                        key: format!("{prefix}{h}"),
+                    }));
+                    if let TxnOutcome::RolledBack(errors) = c.client.txn(&ops).await? {
+                        if let Some(denied) = permission_denied(c, &errors) {
+                            return Err(denied);
+                        }
+                        return Err(if errors.iter().any(|(i, _)| *i == 0) { lock.lost_error(self) } else { rolled_back(c, &errors) });
+                    }
                 }
             }
+            _ => return Err(mismatched(side)),
         }
         Ok(())
     }
@@ -412,29 +507,43 @@ async fn commit_batch(c: &ConsulStore, ops: Vec<TxnOp>) -> Result<()> {
     }
     match c.client.txn(&ops).await? {
         TxnOutcome::Committed(_) => Ok(()),
-        TxnOutcome::RolledBack(errors) => {
-            let message = errors
-                .iter()
-                .take(3)
-                .map(|(i, w)| format!("op {i}: {w}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            // Inside a txn an ACL denial is a per-op error (409), not a 403.
-            Err(StateError::Consul(if errors.iter().any(|(_, w)| w.contains("Permission denied")) {
-                ConsulError::Forbidden {
-                    op: "txn",
-                    key: c.prefix.clone(),
-                    message,
-                }
-            } else {
-                ConsulError::Status {
-                    op: "txn",
-                    key: c.prefix.clone(),
-                    status: 409,
-                    message,
-                }
-            }))
-        }
+        TxnOutcome::RolledBack(errors) => Err(permission_denied(c, &errors).unwrap_or_else(|| rolled_back(c, &errors))),
+    }
+}
+
+fn txn_message(errors: &[(usize, String)]) -> String {
+    errors
+        .iter()
+        .take(3)
+        .map(|(i, w)| format!("op {i}: {w}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Inside a txn an ACL denial is a per-op error (409), not a 403.
+fn permission_denied(c: &ConsulStore, errors: &[(usize, String)]) -> Option<StateError> {
+    errors.iter().any(|(_, w)| w.contains("Permission denied")).then(|| {
+        StateError::Consul(ConsulError::Forbidden {
+            op: "txn",
+            key: c.prefix.clone(),
+            message: txn_message(errors),
+        })
+    })
+}
+
+fn rolled_back(c: &ConsulStore, errors: &[(usize, String)]) -> StateError {
+    StateError::Consul(ConsulError::Status {
+        op: "txn",
+        key: c.prefix.clone(),
+        status: 409,
+        message: txn_message(errors),
+    })
+}
+
+fn mismatched(side: &str) -> StateError {
+    StateError::Corrupt {
+        path: side.into(),
+        message: "a lock of one kind of store was used with the other kind".into(),
     }
 }
 

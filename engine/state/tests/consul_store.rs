@@ -38,27 +38,32 @@ fn mounts() -> BTreeMap<String, String> {
     [("secret/".to_owned(), "uuid-1".to_owned())].into()
 }
 
+/// The root version a cycle starting now would commit against.
+async fn base(store: &StateStore, side: &str) -> Option<u64> {
+    store.read_root(side).await.unwrap().map(|r| r.version)
+}
+
 #[tokio::test]
 async fn commit_load_noop_and_gc_over_consul() {
     let emu = Emulator::start();
     let store = store(&emu, None);
-    let lock = store.lock_side("origin").unwrap();
+    let lock = store.lock_side("origin").await.unwrap();
     let first = info(16, 2_000, 1);
-    assert!(commit(&store, &lock, mounts(), None, &first, &first.digests()).await.unwrap());
+    assert!(commit(&store, &lock, None, mounts(), None, &first, &first.digests()).await.unwrap());
     let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
     assert_eq!(loaded.buckets, first);
     assert_eq!(loaded.root.origin_mounts, mounts());
 
     // An identical commit writes nothing at all.
     emu.reset_stats();
-    assert!(!commit(&store, &lock, mounts(), None, &first, &first.digests()).await.unwrap());
+    assert!(!commit(&store, &lock, Some(loaded.version), mounts(), None, &first, &first.digests()).await.unwrap());
     assert_eq!(emu.stats().writes, 0, "a no-op commit must not write");
 
     // Change one key: one part is new; the root moves; the watchers' index moves.
     let mut second = first.clone();
     second.insert(SecretPath::new("secret/", "team-0/app/key-0"), entry(999));
     let before = emu.index();
-    assert!(commit(&store, &lock, mounts(), None, &second, &second.digests()).await.unwrap());
+    assert!(commit(&store, &lock, Some(loaded.version), mounts(), None, &second, &second.digests()).await.unwrap());
     assert!(emu.index() > before);
     let parts = emu.keys("vsync/origin/parts/");
     assert_eq!(parts.len(), 17, "16 current parts plus the one replaced (kept for readers): {parts:?}");
@@ -66,7 +71,7 @@ async fn commit_load_noop_and_gc_over_consul() {
     // A third generation collects parts referenced by neither of the last two roots.
     let mut third = second.clone();
     third.insert(SecretPath::new("secret/", "team-0/app/key-0"), entry(1000));
-    commit(&store, &lock, mounts(), None, &third, &third.digests()).await.unwrap();
+    commit(&store, &lock, base(&store, "origin").await, mounts(), None, &third, &third.digests()).await.unwrap();
     assert_eq!(emu.keys("vsync/origin/parts/").len(), 17);
     let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
     assert_eq!(loaded.buckets, third);
@@ -82,13 +87,13 @@ async fn large_info_respects_value_and_txn_limits() {
         ..Default::default()
     });
     let store = store(&emu, None);
-    let lock = store.lock_side("origin").unwrap();
+    let lock = store.lock_side("origin").await.unwrap();
     let long = "x".repeat(180);
     let big = SyncInfo::from_entries(
         8,
         (0..200_000).map(|i| (SecretPath::new("secret/", format!("{long}/{i:08}")), entry(i))),
     );
-    assert!(commit(&store, &lock, mounts(), None, &big, &big.digests()).await.unwrap());
+    assert!(commit(&store, &lock, None, mounts(), None, &big, &big.digests()).await.unwrap());
     let keys = emu.keys("vsync/");
     assert!(keys.len() > 20, "split into many parts: {}", keys.len());
     for k in &keys {
@@ -99,23 +104,28 @@ async fn large_info_respects_value_and_txn_limits() {
     assert_eq!(loaded.buckets.len(), 200_000);
 }
 
+// The CAS is against the cycle's base, not a fresh read: a commit whose base is gone (another
+// commit landed since the cycle loaded the root) is a Conflict and leaves the newer root alone.
 #[tokio::test]
-async fn a_second_writer_of_a_side_conflicts() {
+async fn a_commit_against_an_old_base_conflicts() {
     let emu = Emulator::start();
     let a = store(&emu, None);
-    let lock = a.lock_side("destination-eu").unwrap();
+    let lock = a.lock_side("destination-eu").await.unwrap();
     let first = info(4, 10, 1);
-    commit(&a, &lock, mounts(), None, &first, &first.digests()).await.unwrap();
-    let seen = a.read_root("destination-eu").await.unwrap().unwrap();
-    // Someone else commits in between.
+    commit(&a, &lock, None, mounts(), None, &first, &first.digests()).await.unwrap();
+    let seen = base(&a, "destination-eu").await;
+    // A newer commit lands after the older cycle loaded its base.
     let second = info(4, 10, 50);
-    commit(&a, &lock, mounts(), None, &second, &second.digests()).await.unwrap();
-    let err = a.swap_root(&lock, b"{}", Some(seen.version)).await.unwrap_err();
+    commit(&a, &lock, seen, mounts(), None, &second, &second.digests()).await.unwrap();
+    let older = info(4, 10, 20);
+    let err = commit(&a, &lock, seen, mounts(), None, &older, &older.digests()).await.unwrap_err();
     assert!(matches!(err, StateError::Conflict { .. }), "{err}");
     assert!(err.to_string().contains("destination-eu"), "{err}");
-    // The stored root is the other writer's, untouched.
+    let err = commit(&a, &lock, None, mounts(), None, &older, &older.digests()).await.unwrap_err();
+    assert!(matches!(err, StateError::Conflict { .. }), "a side that exists is not created again: {err}");
     let loaded: LoadedInfo<OriginEntry> = load(&a, "destination-eu").await.unwrap().unwrap();
-    assert_eq!(loaded.buckets, second);
+    assert_eq!(loaded.buckets, second, "the newer root is untouched");
+    assert_eq!(loaded.root.generation, 2);
 }
 
 #[tokio::test]
@@ -127,9 +137,9 @@ async fn watch_wakes_on_commit_and_resets_on_index_going_back() {
     let writer = store.clone();
     let task = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let lock = writer.lock_side("origin").unwrap();
+        let lock = writer.lock_side("origin").await.unwrap();
         let i = info(2, 5, 1);
-        commit(&writer, &lock, mounts(), None, &i, &i.digests()).await.unwrap();
+        commit(&writer, &lock, None, mounts(), None, &i, &i.digests()).await.unwrap();
     });
     let started = Instant::now();
     let mut cursor = cursor;
@@ -152,10 +162,10 @@ async fn watch_wakes_on_commit_and_resets_on_index_going_back() {
 async fn transient_faults_are_retried_and_persistent_ones_named() {
     let emu = Emulator::start();
     let store = store(&emu, None);
-    let lock = store.lock_side("origin").unwrap();
+    let lock = store.lock_side("origin").await.unwrap();
     let i = info(2, 5, 1);
     emu.faults().fail_next(503, 2);
-    commit(&store, &lock, mounts(), None, &i, &i.digests()).await.unwrap();
+    commit(&store, &lock, None, mounts(), None, &i, &i.digests()).await.unwrap();
 
     emu.faults().fail_next(500, 100);
     let err = load::<OriginEntry>(&store, "origin").await.unwrap_err();
@@ -182,9 +192,8 @@ async fn acl_denial_is_named_and_the_token_never_shows() {
         ..Default::default()
     });
     let store = store(&emu, Some(reader));
-    let lock = store.lock_side("origin").unwrap();
-    let i = info(2, 5, 1);
-    let err = commit(&store, &lock, mounts(), None, &i, &i.digests()).await.unwrap_err();
+    // Without write access the side's lock cannot be taken (the session lock is a write).
+    let err = store.lock_side("origin").await.unwrap_err();
     let text = format!("{err} {err:?}");
     assert!(matches!(err, StateError::Consul(ConsulError::Forbidden { .. })), "{text}");
     assert!(!text.contains(reader), "token leaked: {text}");
@@ -223,4 +232,29 @@ async fn client_basics_against_the_emulator() {
     assert!(client.delete_cas("a/never", 5).await.unwrap());
     assert_eq!(client.keys("a/").await.unwrap().data, vec!["a/bc".to_owned(), "a/empty".to_owned()]);
     assert!(client.keys("zzz/").await.unwrap().data.is_empty());
+}
+
+#[tokio::test]
+async fn the_root_of_ten_million_keys_stays_small_over_consul() {
+    // 10M keys give the automatic maximum of 16384 buckets; the root keeps their list in
+    // index parts. One entry per bucket is enough: the root's size depends on the count.
+    let emu = Emulator::start();
+    let store = store(&emu, None);
+    let lock = store.lock_side("origin").await.unwrap();
+    let count = vsync_core::info::auto_bucket_count(10_000_000);
+    assert_eq!(count, vsync_core::info::MAX_AUTO_BUCKETS);
+    let mut info = SyncInfo::new(count);
+    let (mut i, mut filled) = (0u64, std::collections::HashSet::new());
+    while filled.len() < count as usize {
+        let key = SecretPath::new("secret/", format!("k{i}"));
+        filled.insert(vsync_core::info::bucket_of(&key, count));
+        info.insert(key, entry(i));
+        i += 1;
+    }
+    assert!(commit(&store, &lock, None, mounts(), None, &info, &info.digests()).await.unwrap());
+    let root = store.read_root("origin").await.unwrap().unwrap();
+    assert!(root.bytes.len() < 4096, "root of {} bytes", root.bytes.len());
+    let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
+    assert_eq!(loaded.root.buckets.len(), count as usize);
+    assert_eq!(loaded.buckets, info);
 }

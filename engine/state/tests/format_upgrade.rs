@@ -45,9 +45,9 @@ async fn format_1_is_read_and_upgraded_on_the_next_commit() {
     assert_eq!(dest.root.digests(), dest.buckets.digests(), "the stored digests still match the entries");
 
     // The next commit of the same entries upgrades the side's documents.
-    let lock = store.lock_side("destination-eu").unwrap();
+    let lock = store.lock_side("destination-eu").await.unwrap();
     let digests = dest.buckets.digests();
-    let wrote = commit(&store, &lock, dest.root.origin_mounts.clone(), dest.root.config_hash.clone(), &dest.buckets, &digests)
+    let wrote = commit(&store, &lock, Some(dest.version), dest.root.origin_mounts.clone(), dest.root.config_hash.clone(), &dest.buckets, &digests)
         .await
         .unwrap();
     assert!(wrote, "an upgrade is a write even when no entry changed");
@@ -62,9 +62,10 @@ async fn a_newer_format_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("origin.json"), br#"{"format": 99, "generation": 7}"#).unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    let lock = store.lock_side("origin").unwrap();
+    let lock = store.lock_side("origin").await.unwrap();
     let info = vsync_core::SyncInfo::new(1);
-    let err = commit(&store, &lock, Default::default(), None, &info, &info.digests()).await.unwrap_err();
+    let base = store.read_root("origin").await.unwrap().map(|r| r.version);
+    let err = commit(&store, &lock, base, Default::default(), None, &info, &info.digests()).await.unwrap_err();
     assert!(matches!(err, vsync_state::StateError::UnknownFormat { found: 99, .. }), "{err}");
     assert!(std::fs::read_to_string(dir.path().join("origin.json")).unwrap().contains("99"), "left as it was");
 }

@@ -9,6 +9,7 @@ mod plugins;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -16,6 +17,7 @@ use tracing::{error, info};
 use vsync_config::{Config, LogFormat};
 use vsync_core::{Action, CycleFlags, PathMapper};
 use vsync_engine::{Alerter, Destination, Ended, Engine, Event, Publisher, Role, RunOptions, Tripwire};
+use vsync_state::{Holder, LockOptions, StateStore, StoreLock};
 
 use crate::compose::Parts;
 
@@ -320,7 +322,74 @@ async fn check(config: &Config) -> Outcome {
     }
 }
 
-/// `vsync origin`, `vsync destination`, `vsync run`: builds the parts once, checks them, and
+/// How the side locks are taken: the defaults (`vsync_state::lock`), unless the
+/// `VSYNC_TEST_LOCK_TIMING=<ttl>,<lock-delay>` environment variable shortens them. That variable
+/// exists for the HA end-to-end tests only (a real Consul refuses TTLs under 10 s anyway); it is
+/// deliberately not a config key and not documented for operators.
+fn lock_options() -> Result<LockOptions, Failure> {
+    let mut options = LockOptions::default();
+    if let Ok(timing) = std::env::var("VSYNC_TEST_LOCK_TIMING") {
+        let parsed = timing
+            .split_once(',')
+            .and_then(|(t, d)| Some((humantime::parse_duration(t.trim()).ok()?, humantime::parse_duration(d.trim()).ok()?)));
+        let Some((ttl, lock_delay)) = parsed else {
+            return Err(config_error(anyhow::anyhow!("VSYNC_TEST_LOCK_TIMING must be `<ttl>,<lock-delay>`, e.g. `1s,1s`")));
+        };
+        options.ttl = ttl;
+        options.lock_delay = lock_delay;
+    }
+    Ok(options)
+}
+
+/// Takes the lock of `side`. On Consul, while another process holds it, this one is a hot
+/// standby: it logs who holds the lock and waits (with `once`, at most `once_limit`, then fails
+/// naming the holder). `Ok(None)`: a signal ended the wait.
+async fn take_lock(
+    store: &StateStore,
+    side: &str,
+    options: &LockOptions,
+    once_limit: Option<Duration>,
+    shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Result<Option<StoreLock>, Failure> {
+    let last = std::sync::Mutex::new(None::<Holder>);
+    let mut on_wait = |h: &Holder| {
+        info!(side, "standby: {h}; this process waits as a hot standby and takes over when that session ends");
+        if let Ok(mut l) = last.lock() {
+            *l = Some(h.clone());
+        }
+    };
+    let acquire = store.lock_side_with(side, options, &mut on_wait);
+    let limited = async {
+        match once_limit {
+            Some(limit) => tokio::time::timeout(limit, acquire).await.ok(),
+            None => Some(acquire.await),
+        }
+    };
+    let taken = tokio::select! {
+        taken = limited => taken,
+        () = &mut *shutdown => return Ok(None),
+    };
+    let waited = last.lock().ok().and_then(|l| l.clone());
+    match taken {
+        Some(Ok(lock)) => {
+            if waited.is_some() {
+                info!(side, lock = %lock.describe(), "took over side `{side}`: this process is its writer now");
+            }
+            Ok(Some(lock))
+        }
+        Some(Err(e)) => Err(fatal(anyhow::Error::new(e).context(format!("cannot take the lock of side `{side}`")))),
+        None => {
+            let limit = once_limit.unwrap_or_default();
+            let who = waited.map_or_else(|| format!("the lock of side `{side}` could not be taken"), |h| h.to_string());
+            Err(fatal(anyhow::anyhow!(
+                "side `{side}`: {who}; gave up after {limit:?} (with --once a standby waits at most the role's `timeout`)"
+            )))
+        }
+    }
+}
+
+/// `vsync origin`, `vsync destination`, `vsync run`: builds the parts once, checks them, takes
+/// the sides' locks (waiting as a standby on Consul while another instance holds one), and
 /// hands them to the engine's role loop.
 async fn run_role(
     config: &Config,
@@ -329,7 +398,8 @@ async fn run_role(
     plugins_dir: Option<&Path>,
     options: RunOptions,
 ) -> Outcome {
-    let shutdown = shutdown_signal();
+    let mut shutdown = Box::pin(shutdown_signal());
+    let lock_options = lock_options()?;
     let publishes = role != Role::Destination;
     let digest_key = match publishes {
         true => digest_key(config)?,
@@ -345,28 +415,7 @@ async fn run_role(
     let parts = Parts::build(config, dests).await;
     let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
     let origin_store = parts.origin_store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
-    let publisher = match publishes {
-        true => Some(Publisher {
-            spec: parts.origin_spec.clone(),
-            lock: origin_store.lock_side(vsync_engine::ORIGIN_SIDE).map_err(fatal)?,
-            digest_key,
-        }),
-        false => None,
-    };
-    let mut destinations = Vec::new();
-    for (d, mapper) in parts.destinations.iter().zip(mappers.drain(..)) {
-        let vault = d.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
-        let store = d.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
-        let lock = store.lock_side(&vsync_engine::side_name(&d.spec.name)).map_err(fatal)?;
-        destinations.push(Destination {
-            spec: d.spec.clone(),
-            vault: vault.client.clone(),
-            store: store.clone(),
-            lock,
-            mapper: mapper.map(vsync_engine::destination::share),
-            digest_key: shared_key.clone(),
-        });
-    }
+    // Checks before the locks: a standby reports a broken configuration now, not at takeover.
     let findings = parts.check(publishes).await;
     let problems: Vec<String> = findings.iter().filter(|f| f.problem.is_some()).map(ToString::to_string).collect();
     if !problems.is_empty() {
@@ -376,6 +425,38 @@ async fn run_role(
         )));
     }
     info!(checks = findings.len(), "start-up checks passed");
+    let once_limit = |timeout: Duration| options.once.then_some(timeout);
+    let publisher = match publishes {
+        true => {
+            let limit = once_limit(parts.origin_spec.timeout);
+            let Some(lock) = take_lock(origin_store, vsync_engine::ORIGIN_SIDE, &lock_options, limit, &mut shutdown).await? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            Some(Publisher { spec: parts.origin_spec.clone(), lock, digest_key })
+        }
+        false => None,
+    };
+    let mut destinations = Vec::new();
+    for (d, mapper) in parts.destinations.iter().zip(mappers.drain(..)) {
+        let vault = d.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+        let store = d.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
+        let side = vsync_engine::side_name(&d.spec.name);
+        let Some(lock) = take_lock(store, &side, &lock_options, once_limit(d.spec.timeout), &mut shutdown).await? else {
+            // Stopped while waiting: give up what is held already, so its standby takes over now.
+            for l in publisher.map(|p| p.lock).into_iter().chain(destinations.into_iter().map(|d: Destination| d.lock)) {
+                l.release().await;
+            }
+            return Ok(ExitCode::SUCCESS);
+        };
+        destinations.push(Destination {
+            spec: d.spec.clone(),
+            vault: vault.client.clone(),
+            store: store.clone(),
+            lock,
+            mapper: mapper.map(vsync_engine::destination::share),
+            digest_key: shared_key.clone(),
+        });
+    }
     let tripwire = Tripwire::new();
     origin_vault.keep_token("origin", &tripwire);
     for d in &parts.destinations {

@@ -6,7 +6,10 @@
 //! blocking queries that return only when the index is strictly greater than `?index`, presence
 //! flags (`?recurse=false` recurses), CAS and DELETE quirks, idempotent writes that neither bump
 //! the index nor wake watchers, all-or-nothing txns reporting every failing op with 409, 413 on
-//! size and op limits, key validation, and simple ACLs. Fault hooks ([`Faults`]) make the index
+//! size and op limits, key validation, and simple ACLs. Sessions and locks too: TTL sessions
+//! (invalidated 2 x TTL after the last renewal, as Consul's timers do), `?acquire`/`?release`
+//! with `LockIndex` and `Session`, release or delete of held keys on invalidation, lock-delay,
+//! and the txn `check-session` verb. Fault hooks ([`Faults`]) make the index
 //! go backwards, inject 429/500/503, drop long polls, add latency and wake watchers spuriously.
 //! What it deliberately leaves out is listed in `KNOWN_DEVIATIONS.md`.
 
@@ -14,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -45,6 +48,9 @@ pub struct EmulatorConfig {
     pub datacenter: String,
     /// ACLs (default-deny when set).
     pub acl: Option<Acl>,
+    /// Shortest session TTL accepted (Consul's `session_ttl_min`, 10 s). Tests lower it so
+    /// session expiry takes a second or two, not 20 s; the maximum stays Consul's 86400 s.
+    pub session_ttl_min: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -57,6 +63,7 @@ impl Default for EmulatorConfig {
             max_wait: Duration::from_secs(600),
             datacenter: "dc1".into(),
             acl: None,
+            session_ttl_min: Duration::from_secs(10),
         }
     }
 }
@@ -102,6 +109,64 @@ struct Entry {
     flags: u64,
     create: u64,
     modify: u64,
+    /// How many times a session newly acquired the key.
+    lock_index: u64,
+    /// The session holding the key's lock.
+    session: Option<String>,
+}
+
+/// The node every session belongs to (the emulator is one agent on one node).
+const NODE: &str = "consul-emulator";
+
+/// Consul's `SessionTTLMax`.
+const SESSION_TTL_MAX: Duration = Duration::from_secs(86_400);
+
+/// Consul's `MaxLockDelay`: longer lock-delays are applied as 60 s.
+const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+
+/// What invalidating a session does to the keys it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behavior {
+    Release,
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    name: String,
+    /// The TTL as given (`""`: none).
+    ttl: String,
+    lock_delay: Duration,
+    behavior: Behavior,
+    node_checks: Value,
+    create: u64,
+    /// When the server invalidates it: 2 x TTL after the last renewal, as Consul's session
+    /// timers do (`SessionTTLMultiplier`); `None` without a TTL.
+    expires: Option<Instant>,
+    ttl_dur: Duration,
+}
+
+impl Session {
+    fn json(&self, id: &str) -> Value {
+        json!({
+            "ID": id,
+            "Name": self.name,
+            "Node": NODE,
+            "LockDelay": u64::try_from(self.lock_delay.as_nanos()).unwrap_or(u64::MAX),
+            "Behavior": match self.behavior { Behavior::Release => "release", Behavior::Delete => "delete" },
+            "TTL": self.ttl,
+            "NodeChecks": self.node_checks,
+            "ServiceChecks": null,
+            "CreateIndex": self.create,
+            "ModifyIndex": self.create,
+        })
+    }
+
+    fn renew(&mut self, now: Instant) {
+        if !self.ttl_dur.is_zero() {
+            self.expires = Some(now + self.ttl_dur * 2);
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -111,18 +176,27 @@ struct Kv {
     entries: BTreeMap<String, Entry>,
     /// Deleted key -> index of its deletion (until reaped).
     tombstones: BTreeMap<String, u64>,
+    /// Live sessions by ID.
+    sessions: BTreeMap<String, Session>,
+    /// Key -> end of the lock-delay an invalidated session left on it.
+    lock_delays: HashMap<String, Instant>,
 }
 
 impl Kv {
     fn entry_json(key: &str, e: &Entry, with_value: bool) -> Value {
-        json!({
-            "LockIndex": 0,
+        let mut v = json!({
+            "LockIndex": e.lock_index,
             "Key": key,
             "Flags": e.flags,
             "Value": if with_value && !e.value.is_empty() { Value::String(B64.encode(&e.value)) } else { Value::Null },
             "CreateIndex": e.create,
             "ModifyIndex": e.modify,
-        })
+        });
+        // `Session` is `omitempty` in Consul's DirEntry.
+        if let Some(s) = &e.session {
+            v["Session"] = json!(s);
+        }
+        v
     }
 
     fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
@@ -144,20 +218,110 @@ impl Kv {
     }
 
     /// Sets a key; returns whether anything changed (identical writes change nothing, §2.4).
+    /// As Consul's `kvsSetTxn` for a plain write: the lock's session is kept, and the entry
+    /// takes the request's LockIndex, 0 (so a write to a once-locked key is never identical).
     fn set(&mut self, key: &str, value: Vec<u8>, flags: u64, at: u64) -> bool {
         match self.entries.get_mut(key) {
-            Some(e) if e.value == value && e.flags == flags => false,
+            Some(e) if e.value == value && e.flags == flags && e.lock_index == 0 => false,
             Some(e) => {
                 e.value = value;
                 e.flags = flags;
+                e.lock_index = 0;
                 e.modify = at;
                 true
             }
             None => {
-                self.entries.insert(key.to_owned(), Entry { value, flags, create: at, modify: at });
+                self.entries.insert(key.to_owned(), Entry { value, flags, create: at, modify: at, lock_index: 0, session: None });
                 true
             }
         }
+    }
+
+    /// `?acquire=<session>` (Consul's `kvsLockTxn` after `kvsPreApply`'s lock-delay check):
+    /// `Ok(changed)` when the lock is (now) held by `id`, `Err(())` when refused.
+    fn acquire(&mut self, key: &str, id: &str, value: Vec<u8>, flags: u64, at: u64, now: Instant) -> Result<bool, ()> {
+        if self.lock_delays.get(key).is_some_and(|until| *until > now) {
+            return Err(());
+        }
+        match self.entries.get_mut(key) {
+            Some(e) if e.session.as_deref() == Some(id) => {
+                // Held already: the value may change, the LockIndex does not.
+                if e.value == value && e.flags == flags {
+                    return Ok(false);
+                }
+                e.value = value;
+                e.flags = flags;
+                e.modify = at;
+                Ok(true)
+            }
+            Some(e) if e.session.is_some() => Err(()),
+            Some(e) => {
+                e.value = value;
+                e.flags = flags;
+                e.lock_index += 1;
+                e.session = Some(id.to_owned());
+                e.modify = at;
+                Ok(true)
+            }
+            None => {
+                let entry = Entry { value, flags, create: at, modify: at, lock_index: 1, session: Some(id.to_owned()) };
+                self.entries.insert(key.to_owned(), entry);
+                Ok(true)
+            }
+        }
+    }
+
+    /// `?release=<session>` (Consul's `kvsUnlockTxn`): only the holder releases; the key keeps
+    /// its LockIndex and takes the request's value.
+    fn release(&mut self, key: &str, id: &str, value: Vec<u8>, flags: u64, at: u64) -> bool {
+        match self.entries.get_mut(key) {
+            Some(e) if e.session.as_deref() == Some(id) => {
+                e.value = value;
+                e.flags = flags;
+                e.session = None;
+                e.modify = at;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Invalidates a session (destroyed or expired; Consul's `deleteSessionTxn`): its locks are
+    /// released (or the keys deleted, Behavior "delete") at one new index, and each key gets
+    /// the session's lock-delay (at most 60 s). Returns whether any key changed.
+    fn invalidate(&mut self, id: &str, now: Instant) -> bool {
+        let Some(session) = self.sessions.remove(id) else {
+            return false;
+        };
+        let at = self.index + 1;
+        // Deleting the session is a Raft write of its own.
+        self.index = at;
+        let held: Vec<String> = self.entries.iter().filter(|(_, e)| e.session.as_deref() == Some(id)).map(|(k, _)| k.clone()).collect();
+        let delay = session.lock_delay.min(MAX_LOCK_DELAY);
+        for key in &held {
+            match session.behavior {
+                Behavior::Release => {
+                    if let Some(e) = self.entries.get_mut(key) {
+                        e.session = None;
+                        e.modify = at;
+                    }
+                }
+                Behavior::Delete => {
+                    self.delete(key, at);
+                }
+            }
+            if !delay.is_zero() {
+                self.lock_delays.insert(key.clone(), now + delay);
+            }
+        }
+        !held.is_empty()
+    }
+
+    /// Invalidates every session whose TTL timer ran out; whether any key changed.
+    fn expire_sessions(&mut self, now: Instant) -> bool {
+        let due: Vec<String> = self.sessions.iter().filter(|(_, s)| s.expires.is_some_and(|t| t <= now)).map(|(id, _)| id.clone()).collect();
+        self.lock_delays.retain(|_, until| *until > now);
+        due.iter().fold(false, |changed, id| self.invalidate(id, now) | changed)
     }
 
     fn delete(&mut self, key: &str, at: u64) -> bool {
@@ -221,6 +385,14 @@ impl Shared {
     fn interrupt(&self) {
         self.interrupt.send_modify(|g| *g += 1);
     }
+
+    /// Runs the session TTL timers: invalidates what is due and wakes watchers of released keys.
+    fn expire_sessions(&self) {
+        let changed = self.kv().expire_sessions(Instant::now());
+        if changed {
+            self.wake();
+        }
+    }
 }
 
 /// A running emulator; dropping it stops the server and joins its thread.
@@ -255,6 +427,9 @@ impl Faults {
             for e in kv.entries.values_mut() {
                 e.modify = e.modify.min(new);
                 e.create = e.create.min(e.modify);
+            }
+            for s in kv.sessions.values_mut() {
+                s.create = s.create.min(new);
             }
             kv.tombstones.clear();
         }
@@ -325,6 +500,15 @@ impl Emulator {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                // Session TTL timers: an expired session's locks are released (and watchers
+                // woken) even when no request comes in.
+                let timers = server.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        timers.expire_sessions();
+                    }
+                });
                 loop {
                     tokio::select! {
                         _ = &mut stopped => break,
@@ -388,6 +572,17 @@ impl Emulator {
     /// Keys under a prefix, sorted, read directly.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         self.shared.kv().under(prefix).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The session holding a key's lock, read directly.
+    pub fn lock_holder(&self, key: &str) -> Option<String> {
+        self.shared.kv().entries.get(key).and_then(|e| e.session.clone())
+    }
+
+    /// IDs of the live sessions, read directly (expired ones are invalidated first).
+    pub fn sessions(&self) -> Vec<String> {
+        self.shared.expire_sessions();
+        self.shared.kv().sessions.keys().cloned().collect()
     }
 }
 
@@ -627,6 +822,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "cannot read the body")),
     };
 
+    // Session TTL timers first, so no answer shows a session past its invalidation.
+    shared.expire_sessions();
+    if let Some(rest) = raw_path.strip_prefix("/v1/session/") {
+        return Ok(session(shared, &who, &method, rest, &body));
+    }
     if raw_path == "/v1/txn" {
         if method != Method::PUT {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
@@ -795,9 +995,134 @@ fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>
     }
 }
 
-/// Sessions are not modelled, so every session is unknown (as a dead one is to Consul).
-fn invalid_session() -> Resp {
-    text(StatusCode::INTERNAL_SERVER_ERROR, "Invalid session")
+/// A random UUID (version 4 layout), as Consul's session IDs.
+fn uuid() -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        fastrand::u32(..),
+        fastrand::u16(..),
+        fastrand::u16(..0x1000),
+        0x8000 | fastrand::u16(..0x4000),
+        fastrand::u64(..1 << 48)
+    )
+}
+
+/// `/v1/session/<op>/<id>` (`agent/session_endpoint.go`): create, renew, destroy (PUT), info
+/// and list (GET). Under ACLs every named token may manage sessions (no `session` rules are
+/// modelled); the anonymous token may not.
+fn session(shared: &Shared, who: &Who, method: &Method, rest: &str, body: &[u8]) -> Resp {
+    let (op, id) = rest.split_once('/').unwrap_or((rest, ""));
+    let write = match op {
+        "create" | "renew" | "destroy" => true,
+        "info" | "list" => false,
+        _ => return text(StatusCode::NOT_FOUND, "404 page not found"),
+    };
+    if *method != if write { Method::PUT } else { Method::GET } {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    if matches!(who, Who::Rules { named: false, .. }) {
+        return text(StatusCode::FORBIDDEN, "Permission denied");
+    }
+    if write {
+        shared.stats().writes += 1;
+    } else {
+        shared.stats().reads += 1;
+    }
+    if id.is_empty() && op != "create" && op != "list" {
+        return text(StatusCode::BAD_REQUEST, "Missing session");
+    }
+    let now = Instant::now();
+    match op {
+        "create" => create_session(shared, body, now),
+        "renew" => match shared.kv().sessions.get_mut(id) {
+            None => text(StatusCode::NOT_FOUND, format!("Session id '{id}' not found")),
+            Some(s) => {
+                s.renew(now);
+                json_resp(StatusCode::OK, &json!([s.json(id)]))
+            }
+        },
+        "destroy" => {
+            let changed = shared.kv().invalidate(id, now);
+            if changed {
+                shared.wake();
+            }
+            json_resp(StatusCode::OK, &json!(true))
+        }
+        _ => {
+            let kv = shared.kv();
+            let list: Vec<Value> = kv.sessions.iter().filter(|(sid, _)| op == "list" || sid.as_str() == id).map(|(sid, s)| s.json(sid)).collect();
+            let mut r = json_resp(StatusCode::OK, &Value::Array(list));
+            r.headers_mut().insert("X-Consul-Index", kv.index.into());
+            drop(kv);
+            read_meta(&mut r, "leader");
+            r
+        }
+    }
+}
+
+/// `PUT /v1/session/create`: field names are matched case-insensitively (Go's decoder);
+/// `LockDelay` is a Go duration or nanoseconds, and values under 1000 (ns) mean seconds
+/// (`FixupLockDelay`); a TTL outside [`session_ttl_min`, 86400 s] or an unknown Behavior is an
+/// RPC error (500).
+fn create_session(shared: &Shared, body: &[u8], now: Instant) -> Resp {
+    let fields = match body.is_empty() {
+        true => serde_json::Map::new(),
+        false => match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return text(StatusCode::BAD_REQUEST, "Request decode failed: not a JSON object"),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("Request decode failed: {e}")),
+        },
+    };
+    let field = |name: &str| fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v).filter(|v| !v.is_null());
+    let seconds_if_tiny = |d: Duration| if d.as_nanos() < 1000 { Duration::from_secs(d.as_nanos() as u64) } else { d };
+    let lock_delay = match field("LockDelay") {
+        None => Duration::from_secs(15),
+        Some(Value::String(v)) => match go_duration(v) {
+            Some(d) => seconds_if_tiny(d),
+            None => return text(StatusCode::BAD_REQUEST, format!("Request decode failed: time: invalid duration {v:?}")),
+        },
+        Some(Value::Number(n)) => seconds_if_tiny(Duration::from_nanos(n.as_f64().unwrap_or(0.0).max(0.0) as u64)),
+        Some(_) => return text(StatusCode::BAD_REQUEST, "Request decode failed: LockDelay"),
+    };
+    let mut strings = Vec::new();
+    for name in ["TTL", "Name", "Behavior", "Node"] {
+        match field(name) {
+            None => strings.push(String::new()),
+            Some(Value::String(v)) => strings.push(v.clone()),
+            Some(_) => return text(StatusCode::BAD_REQUEST, format!("Request decode failed: {name} is not a string")),
+        }
+    }
+    let [ttl, name, behavior, node]: [String; 4] = strings.try_into().unwrap_or_default();
+    let ttl_dur = match ttl.as_str() {
+        "" => Duration::ZERO,
+        t => match go_duration(t) {
+            Some(d) => d,
+            None => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("Session TTL '{t}' invalid: time: invalid duration {t:?}")),
+        },
+    };
+    let min = shared.config.session_ttl_min;
+    if !ttl_dur.is_zero() && (ttl_dur < min || ttl_dur > SESSION_TTL_MAX) {
+        let msg = format!("Invalid Session TTL '{}', must be between [{min:?}={SESSION_TTL_MAX:?}]", ttl_dur.as_nanos());
+        return text(StatusCode::INTERNAL_SERVER_ERROR, msg);
+    }
+    let behavior = match behavior.as_str() {
+        "" | "release" => Behavior::Release,
+        "delete" => Behavior::Delete,
+        other => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("Invalid Behavior setting '{other}'")),
+    };
+    if !node.is_empty() && node != NODE {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "Missing node registration");
+    }
+    // Health checks are accepted and kept for `info`, but never fail: only the TTL invalidates.
+    let node_checks = field("NodeChecks").or_else(|| field("Checks")).cloned().unwrap_or_else(|| json!(["serfHealth"]));
+    let id = uuid();
+    let mut kv = shared.kv();
+    let at = kv.index + 1;
+    kv.index = at;
+    let mut session = Session { name, ttl, lock_delay, behavior, node_checks, create: at, expires: None, ttl_dur };
+    session.renew(now);
+    kv.sessions.insert(id.clone(), session);
+    json_resp(StatusCode::OK, &json!({"ID": id}))
 }
 
 fn put(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>, body: Bytes) -> Resp {
@@ -823,8 +1148,44 @@ fn put(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>, 
     if !who.can_write(key) {
         return text(StatusCode::FORBIDDEN, "Permission denied");
     }
-    if params.contains_key("acquire") || params.contains_key("release") {
-        return invalid_session();
+    if let Some(id) = params.get("acquire") {
+        let changed = {
+            let mut kv = shared.kv();
+            if !kv.sessions.contains_key(id.as_str()) {
+                // Consul's `kvsLockTxn` fails the Raft apply: an RPC error.
+                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("invalid session {id:?}"));
+            }
+            let at = kv.index + 1;
+            match kv.acquire(key, id, body.to_vec(), flags, at, Instant::now()) {
+                // Held by another session, or within a lock-delay: a 200 `false`.
+                Err(()) => return json_resp(StatusCode::OK, &json!(false)),
+                Ok(changed) => {
+                    if changed {
+                        kv.index = at;
+                    }
+                    changed
+                }
+            }
+        };
+        if changed {
+            shared.wake();
+        }
+        return json_resp(StatusCode::OK, &json!(true));
+    }
+    if let Some(id) = params.get("release") {
+        let released = {
+            let mut kv = shared.kv();
+            let at = kv.index + 1;
+            let released = kv.release(key, id, body.to_vec(), flags, at);
+            if released {
+                kv.index = at;
+            }
+            released
+        };
+        if released {
+            shared.wake();
+        }
+        return json_resp(StatusCode::OK, &json!(released));
     }
     let changed = {
         let mut kv = shared.kv();
@@ -906,6 +1267,8 @@ struct KvOpWire {
     flags: u64,
     #[serde(rename = "Index", alias = "index", default)]
     index: u64,
+    #[serde(rename = "Session", alias = "session", default)]
+    session: String,
 }
 
 fn is_write(verb: &str) -> bool {
@@ -1026,8 +1389,16 @@ fn txn(shared: &Shared, who: &Who, params: &HashMap<String, String>, body: &[u8]
                 Some(m) if m == op.index => changed |= work.delete(key, at),
                 Some(_) => errors.push(op_error(i, format!("failed to delete key {key:?}, index is stale"))),
             },
-            "lock" | "unlock" => errors.push(op_error(i, "Invalid session")),
-            "check-session" => errors.push(op_error(i, format!("failed session check for key {key:?}"))),
+            "lock" | "unlock" => errors.push(op_error(i, "the txn lock and unlock verbs are not modelled by this emulator")),
+            // An unlocked key has the session "": Consul compares the strings.
+            "check-session" => match work.entries.get(key) {
+                Some(e) if e.session.as_deref().unwrap_or("") == op.session => results.push(Kv::entry_json(key, e, false)),
+                Some(e) => {
+                    let held = e.session.as_deref().unwrap_or("");
+                    errors.push(op_error(i, format!("failed session check for key {key:?}, current session {held:?} != {:?}", op.session)));
+                }
+                None => errors.push(op_error(i, format!("failed to check session, key {key:?} doesn't exist"))),
+            },
             other => errors.push(op_error(i, format!("unknown KV verb {other:?}"))),
         }
     }

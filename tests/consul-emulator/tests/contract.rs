@@ -6,7 +6,9 @@
 //! `vsync-contract/<n>/` prefix that is deleted afterwards (trailing-slash recursive delete),
 //! even when a test fails. Assertions are relations (index after > index before), bounded
 //! timings, and version-tolerant where Consul versions differ. The ACL test needs a management
-//! token on a real Consul and is skipped without one.
+//! token on a real Consul and is skipped without one. The session tests need `session:write`
+//! and use the server's real TTL limits (10 s minimum), so they take about half a minute there;
+//! the emulator target is configured with a 1 s minimum.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -24,6 +26,11 @@ struct Target {
     token: Option<String>,
     prefix: String,
     real: bool,
+    /// The shortest session TTL the target accepts: Consul's `session_ttl_min` (10 s), or what
+    /// the emulator was configured with so the session tests stay fast.
+    ttl_min: Duration,
+    /// Sessions the test created, destroyed by the cleanup.
+    sessions: std::sync::Mutex<Vec<String>>,
     http: reqwest::Client,
     _emulator: Option<Emulator>,
 }
@@ -125,7 +132,48 @@ impl Target {
         }
     }
 
+    /// Creates a session from `body` (a JSON object); the raw answer.
+    async fn create_session(&self, body: Value) -> Answer {
+        let a = self.call("PUT", "/v1/session/create", "", Some(body.to_string().into_bytes())).await;
+        if let Some(id) = a.json()["ID"].as_str() {
+            self.sessions.lock().unwrap().push(id.to_owned());
+        }
+        a
+    }
+
+    /// Creates a session without health checks (only its TTL invalidates it); its ID. Tests
+    /// that need a session to outlive them use `ttl_min * 10`.
+    async fn session(&self, ttl: Duration, lock_delay: &str, behavior: &str) -> String {
+        let body = json!({"Name": "vsync-contract", "TTL": go(ttl), "LockDelay": lock_delay, "Behavior": behavior, "NodeChecks": []});
+        let a = self.create_session(body).await;
+        assert_eq!(a.status, 200, "create a session: {a:?}");
+        let id = a.json()["ID"].as_str().unwrap_or_default().to_owned();
+        assert!(!id.is_empty(), "a session ID: {}", a.json());
+        id
+    }
+
+    /// `GET /v1/session/info/<id>`: the session, or `None` when it is gone.
+    async fn session_info(&self, id: &str) -> Option<Value> {
+        let a = self.call("GET", &format!("/v1/session/info/{id}"), "", None).await;
+        assert_eq!(a.status, 200, "session info answers 200 (an empty list when gone): {a:?}");
+        let list = a.json().as_array().cloned().unwrap_or_else(|| panic!("a JSON list: {a:?}"));
+        assert!(list.len() <= 1);
+        list.into_iter().next()
+    }
+
+    async fn acquire(&self, key: &str, session: &str, value: &[u8]) -> Answer {
+        self.kv("PUT", key, &format!("acquire={session}"), Some(value)).await
+    }
+
+    async fn release(&self, key: &str, session: &str, value: &[u8]) -> Answer {
+        self.kv("PUT", key, &format!("release={session}"), Some(value)).await
+    }
+
     async fn cleanup(&self) {
+        let sessions = std::mem::take(&mut *self.sessions.lock().unwrap());
+        for id in sessions {
+            self.call("PUT", &format!("/v1/session/destroy/{id}"), "", None).await;
+        }
         // Trailing slash: only this run's keys.
         assert!(self.prefix.ends_with('/'));
         self.call("DELETE", &format!("/v1/kv/{}", self.prefix), "recurse", None).await;
@@ -146,20 +194,34 @@ fn real_consul() -> Option<String> {
     Some(if addr.contains("://") { addr } else { format!("http://{addr}") })
 }
 
-fn emulator_target(emu: Emulator, token: Option<String>) -> Target {
+/// A Go duration in milliseconds (`1500ms`), as Consul parses it.
+fn go(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// The emulator targets' `session_ttl_min`: short, so the TTL tests take seconds, not minutes.
+const EMULATOR_TTL_MIN: Duration = Duration::from_secs(1);
+
+/// Consul's default `session_ttl_min` (a real server is tested with its real limits).
+const CONSUL_TTL_MIN: Duration = Duration::from_secs(10);
+
+fn emulator_target(emu: Emulator, token: Option<String>, ttl_min: Duration) -> Target {
     Target {
         name: "emulator".into(),
         base: emu.url(),
         token,
         prefix: format!("vsync-contract/{}/", fastrand::u64(..)),
         real: false,
+        ttl_min,
+        sessions: Default::default(),
         http: client(),
         _emulator: Some(emu),
     }
 }
 
 fn targets() -> Vec<Target> {
-    let mut out = vec![emulator_target(Emulator::start(), None)];
+    let emu = Emulator::start_with(EmulatorConfig { session_ttl_min: EMULATOR_TTL_MIN, ..Default::default() });
+    let mut out = vec![emulator_target(emu, None, EMULATOR_TTL_MIN)];
     match real_consul() {
         Some(base) => {
             println!("Consul contract: emulator and real Consul at {base}");
@@ -169,6 +231,8 @@ fn targets() -> Vec<Target> {
                 token: std::env::var("CONSUL_HTTP_TOKEN").ok().filter(|t| !t.is_empty()),
                 prefix: format!("vsync-contract/{}/", fastrand::u64(..)),
                 real: true,
+                ttl_min: CONSUL_TTL_MIN,
+                sessions: Default::default(),
                 http: client(),
                 _emulator: None,
             });
@@ -681,6 +745,212 @@ contract!(datacenter_and_consistency, |t| {
     assert_eq!(t.kv("GET", "dc", "consistent", None).await.status, 200);
 });
 
+/// A random UUID-shaped session ID that no server has issued.
+fn unknown_session() -> String {
+    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", fastrand::u32(..), fastrand::u16(..), fastrand::u16(..0x1000), fastrand::u16(..0x1000), fastrand::u64(..1 << 48))
+}
+
+// Sessions (website/content/api-docs/session.mdx; agent/session_endpoint.go): create answers
+// `{"ID": ...}`; info is a one-element list, `[]` once the session is gone; renew answers the
+// session as a list, 404 once it is gone; destroy answers `true`, also for a gone session.
+// Omitted fields default to Behavior "release" and a 15 s LockDelay (reported in nanoseconds).
+contract!(session_life_cycle, |t| {
+    let id = t.session(t.ttl_min * 10, "1s", "release").await;
+    let info = t.session_info(&id).await.expect("the new session exists");
+    assert_eq!(info["ID"], json!(id));
+    assert_eq!(info["Name"], json!("vsync-contract"));
+    assert_eq!(info["Behavior"], json!("release"));
+    assert_eq!(info["LockDelay"], json!(1_000_000_000u64), "LockDelay in nanoseconds");
+    assert!(info["TTL"].is_string(), "{info}");
+    assert!(u(&info["CreateIndex"]) >= 1);
+    let renewed = t.call("PUT", &format!("/v1/session/renew/{id}"), "", None).await;
+    assert_eq!(renewed.status, 200, "{renewed:?}");
+    assert_eq!(renewed.json()[0]["ID"], json!(id), "renew answers the session");
+    let destroyed = t.call("PUT", &format!("/v1/session/destroy/{id}"), "", None).await;
+    assert_eq!((destroyed.status, destroyed.json()), (200, json!(true)));
+    assert!(t.session_info(&id).await.is_none(), "gone after destroy (an empty list)");
+    assert_eq!(t.call("PUT", &format!("/v1/session/renew/{id}"), "", None).await.status, 404, "renewing a gone session");
+    let again = t.call("PUT", &format!("/v1/session/destroy/{id}"), "", None).await;
+    assert_eq!((again.status, again.json()), (200, json!(true)), "destroy is idempotent");
+
+    let defaults = t.create_session(json!({"TTL": go(t.ttl_min), "NodeChecks": []})).await;
+    assert_eq!(defaults.status, 200, "{defaults:?}");
+    let info = t.session_info(defaults.json()["ID"].as_str().unwrap()).await.unwrap();
+    assert_eq!(info["Behavior"], json!("release"), "release by default");
+    assert_eq!(info["LockDelay"], json!(15_000_000_000u64), "a 15 s lock-delay by default");
+});
+
+// Session TTL (session.mdx "TTL"; agent/consul/session_endpoint.go `Apply`): a Go duration
+// between the server's `session_ttl_min` (10 s by default) and 86400 s; outside that, or
+// unparseable, the create fails with an error status (500 in the versions read). An unknown
+// Behavior fails the same way.
+contract!(session_ttl_bounds, |t| {
+    let create = |ttl: String| t.create_session(json!({"TTL": ttl, "NodeChecks": []}));
+    assert!(create(go(t.ttl_min / 2)).await.status >= 400, "a TTL under the minimum");
+    assert_eq!(create(go(t.ttl_min)).await.status, 200, "the minimum itself");
+    assert_eq!(create("86400s".into()).await.status, 200, "the maximum itself");
+    assert!(create("86401s".into()).await.status >= 400, "a TTL over the maximum");
+    assert!(create("soon".into()).await.status >= 400, "not a duration");
+    let bogus = t.create_session(json!({"TTL": go(t.ttl_min), "Behavior": "bogus", "NodeChecks": []})).await;
+    assert!(bogus.status >= 400, "an unknown Behavior");
+});
+
+// TTL expiry (session.mdx "TTL": "sessions may not be reaped for up to double this TTL";
+// agent/consul/session_ttl.go): the TTL is a lower bound, never cut short, and an unrenewed
+// session is gone within about 2 x TTL. Renewing every TTL/2 keeps a session and its lock. An
+// expired session releases its locks (Behavior "release"): the key and its value stay, without
+// a Session, with LockIndex unchanged.
+contract!(session_ttl_expiry_and_renewal, |t| {
+    let ttl = t.ttl_min;
+    let kept = t.session(ttl, "1s", "release").await;
+    let lapsed = t.session(ttl, "1s", "release").await;
+    let started = Instant::now();
+    assert_eq!(t.acquire("kept", &kept, b"k").await.json(), json!(true));
+    assert_eq!(t.acquire("lapsed", &lapsed, b"l").await.json(), json!(true));
+    let keeper = async {
+        while started.elapsed() < ttl * 5 / 2 {
+            tokio::time::sleep(ttl / 2).await;
+            let r = t.call("PUT", &format!("/v1/session/renew/{kept}"), "", None).await;
+            assert_eq!(r.status, 200, "renewing a live session: {r:?}");
+        }
+    };
+    let watcher = async {
+        tokio::time::sleep(ttl / 2).await;
+        assert!(t.session_info(&lapsed).await.is_some(), "alive before its TTL");
+        loop {
+            if t.session_info(&lapsed).await.is_none() {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < ttl * 2 + Duration::from_secs(5), "an unrenewed session is gone within 2 x TTL (+5 s)");
+            tokio::time::sleep(ttl / 20).await;
+        }
+    };
+    let ((), gone) = tokio::join!(keeper, watcher);
+    println!("an unrenewed session ({ttl:?} TTL) was invalidated after {gone:?}");
+    assert!(gone >= ttl, "never before its TTL: {gone:?}");
+    assert!(t.session_info(&kept).await.is_some(), "renewed every TTL/2: alive after 2.5 x TTL");
+    assert_eq!(t.kv("GET", "kept", "", None).await.entry()["Session"], json!(kept), "and still holding its lock");
+    let e = t.kv("GET", "lapsed", "", None).await.entry();
+    assert!(e.get("Session").is_none(), "the expired session's lock is released: {e}");
+    assert_eq!((e["LockIndex"].clone(), e["Value"].clone()), (json!(1), json!(b64(b"l"))), "key, value and LockIndex stay");
+});
+
+// Locks (kv.mdx `acquire`/`release`; agent/consul/state/kvs.go `kvsLockTxn`, `kvsUnlockTxn`):
+// acquiring a free or missing key stores the body, sets Session and increments LockIndex;
+// another session gets `false` while it is held; the holder may acquire again (LockIndex
+// unchanged); only the holder releases (key, value and LockIndex
+// stay, Session goes); an explicit release sets no lock-delay; an unknown session never
+// acquires; a plain PUT writes the value but keeps the lock.
+contract!(acquire_and_release, |t| {
+    let s1 = t.session(t.ttl_min * 10, "15s", "release").await;
+    let s2 = t.session(t.ttl_min * 10, "15s", "release").await;
+    let first = t.acquire("lock", &s1, b"holder-1").await;
+    assert_eq!((first.status, first.json()), (200, json!(true)));
+    let e = t.kv("GET", "lock", "", None).await.entry();
+    assert_eq!((e["Session"].clone(), e["LockIndex"].clone(), e["Value"].clone()), (json!(s1), json!(1), json!(b64(b"holder-1"))));
+    assert_eq!(e["CreateIndex"], e["ModifyIndex"], "acquiring a missing key creates it");
+    let other = t.acquire("lock", &s2, b"holder-2").await;
+    assert_eq!((other.status, other.json()), (200, json!(false)), "held by another session");
+    assert_eq!(t.kv("GET", "lock", "", None).await.entry()["Value"], json!(b64(b"holder-1")), "a refused acquire writes nothing");
+    assert_eq!(t.acquire("lock", &s1, b"holder-1b").await.json(), json!(true), "the holder may acquire again");
+    let e = t.kv("GET", "lock", "", None).await.entry();
+    assert_eq!((e["LockIndex"].clone(), e["Value"].clone()), (json!(1), json!(b64(b"holder-1b"))));
+    assert_eq!(t.release("lock", &s2, b"x").await.json(), json!(false), "only the holder releases");
+    assert_eq!(t.release("lock", &s1, b"released").await.json(), json!(true));
+    let e = t.kv("GET", "lock", "", None).await.entry();
+    assert!(e.get("Session").is_none(), "released: {e}");
+    assert_eq!((e["LockIndex"].clone(), e["Value"].clone()), (json!(1), json!(b64(b"released"))));
+    assert_eq!(t.release("lock", &s1, b"x").await.json(), json!(false), "releasing a free key");
+    assert_eq!(t.release("never", &s1, b"x").await.json(), json!(false), "releasing a missing key");
+    assert_eq!(t.kv("GET", "never", "", None).await.status, 404);
+    assert_eq!(t.acquire("lock", &s2, b"holder-2").await.json(), json!(true), "no lock-delay after an explicit release");
+    let e = t.kv("GET", "lock", "", None).await.entry();
+    assert_eq!((e["Session"].clone(), e["LockIndex"].clone()), (json!(s2), json!(2)), "a new holder increments LockIndex");
+    // (A plain PUT also writes the request's LockIndex, 0, in kvsSetTxn: not asserted here.)
+    t.put("lock", b"plain").await;
+    let e = t.kv("GET", "lock", "", None).await.entry();
+    assert_eq!((e["Session"].clone(), e["Value"].clone()), (json!(s2), json!(b64(b"plain"))), "a plain PUT keeps the lock");
+    let unknown = t.acquire("u", &unknown_session(), b"v").await;
+    assert_ne!((unknown.status, unknown.json()), (200, json!(true)), "an unknown session cannot acquire");
+    assert_eq!(t.kv("GET", "u", "", None).await.status, 404, "nor create the key");
+});
+
+// Invalidation (agent/consul/state/session.go `deleteSessionTxn`; agent/consul/kvs_endpoint.go
+// `kvsPreApply`): destroying a session releases its locks (Behavior "release": key and value
+// stay, Session cleared, LockIndex unchanged) or deletes the keys ("delete"), wakes the keys'
+// watchers, and starts its lock-delay: no session acquires those keys until it has passed.
+contract!(invalidation_releases_locks_after_lock_delay, |t| {
+    let delay = Duration::from_secs(2);
+    let s1 = t.session(t.ttl_min * 10, &go(delay), "release").await;
+    let s2 = t.session(t.ttl_min * 10, &go(delay), "release").await;
+    assert_eq!(t.acquire("l", &s1, b"one").await.json(), json!(true));
+    let idx = t.kv("GET", "l", "", None).await.index.unwrap();
+    let (woken, destroyed_at) = tokio::join!(
+        t.block_until("l", "", idx, Duration::from_secs(5), |a| a.status == 200 && a.json()[0].get("Session").is_none()),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let a = t.call("PUT", &format!("/v1/session/destroy/{s1}"), "", None).await;
+            assert_eq!(a.json(), json!(true));
+            Instant::now()
+        }
+    );
+    assert!(woken.1 < Duration::from_millis(1300), "the release woke the key's watcher: {:?}", woken.1);
+    let e = woken.0.entry();
+    assert!(e.get("Session").is_none(), "{e}");
+    assert_eq!((e["LockIndex"].clone(), e["Value"].clone()), (json!(1), json!(b64(b"one"))));
+    assert_eq!(t.acquire("l", &s2, b"two").await.json(), json!(false), "refused during the lock-delay");
+    let took = loop {
+        if t.acquire("l", &s2, b"two").await.json() == json!(true) {
+            break destroyed_at.elapsed();
+        }
+        assert!(destroyed_at.elapsed() < delay + Duration::from_secs(3), "acquirable once the lock-delay passed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("re-acquired {took:?} after the destroy ({delay:?} lock-delay)");
+    let e = t.kv("GET", "l", "", None).await.entry();
+    assert_eq!((e["Session"].clone(), e["LockIndex"].clone()), (json!(s2), json!(2)));
+
+    let s3 = t.session(t.ttl_min * 10, "1s", "delete").await;
+    assert_eq!(t.acquire("d", &s3, b"x").await.json(), json!(true));
+    t.call("PUT", &format!("/v1/session/destroy/{s3}"), "", None).await;
+    assert_eq!(t.kv("GET", "d", "", None).await.status, 404, "Behavior \"delete\" deletes the held keys");
+});
+
+// Txn `check-session` (§2.6; agent/consul/state/kvs.go `kvsCheckSessionTxn`): passes while the
+// key is locked by that session (its result is the entry, value null); for another session's
+// lock, a released lock or a missing key the whole txn rolls back with 409 naming the op.
+contract!(txn_check_session, |t| {
+    let s1 = t.session(t.ttl_min * 10, "1s", "release").await;
+    let s2 = t.session(t.ttl_min * 10, "1s", "release").await;
+    assert_eq!(t.acquire("lock", &s1, b"me").await.json(), json!(true));
+    let lock = t.key("lock");
+    let guarded = |session: &str, key: &str, value: &[u8]| {
+        json!([
+            {"KV": {"Verb": "check-session", "Key": lock, "Session": session}},
+            {"KV": {"Verb": "set", "Key": t.key(key), "Value": b64(value)}},
+        ])
+    };
+    let ok = t.txn(guarded(&s1, "guarded", b"1")).await;
+    assert_eq!(ok.status, 200, "{}", ok.json());
+    let r = ok.json()["Results"][0]["KV"].clone();
+    assert_eq!((r["Key"].clone(), r["Session"].clone(), r["Value"].clone()), (json!(lock), json!(s1), Value::Null));
+    assert_eq!(t.kv("GET", "guarded", "", None).await.status, 200);
+    let other = t.txn(guarded(&s2, "g2", b"1")).await;
+    assert_eq!(other.status, 409, "another session's lock");
+    assert_eq!(other.json()["Errors"][0]["OpIndex"], json!(0));
+    let missing = t
+        .txn(json!([
+            {"KV": {"Verb": "check-session", "Key": t.key("no-lock"), "Session": s1}},
+            {"KV": {"Verb": "set", "Key": t.key("g2"), "Value": b64(b"1")}},
+        ]))
+        .await;
+    assert_eq!(missing.status, 409, "a missing key");
+    assert_eq!(t.release("lock", &s1, b"me").await.json(), json!(true));
+    let released = t.txn(guarded(&s1, "g2", b"1")).await;
+    assert_eq!(released.status, 409, "a released lock");
+    assert_eq!(t.kv("GET", "g2", "", None).await.status, 404, "nothing of the failed txns applied");
+});
+
 /// The ACL target: the emulator with ACLs, or a real Consul where a management token creates a
 /// policy and a token (removed afterwards).
 struct AclSetup {
@@ -703,7 +973,7 @@ async fn acl_targets() -> Vec<AclSetup> {
         ],
     );
     let emu = Emulator::start_with(EmulatorConfig { acl: Some(Acl { tokens }), ..Default::default() });
-    let mut target = emulator_target(emu, Some("admin-secret".into()));
+    let mut target = emulator_target(emu, Some("admin-secret".into()), CONSUL_TTL_MIN);
     target.prefix = prefix;
     let mut out = vec![AclSetup { target, reader: "reader-secret".into(), cleanup: Vec::new() }];
     let Some(target) = targets().pop().filter(|t| t.real) else { return out };

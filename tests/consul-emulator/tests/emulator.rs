@@ -208,14 +208,44 @@ async fn acl_details() {
     assert_eq!(got.headers.get("X-Consul-Default-ACL-Policy").unwrap(), "allow");
 }
 
-// Sessions are not modelled: lock operations fail like an invalid session would.
+// Sessions: the default `session_ttl_min` is Consul's 10 s; the TTL timer runs without requests
+// (a watcher of a held key wakes when the session expires, at 2 x TTL after the last renewal,
+// not before 1.5 x TTL); the inspection helpers; txn lock/unlock are not modelled (409).
 #[tokio::test]
-async fn sessions_are_refused() {
+async fn sessions_timers_limits_and_inspection() {
     let emu = Emulator::start();
-    assert_eq!(call(&emu, "PUT", "/v1/kv/l?acquire=abc", None, Some("v".into())).await.status, 500);
+    let create = |ttl: &str| call(&emu, "PUT", "/v1/session/create", None, Some(json!({"TTL": ttl, "LockDelay": "0s"}).to_string()));
+    assert_eq!(create("9s").await.status, 500, "under the default minimum");
+    assert_eq!(create("10s").await.status, 200);
+
+    let fast = Emulator::start_with(EmulatorConfig { session_ttl_min: Duration::from_millis(200), ..Default::default() });
+    let body = json!({"TTL": "400ms", "LockDelay": "0s", "Name": "n"}).to_string();
+    let id: String = serde_json::from_str::<Value>(&call(&fast, "PUT", "/v1/session/create", None, Some(body)).await.body).unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fast.sessions(), vec![id.clone()]);
+    assert_eq!(call(&fast, "PUT", &format!("/v1/kv/l?acquire={id}"), None, Some("me".into())).await.body, "true");
+    assert_eq!(fast.lock_holder("l"), Some(id.clone()));
+    let created = Instant::now();
+    let idx = call(&fast, "GET", "/v1/kv/l", None, None).await.index.unwrap();
+    let woken = call(&fast, "GET", &format!("/v1/kv/l?index={idx}&wait=5s"), None, None).await;
+    let took = created.elapsed();
+    assert!(took >= Duration::from_millis(600) && took < Duration::from_millis(1300), "expired at 2 x TTL: {took:?}");
+    assert!(!woken.body.contains("Session"), "{}", woken.body);
+    assert_eq!(fast.lock_holder("l"), None);
+    assert!(fast.sessions().is_empty());
+
+    // A plain PUT to a once-locked key takes the request's LockIndex, 0 (Consul's kvsSetTxn).
+    put(&fast, "l", "plain").await;
+    assert!(call(&fast, "GET", "/v1/kv/l", None, None).await.body.contains("\"LockIndex\":0"));
+
+    assert_eq!(call(&emu, "PUT", "/v1/kv/l?acquire=abc", None, Some("v".into())).await.status, 500, "unknown session");
     let lock = json!([{"KV": {"Verb": "lock", "Key": "l", "Value": "eA==", "Session": "abc"}}]);
-    assert_eq!(call(&emu, "PUT", "/v1/txn", None, Some(lock.to_string())).await.status, 409);
+    assert_eq!(call(&emu, "PUT", "/v1/txn", None, Some(lock.to_string())).await.status, 409, "txn lock is not modelled");
     assert_eq!(emu.get("l"), None);
+    assert_eq!(call(&emu, "GET", "/v1/session/create", None, None).await.status, 405);
+    assert_eq!(call(&emu, "PUT", "/v1/session/info/x", None, None).await.status, 405);
 }
 
 // The emulator runs on its own thread: usable from a plain synchronous test, and dropping it
