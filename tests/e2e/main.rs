@@ -466,3 +466,60 @@ async fn a_changed_bucket_count_rebuckets_without_recopying() {
     let root: serde_json::Value = serde_json::from_slice(&emu.get("vsync/destination-eu/root").unwrap()).unwrap();
     assert_eq!(root["buckets"].as_array().unwrap().len(), 16);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_policies_are_all_a_sync_needs() {
+    // `vsync policy` prints least-privilege HCL; tokens with exactly those policies (and no
+    // default policy) run the start-up checks and an exact sync of both mount kinds.
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let ca = client(&a);
+    for i in 0..5 {
+        ca.write_version("secret/", &format!("app/k{i}"), &data(json!({"i": i})), 0).await.unwrap();
+        ca.write_v1("kv1/", &format!("flat{i}"), &data(json!({"i": i}))).await.unwrap();
+    }
+    ca.write_version("secret/", "app/k0", &data(json!({"i": "two"})), 1).await.unwrap();
+    ca.delete_versions("secret/", "app/k0", &[1]).await.unwrap();
+    ca.destroy_versions("secret/", "app/k1", &[1]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |origin_token: &str, dest_token: &str| {
+        let path = dir.path().join("vsync.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[origin]
+vault = {{ address = "{}", token = "{origin_token}" }}
+mounts = ["secret/", "kv1/"]
+state = {{ backend = "file", path = "{state}" }}
+
+[[destination]]
+name = "eu"
+vault = {{ address = "{}", token = "{dest_token}" }}
+mounts = {{ "secret/" = "secret/", "kv1/" = "kv1/" }}
+state = {{ backend = "file", path = "{state}" }}
+"#,
+                a.addr(),
+                b.addr(),
+                state = dir.path().join("state").display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let cfg = write(DEV_ROOT_TOKEN, DEV_ROOT_TOKEN);
+    let origin_hcl = vsync(&cfg, &["policy", "origin"]);
+    let dest_hcl = vsync(&cfg, &["policy", "destination", "--name", "eu"]);
+    assert!(origin_hcl.status.success() && dest_hcl.status.success(), "{}{}", text(&origin_hcl), text(&dest_hcl));
+    let (origin_hcl, dest_hcl) = (String::from_utf8_lossy(&origin_hcl.stdout).into_owned(), String::from_utf8_lossy(&dest_hcl.stdout).into_owned());
+    assert!(origin_hcl.contains("kv1/*") && !origin_hcl.contains("update"), "{origin_hcl}");
+    let cfg = write(&a.token_with_policy("vsync-origin", &origin_hcl), &b.token_with_policy("vsync-eu", &dest_hcl));
+    let out = vsync(&cfg, &["check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = vsync(&cfg, &["run", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(contents(&client(&b)).await, contents(&ca).await);
+    let out = vsync(&cfg, &["verify", "--name", "eu", "--data"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
