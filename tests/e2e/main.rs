@@ -239,7 +239,7 @@ async fn mass_delete_guard_and_origin_mount_recreation_are_fatal() {
 fn cli_surface_and_config_errors() {
     let out = Command::new(env!("CARGO_BIN_EXE_vsync")).arg("--help").output().unwrap();
     let help = text(&out);
-    for sub in ["run", "origin", "destination", "plan", "check", "validate", "plugin", "status"] {
+    for sub in ["run", "origin", "destination", "plan", "check", "validate", "plugin", "status", "verify", "policy"] {
         assert!(help.contains(&format!("\n  {sub} ")), "`{sub}` missing from:\n{help}");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -266,10 +266,23 @@ fn cli_surface_and_config_errors() {
         "{}",
         text(&out)
     );
-    // Not-yet-built subcommands say so and exit 2.
-    let out = vsync(&good, &["status"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("not built yet"), "{}", text(&out));
+    // Status before any cycle: nothing recorded; with --max-lag a destination that never
+    // recorded a cycle fails the check.
+    let with_dest = dir.path().join("dest.toml");
+    std::fs::write(
+        &with_dest,
+        format!(
+            "{}\n[[destination]]\nname = \"eu\"\nvault = {{ address = \"http://127.0.0.1:1\", token = \"t\" }}\nmounts = {{ \"secret/\" = \"secret/\" }}\nstate = {{ backend = \"file\", path = \"s\" }}\n",
+            std::fs::read_to_string(&good).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = vsync(&with_dest, &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("no status recorded yet"), "{}", text(&out));
+    let out = vsync(&with_dest, &["status", "--max-lag", "1m"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("lagging") && text(&out).contains("eu"), "{}", text(&out));
 }
 
 /// Where the separate-process test keeps its state.
@@ -298,15 +311,16 @@ impl Backend {
         match self {
             Backend::File => walk(&dir.join("state"))
                 .into_iter()
-                .filter(|p| !p.to_string_lossy().ends_with(".lock"))
+                .filter(|p| !p.to_string_lossy().ends_with(".lock") && !p.to_string_lossy().ends_with(".status.json"))
                 .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
                 .collect(),
             // Like the file store's `.lock` files, the side locks are not sync info (their
-            // value names the holding process, so it changes with every run).
+            // value names the holding process, so it changes with every run); nor are the
+            // per-cycle status records.
             Backend::Consul(emu) => emu
                 .keys("")
                 .into_iter()
-                .filter(|k| !k.ends_with("/lock"))
+                .filter(|k| !k.ends_with("/lock") && !k.ends_with("/status"))
                 .map(|k| (k.clone(), emu.get(&k).unwrap()))
                 .collect(),
         }
@@ -318,7 +332,8 @@ impl Backend {
             Backend::File => {
                 let mut v: Vec<_> = walk(&dir.join("state"))
                     .into_iter()
-                    .filter(|p| !p.to_string_lossy().ends_with(".lock"))
+                    // Side locks and per-cycle status records are not sync info.
+                    .filter(|p| !p.to_string_lossy().ends_with(".lock") && !p.to_string_lossy().ends_with(".status.json"))
                     .map(|p| format!("{} {:?}", p.display(), std::fs::metadata(&p).unwrap().modified().unwrap()))
                     .collect();
                 v.sort();
@@ -402,6 +417,13 @@ async fn separate_processes(backend: Backend) {
     );
     assert!(text(&out).contains("(state unchanged)"), "{}", text(&out));
     assert_eq!(backend.writes(dir.path()), before, "no state writes");
+    // Each role recorded its cycle; the destination applied the origin's current generation.
+    let out = run(&["status", "--format", "json", "--max-lag", "1h"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["origin"]["last_cycle"]["outcome"], "ok", "{doc}");
+    assert_eq!(doc["destinations"][0]["lag_seconds"], 0.0, "{doc}");
+    assert_eq!(doc["destinations"][0]["status"]["generation"], doc["origin"]["generation"], "{doc}");
 
     // Changes flow through a restart of both processes without re-copying the rest.
     ca.write_version("secret/", &odd_name(1), &data(json!({"i": "changed"})), 1).await.unwrap();

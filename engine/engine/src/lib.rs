@@ -21,6 +21,7 @@ pub mod fault;
 pub mod origin;
 pub mod policy;
 pub mod roles;
+pub mod status;
 pub mod tokens;
 pub mod triggers;
 pub mod tripwire;

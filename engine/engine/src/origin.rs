@@ -158,8 +158,8 @@ pub async fn publish(store: &StateStore, lock: &StoreLock, base: Option<u64>, or
         .map_err(|e| Fault::state(format!("publishing the origin info to {}", store.describe()), e))
 }
 
-/// Loads what the origin published.
-pub async fn load(store: &StateStore) -> Result<Arc<OriginInfo>, Fault> {
+/// Loads what the origin published, with the generation of its root.
+pub async fn load(store: &StateStore) -> Result<(Arc<OriginInfo>, u64), Fault> {
     let loaded = state_info::load::<OriginEntry>(store, ORIGIN_SIDE)
         .await
         .map_err(|e| Fault::state("loading the origin info", e))?
@@ -169,9 +169,17 @@ pub async fn load(store: &StateStore) -> Result<Arc<OriginInfo>, Fault> {
                 store.describe()
             ))
         })?;
-    Ok(Arc::new(OriginInfo {
+    let generation = loaded.root.generation;
+    let info = OriginInfo {
         digests: loaded.root.digests(),
         mounts: loaded.root.origin_mounts,
         entries: loaded.buckets,
-    }))
+    };
+    Ok((Arc::new(info), generation))
+}
+
+/// The generation of the origin's published root, if any (for status records).
+pub async fn published_generation(store: &StateStore) -> Option<u64> {
+    let root = store.read_root(ORIGIN_SIDE).await.ok()??;
+    serde_json::from_slice::<serde_json::Value>(&root.bytes).ok()?.get("generation")?.as_u64()
 }

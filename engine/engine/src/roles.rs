@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
@@ -29,7 +29,9 @@ use vsync_vault::VaultClient;
 use crate::alert::Alerter;
 use crate::destination::{CycleReport, Destination};
 use crate::fault::{FatalCause, Fault, FaultClass, STATE_RETRY_BUDGET};
+use crate::destination::side_name;
 use crate::origin::{self, ORIGIN_SIDE};
+use crate::status::{self, RoleStatus};
 use crate::triggers::watch_root;
 use crate::tripwire::Tripwire;
 
@@ -244,6 +246,7 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
         (None, None) => Duration::from_secs(60),
     };
     let mut origin_settling = Settling::default();
+    let mut statuses = Statuses::read(engine).await;
     let mut settling: Vec<Settling> = engine
         .destinations
         .iter()
@@ -253,7 +256,7 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
         let result = tokio::select! {
             r = async {
                 regain_locks(engine).await?;
-                round(engine, &mut origin_settling, &mut settling, options.once).await
+                round(engine, &mut origin_settling, &mut settling, &mut statuses, options.once).await
             } => r,
             _ = &mut shutdown => return Ok(Ended::Stopped),
             fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
@@ -283,11 +286,48 @@ async fn fail(alerter: &Alerter, role: Role, stop: Stop) -> Result<Ended, Fault>
     Err(stop.fault)
 }
 
+/// The status records this process writes (`vsync status`), carried across cycles.
+struct Statuses {
+    origin: RoleStatus,
+    destinations: Vec<RoleStatus>,
+}
+
+impl Statuses {
+    /// Starts from what the store holds, so the origin's publish history survives a restart.
+    async fn read(engine: &Engine) -> Self {
+        let mut origin = RoleStatus::new("origin", None);
+        if engine.publisher.is_some()
+            && let Some(previous) = status::read(&engine.origin_store, ORIGIN_SIDE).await
+        {
+            origin.published = previous.published;
+            origin.last_success = previous.last_success;
+            origin.generation = previous.generation;
+        }
+        let mut destinations = Vec::new();
+        for d in &engine.destinations {
+            let mut s = RoleStatus::new("destination", Some(&d.spec.name));
+            if let Some(previous) = status::read(&d.store, &side_name(&d.spec.name)).await {
+                s.last_success = previous.last_success;
+                s.generation = previous.generation;
+            }
+            destinations.push(s);
+        }
+        Self { origin, destinations }
+    }
+}
+
 /// One round: the origin scan (or the published info), then every destination's cycle, each
 /// settled on its own.
-async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &mut [Settling], once: bool) -> Result<Round, Stop> {
+async fn round(
+    engine: &mut Engine,
+    origin_settling: &mut Settling,
+    settling: &mut [Settling],
+    statuses: &mut Statuses,
+    once: bool,
+) -> Result<Round, Stop> {
     let mut done = Round::default();
-    let info = match &engine.publisher {
+    let started = SystemTime::now();
+    let (info, generation) = match &engine.publisher {
         Some(p) => {
             let scanned = async {
                 // The commit's base is the root before the scan: an older scan never lands on a
@@ -306,9 +346,14 @@ async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &m
                 Ok((info, published)) => {
                     origin_settling.succeeded();
                     (engine.reporter)(&Event::OriginScanned { info: &info, published });
-                    info
+                    let generation = origin::published_generation(&engine.origin_store).await;
+                    statuses.origin.origin_cycle(started, Ok((info.entries.len(), generation, published)));
+                    status::write(&engine.origin_store, ORIGIN_SIDE, &statuses.origin).await;
+                    (info, generation)
                 }
                 Err(fault) => {
+                    statuses.origin.origin_cycle(started, Err(&fault.message));
+                    status::write(&engine.origin_store, ORIGIN_SIDE, &statuses.origin).await;
                     return match origin_settling.failed(fault, once) {
                         Some(fault) if fault.fatal_cause().is_some() => Err(Stop { destination: None, fault }),
                         Some(fault) => Ok(Round { failed: Some((None, fault)), ..done }),
@@ -318,7 +363,7 @@ async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &m
             }
         }
         None => match origin::load(&engine.origin_store).await {
-            Ok(info) => info,
+            Ok((info, generation)) => (info, Some(generation)),
             Err(fault) => {
                 // Without the origin's info no destination can run: settle it as each one's failure.
                 let mut stop = None;
@@ -334,8 +379,9 @@ async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &m
             }
         },
     };
-    for (d, s) in engine.destinations.iter_mut().zip(settling.iter_mut()) {
+    for ((d, s), record) in engine.destinations.iter_mut().zip(settling.iter_mut()).zip(statuses.destinations.iter_mut()) {
         let name = d.spec.name.clone();
+        let started = SystemTime::now();
         let timeout = d.spec.timeout;
         let (lost, lost_fault) = (d.lock.lost(), lock_lost(&format!("destination `{name}`"), &d.lock));
         let result = tokio::select! {
@@ -347,6 +393,11 @@ async fn round(engine: &mut Engine, origin_settling: &mut Settling, settling: &m
             }),
             () = lost => Err(lost_fault),
         };
+        match &result {
+            Ok(report) => record.destination_cycle(started, generation, Ok(report)),
+            Err(fault) => record.destination_cycle(started, generation, Err(&fault.message)),
+        }
+        status::write(&d.store, &side_name(&name), record).await;
         match result {
             Ok(report) => {
                 s.succeeded();

@@ -90,8 +90,16 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Show the last cycle per role from the state store (not built yet).
-    Status,
+    /// Show the last cycle per role from the state stores; exit 1 when a destination lags more
+    /// than --max-lag.
+    Status {
+        /// Output format.
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        format: String,
+        /// Exit 1 if any destination lags the origin by more than this (e.g. "5m").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_lag: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,8 +158,6 @@ enum Failure {
     Config(anyhow::Error),
     /// Exit 1.
     Fatal(anyhow::Error),
-    /// Exit 2: a command that does not exist yet.
-    NotBuilt(&'static str),
 }
 
 type Outcome = Result<ExitCode, Failure>;
@@ -193,10 +199,6 @@ fn main() -> ExitCode {
             error!("fatal: {e:#}");
             eprintln!("error: {e:#}");
             ExitCode::from(1)
-        }
-        Err(Failure::NotBuilt(what)) => {
-            eprintln!("error: `vsync {what}` is not built yet");
-            ExitCode::from(2)
         }
     }
 }
@@ -249,7 +251,7 @@ async fn dispatch(command: Command, config: Option<Config>) -> Outcome {
         Command::Policy { role } => policy(&config, role).await,
         Command::Verify { name, repair, data } => verify(&config, &name, repair, data).await,
         Command::Validate => validate(&config),
-        Command::Status => Err(Failure::NotBuilt("status")),
+        Command::Status { format, max_lag } => status(&config, &format, max_lag).await,
         Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(Some(&config), &dir, &format),
     }
 }
@@ -526,6 +528,62 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// `vsync status`: the records each role writes per cycle, and each destination's lag.
+async fn status(config: &Config, format: &str, max_lag: Option<Duration>) -> Outcome {
+    use vsync_engine::status::{self, RoleStatus};
+    let origin_store = compose::state_store("origin", &config.origin.state).map_err(config_error)?;
+    let origin = status::read(&origin_store, vsync_engine::ORIGIN_SIDE).await;
+    let now = std::time::SystemTime::now();
+    let mut rows: Vec<(String, Option<RoleStatus>, Option<Duration>)> = Vec::new();
+    for d in &config.destinations {
+        let store = compose::state_store(&format!("destination {}", d.name), &d.state).map_err(config_error)?;
+        let record = status::read(&store, &vsync_engine::side_name(&d.name)).await;
+        let lag = match (&record, &origin) {
+            (Some(r), Some(o)) => r.lag(o, now),
+            _ => None,
+        };
+        rows.push((d.name.clone(), record, lag));
+    }
+    let lagging: Vec<&str> = rows
+        .iter()
+        .filter(|(_, r, lag)| max_lag.is_some_and(|max| r.is_none() || lag.is_none_or(|l| l > max)))
+        .map(|(n, ..)| n.as_str())
+        .collect();
+    if format == "json" {
+        let destinations: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(name, r, lag)| serde_json::json!({ "name": name, "status": r, "lag_seconds": lag.map(|l| l.as_secs_f64()) }))
+            .collect();
+        let doc = serde_json::json!({ "origin": origin, "destinations": destinations, "lagging": lagging });
+        println!("{}", serde_json::to_string_pretty(&doc).map_err(fatal)?);
+    } else {
+        let line = |role: &str, r: &Option<RoleStatus>| match r {
+            None => format!("{role}: no status recorded yet"),
+            Some(r) => {
+                let cycle = r.last_cycle.as_ref().map_or("no cycle yet".to_owned(), |c| {
+                    format!("last cycle {} .. {}: {}{}", c.started, c.ended, c.outcome, c.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())
+                });
+                format!(
+                    "{role}: {cycle}; last success {}; generation {}; writer {}",
+                    r.last_success.as_deref().unwrap_or("never"),
+                    r.generation.map_or("-".to_owned(), |g| g.to_string()),
+                    r.writer
+                )
+            }
+        };
+        println!("{}", line("origin", &origin));
+        for (name, r, lag) in &rows {
+            let lag = lag.map_or("unknown".to_owned(), |l| humantime::format_duration(Duration::from_secs(l.as_secs())).to_string());
+            println!("{}; lag {lag}", line(&format!("destination {name}"), r));
+        }
+    }
+    if !lagging.is_empty() {
+        eprintln!("error: destination(s) lagging more than the allowed {}: {}", humantime::format_duration(max_lag.unwrap_or_default()), lagging.join(", "));
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `vsync policy origin|destination --name NAME`: mount kinds are read from the Vault.

@@ -1,0 +1,233 @@
+//! Status records for `vsync status`: each role writes one small document per cycle to
+//! `<side>/status` in its state store, outside the sync-info root and parts (so watchers and
+//! the no-change rule about sync info are unaffected). The origin's record also keeps the
+//! publish time of its recent generations, so a destination's lag is computable: 0 when its
+//! last commit applied the origin's current generation, otherwise now minus the publish time of
+//! the oldest generation it has not applied.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use vsync_state::StateStore;
+
+use crate::destination::CycleReport;
+
+/// The status document's name in a side.
+pub const STATUS_DOC: &str = "status";
+
+/// Publish times kept in the origin's record.
+pub const PUBLISHED_KEPT: usize = 64;
+
+/// One role's status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleStatus {
+    /// `origin` or `destination`.
+    pub role: String,
+    /// Destination name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// The process that wrote this record (host and pid).
+    #[serde(default)]
+    pub writer: String,
+    /// The last cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cycle: Option<CycleStatus>,
+    /// End of the last successful cycle (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
+    /// Origin: the generation it published last. Destination: the origin generation its last
+    /// successful cycle applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Origin only: publish times of recent generations, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<Published>,
+}
+
+/// One cycle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CycleStatus {
+    /// Start (RFC 3339).
+    pub started: String,
+    /// End (RFC 3339).
+    pub ended: String,
+    /// `ok`, `secret-failures` (completed, some secrets failed) or `failed`.
+    pub outcome: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Counts, for a completed cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<Counts>,
+}
+
+/// A completed cycle's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Origin: secrets scanned. Destination: secrets added.
+    pub secrets: usize,
+    /// Destination: updated.
+    #[serde(default)]
+    pub updated: usize,
+    /// Destination: deleted.
+    #[serde(default)]
+    pub deleted: usize,
+    /// Destination: unchanged.
+    #[serde(default)]
+    pub unchanged: usize,
+    /// Destination: per-secret failures.
+    #[serde(default)]
+    pub failed: usize,
+}
+
+/// When a generation was published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The origin root's generation.
+    pub generation: u64,
+    /// RFC 3339.
+    pub time: String,
+}
+
+/// RFC 3339 of `t`, to the millisecond.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn parse(t: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok()
+}
+
+impl RoleStatus {
+    /// A fresh record for a role.
+    pub fn new(role: &str, destination: Option<&str>) -> Self {
+        Self {
+            role: role.to_owned(),
+            destination: destination.map(str::to_owned),
+            writer: vsync_state::lock::default_holder(),
+            ..Self::default()
+        }
+    }
+
+    /// Records an origin cycle.
+    pub fn origin_cycle(&mut self, started: SystemTime, result: Result<(usize, Option<u64>, bool), &str>) {
+        let ended = SystemTime::now();
+        let mut cycle = CycleStatus { started: rfc3339(started), ended: rfc3339(ended), ..CycleStatus::default() };
+        match result {
+            Ok((secrets, generation, published)) => {
+                cycle.outcome = "ok".into();
+                cycle.counts = Some(Counts { secrets, ..Counts::default() });
+                self.last_success = Some(cycle.ended.clone());
+                if let Some(g) = generation {
+                    if published || !self.published.iter().any(|p| p.generation == g) {
+                        self.published.push(Published { generation: g, time: cycle.ended.clone() });
+                    }
+                    self.generation = Some(g);
+                }
+                let excess = self.published.len().saturating_sub(PUBLISHED_KEPT);
+                self.published.drain(..excess);
+            }
+            Err(e) => {
+                cycle.outcome = "failed".into();
+                cycle.error = Some(e.to_owned());
+            }
+        }
+        self.last_cycle = Some(cycle);
+    }
+
+    /// Records a destination cycle; `generation` is the origin generation it worked from.
+    pub fn destination_cycle(&mut self, started: SystemTime, generation: Option<u64>, result: Result<&CycleReport, &str>) {
+        let ended = SystemTime::now();
+        let mut cycle = CycleStatus { started: rfc3339(started), ended: rfc3339(ended), ..CycleStatus::default() };
+        match result {
+            Ok(report) => {
+                let c = &report.counts;
+                cycle.outcome = if c.failed > 0 { "secret-failures".into() } else { "ok".into() };
+                cycle.counts = Some(Counts {
+                    secrets: c.added,
+                    updated: c.updated,
+                    deleted: c.deleted,
+                    unchanged: c.unchanged,
+                    failed: c.failed,
+                });
+                self.last_success = Some(cycle.ended.clone());
+                self.generation = generation.or(self.generation);
+            }
+            Err(e) => {
+                cycle.outcome = "failed".into();
+                cycle.error = Some(e.to_owned());
+            }
+        }
+        self.last_cycle = Some(cycle);
+    }
+
+    /// How far a destination with this record lags the origin's record, at `now`.
+    pub fn lag(&self, origin: &RoleStatus, now: SystemTime) -> Option<Duration> {
+        let current = origin.generation?;
+        let applied = self.generation.unwrap_or(0);
+        if applied >= current {
+            return Some(Duration::ZERO);
+        }
+        // The oldest publish this destination has not applied; if the list was trimmed past
+        // it, the oldest one kept (a lower bound).
+        let oldest = origin.published.iter().find(|p| p.generation > applied).or(origin.published.first())?;
+        Some(now.duration_since(parse(&oldest.time)?).unwrap_or_default())
+    }
+}
+
+/// Reads a side's status record.
+pub async fn read(store: &StateStore, side: &str) -> Option<RoleStatus> {
+    let bytes = store.read_doc(side, STATUS_DOC).await.ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes a side's status record; a failure is logged, never fatal (status is observability).
+pub async fn write(store: &StateStore, side: &str, status: &RoleStatus) {
+    let bytes = match serde_json::to_vec(status) {
+        Ok(b) => b,
+        Err(e) => return warn!(side, error = %e, "cannot encode the status record"),
+    };
+    if let Err(e) = store.write_doc(side, STATUS_DOC, &bytes).await {
+        warn!(side, error = %e, "cannot write the status record");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_zero_when_current_else_since_the_oldest_unapplied_publish() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let origin = RoleStatus {
+            generation: Some(5),
+            published: vec![
+                Published { generation: 3, time: rfc3339(t0) },
+                Published { generation: 4, time: rfc3339(t0 + Duration::from_secs(60)) },
+                Published { generation: 5, time: rfc3339(t0 + Duration::from_secs(120)) },
+            ],
+            ..RoleStatus::default()
+        };
+        let now = t0 + Duration::from_secs(150);
+        let dest = |g| RoleStatus { generation: Some(g), ..RoleStatus::default() };
+        assert_eq!(dest(5).lag(&origin, now), Some(Duration::ZERO));
+        assert_eq!(dest(4).lag(&origin, now), Some(Duration::from_secs(30)), "generation 5 waits since its publish");
+        assert_eq!(dest(3).lag(&origin, now), Some(Duration::from_secs(90)));
+        assert_eq!(dest(1).lag(&origin, now), Some(Duration::from_secs(150)), "trimmed: the oldest kept");
+    }
+
+    #[test]
+    fn the_origin_keeps_recent_publish_times() {
+        let mut s = RoleStatus::new("origin", None);
+        for g in 1..=100 {
+            s.origin_cycle(SystemTime::now(), Ok((10, Some(g), true)));
+        }
+        s.origin_cycle(SystemTime::now(), Ok((10, Some(100), false)));
+        assert_eq!(s.published.len(), PUBLISHED_KEPT);
+        assert_eq!(s.published.last().map(|p| p.generation), Some(100));
+        s.origin_cycle(SystemTime::now(), Err("listing failed"));
+        assert_eq!(s.last_cycle.as_ref().map(|c| c.outcome.as_str()), Some("failed"));
+        assert!(s.last_success.is_some());
+    }
+}
