@@ -144,6 +144,43 @@ pub struct Preview {
     pub refusals: Vec<Refusal>,
 }
 
+impl Preview {
+    /// The plan as `vsync plan` prints it: one line per action, then what would stop a cycle.
+    pub fn human(&self, name: &str) -> String {
+        use std::fmt::Write as _;
+        let plan = &self.cycle.plan;
+        let mut out = String::new();
+        for key in &plan.failed {
+            let _ = writeln!(out, "FAIL   {key}: its path could not be mapped (see the log)");
+        }
+        for action in plan.writes.iter().chain(plan.removals.iter()) {
+            let _ = match action {
+                Action::CopyV2 { key, version, target, reason } => writeln!(out, "copy   {key} v{version} -> {target} ({reason:?})"),
+                Action::ExactV2 { key, target, reason } => {
+                    let what = self.exact.get(key).map_or_else(|| "changed at the origin since the scan, next cycle".to_owned(), Inspected::summary);
+                    writeln!(out, "exact  {key} -> {target} ({reason:?}): {what}")
+                }
+                Action::SyncV1 { key, target } => writeln!(out, "check  {key} -> {target} (kv1)"),
+                Action::Record { key, .. } => writeln!(out, "record {key} (metadata only or no live version)"),
+                Action::Delete { target, .. } => writeln!(out, "delete {target}"),
+                Action::SoftDelete { target, .. } => writeln!(out, "soft-delete {target}"),
+                Action::Forget { key } => writeln!(out, "forget {key}"),
+            };
+        }
+        for refusal in &self.refusals {
+            let _ = writeln!(out, "STOP   a cycle would stop here: {refusal}");
+        }
+        let _ = writeln!(
+            out,
+            "plan for `{name}`: {} write(s), {} removal(s), {} unchanged",
+            plan.writes.len(),
+            plan.removals.len(),
+            plan.unchanged
+        );
+        out
+    }
+}
+
 /// Loads a destination's info, re-bucketed to the origin's layout.
 pub async fn load_info(store: &StateStore, name: &str, bucket_count: u32) -> Result<DestInfo, Fault> {
     load_versioned(store, name, bucket_count).await.map(|(info, _)| info)

@@ -52,6 +52,31 @@ pub enum Inspected {
 }
 
 impl Inspected {
+    /// What replicating the key takes, for `vsync plan`.
+    pub fn summary(&self) -> String {
+        let Inspected::Plan { plan, dest_exists, .. } = self else {
+            return "changed at the origin since the scan, next cycle".into();
+        };
+        if plan.adopt_if_equal.is_some() {
+            return "already exact, adopted without a write".into();
+        }
+        let mut parts = Vec::new();
+        if let Some(reason) = plan.rebuild.filter(|_| *dest_exists) {
+            parts.push(format!("REBUILD ({reason:?}: the destination key is deleted, then rewritten)"));
+        }
+        if !plan.writes.is_empty() {
+            parts.push(format!("{} version write(s)", plan.writes.len()));
+        }
+        let flags = plan.destroy.len() + plan.delete.len() + plan.undelete.len();
+        if flags > 0 {
+            parts.push(format!("{flags} flag change(s)"));
+        }
+        if plan.settings.is_some() {
+            parts.push("settings".into());
+        }
+        if parts.is_empty() { "nothing".into() } else { parts.join(", ") }
+    }
+
     /// Whether this deletes an existing destination key (counted by the mass-delete guard).
     pub fn rebuilds_existing(&self) -> bool {
         matches!(self, Inspected::Plan { plan, dest_exists: true, .. } if plan.rebuild.is_some())

@@ -55,6 +55,18 @@ pub fn destination(mounts: &[(String, KvVersion)], versions: VersionsMode) -> St
     out
 }
 
+/// Each mount's KV version, read from the Vault (sorted, without duplicates).
+pub async fn mount_kinds(client: &vsync_vault::VaultClient, mut mounts: Vec<String>) -> Result<Vec<(String, KvVersion)>, crate::Fault> {
+    mounts.sort();
+    mounts.dedup();
+    let mut out = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let info = client.mount_info(&m).await.map_err(|e| crate::Fault::vault(format!("mount `{m}`"), e))?;
+        out.push((m, info.kind));
+    }
+    Ok(out)
+}
+
 const FOOTER: &str = "# Token renewal (auth/token/renew-self, lookup-self) comes with Vault's `default` policy.\n";
 
 #[cfg(test)]

@@ -176,6 +176,76 @@ impl RoleStatus {
     }
 }
 
+/// What `vsync status` shows.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// The origin's record.
+    pub origin: Option<RoleStatus>,
+    /// Each destination's.
+    pub destinations: Vec<DestinationStatus>,
+    /// Destinations over the allowed lag (or without a record) when a limit was given.
+    pub lagging: Vec<String>,
+}
+
+impl StatusReport {
+    /// One line per role.
+    pub fn human(&self) -> String {
+        let line = |role: &str, r: &Option<RoleStatus>| match r {
+            None => format!("{role}: no status recorded yet"),
+            Some(r) => {
+                let cycle = r.last_cycle.as_ref().map_or("no cycle yet".to_owned(), |c| {
+                    let error = c.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
+                    format!("last cycle {} .. {}: {}{error}", c.started, c.ended, c.outcome)
+                });
+                format!(
+                    "{role}: {cycle}; last success {}; generation {}; writer {}",
+                    r.last_success.as_deref().unwrap_or("never"),
+                    r.generation.map_or("-".to_owned(), |g| g.to_string()),
+                    r.writer
+                )
+            }
+        };
+        let mut out = line("origin", &self.origin) + "\n";
+        for d in &self.destinations {
+            let lag = d
+                .lag_seconds
+                .map_or("unknown".to_owned(), |l| humantime::format_duration(Duration::from_secs(l as u64)).to_string());
+            out.push_str(&format!("{}; lag {lag}\n", line(&format!("destination {}", d.name), &d.status)));
+        }
+        out
+    }
+}
+
+/// One destination in a [`StatusReport`].
+#[derive(Debug, Serialize)]
+pub struct DestinationStatus {
+    /// Its name.
+    pub name: String,
+    /// Its record.
+    pub status: Option<RoleStatus>,
+    /// Its lag behind the origin, when both records exist.
+    pub lag_seconds: Option<f64>,
+}
+
+/// Reads every role's record and computes each destination's lag at `now`; with `max_lag`,
+/// names the destinations over it (a destination that never recorded a cycle is over it).
+pub async fn report(origin_store: &StateStore, destinations: &[(String, StateStore)], max_lag: Option<Duration>, now: SystemTime) -> StatusReport {
+    let origin = read(origin_store, crate::origin::ORIGIN_SIDE).await;
+    let mut out = StatusReport { origin, destinations: Vec::new(), lagging: Vec::new() };
+    for (name, store) in destinations {
+        let status = read(store, &crate::destination::side_name(name)).await;
+        let lag = match (&status, &out.origin) {
+            (Some(r), Some(o)) => r.lag(o, now),
+            _ => None,
+        };
+        if max_lag.is_some_and(|max| lag.is_none_or(|l| l > max)) {
+            out.lagging.push(name.clone());
+        }
+        out.destinations.push(DestinationStatus { name: name.clone(), status, lag_seconds: lag.map(|l| l.as_secs_f64()) });
+    }
+    out
+}
+
 /// Reads a side's status record.
 pub async fn read(store: &StateStore, side: &str) -> Option<RoleStatus> {
     let bytes = store.read_doc(side, STATUS_DOC).await.ok()??;

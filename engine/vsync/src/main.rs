@@ -15,9 +15,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info};
 use vsync_config::{Config, LogFormat};
-use vsync_core::{Action, CycleFlags, PathMapper};
+use vsync_core::{CycleFlags, PathMapper};
 use vsync_engine::{Alerter, Destination, Ended, Engine, Event, Publisher, Role, RunOptions, Tripwire};
-use vsync_state::{Holder, LockOptions, StateStore, StoreLock};
 
 use crate::compose::Parts;
 
@@ -324,72 +323,6 @@ async fn check(config: &Config) -> Outcome {
     }
 }
 
-/// How the side locks are taken: the defaults (`vsync_state::lock`), unless the
-/// `VSYNC_TEST_LOCK_TIMING=<ttl>,<lock-delay>` environment variable shortens them. That variable
-/// exists for the HA end-to-end tests only (a real Consul refuses TTLs under 10 s anyway); it is
-/// deliberately not a config key and not documented for operators.
-fn lock_options() -> Result<LockOptions, Failure> {
-    let mut options = LockOptions::default();
-    if let Ok(timing) = std::env::var("VSYNC_TEST_LOCK_TIMING") {
-        let parsed = timing
-            .split_once(',')
-            .and_then(|(t, d)| Some((humantime::parse_duration(t.trim()).ok()?, humantime::parse_duration(d.trim()).ok()?)));
-        let Some((ttl, lock_delay)) = parsed else {
-            return Err(config_error(anyhow::anyhow!("VSYNC_TEST_LOCK_TIMING must be `<ttl>,<lock-delay>`, e.g. `1s,1s`")));
-        };
-        options.ttl = ttl;
-        options.lock_delay = lock_delay;
-    }
-    Ok(options)
-}
-
-/// Takes the lock of `side`. On Consul, while another process holds it, this one is a hot
-/// standby: it logs who holds the lock and waits (with `once`, at most `once_limit`, then fails
-/// naming the holder). `Ok(None)`: a signal ended the wait.
-async fn take_lock(
-    store: &StateStore,
-    side: &str,
-    options: &LockOptions,
-    once_limit: Option<Duration>,
-    shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
-) -> Result<Option<StoreLock>, Failure> {
-    let last = std::sync::Mutex::new(None::<Holder>);
-    let mut on_wait = |h: &Holder| {
-        info!(side, "standby: {h}; this process waits as a hot standby and takes over when that session ends");
-        if let Ok(mut l) = last.lock() {
-            *l = Some(h.clone());
-        }
-    };
-    let acquire = store.lock_side_with(side, options, &mut on_wait);
-    let limited = async {
-        match once_limit {
-            Some(limit) => tokio::time::timeout(limit, acquire).await.ok(),
-            None => Some(acquire.await),
-        }
-    };
-    let taken = tokio::select! {
-        taken = limited => taken,
-        () = &mut *shutdown => return Ok(None),
-    };
-    let waited = last.lock().ok().and_then(|l| l.clone());
-    match taken {
-        Some(Ok(lock)) => {
-            if waited.is_some() {
-                info!(side, lock = %lock.describe(), "took over side `{side}`: this process is its writer now");
-            }
-            Ok(Some(lock))
-        }
-        Some(Err(e)) => Err(fatal(anyhow::Error::new(e).context(format!("cannot take the lock of side `{side}`")))),
-        None => {
-            let limit = once_limit.unwrap_or_default();
-            let who = waited.map_or_else(|| format!("the lock of side `{side}` could not be taken"), |h| h.to_string());
-            Err(fatal(anyhow::anyhow!(
-                "side `{side}`: {who}; gave up after {limit:?} (with --once a standby waits at most the role's `timeout`)"
-            )))
-        }
-    }
-}
-
 /// `vsync origin`, `vsync destination`, `vsync run`: builds the parts once, checks them, takes
 /// the sides' locks (waiting as a standby on Consul while another instance holds one), and
 /// hands them to the engine's role loop.
@@ -400,8 +333,8 @@ async fn run_role(
     plugins_dir: Option<&Path>,
     options: RunOptions,
 ) -> Outcome {
-    let mut shutdown = Box::pin(shutdown_signal());
-    let lock_options = lock_options()?;
+    let mut shutdown = Box::pin(vsync_engine::signals::shutdown());
+    let lock_options = vsync_engine::locks::options_from_env().map_err(|f| config_error(anyhow::anyhow!(f.message)))?;
     let publishes = role != Role::Destination;
     let digest_key = match publishes {
         true => digest_key(config)?,
@@ -431,7 +364,7 @@ async fn run_role(
     let publisher = match publishes {
         true => {
             let limit = once_limit(parts.origin_spec.timeout);
-            let Some(lock) = take_lock(origin_store, vsync_engine::ORIGIN_SIDE, &lock_options, limit, &mut shutdown).await? else {
+            let Some(lock) = vsync_engine::locks::take(origin_store, vsync_engine::ORIGIN_SIDE, &lock_options, limit, &mut shutdown).await.map_err(|f| fatal(anyhow::anyhow!(f.message)))? else {
                 return Ok(ExitCode::SUCCESS);
             };
             Some(Publisher { spec: parts.origin_spec.clone(), lock, digest_key })
@@ -443,7 +376,7 @@ async fn run_role(
         let vault = d.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
         let store = d.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
         let side = vsync_engine::side_name(&d.spec.name);
-        let Some(lock) = take_lock(store, &side, &lock_options, once_limit(d.spec.timeout), &mut shutdown).await? else {
+        let Some(lock) = vsync_engine::locks::take(store, &side, &lock_options, once_limit(d.spec.timeout), &mut shutdown).await.map_err(|f| fatal(anyhow::anyhow!(f.message)))? else {
             // Stopped while waiting: give up what is held already, so its standby takes over now.
             for l in publisher.map(|p| p.lock).into_iter().chain(destinations.into_iter().map(|d: Destination| d.lock)) {
                 l.release().await;
@@ -495,92 +428,24 @@ fn print_event(event: &Event<'_>) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM. The handlers are installed now, so a signal that arrives
-/// while the parts are being built is not lost.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        info!("signal received: stopping (nothing partial is committed)");
-        let _ = tx.send(());
-    });
-    async move {
-        // A dropped sender means the signal task is gone: never resolve for that.
-        if rx.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
 
 /// `vsync status`: the records each role writes per cycle, and each destination's lag.
 async fn status(config: &Config, format: &str, max_lag: Option<Duration>) -> Outcome {
-    use vsync_engine::status::{self, RoleStatus};
+    use vsync_engine::status;
     let origin_store = compose::state_store("origin", &config.origin.state).map_err(config_error)?;
-    let origin = status::read(&origin_store, vsync_engine::ORIGIN_SIDE).await;
-    let now = std::time::SystemTime::now();
-    let mut rows: Vec<(String, Option<RoleStatus>, Option<Duration>)> = Vec::new();
+    let mut stores = Vec::new();
     for d in &config.destinations {
-        let store = compose::state_store(&format!("destination {}", d.name), &d.state).map_err(config_error)?;
-        let record = status::read(&store, &vsync_engine::side_name(&d.name)).await;
-        let lag = match (&record, &origin) {
-            (Some(r), Some(o)) => r.lag(o, now),
-            _ => None,
-        };
-        rows.push((d.name.clone(), record, lag));
+        stores.push((d.name.clone(), compose::state_store(&format!("destination {}", d.name), &d.state).map_err(config_error)?));
     }
-    let lagging: Vec<&str> = rows
-        .iter()
-        .filter(|(_, r, lag)| max_lag.is_some_and(|max| r.is_none() || lag.is_none_or(|l| l > max)))
-        .map(|(n, ..)| n.as_str())
-        .collect();
+    let report = status::report(&origin_store, &stores, max_lag, std::time::SystemTime::now()).await;
     if format == "json" {
-        let destinations: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(name, r, lag)| serde_json::json!({ "name": name, "status": r, "lag_seconds": lag.map(|l| l.as_secs_f64()) }))
-            .collect();
-        let doc = serde_json::json!({ "origin": origin, "destinations": destinations, "lagging": lagging });
-        println!("{}", serde_json::to_string_pretty(&doc).map_err(fatal)?);
+        println!("{}", serde_json::to_string_pretty(&report).map_err(fatal)?);
     } else {
-        let line = |role: &str, r: &Option<RoleStatus>| match r {
-            None => format!("{role}: no status recorded yet"),
-            Some(r) => {
-                let cycle = r.last_cycle.as_ref().map_or("no cycle yet".to_owned(), |c| {
-                    format!("last cycle {} .. {}: {}{}", c.started, c.ended, c.outcome, c.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())
-                });
-                format!(
-                    "{role}: {cycle}; last success {}; generation {}; writer {}",
-                    r.last_success.as_deref().unwrap_or("never"),
-                    r.generation.map_or("-".to_owned(), |g| g.to_string()),
-                    r.writer
-                )
-            }
-        };
-        println!("{}", line("origin", &origin));
-        for (name, r, lag) in &rows {
-            let lag = lag.map_or("unknown".to_owned(), |l| humantime::format_duration(Duration::from_secs(l.as_secs())).to_string());
-            println!("{}; lag {lag}", line(&format!("destination {name}"), r));
-        }
+        print!("{}", report.human());
     }
-    if !lagging.is_empty() {
-        eprintln!("error: destination(s) lagging more than the allowed {}: {}", humantime::format_duration(max_lag.unwrap_or_default()), lagging.join(", "));
+    if !report.lagging.is_empty() {
+        let allowed = humantime::format_duration(max_lag.unwrap_or_default());
+        eprintln!("error: destination(s) lagging more than the allowed {allowed}: {}", report.lagging.join(", "));
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -590,28 +455,14 @@ async fn status(config: &Config, format: &str, max_lag: Option<Duration>) -> Out
 async fn policy(config: &Config, role: PolicyRole) -> Outcome {
     let kinds = |side: String, settings: vsync_config::VaultSettings, mounts: Vec<String>| async move {
         let client = compose::vault_login(&side, &settings).await.map_err(fatal)?.0;
-        let mut out = Vec::new();
-        for m in mounts {
-            let info = client
-                .mount_info(&m)
-                .await
-                .map_err(|e| fatal(anyhow::anyhow!("{side}: mount `{m}`: {e}")))?;
-            out.push((m, info.kind));
-        }
-        Ok::<_, Failure>(out)
+        vsync_engine::policy::mount_kinds(&client, mounts).await.map_err(|f| fatal(anyhow::anyhow!("{side}: {}", f.message)))
     };
     let text = match role {
-        PolicyRole::Origin => {
-            let mounts = config.origin_spec().mounts;
-            vsync_engine::policy::origin(&kinds("origin".into(), config.origin.vault.clone(), mounts).await?)
-        }
+        PolicyRole::Origin => vsync_engine::policy::origin(&kinds("origin".into(), config.origin.vault.clone(), config.origin_spec().mounts).await?),
         PolicyRole::Destination { name } => {
             let d = destination(config, &name)?;
-            let mut mounts: Vec<String> = d.spec().mounts.into_values().collect();
-            mounts.sort();
-            mounts.dedup();
-            let found = kinds(format!("destination {name}"), d.vault.clone(), mounts).await?;
-            vsync_engine::policy::destination(&found, d.versions)
+            let mounts = d.spec().mounts.into_values().collect();
+            vsync_engine::policy::destination(&kinds(format!("destination {name}"), d.vault.clone(), mounts).await?, d.versions)
         }
     };
     print!("{text}");
@@ -654,32 +505,6 @@ async fn verify(config: &Config, name: &str, repair: bool, data: bool) -> Outcom
         println!("repair requested: the next cycle of `{name}` rebuilds {} key(s)", report.drifted.len());
     }
     Ok(ExitCode::from(1))
-}
-
-/// What replicating one key exactly takes, for `vsync plan`.
-fn exact_summary(inspected: Option<&vsync_engine::exact::Inspected>) -> String {
-    use vsync_engine::exact::Inspected;
-    let Some(Inspected::Plan { plan, dest_exists, .. }) = inspected else {
-        return ": changed at the origin since the scan, next cycle".into();
-    };
-    if plan.adopt_if_equal.is_some() {
-        return ": already exact, adopted without a write".into();
-    }
-    let mut parts = Vec::new();
-    if let Some(reason) = plan.rebuild.filter(|_| *dest_exists) {
-        parts.push(format!("REBUILD ({reason:?}: the destination key is deleted, then rewritten)"));
-    }
-    if !plan.writes.is_empty() {
-        parts.push(format!("{} version write(s)", plan.writes.len()));
-    }
-    let flags = plan.destroy.len() + plan.delete.len() + plan.undelete.len();
-    if flags > 0 {
-        parts.push(format!("{flags} flag change(s)"));
-    }
-    if plan.settings.is_some() {
-        parts.push("settings".into());
-    }
-    format!(": {}", if parts.is_empty() { "nothing".into() } else { parts.join(", ") })
 }
 
 fn validate(config: &Config) -> Outcome {
@@ -726,29 +551,6 @@ async fn plan(config: &Config, name: &str) -> Outcome {
     let preview = vsync_engine::preview(&part.spec, store, paths, &origin_vault.client, &vault.client, &info)
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
-    let plan = &preview.cycle.plan;
-    for key in &plan.failed {
-        println!("FAIL   {key}: its path could not be mapped (see the log)");
-    }
-    for action in plan.writes.iter().chain(plan.removals.iter()) {
-        match action {
-            Action::CopyV2 { key, version, target, reason } => println!("copy   {key} v{version} -> {target} ({reason:?})"),
-            Action::ExactV2 { key, target, reason } => println!("exact  {key} -> {target} ({reason:?}){}", exact_summary(preview.exact.get(key))),
-            Action::SyncV1 { key, target } => println!("check  {key} -> {target} (kv1)"),
-            Action::Record { key, .. } => println!("record {key} (metadata only or no live version)"),
-            Action::Delete { target, .. } => println!("delete {target}"),
-            Action::SoftDelete { target, .. } => println!("soft-delete {target}"),
-            Action::Forget { key } => println!("forget {key}"),
-        }
-    }
-    for refusal in &preview.refusals {
-        println!("STOP   a cycle would stop here: {refusal}");
-    }
-    println!(
-        "plan for `{name}`: {} write(s), {} removal(s), {} unchanged",
-        plan.writes.len(),
-        plan.removals.len(),
-        plan.unchanged
-    );
+    print!("{}", preview.human(name));
     Ok(ExitCode::SUCCESS)
 }
