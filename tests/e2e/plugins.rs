@@ -100,7 +100,9 @@ async fn bad_plugins_fail_their_paths_and_the_rest_still_syncs() {
         dir.path(),
         &a,
         &b,
-        r#"transforms = [ { plugin = "looper" }, { plugin = "bomb" }, { plugin = "panicky" } ]"#,
+        // A generous call limit: the memory bomb must meet the memory limit, not the clock, on
+        // a loaded CI machine (the loop meets the clock either way).
+        "transforms = [ { plugin = \"looper\" }, { plugin = \"bomb\" }, { plugin = \"panicky\" } ]\n[plugins]\ncall_timeout = \"2s\"",
     );
     let out = Command::new(env!("CARGO_BIN_EXE_vsync"))
         .arg("--config").arg(&cfg).args(["run", "--once", "--plugins"]).arg(&plugins)

@@ -469,17 +469,37 @@ async fn policy(config: &Config, role: PolicyRole) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the read-only commands of one destination (`plan`, `verify`) use: its parts and its
+/// plugin stack; no lock is taken, so they run beside the role.
+struct OneDestination {
+    parts: Parts,
+    mapper: Option<Box<dyn PathMapper>>,
+}
+
+impl OneDestination {
+    async fn build(config: &Config, name: &str) -> Result<Self, Failure> {
+        let d = destination(config, name)?;
+        let mapper = mappers(config, &[d], None)?.pop().flatten();
+        Ok(Self { parts: Parts::build(config, [d]).await, mapper })
+    }
+
+    /// The origin Vault, the destination Vault and the destination's store.
+    fn parts(&self) -> Result<(vsync_vault::VaultClient, vsync_vault::VaultClient, vsync_state::StateStore), Failure> {
+        let origin = self.parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+        let part = &self.parts.destinations[0];
+        let store = part.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
+        let vault = part.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+        Ok((origin.client.clone(), vault.client.clone(), store.clone()))
+    }
+}
+
 /// `vsync verify --name NAME [--repair] [--data]`: reads both Vaults, never writes to them.
 async fn verify(config: &Config, name: &str, repair: bool, data: bool) -> Outcome {
-    let d = destination(config, name)?;
-    let mut mapper = mappers(config, &[d], None)?.pop().flatten();
-    let parts = Parts::build(config, [d]).await;
-    let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
-    let part = &parts.destinations[0];
-    let store = part.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
-    let vault = part.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
-    let paths = mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
-    let report = vsync_engine::verify::verify(&origin_vault.client, &parts.origin_spec.mounts, &part.spec, &vault.client, store, paths, data)
+    let mut one = OneDestination::build(config, name).await?;
+    let (origin_vault, vault, store) = one.parts()?;
+    let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
+    let (spec, mounts) = (&one.parts.destinations[0].spec, &one.parts.origin_spec.mounts);
+    let report = vsync_engine::verify::verify(&origin_vault, mounts, spec, &vault, &store, paths, data)
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     for drift in &report.drifted {
@@ -499,7 +519,7 @@ async fn verify(config: &Config, name: &str, repair: bool, data: bool) -> Outcom
     }
     if repair {
         let keys = report.drifted.iter().map(|d| d.key.clone()).collect();
-        vsync_engine::verify::request_repair(store, name, keys)
+        vsync_engine::verify::request_repair(&store, name, keys)
             .await
             .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
         println!("repair requested: the next cycle of `{name}` rebuilds {} key(s)", report.drifted.len());
@@ -535,20 +555,15 @@ fn plugin_validate(config: Option<&Config>, dir: &Path, format: &str) -> Outcome
 
 /// `vsync plan --name NAME`: what a cycle would do, touching neither Vault.
 async fn plan(config: &Config, name: &str) -> Outcome {
-    let d = destination(config, name)?;
     let key = digest_key(config)?;
-    let mut mapper = mappers(config, &[d], None)?.pop().flatten();
-    let parts = Parts::build(config, [d]).await;
-    let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
-    let part = &parts.destinations[0];
-    let store = part.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
-    let vault = part.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
-    let info = vsync_engine::origin::scan(&origin_vault.client, &parts.origin_spec, key.as_deref())
+    let mut one = OneDestination::build(config, name).await?;
+    let (origin_vault, vault, store) = one.parts()?;
+    let info = vsync_engine::origin::scan(&origin_vault, &one.parts.origin_spec, key.as_deref())
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     // `plan` only reads: the destination's side is not locked, so it runs beside the role.
-    let paths = mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
-    let preview = vsync_engine::preview(&part.spec, store, paths, &origin_vault.client, &vault.client, &info)
+    let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
+    let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info)
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     print!("{}", preview.human(name));
