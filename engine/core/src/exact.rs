@@ -25,6 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// in the same cycle, as the origin's version is.
 pub const PLACEHOLDER: &str = r#"{"vsync_placeholder":"this version is not readable at the origin"}"#;
 
+/// What a KV v2 key keeps when neither it nor its mount sets `max_versions`.
+pub const DEFAULT_MAX_VERSIONS: u64 = 10;
+
 /// Settings of a KV v2 key that vsync copies.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeySettings {
@@ -208,12 +211,20 @@ fn catch_up(origin: &KeyMeta, dest: Option<&KeyMeta>, placeholders: &[u64]) -> K
     let mut after: BTreeMap<u64, VersionFlags> = dest.map(|d| d.versions.clone()).unwrap_or_default();
     let mut holders: BTreeSet<u64> = placeholders.iter().copied().collect();
     let mut settings_changed = false;
+    // A new key starts with the server's defaults: no max_versions of its own (the mount's 0
+    // means 10), no cas_required, delete_version_after 0s.
+    let defaults = KeySettings { delete_version_after: "0s".into(), ..KeySettings::default() };
     if c > dcur {
         // Keep exactly the origin's window while catching up: versions below `oldest` are
         // pruned by the writes themselves. oldest 0 means never pruned.
         let window = if origin.oldest_version >= 1 { c - origin.oldest_version + 1 } else { c + 1 };
-        plan.window = Some(window);
-        settings_changed = true;
+        // A new key whose default retention (10) prunes exactly as the origin did needs no
+        // window write: most keys, whose few versions were never pruned.
+        let default_fits = if origin.oldest_version == 0 { c < DEFAULT_MAX_VERSIONS } else { window == DEFAULT_MAX_VERSIONS };
+        if dest.is_some() || !default_fits {
+            plan.window = Some(window);
+            settings_changed = true;
+        }
         for v in dcur + 1..=c {
             let source = match origin.versions.get(&v) {
                 Some(f) if f.live() => VersionSource::Origin,
@@ -239,8 +250,10 @@ fn catch_up(origin: &KeyMeta, dest: Option<&KeyMeta>, placeholders: &[u64]) -> K
             plan.undelete.push(*v);
         }
     }
-    let dest_settings = dest.map(|d| &d.settings);
-    if settings_changed || dest_settings != Some(&origin.settings) {
+    let dest_settings = dest.map_or(&defaults, |d| &d.settings);
+    // A key with metadata only is created by its settings write, whatever they are.
+    let creates_nothing = dest.is_none() && plan.writes.is_empty();
+    if settings_changed || creates_nothing || *dest_settings != origin.settings {
         plan.settings = Some(origin.settings.clone());
     }
     holders.retain(|v| after.contains_key(v));
@@ -275,7 +288,11 @@ mod tests {
     fn execute(dest: Option<&KeyMeta>, plan: &KeyPlan, origin: &KeyMeta) -> KeyMeta {
         let mut d = match (dest, plan.rebuild) {
             (Some(d), None) => d.clone(),
-            _ => KeyMeta { created_time: "dst".into(), ..KeyMeta::default() },
+            _ => KeyMeta {
+                created_time: "dst".into(),
+                settings: KeySettings { delete_version_after: "0s".into(), ..KeySettings::default() },
+                ..KeyMeta::default()
+            },
         };
         if let Some(w) = plan.window {
             d.settings.max_versions = w;
@@ -334,7 +351,7 @@ mod tests {
         // S3: 3 writes, oldest 0.
         let origin = meta(1, 3, 0, &[]);
         let (plan, dest) = converges(&origin, None, None);
-        assert_eq!(plan.window, Some(4));
+        assert_eq!((plan.window, plan.settings.is_some()), (None, false), "a new key's defaults already fit");
         // S6: destination had 6..10, origin now 18..22 (max 5): 12 writes.
         let mut before = meta(6, 10, 6, &[]);
         before.settings.max_versions = 5;
@@ -396,6 +413,9 @@ mod tests {
         origin.settings.max_versions = 7;
         let (plan, _) = converges(&origin, None, None);
         assert_eq!((plan.data_writes(), plan.settings.is_some()), (0, true));
+        // A metadata-only key with default settings still gets created (by its settings write).
+        let bare = meta(1, 0, 0, &[]);
+        assert!(plan_key(&bare, None, None).settings.is_some());
         // S13: current 300, key max 5.
         let mut origin = meta(296, 300, 296, &[]);
         origin.settings.max_versions = 5;
