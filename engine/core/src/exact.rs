@@ -89,6 +89,8 @@ pub struct KeyState<'a> {
     pub origin_created_time: &'a str,
     /// Destination versions that hold a placeholder.
     pub placeholders: &'a [u64],
+    /// The `current_version` vsync left the destination key at.
+    pub written_version: u64,
 }
 
 /// Where a written version's data comes from.
@@ -181,6 +183,11 @@ pub fn plan_key(origin: &KeyMeta, dest: Option<&KeyMeta>, state: Option<KeyState
     }
     if dm.current_version > origin.current_version {
         return plan_rebuild(origin, RebuildReason::Ahead);
+    }
+    // Someone else wrote (or removed) versions since vsync did: a version with the origin's
+    // number may hold other data, which no metadata shows.
+    if dm.current_version != state.written_version {
+        return plan_rebuild(origin, RebuildReason::Diverged);
     }
     if state
         .placeholders
@@ -329,7 +336,7 @@ mod tests {
         let plan = plan_key(origin, dest, state);
         let after = execute(dest, &plan, origin);
         assert!(origin.same_replica(&after), "not exact:\norigin {origin:?}\ndest   {after:?}\nplan {plan:?}");
-        let again = plan_key(origin, Some(&after), Some(KeyState { origin_created_time: &origin.created_time, placeholders: &plan.placeholders }));
+        let again = plan_key(origin, Some(&after), Some(KeyState { origin_created_time: &origin.created_time, placeholders: &plan.placeholders, written_version: after.current_version }));
         assert!(again.is_empty(), "a second plan must do nothing: {again:?}");
         (plan, after)
     }
@@ -357,7 +364,7 @@ mod tests {
         before.settings.max_versions = 5;
         let mut now = meta(18, 22, 18, &[]);
         now.settings.max_versions = 5;
-        let state = KeyState { origin_created_time: "t1", placeholders: &[] };
+        let state = KeyState { origin_created_time: "t1", placeholders: &[], written_version: 10 };
         let (plan, _) = converges(&now, Some(&before), Some(state));
         assert_eq!(plan.data_writes(), 12);
         assert!(plan.writes.iter().take(7).all(|(_, s)| *s == VersionSource::Placeholder), "11..17 were never seen");
@@ -366,7 +373,7 @@ mod tests {
 
     #[test]
     fn recreated_ahead_and_undeleted_placeholders_rebuild() {
-        let state = KeyState { origin_created_time: "t1", placeholders: &[] };
+        let state = KeyState { origin_created_time: "t1", placeholders: &[], written_version: 5 };
         let dest = meta(1, 5, 0, &[]);
         // S7b: re-created with more versions: only created_time tells.
         let mut origin = meta(1, 7, 0, &[]);
@@ -380,17 +387,26 @@ mod tests {
         let origin = meta(1, 3, 0, &[]);
         let mut dest = meta(1, 3, 0, &[(2, DELETED)]);
         dest.settings = origin.settings.clone();
-        let state = KeyState { origin_created_time: "t1", placeholders: &[2] };
+        let state = KeyState { origin_created_time: "t1", placeholders: &[2], written_version: 3 };
         let (plan, _) = converges(&origin, Some(&dest), Some(state));
         assert_eq!(plan.rebuild, Some(RebuildReason::PlaceholderUndeleted));
         assert_eq!(plan.data_writes(), 3);
     }
 
     #[test]
+    fn versions_written_by_someone_else_rebuild_even_at_the_origins_number() {
+        // vsync left v1; someone wrote v2 at the destination; the origin also reached v2.
+        let origin = meta(1, 2, 0, &[]);
+        let dest = meta(1, 2, 0, &[]);
+        let state = KeyState { origin_created_time: "t1", placeholders: &[], written_version: 1 };
+        assert_eq!(plan_key(&origin, Some(&dest), Some(state)).rebuild, Some(RebuildReason::Diverged));
+    }
+
+    #[test]
     fn flags_and_settings_cost_no_data_writes() {
         let origin = meta(1, 3, 0, &[]);
         let (_, dest) = converges(&origin, None, None);
-        let state = KeyState { origin_created_time: "t1", placeholders: &[] };
+        let state = KeyState { origin_created_time: "t1", placeholders: &[], written_version: 3 };
         // Soft delete, destroy and a custom_metadata change at the origin.
         let mut changed = meta(1, 3, 0, &[(3, DELETED), (1, DESTROYED)]);
         changed.settings.custom_metadata.insert("owner".into(), "x".into());

@@ -113,8 +113,12 @@ pub async fn inspect(
     let dest_meta = dm.as_ref().map(|m| key_meta(m, now));
     let state = known
         .filter(|k| k.target == *target)
-        .and_then(|k| k.exact.as_ref().map(|e| (k.origin.created_time.as_str(), e.placeholders.as_slice())))
-        .map(|(created, placeholders)| KeyState { origin_created_time: created, placeholders });
+        .and_then(|k| k.exact.as_ref().map(|e| (k, e)))
+        .map(|(k, e)| KeyState {
+            origin_created_time: &k.origin.created_time,
+            placeholders: &e.placeholders,
+            written_version: k.origin.current_version,
+        });
     let mut plan = exact::plan_key(&origin_meta, dest_meta.as_ref(), state);
     if let Some(live) = plan.adopt_if_equal.clone() {
         for v in live {

@@ -393,3 +393,31 @@ async fn model_destination_contents_equal_the_mapped_origin_after_every_cycle() 
     }
     eprintln!("model: {sequences} seeds x 2 modes, {cycles} cycles, destination equal to the mapped origin after each");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unreachable_destination_does_not_starve_the_others_in_run() {
+    // Issue 10 item 6: in `vsync run`, each destination's cycle runs and settles on its own.
+    let (a, b) = (Bao::dev(), Bao::dev());
+    let (ca, cb) = (client(&a), client(&b));
+    ca.write_version("secret/", "x", &data(json!({"v": 1})), 0).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::File(FileStore::open(dir.path()).unwrap());
+    let dead = VaultClient::new(VaultConfig::new("http://127.0.0.1:1", Token::new(DEV_ROOT_TOKEN))).unwrap();
+    let mut down = dest_spec(&[("secret/", "secret/")]);
+    down.name = "down".into();
+    let engine = Engine {
+        role: Role::Run,
+        origin_vault: ca.clone(),
+        origin_store: store.clone(),
+        publisher: Some(Publisher { spec: origin_spec(), lock: store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap(), digest_key: None }),
+        // The unreachable one first: before the fix its failure ended the round.
+        destinations: vec![destination(&store, dead, down).await, destination(&store, cb.clone(), dest_spec(&[("secret/", "secret/")])).await],
+        alerter: Alerter::new(None),
+        tripwire: Tripwire::new(),
+        reporter: Box::new(|_| {}),
+    };
+    let once = RunOptions { once: true, ..Default::default() };
+    let fault = vsync_engine::run(engine, once, std::future::pending()).await.unwrap_err();
+    assert!(fault.message.contains("down") || fault.message.contains("127.0.0.1:1"), "{fault}");
+    assert_eq!(live(&cb, "secret/", "x").await.as_deref(), Some(r#"{"v":1}"#), "the reachable destination still synced");
+}

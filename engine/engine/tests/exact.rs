@@ -403,3 +403,32 @@ async fn request_counts_per_key_stay_what_the_algorithm_promises() {
     assert_eq!(measure[2].1 .1, 0, "metadata only: no data write");
     assert_eq!(measure[3].1 .1, 2, "rebuild: the new key's versions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilds_count_for_the_mass_delete_guard_and_plan_shows_them() {
+    let mut w = world().await;
+    w.dest.spec.max_delete_ratio = 0.5;
+    for i in 0..12 {
+        w.put(&format!("k{i}"), json!({ "v": i })).await;
+    }
+    w.cycle().await;
+    // Someone writes a version of every key at the destination: each must be rebuilt.
+    for i in 0..12 {
+        w.cb.write_version("secret/", &format!("k{i}"), &data(json!({ "v": "hand" })), 1).await.unwrap();
+    }
+    // The origin changes every key too, so the next cycle looks at them.
+    for i in 0..12 {
+        w.put(&format!("k{i}"), json!({ "v": "new" })).await;
+    }
+    let info = origin::scan(&w.ca, &origin_spec(), None).await.unwrap();
+    let preview = vsync_engine::preview(&w.dest.spec, &w.dest.store, None, &w.ca, &w.cb, &info).await.unwrap();
+    let text = preview.human("eu");
+    assert_eq!(text.matches("REBUILD").count(), 12, "{text}");
+    assert!(text.contains("STOP") && text.contains("--allow-mass-delete"), "{text}");
+    let fault = w.dest.cycle(&w.ca, &info, CycleFlags::default()).await.unwrap_err();
+    assert_eq!(fault.fatal_cause(), Some(vsync_engine::FatalCause::MassDeleteGuard), "{fault}");
+    let allow = CycleFlags { allow_mass_delete: true, ..Default::default() };
+    let report = w.dest.cycle(&w.ca, &info, allow).await.unwrap();
+    assert_eq!(report.counts.rebuilt, 12, "{report}");
+    w.assert_exact("after the allowed rebuilds").await;
+}
