@@ -8,6 +8,9 @@
 //! - [`fault`]: typed fault classes, decided where an error is created;
 //! - [`check`]: start-up checks on the parts the roles use;
 //! - [`exact`]: executing `versions = "all"` per key; [`verify`]: `vsync verify`;
+//! - [`locks`]: one writer per side (hot standby on Consul); [`tripwire`]: background fatal
+//!   faults; [`signals`]: the SIGINT/SIGTERM shutdown future;
+//! - [`status`]: per-cycle status records and lag; [`policy`]: least-privilege Vault policies;
 //! - [`tokens`]: token renewal and AppRole re-login; [`alert`]: the fatal-error webhook.
 //!
 //! The engine takes runtime specs (`vsync_core::spec`) and reaches the plugins through
