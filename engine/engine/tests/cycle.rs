@@ -8,29 +8,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, OriginSpec, VersionsMode};
+use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, VersionsMode};
 use vsync_engine::{Alerter, Destination, Ended, Engine, FatalCause, Publisher, Role, RunOptions, Tripwire, origin};
 use vsync_state::{FileStore, StateStore};
 use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
-use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
+use vsync_vault::{DataRead, Token, VaultClient, VaultConfig};
 
-fn client(bao: &Bao) -> VaultClient {
-    VaultClient::new(VaultConfig::new(bao.addr(), Token::new(DEV_ROOT_TOKEN))).unwrap()
-}
-
-fn data(v: serde_json::Value) -> SecretData {
-    SecretData::from_json(&v.to_string()).unwrap()
-}
-
-fn origin_spec() -> OriginSpec {
-    OriginSpec {
-        mounts: vec!["secret/".into()],
-        interval: Duration::from_secs(60),
-        timeout: Duration::from_secs(60),
-        workers: 4,
-        buckets: None,
-    }
-}
+mod common;
+use common::{client, data, origin_spec};
 
 fn dest_spec(mounts: &[(&str, &str)]) -> DestinationSpec {
     DestinationSpec {

@@ -11,24 +11,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, OriginSpec, VersionsMode};
+use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, VersionsMode};
 use vsync_engine::exact::key_meta;
 use vsync_engine::{CycleReport, Destination, origin};
 use vsync_state::{FileStore, StateStore};
-use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
-use vsync_vault::{DataRead, MetadataSettings, SecretData, Token, VaultClient, VaultConfig};
+use vsync_test_harness::Bao;
+use vsync_vault::{DataRead, MetadataSettings, VaultClient};
 
-fn client(bao: &Bao) -> VaultClient {
-    VaultClient::new(VaultConfig::new(bao.addr(), Token::new(DEV_ROOT_TOKEN))).unwrap()
-}
-
-fn data(v: serde_json::Value) -> SecretData {
-    SecretData::from_json(&v.to_string()).unwrap()
-}
-
-fn origin_spec() -> OriginSpec {
-    OriginSpec { mounts: vec!["secret/".into()], interval: Duration::from_secs(60), timeout: Duration::from_secs(120), workers: 4, buckets: None }
-}
+mod common;
+use common::{client, data, origin_spec};
 
 fn spec() -> DestinationSpec {
     DestinationSpec {
