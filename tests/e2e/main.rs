@@ -220,6 +220,10 @@ async fn mass_delete_guard_and_origin_mount_recreation_are_fatal() {
     assert!(text(&out).contains("alert webhook"), "the failed alert is logged: {}", text(&out));
     assert!(!text(&out).contains(&hook_secret), "the webhook URL leaked: {}", text(&out));
     assert!(!text(&out).contains('\u{1b}'), "colour codes in a pipe: {}", text(&out));
+    // Off a terminal, logs are one JSON object per line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let json: Vec<serde_json::Value> = stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(json.iter().any(|l| l["level"] == "ERROR"), "{stderr}");
     assert_eq!(versions(&client(&b)).await.len(), 20, "destination untouched");
     let out = run(&["run", "--once", "--allow-mass-delete"]);
     assert!(out.status.success(), "{}", text(&out));

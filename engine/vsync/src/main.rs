@@ -208,7 +208,8 @@ fn init_logging(flag: Option<&str>, config: Option<&Config>) {
         Some(f) => f == "json",
         None => match config.and_then(|c| c.telemetry.log_format) {
             Some(f) => f == LogFormat::Json,
-            None => !std::io::stderr().is_terminal() && std::env::var_os("VSYNC_LOG_JSON").is_some(),
+            // Human for a person at a terminal; one JSON object per line for a log collector.
+            None => !std::io::stderr().is_terminal(),
         },
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VSYNC_LOG")
