@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 use tracing::{error, info, warn};
 use vsync_core::cycle::{self, CycleCounts, CycleFlags, CyclePlan, Records, RemovalOutcome, WriteOutcome};
 use vsync_core::digest::value_hmac;
@@ -374,7 +375,7 @@ impl Destination {
                     _ => write(&oc, &dc, &kinds, &action, scanned, hmac.as_deref().map(Vec::as_slice)).await,
                 };
                 (action, result)
-            });
+            }.in_current_span());
         }
         let mut records = Records::default();
         while let Some(joined) = tasks.join_next().await {
@@ -483,7 +484,7 @@ async fn inspect_all(
             let _permit = limit.acquire_owned().await;
             let result = exact::inspect(&oc, &dc, &key, &target, &scanned, known.as_ref()).await;
             (action, result)
-        });
+        }.in_current_span());
     }
     let (mut found, mut failed) = (HashMap::new(), Vec::new());
     while let Some(joined) = tasks.join_next().await {

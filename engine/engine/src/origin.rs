@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 use tracing::info;
 use vsync_core::digest::{MetadataDigest, value_hmac};
 use vsync_core::info::auto_bucket_count;
@@ -77,7 +78,7 @@ async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option
                             let digest = hmac_key.map(|k| value_hmac(&k, &canonical_json(&v)));
                             (key_of, v1_entry(digest))
                         }))
-                    });
+                    }.in_current_span());
                 }
             }
         }

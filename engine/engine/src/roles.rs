@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 use tracing::{error, info, warn};
 use vsync_core::{CycleFlags, OriginInfo, OriginSpec};
 use vsync_state::{StateStore, StoreLock};
@@ -280,6 +281,12 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
     }
 }
 
+/// A cycle's id in logs: its start time in milliseconds since the epoch (unique per role, and
+/// the same as the `started` of its status record).
+fn cycle_id(started: SystemTime) -> u128 {
+    started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
 /// Alerts a fault that ends the loop and returns it.
 async fn fail(alerter: &Alerter, role: Role, stop: Stop) -> Result<Ended, Fault> {
     alerter.fatal(role.name(), stop.destination.as_deref(), &stop.fault).await;
@@ -336,7 +343,9 @@ async fn round(
                 let info = origin::scan(&engine.origin_vault, &p.spec, p.digest_key.as_deref()).await?;
                 let published = origin::publish(&engine.origin_store, &p.lock, base, &info).await?;
                 Ok::<_, Fault>((info, published))
-            };
+            }
+            // Every log line of the scan carries the role and the cycle id first.
+            .instrument(tracing::info_span!("cycle", role = "origin", cycle = %cycle_id(started)));
             let lost = p.lock.lost();
             let scanned = tokio::select! {
                 r = scanned => r,
@@ -385,7 +394,11 @@ async fn round(
         let timeout = d.spec.timeout;
         let (lost, lost_fault) = (d.lock.lost(), lock_lost(&format!("destination `{name}`"), &d.lock));
         let result = tokio::select! {
-            r = tokio::time::timeout(timeout, d.cycle(&engine.origin_vault, &info, s.flags)) => r.unwrap_or_else(|_| {
+            r = tokio::time::timeout(
+                timeout,
+                d.cycle(&engine.origin_vault, &info, s.flags)
+                    .instrument(tracing::info_span!("cycle", role = "destination", destination = %name, cycle = %cycle_id(started))),
+            ) => r.unwrap_or_else(|_| {
                 Err(Fault::transient(format!(
                     "destination `{name}`: cycle timed out after {timeout:?}; everything it started was cancelled, \
                      nothing committed"
