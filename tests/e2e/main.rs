@@ -11,8 +11,10 @@ use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
 use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
 
 mod ha;
+mod leaks;
 mod plugins;
 mod runtime;
+mod telemetry;
 
 fn vsync(config: &Path, args: &[&str]) -> Output {
     // Relative paths in a config resolve against the working directory: keep them in the
@@ -26,6 +28,21 @@ fn vsync(config: &Path, args: &[&str]) -> Output {
         .env("VSYNC_LOG", "warn")
         .output()
         .unwrap()
+}
+
+/// `GET path` on a loopback port: status and body, or `None` when nothing answers (yet).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }
 
 fn text(out: &Output) -> String {

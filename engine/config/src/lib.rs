@@ -434,10 +434,12 @@ impl Config {
                 "the socket audit device feed is not built yet; remove the key (the origin polls every `interval`)".into(),
             );
         }
-        if self.telemetry.listen.is_some() {
+        if let Some(listen) = &self.telemetry.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
             bad(
                 "telemetry.listen".into(),
-                "the /metrics and /healthz listener is not built yet; remove the key".into(),
+                format!("`{listen}` is not an address with a port, like \"127.0.0.1:9464\" or \"[::1]:9464\""),
             );
         }
         if self.plugins.call_timeout.is_zero() {
@@ -702,8 +704,10 @@ memory_limit = "32MiB"
         }
         assert!(err.starts_with("5 problems"), "{err}");
         let listen = format!("{GOOD}\n[telemetry]\nlisten = \"127.0.0.1:9464\"\n");
+        assert!(Config::parse(&listen, Path::new("vsync.toml")).is_ok());
+        let listen = format!("{GOOD}\n[telemetry]\nlisten = \"localhost\"\n");
         let err = Config::parse(&listen, Path::new("vsync.toml")).unwrap_err().to_string();
-        assert!(err.contains("telemetry.listen") && err.contains("not built yet"), "{err}");
+        assert!(err.contains("telemetry.listen") && err.contains("with a port"), "{err}");
     }
 
     #[test]

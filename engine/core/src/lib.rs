@@ -24,7 +24,7 @@ pub mod types;
 pub use cycle::{CycleCounts, CycleFlags, CyclePlan, CycleRules, DestInfo, OriginInfo, Records, Refusal, RemovalOutcome, WriteOutcome};
 pub use digest::Digest;
 pub use info::{Buckets, SyncInfo};
-pub use mapping::{DestinationMapper, MapError, PathContext, PathMapper};
+pub use mapping::{DestinationMapper, MapError, PathContext, PathMapper, PluginCallObserver};
 pub use path::{PathError, join_mount, normalize_mount, validate_relative_path};
 pub use plan::{Action, CopyReason, Mapping, Plan, PlanOptions, plan_buckets, plan_latest};
 pub use spec::{DestinationSpec, OriginSpec};

@@ -39,6 +39,13 @@ pub trait PathMapper: Send {
     fn map_path(&mut self, path: &str, context: &PathContext) -> Result<Option<String>, MapError>;
 }
 
+/// Receives the duration and outcome of every plugin call (metrics); implemented by the
+/// engine's telemetry, handed to the plugin stack by the composition root.
+pub trait PluginCallObserver: Send + Sync {
+    /// One call of `plugin` ended (`ok`: the guest answered without an error or a trap).
+    fn plugin_call(&self, plugin: &str, ok: bool, elapsed: std::time::Duration);
+}
+
 /// Maps origin keys to destination paths for one destination: mount map, then the optional
 /// [`PathMapper`]. Keeps what it computed this cycle.
 pub struct DestinationMapper<'a> {

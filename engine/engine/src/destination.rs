@@ -25,6 +25,7 @@ use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
 use crate::exact::{self, Inspected};
 use crate::origin::canonical_json;
+use crate::progress::Progress;
 use crate::fault::{FatalCause, Fault};
 
 /// Name of a destination's side in the state store.
@@ -47,6 +48,8 @@ pub struct Destination {
     /// The origin's KV v1 digest key (`digest_key_file`), when this process can read it: a
     /// KV v1 value read for a copy is checked against the scan's keyed digest.
     pub digest_key: Option<Arc<Vec<u8>>>,
+    /// Where the cycle reports progress (inspecting, copying, removing), if anywhere.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 impl std::fmt::Debug for Destination {
@@ -97,8 +100,19 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// How many tasks of one kind ended one way in a cycle (`vsync_tasks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskCount {
+    /// `copy`, `replicate`, `sync-kv1`, `record`, `delete`, `soft-delete` or `forget`.
+    pub kind: &'static str,
+    /// `written`, `rebuilt`, `adopted`, `equal`, `recorded`, `skipped`, `removed` or `failed`.
+    pub outcome: &'static str,
+    /// How many.
+    pub count: u64,
+}
+
 /// Counts and request figures of one destination cycle.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CycleReport {
     /// What the cycle did, per secret.
     pub counts: CycleCounts,
@@ -110,6 +124,45 @@ pub struct CycleReport {
     pub dest_data_reads: u64,
     /// Destination writes (data and metadata) during the cycle.
     pub dest_writes: u64,
+    /// Tasks by kind and outcome.
+    pub tasks: Vec<TaskCount>,
+    /// Secrets the committed info records.
+    pub secrets: usize,
+}
+
+fn write_outcome_name(outcome: WriteOutcome) -> &'static str {
+    match outcome {
+        WriteOutcome::Written => "written",
+        WriteOutcome::Rebuilt => "rebuilt",
+        WriteOutcome::Adopted => "adopted",
+        WriteOutcome::Equal => "equal",
+        WriteOutcome::Recorded => "recorded",
+        WriteOutcome::Skipped => "skipped",
+        WriteOutcome::Failed => "failed",
+    }
+}
+
+/// Tallies a cycle's tasks by kind and outcome.
+fn task_counts(
+    plan: &vsync_core::Plan,
+    writes: &HashMap<SecretPath, WriteOutcome>,
+    removals: &HashMap<SecretPath, RemovalOutcome>,
+) -> Vec<TaskCount> {
+    let mut tally: std::collections::BTreeMap<(&'static str, &'static str), u64> = std::collections::BTreeMap::new();
+    for action in &plan.writes {
+        if let Some(outcome) = writes.get(action.key()) {
+            *tally.entry((op_name(action), write_outcome_name(*outcome))).or_default() += 1;
+        }
+    }
+    for action in &plan.removals {
+        let outcome = match removals.get(action.key()) {
+            Some(RemovalOutcome::Removed) => "removed",
+            Some(RemovalOutcome::Failed) => "failed",
+            None => continue,
+        };
+        *tally.entry((op_name(action), outcome)).or_default() += 1;
+    }
+    tally.into_iter().map(|((kind, outcome), count)| TaskCount { kind, outcome, count }).collect()
 }
 
 impl std::fmt::Display for CycleReport {
@@ -242,11 +295,12 @@ pub async fn preview<'a>(
     origin_vault: &VaultClient,
     dest_vault: &VaultClient,
     origin: &OriginInfo,
+    progress: Option<&dyn Progress>,
 ) -> Result<Preview, Fault> {
     let dest = load_info(store, &spec.name, origin.entries.count()).await?;
     let everything = CycleFlags { allow_mass_delete: true, allow_origin_change: true };
     let planned = plan(spec, paths, origin, &dest, everything)?;
-    let (exact, failures) = inspect_all(origin_vault, dest_vault, &planned.plan, origin, &dest, spec.workers).await;
+    let (exact, failures) = inspect_all(origin_vault, dest_vault, &planned.plan, origin, &dest, spec.workers, progress).await;
     if let Some((_, fault)) = failures.into_iter().next() {
         return Err(fault);
     }
@@ -346,7 +400,7 @@ impl Destination {
         // any write, so rebuilds count for the mass-delete guard.
         let limit = Arc::new(Semaphore::new(self.spec.workers.max(1)));
         let mut writes: HashMap<SecretPath, WriteOutcome> = HashMap::new();
-        let (mut inspected, failures) = inspect_all(origin_vault, &self.vault, plan, origin, &dest, self.spec.workers).await;
+        let (mut inspected, failures) = inspect_all(origin_vault, &self.vault, plan, origin, &dest, self.spec.workers, self.progress.as_deref()).await;
         for (action, fault) in failures {
             let outcome = self.per_secret(fault, &action, || {})?;
             writes.insert(action.key().clone(), outcome);
@@ -378,7 +432,14 @@ impl Destination {
             }.in_current_span());
         }
         let mut records = Records::default();
+        let progress = self.progress.clone().filter(|_| !tasks.is_empty());
+        if let Some(p) = &progress {
+            p.begin("copying", tasks.len() as u64);
+        }
         while let Some(joined) = tasks.join_next().await {
+            if let Some(p) = &progress {
+                p.advance(1);
+            }
             let (action, result) = joined.map_err(|e| Fault::transient(format!("destination `{name}`: copy task failed: {e}")))?;
             let outcome = match result {
                 Ok(written) => {
@@ -395,9 +456,21 @@ impl Destination {
             writes.insert(action.key().clone(), outcome);
         }
 
+        if let Some(p) = &progress {
+            p.finish();
+        }
+
         // Removals, after every write.
         let mut removals: HashMap<SecretPath, RemovalOutcome> = HashMap::new();
-        for action in cycle::removals_to_run(plan, &writes) {
+        let to_remove = cycle::removals_to_run(plan, &writes);
+        let progress = self.progress.clone().filter(|_| !to_remove.is_empty());
+        if let Some(p) = &progress {
+            p.begin("removing", to_remove.len() as u64);
+        }
+        for action in to_remove {
+            if let Some(p) = &progress {
+                p.advance(1);
+            }
             let outcome = match remove(&self.vault, &kinds, action).await {
                 Ok(()) => RemovalOutcome::Removed,
                 Err(fault) => {
@@ -407,7 +480,11 @@ impl Destination {
             };
             removals.insert(action.key().clone(), outcome);
         }
+        if let Some(p) = &progress {
+            p.finish();
+        }
 
+        let tasks = task_counts(plan, &writes, &removals);
         let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &records, &removals);
         let digests = dest.entries.digests();
         // Against the root this cycle loaded: a commit in between (another writer) is a conflict.
@@ -435,6 +512,8 @@ impl Destination {
             origin_data_reads: o.data_reads - origin_before.data_reads,
             dest_data_reads: d.data_reads - dest_before.data_reads,
             dest_writes: (d.data_writes + d.metadata_writes) - (dest_before.data_writes + dest_before.metadata_writes),
+            tasks,
+            secrets: dest.entries.len(),
         })
     }
 
@@ -471,6 +550,7 @@ async fn inspect_all(
     origin: &OriginInfo,
     dest: &DestInfo,
     workers: usize,
+    progress: Option<&dyn Progress>,
 ) -> (HashMap<SecretPath, Inspected>, Vec<(Action, Fault)>) {
     let limit = Arc::new(Semaphore::new(workers.max(1)));
     let mut tasks = JoinSet::new();
@@ -487,7 +567,13 @@ async fn inspect_all(
         }.in_current_span());
     }
     let (mut found, mut failed) = (HashMap::new(), Vec::new());
+    if let Some(p) = progress.filter(|_| !tasks.is_empty()) {
+        p.begin("inspecting", tasks.len() as u64);
+    }
     while let Some(joined) = tasks.join_next().await {
+        if let Some(p) = progress {
+            p.advance(1);
+        }
         match joined {
             Ok((action, Ok(i))) => {
                 found.insert(action.key().clone(), i);
@@ -495,6 +581,9 @@ async fn inspect_all(
             Ok((action, Err(fault))) => failed.push((action, fault)),
             Err(e) => tracing::error!(error = %e, "an inspect task failed"),
         }
+    }
+    if let Some(p) = progress.filter(|_| !found.is_empty() || !failed.is_empty()) {
+        p.finish();
     }
     (found, failed)
 }

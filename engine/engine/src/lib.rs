@@ -11,7 +11,9 @@
 //! - [`locks`]: one writer per side (hot standby on Consul); [`tripwire`]: background fatal
 //!   faults; [`signals`]: the SIGINT/SIGTERM shutdown future;
 //! - [`status`]: per-cycle status records and lag; [`policy`]: least-privilege Vault policies;
-//! - [`tokens`]: token renewal and AppRole re-login; [`alert`]: the fatal-error webhook.
+//! - [`tokens`]: token renewal and AppRole re-login; [`alert`]: the fatal-error webhook;
+//! - [`progress`]: progress of long cycles (a log line every few seconds, or the binary's bar);
+//! - [`telemetry`]: Prometheus metrics and the health verdict (`/metrics`, `/healthz`).
 //!
 //! The engine takes runtime specs (`vsync_core::spec`) and reaches the plugins through
 //! `vsync_core::PathMapper`; it never sees the configuration schema and never links wasmtime.
@@ -24,9 +26,11 @@ pub mod fault;
 pub mod locks;
 pub mod origin;
 pub mod policy;
+pub mod progress;
 pub mod roles;
 pub mod signals;
 pub mod status;
+pub mod telemetry;
 pub mod tokens;
 pub mod triggers;
 pub mod tripwire;
@@ -37,4 +41,5 @@ pub use destination::{CycleReport, Destination, Preview, preview, side_name};
 pub use fault::{FatalCause, Fault, FaultClass};
 pub use origin::ORIGIN_SIDE;
 pub use roles::{Ended, Engine, Event, Publisher, Reporter, Role, RunOptions, run};
+pub use telemetry::Telemetry;
 pub use tripwire::Tripwire;

@@ -34,6 +34,7 @@ use crate::destination::side_name;
 use crate::origin::{self, ORIGIN_SIDE};
 use crate::status::{self, RoleStatus};
 use crate::triggers::watch_root;
+use crate::telemetry::Telemetry;
 use crate::tripwire::Tripwire;
 
 /// Which command runs the loop (the alert's `role`).
@@ -109,6 +110,8 @@ pub struct Engine {
     pub tripwire: Tripwire,
     /// Progress reports.
     pub reporter: Reporter,
+    /// Metrics and health (`[telemetry] listen` serves them).
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -217,6 +220,7 @@ async fn release_locks(engine: Engine) {
 /// Waits as a standby for every side whose lock was lost, so no cycle runs without its lock.
 /// Transient store failures are retried while waiting; anything else stops the role.
 async fn regain_locks(engine: &mut Engine) -> Result<(), Stop> {
+    let telemetry = engine.telemetry.clone();
     let publisher = engine.publisher.iter_mut().map(|p| (None, &mut p.lock));
     let destinations = engine.destinations.iter_mut().map(|d| (Some(d.spec.name.clone()), &mut d.lock));
     for (destination, lock) in publisher.chain(destinations) {
@@ -225,8 +229,12 @@ async fn regain_locks(engine: &mut Engine) -> Result<(), Stop> {
         }
         let (side, name) = (lock.side().to_owned(), lock.describe());
         warn!(side, lock = %name, "this process lost the lock of side `{side}`: it is a standby now");
+        let role = if destination.is_some() { "destination" } else { "origin" };
+        telemetry.standby(role, destination.as_deref(), true);
         let mut on_wait = |h: &vsync_state::Holder| info!(side, "standby: {h}; waiting to take over");
-        if let Err(e) = lock.regain(&mut on_wait).await {
+        let regained = lock.regain(&mut on_wait).await;
+        telemetry.standby(role, destination.as_deref(), false);
+        if let Err(e) = regained {
             let fault = Fault::state(format!("side `{side}`: taking its lock {name} again"), e);
             return Err(Stop { destination, fault });
         }
@@ -246,6 +254,7 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
         (Some(p), None) => p.spec.interval,
         (None, None) => Duration::from_secs(60),
     };
+    register_telemetry(engine);
     let mut origin_settling = Settling::default();
     let mut statuses = Statuses::read(engine).await;
     let mut settling: Vec<Settling> = engine
@@ -278,6 +287,22 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
             _ = &mut shutdown => return Ok(Ended::Stopped),
             fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
         }
+    }
+}
+
+/// Declares this process's roles and request counters to its telemetry.
+fn register_telemetry(engine: &Engine) {
+    let t = &engine.telemetry;
+    t.watch_vault("origin", &engine.origin_vault);
+    t.watch_store(&engine.origin_store);
+    t.watch_origin_store(&engine.origin_store);
+    if let Some(p) = &engine.publisher {
+        t.add_role("origin", None, p.spec.interval, p.spec.timeout);
+    }
+    for d in &engine.destinations {
+        t.add_role("destination", Some(&d.spec.name), d.spec.interval, d.spec.timeout);
+        t.watch_vault(&d.spec.name, &d.vault);
+        t.watch_store(&d.store);
     }
 }
 
@@ -351,8 +376,10 @@ async fn round(
                 r = scanned => r,
                 () = lost => Err(lock_lost("the origin", &p.lock)),
             };
+            let elapsed = started.elapsed().unwrap_or_default();
             match scanned {
                 Ok((info, published)) => {
+                    engine.telemetry.origin_cycle(elapsed, Ok(info.entries.len()));
                     origin_settling.succeeded();
                     (engine.reporter)(&Event::OriginScanned { info: &info, published });
                     let generation = origin::published_generation(&engine.origin_store).await;
@@ -361,6 +388,7 @@ async fn round(
                     (info, generation)
                 }
                 Err(fault) => {
+                    engine.telemetry.origin_cycle(elapsed, Err(&fault.message));
                     statuses.origin.origin_cycle(started, Err(&fault.message));
                     status::write(&engine.origin_store, ORIGIN_SIDE, &statuses.origin).await;
                     return match origin_settling.failed(fault, once) {
@@ -410,6 +438,8 @@ async fn round(
             Ok(report) => record.destination_cycle(started, generation, Ok(report)),
             Err(fault) => record.destination_cycle(started, generation, Err(&fault.message)),
         }
+        let elapsed = started.elapsed().unwrap_or_default();
+        engine.telemetry.destination_cycle(&name, elapsed, result.as_ref().map_err(|f| f.message.as_str()), record);
         status::write(&d.store, &side_name(&name), record).await;
         match result {
             Ok(report) => {

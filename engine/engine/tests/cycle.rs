@@ -35,7 +35,7 @@ fn dest_spec(mounts: &[(&str, &str)]) -> DestinationSpec {
 
 async fn destination(store: &StateStore, vault: VaultClient, spec: DestinationSpec) -> Destination {
     let lock = store.lock_side(&vsync_engine::side_name(&spec.name)).await.unwrap();
-    Destination { spec, vault, store: store.clone(), lock, mapper: None, digest_key: None }
+    Destination { spec, vault, store: store.clone(), lock, mapper: None, digest_key: None, progress: None }
 }
 
 async fn live(c: &VaultClient, mount: &str, path: &str) -> Option<String> {
@@ -125,6 +125,7 @@ async fn the_role_loop_runs_one_shared_round_and_stops_on_shutdown() {
         alerter: Alerter::new(None),
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
+        telemetry: Default::default(),
     };
     let once = RunOptions { once: true, ..Default::default() };
     let ended = vsync_engine::run(engine(&store).await, once, std::future::pending()).await.unwrap();
@@ -290,6 +291,7 @@ async fn slow_planning_is_cut_by_the_cycle_timeout_and_by_shutdown() {
         alerter: Alerter::new(None),
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
+        telemetry: Default::default(),
     };
     // The destination role loads the origin's published info.
     let lock = store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap();
@@ -400,6 +402,7 @@ async fn one_unreachable_destination_does_not_starve_the_others_in_run() {
         alerter: Alerter::new(None),
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
+        telemetry: Default::default(),
     };
     let once = RunOptions { once: true, ..Default::default() };
     let fault = vsync_engine::run(engine, once, std::future::pending()).await.unwrap_err();

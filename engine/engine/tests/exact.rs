@@ -52,7 +52,7 @@ async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
     let lock = store.lock_side("destination-eu").await.unwrap();
-    let dest = Destination { spec: spec(), vault: cb.clone(), store, lock, mapper: None, digest_key: None };
+    let dest = Destination { spec: spec(), vault: cb.clone(), store, lock, mapper: None, digest_key: None, progress: None };
     World { _a: a, _b: b, ca, cb, _dir: dir, dest }
 }
 
@@ -412,7 +412,7 @@ async fn rebuilds_count_for_the_mass_delete_guard_and_plan_shows_them() {
         w.put(&format!("k{i}"), json!({ "v": "new" })).await;
     }
     let info = origin::scan(&w.ca, &origin_spec(), None).await.unwrap();
-    let preview = vsync_engine::preview(&w.dest.spec, &w.dest.store, None, &w.ca, &w.cb, &info).await.unwrap();
+    let preview = vsync_engine::preview(&w.dest.spec, &w.dest.store, None, &w.ca, &w.cb, &info, None).await.unwrap();
     let text = preview.human("eu");
     assert_eq!(text.matches("REBUILD").count(), 12, "{text}");
     assert!(text.contains("STOP") && text.contains("--allow-mass-delete"), "{text}");

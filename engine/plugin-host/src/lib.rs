@@ -1077,10 +1077,20 @@ pub enum StackError {
 }
 
 /// A destination's filters and transformers, instantiated and configured.
-#[derive(Debug)]
 pub struct Stack {
     filters: Vec<Instance>,
     transforms: Vec<Instance>,
+    observer: Option<std::sync::Arc<dyn vsync_core::PluginCallObserver>>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("filters", &self.filters)
+            .field("transforms", &self.transforms)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
 }
 
 impl Stack {
@@ -1107,15 +1117,30 @@ impl Stack {
                 .iter()
                 .map(|p| make(p, PluginKind::Transformer))
                 .collect::<Result<_, _>>()?,
+            observer: None,
         })
+    }
+
+    /// Reports every call's duration and outcome to `observer` (metrics).
+    pub fn observe(&mut self, observer: std::sync::Arc<dyn vsync_core::PluginCallObserver>) {
+        self.observer = Some(observer);
     }
 
     /// Maps a mount-relative origin path: `Ok(None)` when a filter excludes it, otherwise the
     /// first transformer's answer (the identity when none claims it), checked to be a valid
     /// relative path.
     pub fn map(&mut self, path: &str, ctx: &Context) -> Result<Option<String>, StackError> {
+        let observer = self.observer.as_deref();
+        let observed = |plugin: &str, ok: bool, started: Option<std::time::Instant>| {
+            if let (Some(o), Some(s)) = (observer, started) {
+                o.plugin_call(plugin, ok, s.elapsed());
+            }
+        };
         for f in &mut self.filters {
-            let included = f.include(path, ctx).map_err(|error| StackError::Call {
+            let started = observer.map(|_| std::time::Instant::now());
+            let included = f.include(path, ctx);
+            observed(f.name(), included.is_ok(), started);
+            let included = included.map_err(|error| StackError::Call {
                 path: path.to_owned(),
                 error,
             })?;
@@ -1124,7 +1149,10 @@ impl Stack {
             }
         }
         for t in &mut self.transforms {
-            let out = t.transform(path, ctx).map_err(|error| StackError::Call {
+            let started = observer.map(|_| std::time::Instant::now());
+            let out = t.transform(path, ctx);
+            observed(t.name(), out.is_ok(), started);
+            let out = out.map_err(|error| StackError::Call {
                 path: path.to_owned(),
                 error,
             })?;

@@ -15,6 +15,8 @@
 //! - the ACL token goes in the `X-Consul-Token` header and never into an error or a log line.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -409,6 +411,27 @@ pub struct ConsulClient {
     datacenter: Option<String>,
     request_timeout: Duration,
     attempts: u32,
+    outcomes: Arc<RequestOutcomes>,
+}
+
+/// Attempts sent to Consul by outcome (each retry counts), shared by clones; for metrics.
+#[derive(Debug, Default)]
+pub struct RequestOutcomes {
+    ok: AtomicU64,
+    error: AtomicU64,
+    transport: AtomicU64,
+}
+
+impl RequestOutcomes {
+    /// `(outcome, count)` for `ok` (200, 404 and 409: answers the client expects), `error`
+    /// (any other status) and `transport` (no answer).
+    pub fn snapshot(&self) -> [(&'static str, u64); 3] {
+        [
+            ("ok", self.ok.load(Ordering::Relaxed)),
+            ("error", self.error.load(Ordering::Relaxed)),
+            ("transport", self.transport.load(Ordering::Relaxed)),
+        ]
+    }
 }
 
 /// Checks a key the way vsync uses keys: no leading `/`, no empty, `.` or `..` segments (a
@@ -507,12 +530,23 @@ impl ConsulClient {
             datacenter: cfg.datacenter,
             request_timeout: cfg.request_timeout,
             attempts: cfg.attempts.max(1),
+            outcomes: Arc::default(),
         })
     }
 
     /// The server address (for messages).
     pub fn address(&self) -> &str {
         &self.base
+    }
+
+    /// Attempts so far by outcome, shared by clones (for metrics).
+    pub fn request_outcomes(&self) -> [(&'static str, u64); 3] {
+        self.outcomes.snapshot()
+    }
+
+    /// Identifies the counters behind [`ConsulClient::request_outcomes`]: equal for clones.
+    pub fn counters_id(&self) -> usize {
+        Arc::as_ptr(&self.outcomes) as usize
     }
 
     /// Sends one request with retries for transient failures; returns status, index and body.
@@ -554,6 +588,7 @@ impl ConsulClient {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
+                    self.outcomes.transport.fetch_add(1, Ordering::Relaxed);
                     last = Some(ConsulError::Transport {
                         op,
                         key: key.to_owned(),
@@ -565,6 +600,8 @@ impl ConsulClient {
                 }
             };
             let status = resp.status();
+            let expected = matches!(status.as_u16(), 200 | 404 | 409);
+            (if expected { &self.outcomes.ok } else { &self.outcomes.error }).fetch_add(1, Ordering::Relaxed);
             let index = header_index(&resp);
             let bytes = match resp.bytes().await {
                 Ok(b) => b.to_vec(),

@@ -164,6 +164,22 @@ fn file_version(meta: &std::fs::Metadata) -> u64 {
 }
 
 impl StateStore {
+    /// Consul attempts so far by outcome (`None` for the file store); for metrics.
+    pub fn consul_request_outcomes(&self) -> Option<[(&'static str, u64); 3]> {
+        match self {
+            StateStore::File(_) => None,
+            StateStore::Consul(c) => Some(c.client.request_outcomes()),
+        }
+    }
+
+    /// Identifies the Consul counters (equal for stores sharing a client); `None` for files.
+    pub fn consul_counters_id(&self) -> Option<usize> {
+        match self {
+            StateStore::File(_) => None,
+            StateStore::Consul(c) => Some(c.client.counters_id()),
+        }
+    }
+
     /// Where this store is, for messages (no token).
     pub fn describe(&self) -> String {
         match self {

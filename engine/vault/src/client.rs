@@ -142,10 +142,64 @@ pub enum RequestKind {
     Other,
 }
 
-/// Counts of requests sent, by class (each retry counts).
+impl RequestKind {
+    /// Every kind, in counter order.
+    pub const ALL: [RequestKind; 6] = [
+        RequestKind::DataRead,
+        RequestKind::DataWrite,
+        RequestKind::MetadataRead,
+        RequestKind::MetadataWrite,
+        RequestKind::List,
+        RequestKind::Other,
+    ];
+
+    /// The kind's name in metrics (`data_read`, `list`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::DataRead => "data_read",
+            RequestKind::DataWrite => "data_write",
+            RequestKind::MetadataRead => "metadata_read",
+            RequestKind::MetadataWrite => "metadata_write",
+            RequestKind::List => "list",
+            RequestKind::Other => "other",
+        }
+    }
+}
+
+/// How one attempt of a request ended, for the request counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// A 2xx answer.
+    Ok,
+    /// A 404 (for KV: not there, an expected answer).
+    NotFound,
+    /// Any other HTTP status.
+    Error,
+    /// No answer: connection refused, reset or timed out.
+    Transport,
+}
+
+impl RequestOutcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [RequestOutcome; 4] =
+        [RequestOutcome::Ok, RequestOutcome::NotFound, RequestOutcome::Error, RequestOutcome::Transport];
+
+    /// The outcome's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestOutcome::Ok => "ok",
+            RequestOutcome::NotFound => "not_found",
+            RequestOutcome::Error => "error",
+            RequestOutcome::Transport => "transport",
+        }
+    }
+}
+
+/// Counts of requests sent, by class (each retry counts), and of attempts by class and outcome.
 #[derive(Debug, Default)]
 pub struct RequestCounters {
     counts: [AtomicU64; 6],
+    outcomes: [[AtomicU64; 4]; 6],
 }
 
 /// A snapshot of [`RequestCounters`].
@@ -168,6 +222,21 @@ pub struct RequestCounts {
 impl RequestCounters {
     fn bump(&self, kind: RequestKind) {
         self.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn ended(&self, kind: RequestKind, outcome: RequestOutcome) {
+        self.outcomes[kind as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Attempts so far by kind and outcome (for metrics).
+    pub fn by_outcome(&self) -> Vec<(RequestKind, RequestOutcome, u64)> {
+        let mut all = Vec::with_capacity(24);
+        for kind in RequestKind::ALL {
+            for outcome in RequestOutcome::ALL {
+                all.push((kind, outcome, self.outcomes[kind as usize][outcome as usize].load(Ordering::Relaxed)));
+            }
+        }
+        all
     }
 
     /// Current counts.
@@ -325,6 +394,11 @@ impl VaultClient {
         self.counters.snapshot()
     }
 
+    /// Attempts so far by kind and outcome, shared by clones (for metrics).
+    pub fn request_outcomes(&self) -> Vec<(RequestKind, RequestOutcome, u64)> {
+        self.counters.by_outcome()
+    }
+
     /// Builds the API path `<prefix segments>/<segments of path>` with every segment
     /// percent-encoded. `path` is a secret path (validated); `prefix` is trusted API text.
     pub(crate) fn api_path(prefix: &str, path: &str) -> Result<String> {
@@ -373,15 +447,23 @@ impl VaultClient {
             }
             debug!(%request, attempt, "vault request");
             let outcome = match req.send().await {
-                Ok(resp) => self.classify(&request, resp).await,
-                Err(source) => Err(Attempt::Retry(
+                Ok(resp) => {
+                    let ended = match resp.status() {
+                        s if s.is_success() => RequestOutcome::Ok,
+                        StatusCode::NOT_FOUND => RequestOutcome::NotFound,
+                        _ => RequestOutcome::Error,
+                    };
+                    self.counters.ended(kind, ended);
+                    self.classify(&request, resp).await
+                }
+                Err(source) => Err(Attempt::Retry({
+                    self.counters.ended(kind, RequestOutcome::Transport);
                     VaultError::Connection {
                         request: request.clone(),
                         address: self.address.clone(),
                         source: source.without_url(),
-                    },
-                    None,
-                )),
+                    }
+                }, None)),
             };
             match outcome {
                 Ok(answer) => return Ok(answer),

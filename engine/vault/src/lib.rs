@@ -14,7 +14,7 @@ mod types;
 
 pub use auth::{Login, TokenLease};
 pub use client::{
-    RequestCounts, RequestKind, RetryPolicy, Token, VaultClient, VaultConfig,
+    RequestCounts, RequestKind, RequestOutcome, RetryPolicy, Token, VaultClient, VaultConfig,
 };
 pub use error::{Result, VaultError};
 pub use kv::MetadataSettings;

@@ -6,17 +6,19 @@
 
 mod compose;
 mod plugins;
+mod progress;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info};
 use vsync_config::{Config, LogFormat};
-use vsync_core::{CycleFlags, PathMapper};
-use vsync_engine::{Alerter, Destination, Ended, Engine, Event, Publisher, Role, RunOptions, Tripwire};
+use vsync_core::{CycleFlags, PathMapper, PluginCallObserver};
+use vsync_engine::{Alerter, Destination, Ended, Engine, Event, Publisher, Role, RunOptions, Telemetry, Tripwire};
 
 use crate::compose::Parts;
 
@@ -280,11 +282,13 @@ fn digest_key(config: &Config) -> Result<Option<Vec<u8>>, Failure> {
     Ok(Some(key))
 }
 
-/// The plugin stack of each destination that configures one (one host for all of them).
+/// The plugin stack of each destination that configures one (one host for all of them);
+/// `observer` receives every plugin call (metrics).
 fn mappers(
     config: &Config,
     dests: &[&vsync_config::Destination],
     dir: Option<&Path>,
+    observer: Option<Arc<dyn PluginCallObserver>>,
 ) -> Result<Vec<Option<Box<dyn PathMapper>>>, Failure> {
     if !dests.iter().any(|d| d.uses_plugins()) {
         return Ok(dests.iter().map(|_| None).collect());
@@ -296,7 +300,10 @@ fn mappers(
             if !d.uses_plugins() {
                 return Ok(None);
             }
-            let stack = plugins::stack(&host, d).map_err(config_error)?;
+            let mut stack = plugins::stack(&host, d).map_err(config_error)?;
+            if let Some(o) = &observer {
+                stack.observe(o.clone());
+            }
             Ok(Some(Box::new(stack) as Box<dyn PathMapper>))
         })
         .collect()
@@ -347,7 +354,13 @@ async fn run_role(
         }),
     };
     let shared_key = digest_key.clone().map(std::sync::Arc::new);
-    let mut mappers = mappers(config, &dests, plugins_dir)?;
+    let telemetry = Arc::new(Telemetry::new());
+    let observer: Arc<dyn PluginCallObserver> = telemetry.clone();
+    let mut mappers = mappers(config, &dests, plugins_dir, Some(observer))?;
+    if let Some(address) = &config.telemetry.listen {
+        // Before the checks and locks: a standby answers /healthz too.
+        vsync_engine::telemetry::serve(address, telemetry.clone()).await.map_err(fatal)?;
+    }
     let parts = Parts::build(config, dests).await;
     let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
     let origin_store = parts.origin_store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
@@ -391,6 +404,7 @@ async fn run_role(
             lock,
             mapper: mapper.map(vsync_engine::destination::share),
             digest_key: shared_key.clone(),
+            progress: Some(progress::for_cycles(options.once)),
         });
     }
     let tripwire = Tripwire::new();
@@ -409,6 +423,7 @@ async fn run_role(
         alerter: Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone())),
         tripwire,
         reporter: Box::new(print_event),
+        telemetry,
     };
     match vsync_engine::run(engine, options, shutdown).await {
         Ok(Ended::Stopped) | Ok(Ended::Once { per_secret_failures: false }) => Ok(ExitCode::SUCCESS),
@@ -480,7 +495,7 @@ struct OneDestination {
 impl OneDestination {
     async fn build(config: &Config, name: &str) -> Result<Self, Failure> {
         let d = destination(config, name)?;
-        let mapper = mappers(config, &[d], None)?.pop().flatten();
+        let mapper = mappers(config, &[d], None, None)?.pop().flatten();
         Ok(Self { parts: Parts::build(config, [d]).await, mapper })
     }
 
@@ -535,7 +550,7 @@ fn validate(config: &Config) -> Outcome {
         plugins::host(config, None).map_err(config_error)?;
         0
     } else {
-        mappers(config, &dests, None)?.iter().filter(|m| m.is_some()).count()
+        mappers(config, &dests, None, None)?.iter().filter(|m| m.is_some()).count()
     };
     println!(
         "config OK: origin with {} mount(s), {} destination(s), {stacks} plugin stack(s) loaded and configured",
@@ -564,7 +579,8 @@ async fn plan(config: &Config, name: &str) -> Outcome {
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     // `plan` only reads: the destination's side is not locked, so it runs beside the role.
     let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
-    let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info)
+    let bar = progress::for_cycles(true);
+    let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info, Some(&*bar))
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     print!("{}", preview.human(name));

@@ -197,6 +197,7 @@ async fn main() -> Result<(), Error> {
         lock: store.lock_side("destination-bench-secret").await?,
         mapper: None,
         digest_key: None,
+        progress: None,
     };
     if run("full-latest") || run("no-change") || run("incremental") {
         bench.cycle("full sync, latest", &mut latest, Some(bench.baseline)).await?;
@@ -223,6 +224,7 @@ async fn main() -> Result<(), Error> {
             lock: store.lock_side("destination-bench-exact").await?,
             mapper: None,
             digest_key: None,
+            progress: None,
         };
         bench.cycle("full sync, all", &mut exact, Some(bench.baseline)).await?;
         bench.cycle("no-change cycle, all", &mut exact, None).await?;

@@ -98,6 +98,12 @@ impl Bao {
         Self::start_new(Kind::Dev)
     }
 
+    /// Starts a dev server whose root token is `root_token` (a random one lets a test grep
+    /// every output for it; `root` would match innocent words).
+    pub fn dev_with_token(root_token: &str) -> Bao {
+        Self::start_with(Kind::Dev, root_token)
+    }
+
     /// Starts a dev server with TLS; its CA is [`Bao::ca_cert`].
     pub fn dev_tls() -> Bao {
         Self::start_new(Kind::DevTls)
@@ -111,13 +117,17 @@ impl Bao {
     }
 
     fn start_new(kind: Kind) -> Bao {
+        Self::start_with(kind, DEV_ROOT_TOKEN)
+    }
+
+    fn start_with(kind: Kind, root_token: &str) -> Bao {
         let bin = bao_bin();
         let mut last_log = String::new();
         for _ in 0..5 {
             let mut bao = Bao {
                 kind,
                 port: free_port_pair(),
-                root_token: DEV_ROOT_TOKEN.to_owned(),
+                root_token: root_token.to_owned(),
                 unseal_key: None,
                 child: None,
                 dir: tempfile::Builder::new().prefix("vsync-bao-").tempdir().unwrap(),
@@ -166,7 +176,7 @@ impl Bao {
         cmd.arg("server");
         match self.kind {
             Kind::Dev | Kind::DevTls => {
-                cmd.args(["-dev", &format!("-dev-root-token-id={DEV_ROOT_TOKEN}")])
+                cmd.args(["-dev", &format!("-dev-root-token-id={}", self.root_token)])
                     .arg(format!("-dev-listen-address={listen}"));
                 if self.kind == Kind::DevTls {
                     let tls = self.dir.path().join("tls");

@@ -1,0 +1,649 @@
+//! Telemetry: Prometheus metrics and the health verdict behind `[telemetry] listen`
+//! (`/metrics`, `/healthz`).
+//!
+//! The role loop records cycles, tasks, last successes, secret counts and destination status
+//! here as they happen; request counters that live in the Vault and Consul clients are read at
+//! scrape time (as deltas, so the exported series stay monotonic counters); plugin calls arrive
+//! through [`vsync_core::PluginCallObserver`]. Recording never fails and never blocks a cycle.
+//!
+//! Health: a role is healthy while its last successful cycle ended less than
+//! `2 × interval + timeout` ago. A role that has not completed a cycle yet is healthy for that
+//! long after it started (the first sync of a large mount may take a while), and a hot standby
+//! that waits on another process's lock is healthy (it is doing its job: waiting).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use serde::Serialize;
+use tracing::{info, warn};
+use vsync_state::StateStore;
+use vsync_vault::VaultClient;
+
+use crate::destination::CycleReport;
+use crate::status::{self, RoleStatus};
+
+/// Labels of a role's series (`destination` is empty for the origin).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: String,
+    destination: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CycleLabels {
+    role: String,
+    destination: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    destination: String,
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VaultLabels {
+    side: String,
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginNameLabels {
+    plugin: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn cycle_histogram() -> Histogram {
+    // 10 ms .. ~5.8 min.
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+fn plugin_histogram() -> Histogram {
+    // 1 us .. ~65 ms (the default call limit is 50 ms).
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 17))
+}
+
+/// One role's health bookkeeping.
+#[derive(Debug, Clone)]
+struct RoleHealth {
+    role: &'static str,
+    destination: Option<String>,
+    /// `2 × interval + timeout`.
+    limit: Duration,
+    started: Instant,
+    last_success: Option<Instant>,
+    last_error: Option<String>,
+    standby: bool,
+}
+
+/// A role in the `/healthz` answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoleVerdict {
+    /// `origin` or `destination`.
+    pub role: &'static str,
+    /// Destination name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Whether this role counts as healthy.
+    pub healthy: bool,
+    /// `ok`, `starting`, `standby` or `stale`.
+    pub state: &'static str,
+    /// Seconds since its last successful cycle ended, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_seconds_ago: Option<f64>,
+    /// The limit (`2 × interval + timeout`) in seconds.
+    pub limit_seconds: f64,
+    /// Why it is unhealthy (and the last cycle's error, when it failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A Vault of this process in the `/healthz` answer.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VaultVerdict {
+    /// `origin` or the destination's name.
+    pub side: String,
+    /// `ok`, `sealed` or `unreachable`.
+    pub state: &'static str,
+    /// What went wrong, for `unreachable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The `/healthz` answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Health {
+    /// `ok` or `unhealthy`.
+    pub status: &'static str,
+    /// Every role of this process.
+    pub roles: Vec<RoleVerdict>,
+    /// Every Vault this process talks to, probed with `sys/seal-status` at each `/healthz`
+    /// (a no-change cycle sends the destination nothing, so a sealed destination shows here
+    /// before any cycle fails on it).
+    pub vaults: Vec<VaultVerdict>,
+}
+
+impl Health {
+    /// Whether every role is healthy.
+    pub fn healthy(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// The process's metrics and health state. Cheap to share (`Arc`); all methods take `&self`.
+pub struct Telemetry {
+    registry: Registry,
+    cycles: Family<CycleLabels, Counter>,
+    cycle_duration: HistogramFamily<RoleLabels>,
+    tasks: Family<TaskLabels, Counter>,
+    vault_requests: Family<VaultLabels, Counter>,
+    consul_requests: Family<OutcomeLabels, Counter>,
+    plugin_calls: Family<PluginLabels, Counter>,
+    plugin_duration: HistogramFamily<PluginNameLabels>,
+    last_success: Family<RoleLabels, Gauge<f64, AtomicU64>>,
+    secrets: Family<DestinationLabels, Gauge>,
+    lag: Family<DestinationLabels, Gauge<f64, AtomicU64>>,
+    sources: Mutex<Sources>,
+    roles: Mutex<Vec<RoleHealth>>,
+}
+
+/// Where scrape-time figures come from.
+#[derive(Default)]
+struct Sources {
+    vaults: Vec<(String, VaultClient)>,
+    consuls: Vec<(usize, StateStore)>,
+    /// What was exported last, per series, to turn client totals into counter increments.
+    seen_vault: HashMap<VaultLabels, u64>,
+    seen_consul: HashMap<String, u64>,
+    /// The origin's state store (its status record gives the current generation) and the
+    /// last status of each destination this process runs, for `vsync_lag_seconds`.
+    origin_store: Option<StateStore>,
+    destinations: Vec<(String, RoleStatus)>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Telemetry {
+    /// Empty metrics, every family registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let cycles = Family::<CycleLabels, Counter>::default();
+        let cycle_duration: HistogramFamily<RoleLabels> = Family::new_with_constructor(cycle_histogram);
+        let tasks = Family::<TaskLabels, Counter>::default();
+        let vault_requests = Family::<VaultLabels, Counter>::default();
+        let consul_requests = Family::<OutcomeLabels, Counter>::default();
+        let plugin_calls = Family::<PluginLabels, Counter>::default();
+        let plugin_duration: HistogramFamily<PluginNameLabels> = Family::new_with_constructor(plugin_histogram);
+        let last_success = Family::<RoleLabels, Gauge<f64, AtomicU64>>::default();
+        let secrets = Family::<DestinationLabels, Gauge>::default();
+        let lag = Family::<DestinationLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("vsync_cycles", "Cycles by role, destination and outcome (ok, secret-failures, failed)", cycles.clone());
+        registry.register_with_unit("vsync_cycle_duration", "Cycle duration", Unit::Seconds, cycle_duration.clone());
+        registry.register(
+            "vsync_tasks",
+            "Per-secret tasks of destination cycles by kind (copy, exact, check, record, delete, soft-delete, forget) and outcome",
+            tasks.clone(),
+        );
+        registry.register(
+            "vsync_vault_requests",
+            "Vault HTTP attempts by side, kind and outcome (ok, not_found, error, transport)",
+            vault_requests.clone(),
+        );
+        registry.register("vsync_consul_requests", "Consul HTTP attempts by outcome (ok, error, transport)", consul_requests.clone());
+        registry.register("vsync_plugin_calls", "Plugin calls by plugin and outcome (ok, error)", plugin_calls.clone());
+        registry.register_with_unit("vsync_plugin_call_duration", "Plugin call duration", Unit::Seconds, plugin_duration.clone());
+        registry.register_with_unit(
+            "vsync_last_success_timestamp",
+            "End of the role's last successful cycle (Unix time)",
+            Unit::Seconds,
+            last_success.clone(),
+        );
+        registry.register("vsync_secrets", "Secrets the destination's info records after its last successful cycle", secrets.clone());
+        registry.register_with_unit(
+            "vsync_lag",
+            "How far the destination lags the origin's published info (0 when current)",
+            Unit::Seconds,
+            lag.clone(),
+        );
+        Self {
+            registry,
+            cycles,
+            cycle_duration,
+            tasks,
+            vault_requests,
+            consul_requests,
+            plugin_calls,
+            plugin_duration,
+            last_success,
+            secrets,
+            lag,
+            sources: Mutex::new(Sources::default()),
+            roles: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Exports the request counters of a Vault client as `side` (`origin`, `destination eu`
+    /// is `eu`). Clones share counters: register each client once.
+    pub fn watch_vault(&self, side: &str, client: &VaultClient) {
+        let mut sources = lock(&self.sources);
+        if !sources.vaults.iter().any(|(s, _)| s == side) {
+            sources.vaults.push((side.to_owned(), client.clone()));
+        }
+    }
+
+    /// Exports the request counters of a Consul state store (a file store has none).
+    pub fn watch_store(&self, store: &StateStore) {
+        let Some(id) = store.consul_counters_id() else {
+            return;
+        };
+        let mut sources = lock(&self.sources);
+        if !sources.consuls.iter().any(|(i, _)| *i == id) {
+            sources.consuls.push((id, store.clone()));
+        }
+    }
+
+    /// Where the origin's status record lives (for the lag of this process's destinations).
+    pub fn watch_origin_store(&self, store: &StateStore) {
+        lock(&self.sources).origin_store = Some(store.clone());
+    }
+
+    /// Declares a role of this process for `/healthz`; `interval` and `timeout` are its own.
+    pub fn add_role(&self, role: &'static str, destination: Option<&str>, interval: Duration, timeout: Duration) {
+        lock(&self.roles).push(RoleHealth {
+            role,
+            destination: destination.map(str::to_owned),
+            limit: interval * 2 + timeout,
+            started: Instant::now(),
+            last_success: None,
+            last_error: None,
+            standby: false,
+        });
+    }
+
+    fn with_role(&self, role: &str, destination: Option<&str>, f: impl FnOnce(&mut RoleHealth)) {
+        let mut roles = lock(&self.roles);
+        if let Some(r) = roles.iter_mut().find(|r| r.role == role && r.destination.as_deref() == destination) {
+            f(r);
+        }
+    }
+
+    /// A role waits on another process's lock (`true`) or holds its own again (`false`).
+    pub fn standby(&self, role: &str, destination: Option<&str>, waiting: bool) {
+        self.with_role(role, destination, |r| r.standby = waiting);
+    }
+
+    /// Records an origin cycle: its duration and outcome.
+    pub fn origin_cycle(&self, elapsed: Duration, result: Result<usize, &str>) {
+        let labels = RoleLabels { role: "origin".into(), destination: String::new() };
+        self.cycle_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.cycles
+            .get_or_create(&CycleLabels { role: "origin".into(), destination: String::new(), outcome: outcome.into() })
+            .inc();
+        match result {
+            Ok(_) => {
+                self.last_success.get_or_create(&labels).set(unix_seconds(SystemTime::now()));
+                self.with_role("origin", None, |r| {
+                    r.last_success = Some(Instant::now());
+                    r.last_error = None;
+                });
+            }
+            Err(e) => self.with_role("origin", None, |r| r.last_error = Some(e.to_owned())),
+        }
+    }
+
+    /// Records a destination cycle: duration, outcome, tasks, the secrets it records and its
+    /// status record (for the lag).
+    pub fn destination_cycle(&self, name: &str, elapsed: Duration, result: Result<&CycleReport, &str>, record: &RoleStatus) {
+        let labels = RoleLabels { role: "destination".into(), destination: name.to_owned() };
+        self.cycle_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        let outcome = match &result {
+            Ok(report) if report.counts.failed > 0 => "secret-failures",
+            Ok(_) => "ok",
+            Err(_) => "failed",
+        };
+        self.cycles
+            .get_or_create(&CycleLabels { role: "destination".into(), destination: name.to_owned(), outcome: outcome.into() })
+            .inc();
+        match result {
+            Ok(report) => {
+                for task in &report.tasks {
+                    self.tasks
+                        .get_or_create(&TaskLabels {
+                            destination: name.to_owned(),
+                            kind: task.kind.to_owned(),
+                            outcome: task.outcome.to_owned(),
+                        })
+                        .inc_by(task.count);
+                }
+                self.secrets
+                    .get_or_create(&DestinationLabels { destination: name.to_owned() })
+                    .set(i64::try_from(report.secrets).unwrap_or(i64::MAX));
+                self.last_success.get_or_create(&labels).set(unix_seconds(SystemTime::now()));
+                self.with_role("destination", Some(name), |r| {
+                    r.last_success = Some(Instant::now());
+                    r.last_error = None;
+                });
+            }
+            Err(e) => self.with_role("destination", Some(name), |r| r.last_error = Some(e.to_owned())),
+        }
+        let mut sources = lock(&self.sources);
+        match sources.destinations.iter_mut().find(|(n, _)| n == name) {
+            Some((_, r)) => *r = record.clone(),
+            None => sources.destinations.push((name.to_owned(), record.clone())),
+        }
+    }
+
+    /// The health verdict now: the roles' cycles, and a `sys/seal-status` probe of every
+    /// Vault (bounded by [`PROBE_TIMEOUT`]).
+    pub async fn health(&self) -> Health {
+        let mut health = self.cycle_health();
+        let vaults: Vec<(String, VaultClient)> = lock(&self.sources).vaults.clone();
+        let probes = vaults.into_iter().map(|(side, client)| async move {
+            let probe = tokio::time::timeout(PROBE_TIMEOUT, client.sys("GET", "sys/seal-status", None)).await;
+            let (state, reason) = match probe {
+                Ok(Ok((200, Some(body)))) if body["sealed"] == serde_json::Value::Bool(false) => ("ok", None),
+                Ok(Ok((200, Some(body)))) if body["sealed"] == serde_json::Value::Bool(true) => ("sealed", None),
+                Ok(Ok((status, _))) => ("unreachable", Some(format!("sys/seal-status answered HTTP {status}"))),
+                Ok(Err(e)) => ("unreachable", Some(e.to_string())),
+                Err(_) => ("unreachable", Some(format!("sys/seal-status did not answer within {PROBE_TIMEOUT:?}"))),
+            };
+            VaultVerdict { side, state, reason }
+        });
+        health.vaults = futures_join_all(probes).await;
+        if health.vaults.iter().any(|v| v.state != "ok") {
+            health.status = "unhealthy";
+        }
+        health
+    }
+
+    /// The verdict of the roles' cycles alone.
+    pub fn cycle_health(&self) -> Health {
+        let now = Instant::now();
+        let roles: Vec<RoleVerdict> = lock(&self.roles)
+            .iter()
+            .map(|r| {
+                let since_success = r.last_success.map(|t| now.duration_since(t));
+                let (healthy, state, reason) = if r.standby {
+                    (true, "standby", None)
+                } else {
+                    match since_success {
+                        Some(ago) if ago < r.limit => (true, "ok", None),
+                        Some(ago) => (
+                            false,
+                            "stale",
+                            Some(format!(
+                                "no successful cycle for {}s (limit {}s = 2 × interval + timeout)",
+                                ago.as_secs(),
+                                r.limit.as_secs()
+                            )),
+                        ),
+                        None if now.duration_since(r.started) < r.limit => (true, "starting", None),
+                        None => (
+                            false,
+                            "stale",
+                            Some(format!(
+                                "no successful cycle since the start {}s ago (limit {}s = 2 × interval + timeout)",
+                                now.duration_since(r.started).as_secs(),
+                                r.limit.as_secs()
+                            )),
+                        ),
+                    }
+                };
+                let reason = match (reason, &r.last_error) {
+                    (Some(why), Some(e)) => Some(format!("{why}; last cycle failed: {e}")),
+                    (why, _) => why,
+                };
+                RoleVerdict {
+                    role: r.role,
+                    destination: r.destination.clone(),
+                    healthy,
+                    state,
+                    last_success_seconds_ago: since_success.map(|d| d.as_secs_f64()),
+                    limit_seconds: r.limit.as_secs_f64(),
+                    reason,
+                }
+            })
+            .collect();
+        let status = if roles.iter().all(|r| r.healthy) { "ok" } else { "unhealthy" };
+        Health { status, roles, vaults: Vec::new() }
+    }
+
+    /// Brings the scrape-time series up to date and encodes every metric (OpenMetrics text).
+    pub async fn encode(&self) -> String {
+        self.refresh().await;
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            warn!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+
+    /// Reads the client counters and the origin's status record.
+    async fn refresh(&self) {
+        let (origin_store, destinations) = {
+            let mut guard = lock(&self.sources);
+            let sources = &mut *guard;
+            for (side, client) in &sources.vaults {
+                for (kind, outcome, total) in client.request_outcomes() {
+                    let labels = VaultLabels { side: side.clone(), kind: kind.name().into(), outcome: outcome.name().into() };
+                    let seen = sources.seen_vault.entry(labels.clone()).or_insert(0);
+                    if total > *seen {
+                        self.vault_requests.get_or_create(&labels).inc_by(total - *seen);
+                        *seen = total;
+                    }
+                }
+            }
+            let mut consul_totals: HashMap<&'static str, u64> = HashMap::new();
+            for (_, store) in &sources.consuls {
+                for (outcome, n) in store.consul_request_outcomes().unwrap_or_default() {
+                    *consul_totals.entry(outcome).or_default() += n;
+                }
+            }
+            for (outcome, total) in consul_totals {
+                let seen = sources.seen_consul.entry(outcome.to_owned()).or_insert(0);
+                if total > *seen {
+                    self.consul_requests.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc_by(total - *seen);
+                    *seen = total;
+                }
+            }
+            (sources.origin_store.clone(), sources.destinations.clone())
+        };
+        let Some(store) = origin_store.filter(|_| !destinations.is_empty()) else {
+            return;
+        };
+        let Some(origin) = status::read(&store, crate::origin::ORIGIN_SIDE).await else {
+            return;
+        };
+        let now = SystemTime::now();
+        for (name, record) in destinations {
+            if let Some(lag) = record.lag(&origin, now) {
+                self.lag.get_or_create(&DestinationLabels { destination: name }).set(lag.as_secs_f64());
+            }
+        }
+    }
+}
+
+impl vsync_core::PluginCallObserver for Telemetry {
+    fn plugin_call(&self, plugin: &str, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.plugin_calls.get_or_create(&PluginLabels { plugin: plugin.to_owned(), outcome: outcome.into() }).inc();
+        self.plugin_duration
+            .get_or_create(&PluginNameLabels { plugin: plugin.to_owned() })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// How long `/healthz` waits for a Vault's `sys/seal-status`.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Why the telemetry listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry.listen `{address}`: {source}")]
+pub struct ListenError {
+    /// The configured address.
+    pub address: String,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `address` and serves `/metrics` and `/healthz` in a background task for the life of
+/// the process. Returns the bound address (useful with port 0).
+pub async fn serve(address: &str, telemetry: Arc<Telemetry>) -> Result<SocketAddr, ListenError> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ListenError { address: address.to_owned(), source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ListenError { address: address.to_owned(), source })?;
+    let metrics = {
+        let t = telemetry.clone();
+        move || {
+            let t = t.clone();
+            async move {
+                let body = t.encode().await;
+                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+            }
+        }
+    };
+    let healthz = move || {
+        let t = telemetry.clone();
+        async move {
+            let health = t.health().await;
+            let code = if health.healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (code, axum::Json(health)).into_response()
+        }
+    };
+    let app = axum::Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "the telemetry listener stopped");
+        }
+    });
+    info!(address = %bound, "serving /metrics and /healthz");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_role_is_healthy_until_its_last_success_is_older_than_the_limit() {
+        let t = Telemetry::new();
+        t.add_role("destination", Some("eu"), Duration::from_millis(20), Duration::from_millis(10));
+        assert_eq!(t.cycle_health().roles[0].state, "starting");
+        assert!(t.cycle_health().healthy());
+        std::thread::sleep(Duration::from_millis(60));
+        let h = t.cycle_health();
+        assert!(!h.healthy(), "{h:?}");
+        assert!(h.roles[0].reason.as_deref().is_some_and(|r| r.contains("since the start")), "{h:?}");
+        t.standby("destination", Some("eu"), true);
+        assert_eq!(t.cycle_health().roles[0].state, "standby");
+        assert!(t.cycle_health().healthy());
+        t.standby("destination", Some("eu"), false);
+        let report = CycleReport::default();
+        t.destination_cycle("eu", Duration::from_millis(5), Ok(&report), &RoleStatus::default());
+        assert!(t.cycle_health().healthy());
+        assert_eq!(t.cycle_health().roles[0].state, "ok");
+        t.destination_cycle("eu", Duration::from_millis(5), Err("destination sealed"), &RoleStatus::default());
+        std::thread::sleep(Duration::from_millis(60));
+        let h = t.cycle_health();
+        assert!(!h.healthy());
+        assert!(h.roles[0].reason.as_deref().is_some_and(|r| r.contains("destination sealed")), "{h:?}");
+    }
+
+    #[tokio::test]
+    async fn metrics_name_the_series_the_issue_lists() {
+        let t = Telemetry::new();
+        t.add_role("origin", None, Duration::from_secs(1), Duration::from_secs(1));
+        t.origin_cycle(Duration::from_millis(30), Ok(10));
+        let report = CycleReport {
+            tasks: vec![crate::destination::TaskCount { kind: "copy", outcome: "written", count: 7 }],
+            secrets: 7,
+            ..CycleReport::default()
+        };
+        t.destination_cycle("eu", Duration::from_millis(30), Ok(&report), &RoleStatus::default());
+        vsync_core::PluginCallObserver::plugin_call(&t, "regex", true, Duration::from_micros(3));
+        let text = t.encode().await;
+        for needle in [
+            "vsync_cycles_total{role=\"origin\",destination=\"\",outcome=\"ok\"} 1",
+            "vsync_cycle_duration_seconds_bucket",
+            "vsync_tasks_total{destination=\"eu\",kind=\"copy\",outcome=\"written\"} 7",
+            "vsync_plugin_calls_total{plugin=\"regex\",outcome=\"ok\"} 1",
+            "vsync_plugin_call_duration_seconds_count{plugin=\"regex\"} 1",
+            "vsync_last_success_timestamp_seconds{role=\"destination\",destination=\"eu\"}",
+            "vsync_secrets{destination=\"eu\"} 7",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+}
