@@ -57,13 +57,13 @@ cat >"$work/vsync.toml" <<TOML
 [origin]
 vault = { address = "http://127.0.0.1:$ORIGIN_PORT", token = "root" }  # dev only: prefer token_file
 mounts = ["secret/"]
-state = { backend = "file", path = "$work/state" }
+state = { backend = "file", path = "state" }  # relative to this file: $work/state
 
 [[destination]]
 name = "eu"
 vault = { address = "http://127.0.0.1:$DEST_PORT", token = "root" }
 mounts = { "secret/" = "secret/" }
-state = { backend = "file", path = "$work/state" }
+state = { backend = "file", path = "state" }
 versions = "all"   # the default: an exact replica of every version; "latest" copies only the current one
 TOML
 

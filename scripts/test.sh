@@ -3,7 +3,9 @@
 # Consul contract suite (against the in-process emulator; also a real Consul when
 # CONSUL_HTTP_ADDR is set), the plugin host against real guest components, the end-to-end
 # tests of the vsync binary, and `vsync plugin validate` on the example plugin built with the
-# published SDK. Installs what it needs first (scripts/setup.sh).
+# published SDK, and `systemd-analyze verify` on examples/deploy's units where that tool exists
+# (the deployment YAML is parsed by vsync-config's tests). Installs what it needs first
+# (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -21,4 +23,17 @@ trap 'rm -rf "$pack"' EXIT
 cp examples/region-transformer/target/wasm32-wasip2/release/region_transformer.wasm "$pack/region.wasm"
 cp examples/region-transformer/region.vectors.toml "$pack/region.vectors.toml"
 cargo run --locked --quiet -p vsync -- plugin validate "$pack"
+if command -v systemd-analyze >/dev/null; then
+  echo "==> test: systemd-analyze verify examples/deploy units (ExecStart pointed at the built binary)"
+  cargo build --locked --quiet -p vsync
+  bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/vsync"
+  units="$(mktemp -d)"
+  for u in examples/deploy/vsync.service examples/deploy/vsync-health.service examples/deploy/vsync-health.timer; do
+    sed "s#/usr/local/bin/vsync#$bin#g" "$u" >"$units/$(basename "$u")"
+  done
+  # verify exits 0 on settings it ignores; any output at all is a finding.
+  out="$(systemd-analyze verify "$units"/* 2>&1)" || { echo "$out"; exit 1; }
+  rm -rf "$units"
+  if [ -n "$out" ]; then echo "$out"; exit 1; fi
+fi
 echo "==> test: all passed"

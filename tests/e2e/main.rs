@@ -10,6 +10,7 @@ use serde_json::json;
 use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
 use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
 
+mod examples;
 mod ha;
 mod leaks;
 mod plugins;
@@ -17,8 +18,8 @@ mod runtime;
 mod telemetry;
 
 fn vsync(config: &Path, args: &[&str]) -> Output {
-    // Relative paths in a config resolve against the working directory: keep them in the
-    // test's own directory.
+    // Relative paths in a config resolve against its directory; run there too, so that
+    // nothing a test starts lands outside its own directory.
     let cwd = config.parent().filter(|p| p.is_dir()).map_or_else(std::env::temp_dir, Path::to_path_buf);
     Command::new(env!("CARGO_BIN_EXE_vsync"))
         .current_dir(cwd)

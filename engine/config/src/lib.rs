@@ -1,22 +1,44 @@
 //! `vsync-config`: the `vsync.toml` schema (DESIGN section 6), parsing with errors that name
-//! the file, line and key, and semantic validation.
+//! the file, line, column and key, and semantic validation.
 //!
-//! Unknown keys are errors (`deny_unknown_fields` everywhere). Durations and sizes are strings
-//! with units (`"1m"`, `"50ms"`, `"32MiB"`). This crate describes configuration and builds the
-//! runtime specifications (`vsync_core::spec`) the engine takes, so no runtime crate depends
-//! on the file's schema.
+//! Loading reports every problem at once, each as `file:line:col: key: message (hint)`:
+//!
+//! - A TOML syntax error stops everything else (the rest of the document cannot be trusted), so
+//!   it is the only problem reported.
+//! - Otherwise every unknown key, anywhere (inline tables, `state` tables, each
+//!   `[[destination]]`), is reported with the nearest known key as a hint. The known keys are
+//!   those of the JSON Schema generated from these types ([`json_schema`], committed as
+//!   `engine/config/vsync.schema.json`).
+//! - Then the values are read: a value of the wrong type, a bad duration or size, or a missing
+//!   required key is reported, but serde stops at the first such error (so a second one shows
+//!   up only after the first is fixed). When every value reads, every semantic problem
+//!   (overlapping mounts, two token sources, a destination mapping a mount the origin does not
+//!   list, ...) is reported.
+//!
+//! Durations and sizes are strings with units (`"1m"`, `"50ms"`, `"32MiB"`). Relative paths in
+//! the file resolve against the file's directory ([`Config::load`]). This crate describes
+//! configuration and builds the runtime specifications (`vsync_core::spec`) the engine takes,
+//! so no runtime crate depends on the file's schema.
+
+mod diag;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 pub use vsync_core::{DeletePolicy, VersionsMode};
 use vsync_core::{DestinationSpec, OriginSpec, normalize_mount};
 
-/// A configuration problem. Every variant names the file; parse errors also the line and column.
+pub use diag::{KeyPath, Seg};
+pub use schema::{DURATION_PATTERN, SIZE_PATTERN, json_schema, json_schema_text};
+
+/// A configuration problem. Every variant names the file; all but `Read` also the line and
+/// column.
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file cannot be read.
@@ -28,7 +50,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The TOML is malformed, has an unknown key, or a value of the wrong type.
+    /// The file is not valid TOML (only this error is reported: the rest cannot be trusted).
     #[error("{file}:{line}:{column}: {message}")]
     Parse {
         /// The file.
@@ -37,73 +59,87 @@ pub enum ConfigError {
         line: usize,
         /// 1-based column.
         column: usize,
-        /// What is wrong, naming the key.
+        /// What is wrong.
         message: String,
     },
-    /// Several values are not acceptable (every one is listed).
+    /// Several problems (every one is listed, in the order of the file).
     #[error("{} problems:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Many(Vec<ConfigError>),
-    /// The TOML is well-formed but a value is not acceptable.
-    #[error("{file}: `{key}`: {message}")]
+    /// A key is unknown, or a value has the wrong type or is not acceptable.
+    #[error("{file}:{line}:{column}: {key}: {message}{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
     Invalid {
         /// The file.
         file: PathBuf,
+        /// 1-based line of the key (or of the nearest enclosing key when the value was not
+        /// written and its default is what is wrong).
+        line: usize,
+        /// 1-based column.
+        column: usize,
         /// Dotted key path, e.g. `destination[0].mounts`.
         key: String,
         /// What is wrong.
         message: String,
+        /// How to fix it.
+        hint: Option<String>,
     },
 }
 
-/// The whole `vsync.toml`.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole `vsync.toml` (DESIGN section 6).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "vsync.toml",
+    description = "Configuration of vsync: one origin Vault, its mounts, and the destinations it is replicated to."
+)]
 pub struct Config {
-    /// The origin side.
+    /// The origin side: the Vault that is read, its mounts, and where its sync info lives.
     pub origin: Origin,
-    /// Destinations (`[[destination]]`).
+    /// Destinations (`[[destination]]`), each a Vault that receives a copy.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<Destination>,
-    /// Plugin settings.
+    /// Plugin settings (`[plugins]`).
     #[serde(default)]
     pub plugins: PluginSettings,
-    /// Alerting on fatal errors.
+    /// Alerting on fatal errors (`[alert]`).
     #[serde(default)]
     pub alert: Option<Alert>,
-    /// Metrics and logs.
+    /// Metrics, health and logs (`[telemetry]`).
     #[serde(default)]
     pub telemetry: Telemetry,
 }
 
 /// `[origin]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Origin {
-    /// Origin Vault.
+    /// Origin Vault connection and auth.
     pub vault: VaultSettings,
-    /// Mounts to replicate (`secret/`).
+    /// Mounts to replicate, like `["secret/", "kv1/"]`; none may be inside another.
     pub mounts: Vec<String>,
     /// Scan interval.
     #[serde(default = "default_interval", deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration", extend("default" = "1m"))]
     pub interval: Duration,
     /// Per-cycle time limit.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration", extend("default" = "5m"))]
     pub timeout: Duration,
-    /// Requests in flight.
+    /// Requests in flight (1 to 1024).
     #[serde(default = "default_workers")]
+    #[schemars(range(min = 1, max = 1024))]
     pub workers: usize,
     /// Where the origin's sync info lives.
     pub state: StateSettings,
-    /// HMAC key for KV v1 value digests.
+    /// File holding the HMAC key for KV v1 value digests (needed only with KV v1 mounts).
     #[serde(default)]
     pub digest_key_file: Option<PathBuf>,
-    /// Socket audit device feed address.
+    /// Socket audit device feed address (not built yet: refused).
     #[serde(default)]
     pub audit_listen: Option<String>,
 }
 
 /// Connection settings of one Vault (either side).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VaultSettings {
     /// `http(s)://host:port`.
@@ -138,12 +174,12 @@ pub struct VaultSettings {
 }
 
 /// `approle = { role_id, secret_id | secret_id_file | secret_id_env, mount }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppRole {
     /// Role ID.
     pub role_id: String,
-    /// Inline secret ID.
+    /// Inline secret ID (dev only).
     #[serde(default)]
     pub secret_id: Option<String>,
     /// File holding the secret ID.
@@ -152,28 +188,28 @@ pub struct AppRole {
     /// Environment variable holding the secret ID.
     #[serde(default)]
     pub secret_id_env: Option<String>,
-    /// Auth mount (default `approle`).
+    /// Auth mount.
     #[serde(default = "default_approle_mount")]
     pub mount: String,
 }
 
-/// Where a side's sync info lives.
-#[derive(Debug, Clone, Deserialize)]
+/// Where a side's sync info lives: `{ backend = "file", path }` or `{ backend = "consul", ... }`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StateSettings {
     /// Embedded file store (one machine).
     File {
-        /// Directory.
+        /// Directory (shared by the roles of one machine; each side locks its own file).
         path: PathBuf,
     },
-    /// Consul KV.
+    /// Consul KV (several machines, hot standby).
     Consul {
-        /// Consul HTTP address.
+        /// Consul HTTP address, `http(s)://host:port`.
         address: String,
-        /// Key prefix (default `vsync/`).
+        /// Key prefix.
         #[serde(default = "default_prefix")]
         prefix: String,
-        /// Inline ACL token.
+        /// Inline ACL token (dev only).
         #[serde(default)]
         token: Option<String>,
         /// File holding the ACL token.
@@ -194,46 +230,54 @@ pub enum StateSettings {
         /// Client key (PEM).
         #[serde(default)]
         client_key: Option<PathBuf>,
-        /// Bucket count (chosen automatically when absent).
+        /// Bucket count, 1 to 65536 (chosen automatically when absent; origin only).
         #[serde(default)]
+        #[schemars(range(min = 1, max = 65536))]
         buckets: Option<u32>,
     },
 }
 
 /// `[[destination]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
-    /// Unique name.
+    /// Unique name: 1 to 100 letters, digits, `-`, `_` or `.`.
     pub name: String,
     /// Labels handed to plugins (e.g. `region`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Destination Vault.
+    /// Destination Vault connection and auth.
     pub vault: VaultSettings,
-    /// Origin mount -> destination mount.
+    /// Origin mount -> destination mount, like `{ "secret/" = "secret/" }`.
     pub mounts: BTreeMap<String, String>,
-    /// Where this destination's info lives.
+    /// Where this destination's sync info lives.
     pub state: StateSettings,
-    /// Backup ticker.
+    /// Backup ticker (a destination also follows the origin's published info as it changes).
     #[serde(default = "default_interval", deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration", extend("default" = "1m"))]
     pub interval: Duration,
     /// Per-cycle time limit.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration", extend("default" = "5m"))]
     pub timeout: Duration,
-    /// Copy workers.
+    /// Copy workers (1 to 1024).
     #[serde(default = "default_workers")]
+    #[schemars(range(min = 1, max = 1024))]
     pub workers: usize,
-    /// `all` or `latest`.
+    /// `all` (an exact replica of every KV v2 version) or `latest` (the current version only).
     #[serde(default)]
+    #[schemars(with = "schema::Versions")]
     pub versions: VersionsMode,
-    /// `mirror`, `soft` or `ignore`.
+    /// What a delete at the origin does here: `mirror`, `soft` or `ignore`.
     #[serde(default)]
+    #[schemars(with = "schema::Deletes")]
     pub deletes: DeletePolicy,
-    /// Mass-delete guard ratio.
+    /// Mass-delete guard: a cycle deleting more than this share of the destination's secrets
+    /// (and more than 10) stops unless `--allow-mass-delete` is given.
     #[serde(default = "default_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_delete_ratio: f64,
-    /// Transformer stack, in order.
+    /// Transformer stack, in order: the first that returns a path wins.
     #[serde(default)]
     pub transforms: Vec<PluginRef>,
     /// Filters; all must include a path.
@@ -242,28 +286,32 @@ pub struct Destination {
 }
 
 /// `{ plugin = "name", config = { ... } }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRef {
-    /// Plugin name (default pack or `--plugins` dir).
+    /// Plugin name (default pack: `identity`, `regex`, `prefix`, `glob`; or a component of the
+    /// plugins directory).
     pub plugin: String,
-    /// Plugin configuration, handed to `configure` as JSON.
+    /// Plugin configuration, handed to the plugin's `configure` as JSON; the plugin checks it.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub config: Option<toml::Table>,
 }
 
 /// `[plugins]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSettings {
-    /// Directory of extra components.
+    /// Directory of extra components (`--plugins DIR` overrides it).
     #[serde(default)]
     pub dir: Option<PathBuf>,
     /// Per-call time limit.
     #[serde(default = "default_call_timeout", deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration", extend("default" = "50ms"))]
     pub call_timeout: Duration,
-    /// Memory limit per instance, in bytes.
+    /// Memory limit per instance.
     #[serde(default = "default_memory_limit", deserialize_with = "size")]
+    #[schemars(schema_with = "schema::size", extend("default" = "32MiB"))]
     pub memory_limit: u64,
 }
 
@@ -278,7 +326,7 @@ impl Default for PluginSettings {
 }
 
 /// `[alert]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Alert {
     /// URL that receives a JSON POST on fatal errors.
@@ -286,19 +334,20 @@ pub struct Alert {
 }
 
 /// `[telemetry]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
-    /// `/metrics` and `/healthz` listen address.
+    /// `/metrics` and `/healthz` listen address, like `127.0.0.1:9464`.
     #[serde(default)]
     pub listen: Option<String>,
-    /// `json` or `human`.
+    /// `json` or `human` (default: human on a terminal, JSON otherwise; `--log-format`
+    /// overrides).
     #[serde(default)]
     pub log_format: Option<LogFormat>,
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line.
@@ -334,11 +383,8 @@ fn default_memory_limit() -> u64 {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration `{text}` ({e}); use a number with a unit, like \"30s\", \"1m\" or \"50ms\""
-        ))
-    })
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
 }
 
 /// Parses `"32MiB"`, `"512KiB"`, `"1GiB"`, `"1000"` (bytes), also `KB`/`MB`/`GB` (powers of 10).
@@ -362,28 +408,81 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let text = String::deserialize(d)?;
-    parse_size(&text).ok_or_else(|| {
-        serde::de::Error::custom(format!("invalid size `{text}`; use a number with a unit, like \"32MiB\""))
-    })
+    parse_size(&text).ok_or_else(|| serde::de::Error::custom(format!("invalid size `{text}`")))
+}
+
+/// How to write a value of the key whose schema is `node`.
+fn value_hint(root: &serde_json::Value, node: &serde_json::Value) -> Option<String> {
+    match node.get("pattern").and_then(serde_json::Value::as_str) {
+        Some(DURATION_PATTERN) => {
+            Some("use a number with a unit, like \"30s\", \"1m\" or \"50ms\"".into())
+        }
+        Some(SIZE_PATTERN) => {
+            Some("use a number with a unit: B, KiB, MiB, GiB, KB, MB or GB, like \"32MiB\"".into())
+        }
+        _ => {
+            diag::description(root, node).map(|d| format!("expected: {}", d.trim_end_matches('.')))
+        }
+    }
+}
+
+/// serde names Rust types (`usize`, `f64`); the file has TOML types.
+fn plain_types(message: &str) -> String {
+    let mut m = message.to_owned();
+    for (rust, toml) in [
+        ("expected usize", "expected an integer"),
+        ("expected u32", "expected an integer"),
+        ("expected u64", "expected an integer"),
+        ("expected f64", "expected a number"),
+    ] {
+        m = m.replace(rust, toml);
+    }
+    m
+}
+
+/// Semantic problems found by [`Config::validate`], keyed by their display path.
+#[derive(Debug, Default)]
+struct Problems(Vec<(String, String, Option<String>)>);
+
+impl Problems {
+    fn bad(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push((key.into(), message.into(), None));
+    }
+
+    fn hint(
+        &mut self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.0.push((key.into(), message.into(), Some(hint.into())));
+    }
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file, then resolves the relative paths in it
+    /// against the file's directory (see [`Config::resolve_paths`]).
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_owned(),
             source,
         })?;
-        Self::parse(&text, file)
+        let mut config = Self::parse(&text, file)?;
+        // The directory the file is in, made absolute against the working directory (that is
+        // where `--config` itself is relative to).
+        let base = std::path::absolute(file)
+            .ok()
+            .and_then(|f| f.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        config.resolve_paths(&base);
+        Ok(config)
     }
 
-    /// Parses and validates config text; `file` is used in error messages.
+    /// Parses and validates config text; `file` is used in error messages. Paths stay as
+    /// written.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+        let mut doc = toml::de::DeTable::parse(text).map_err(|e| {
+            let (line, column) = diag::line_col(text, e.span().map_or(0, |s| s.start));
             ConfigError::Parse {
                 file: file.to_owned(),
                 line,
@@ -391,42 +490,127 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
-        config.validate(file)?;
-        Ok(config)
+        let whole = doc.span();
+        // Unknown keys are reported and taken out, so serde (which denies them) goes on to the
+        // values and the semantic checks can run.
+        let mut found = diag::unknown_keys(schema::cached(), doc.get_mut());
+        let config = match Config::deserialize(toml::de::Deserializer::from(doc.clone())) {
+            Ok(config) => {
+                for (key, message, hint) in config.validate().0 {
+                    let key = KeyPath::parse(&key);
+                    let span = diag::locate(doc.get_ref(), whole.clone(), &key);
+                    found.push(diag::Found {
+                        span,
+                        key,
+                        message,
+                        hint,
+                    });
+                }
+                Some(config)
+            }
+            Err(e) => {
+                let span = e.span().unwrap_or(whole.clone());
+                let key = diag::path_at(doc.get_ref(), span.start);
+                let message = plain_types(e.message().trim());
+                // A missing key is described by the schema; so is the key of a wrong value.
+                let missing = message
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.strip_suffix('`'))
+                    .map(|field| key.key(field));
+                let root = schema::cached();
+                let hint = match &missing {
+                    Some(field) => diag::schema_at(root, doc.get_ref(), field)
+                        .and_then(|node| diag::description(root, node))
+                        .map(|d| format!("add `{field}`: {d}")),
+                    None => diag::schema_at(root, doc.get_ref(), &key)
+                        .and_then(|node| value_hint(root, node)),
+                };
+                found.push(diag::Found {
+                    span,
+                    key,
+                    message,
+                    hint,
+                });
+                None
+            }
+        };
+        found.sort_by_key(|f| f.span.start);
+        let mut errors: Vec<ConfigError> = found
+            .into_iter()
+            .map(|f| {
+                let (line, column) = diag::line_col(text, f.span.start);
+                ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    key: f.key.to_string(),
+                    message: f.message,
+                    hint: f.hint,
+                }
+            })
+            .collect();
+        match (errors.len(), config) {
+            (0, Some(config)) => Ok(config),
+            (1, _) => Err(errors.remove(0)),
+            _ => Err(ConfigError::Many(errors)),
+        }
     }
 
-    /// Checks everything the schema cannot, and reports every problem at once.
-    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        let mut problems: Vec<(String, String)> = Vec::new();
-        let mut bad = |key: String, message: String| problems.push((key, message));
+    /// Makes every relative path of the file absolute against `base` (the config file's
+    /// directory), so that every consumer sees the path the file meant. Paths given on the
+    /// command line (`--config`, `--plugins`) are not in here: they stay relative to the
+    /// working directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.origin.vault.resolve_paths(base);
+        self.origin.state.resolve_paths(base);
+        resolve_opt(base, &mut self.origin.digest_key_file);
+        for d in &mut self.destinations {
+            d.vault.resolve_paths(base);
+            d.state.resolve_paths(base);
+        }
+        resolve_opt(base, &mut self.plugins.dir);
+    }
+
+    /// Checks everything the schema cannot, and collects every problem.
+    fn validate(&self) -> Problems {
+        let mut problems = Problems::default();
+        let mut bad = |key: String, message: String| problems.bad(key, message);
         if let Err((k, m)) = check_vault(&self.origin.vault, "origin.vault") {
             bad(k, m);
         }
-        if self.origin.mounts.is_empty() {
-            bad("origin.mounts".into(), "list at least one mount".into());
-        }
         let mut origin_mounts: Vec<String> = Vec::new();
-        for m in &self.origin.mounts {
+        for (i, m) in self.origin.mounts.iter().enumerate() {
+            let at = format!("origin.mounts[{i}]");
             match vsync_core::normalize_mount(m) {
-                Err(e) => bad("origin.mounts".into(), format!("mount `{m}`: {e}")),
-                Ok(n) if origin_mounts.contains(&n) => bad("origin.mounts".into(), format!("mount `{m}` is listed twice")),
+                Err(e) => bad(at, format!("mount `{m}`: {e}")),
+                Ok(n) if origin_mounts.contains(&n) => {
+                    bad(at, format!("mount `{m}` is listed twice"))
+                }
                 Ok(n) => {
-                    if let Some(other) = origin_mounts.iter().find(|o| n.starts_with(o.as_str()) || o.starts_with(n.as_str())) {
+                    if let Some(other) = origin_mounts
+                        .iter()
+                        .find(|o| n.starts_with(o.as_str()) || o.starts_with(n.as_str()))
+                    {
                         bad(
-                            "origin.mounts".into(),
-                            format!("mounts `{other}` and `{n}` overlap: one is inside the other, so its keys would be scanned twice"),
+                            at,
+                            format!(
+                                "mounts `{other}` and `{n}` overlap: one is inside the other, so its keys would be scanned twice"
+                            ),
                         );
                     }
                     origin_mounts.push(n);
                 }
             }
         }
-        check_workers(&mut bad, "origin.workers", self.origin.workers);
-        check_durations(&mut bad, "origin", self.origin.interval, self.origin.timeout);
-        if let StateSettings::Consul { buckets: Some(n), .. } = &self.origin.state
+        if let StateSettings::Consul {
+            buckets: Some(n), ..
+        } = &self.origin.state
             && (*n == 0 || *n > MAX_BUCKETS)
         {
-            bad("origin.state.buckets".into(), format!("{n} is out of range (1 to {MAX_BUCKETS})"));
+            bad(
+                "origin.state.buckets".into(),
+                format!("{n} is out of range (1 to {MAX_BUCKETS})"),
+            );
         }
         if self.origin.audit_listen.is_some() {
             bad(
@@ -442,64 +626,101 @@ impl Config {
                 format!("`{listen}` is not an address with a port, like \"127.0.0.1:9464\" or \"[::1]:9464\""),
             );
         }
-        if self.plugins.call_timeout.is_zero() {
-            bad("plugins.call_timeout".into(), "must be longer than 0".into());
-        }
         let mut names = Vec::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let at = |k: &str| format!("destination[{i}].{k}");
             let usable = !d.name.is_empty()
                 && d.name.len() <= 100
-                && d.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                && d.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
             if !usable {
                 bad(
                     at("name"),
-                    format!("`{}` is not a usable name: use 1 to 100 letters, digits, `-`, `_` or `.`", d.name),
+                    format!(
+                        "`{}` is not a usable name: use 1 to 100 letters, digits, `-`, `_` or `.`",
+                        d.name
+                    ),
                 );
             }
             if names.contains(&&d.name) {
-                bad(at("name"), format!("destination `{}` is defined twice", d.name));
+                bad(
+                    at("name"),
+                    format!("destination `{}` is defined twice", d.name),
+                );
             }
             names.push(&d.name);
             if let Err((k, m)) = check_vault(&d.vault, &at("vault")) {
                 bad(k, m);
             }
-            if d.mounts.is_empty() {
-                bad(at("mounts"), "map at least one origin mount to a destination mount".into());
-            }
             let mut seen_from: Vec<String> = Vec::new();
             for (from, to) in &d.mounts {
+                let key = KeyPath::parse(&at("mounts")).key(from).to_string();
                 match vsync_core::normalize_mount(from) {
-                    Err(e) => bad(at("mounts"), format!("origin mount `{from}`: {e}")),
-                    Ok(n) if seen_from.contains(&n) => {
-                        bad(at("mounts"), format!("origin mount `{n}` is mapped twice (`{n}` and `{}` are one mount)", n.trim_end_matches('/')))
-                    }
+                    Err(e) => bad(key.clone(), format!("origin mount `{from}`: {e}")),
+                    Ok(n) if seen_from.contains(&n) => bad(
+                        key.clone(),
+                        format!(
+                            "origin mount `{n}` is mapped twice (`{n}` and `{}` are one mount)",
+                            n.trim_end_matches('/')
+                        ),
+                    ),
                     Ok(n) => {
                         if !origin_mounts.contains(&n) {
-                            bad(at("mounts"), format!("origin mount `{from}` is not in origin.mounts ({})", origin_mounts.join(", ")));
+                            bad(
+                                key.clone(),
+                                format!(
+                                    "origin mount `{from}` is not in origin.mounts ({})",
+                                    origin_mounts.join(", ")
+                                ),
+                            );
                         }
                         seen_from.push(n);
                     }
                 }
                 if let Err(e) = vsync_core::normalize_mount(to) {
-                    bad(at("mounts"), format!("destination mount `{to}`: {e}"));
+                    bad(key, format!("destination mount `{to}`: {e}"));
                 }
             }
-            check_workers(&mut bad, &at("workers"), d.workers);
-            check_durations(&mut bad, &format!("destination[{i}]"), d.interval, d.timeout);
             if !(0.0..=1.0).contains(&d.max_delete_ratio) {
                 bad(at("max_delete_ratio"), "must be between 0 and 1".into());
             }
         }
-        let mut invalid: Vec<ConfigError> = problems
-            .into_iter()
-            .map(|(key, message)| ConfigError::Invalid { file: file.to_owned(), key, message })
-            .collect();
-        match invalid.len() {
-            0 => Ok(()),
-            1 => Err(invalid.remove(0)),
-            _ => Err(ConfigError::Many(invalid)),
+        // Checks with a hint of their own.
+        if self.origin.mounts.is_empty() {
+            problems.hint(
+                "origin.mounts",
+                "no mount listed",
+                "list at least one, like [\"secret/\"]",
+            );
         }
+        check_workers(&mut problems, "origin.workers", self.origin.workers);
+        check_durations(
+            &mut problems,
+            "origin",
+            self.origin.interval,
+            self.origin.timeout,
+        );
+        if self.plugins.call_timeout.is_zero() {
+            problems.hint(
+                "plugins.call_timeout",
+                "must be longer than 0",
+                "like \"50ms\"",
+            );
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            let at = format!("destination[{i}]");
+            if d.mounts.is_empty() {
+                problems.hint(
+                    format!("{at}.mounts"),
+                    "no mount mapped",
+                    "map at least one origin mount to a destination mount, like { \"secret/\" = \"secret/\" }",
+                );
+            }
+            check_workers(&mut problems, &format!("{at}.workers"), d.workers);
+            check_durations(&mut problems, &at, d.interval, d.timeout);
+        }
+        problems
     }
 
     /// The destination called `name`.
@@ -568,18 +789,30 @@ pub const MAX_WORKERS: usize = 1024;
 /// stores; more buckets than this only cost reads).
 pub const MAX_BUCKETS: u32 = 1 << 16;
 
-fn check_workers(bad: &mut impl FnMut(String, String), key: &str, workers: usize) {
+fn check_workers(problems: &mut Problems, key: &str, workers: usize) {
     if workers == 0 || workers > MAX_WORKERS {
-        bad(key.to_owned(), format!("{workers} is out of range (1 to {MAX_WORKERS})"));
+        problems.hint(
+            key,
+            format!("{workers} is out of range"),
+            format!("use 1 to {MAX_WORKERS}; the default is 4"),
+        );
     }
 }
 
-fn check_durations(bad: &mut impl FnMut(String, String), at: &str, interval: Duration, timeout: Duration) {
+fn check_durations(problems: &mut Problems, at: &str, interval: Duration, timeout: Duration) {
     if interval.is_zero() {
-        bad(format!("{at}.interval"), "must be longer than 0".into());
+        problems.hint(
+            format!("{at}.interval"),
+            "must be longer than 0",
+            "like \"1m\"",
+        );
     }
     if timeout.is_zero() {
-        bad(format!("{at}.timeout"), "must be longer than 0".into());
+        problems.hint(
+            format!("{at}.timeout"),
+            "must be longer than 0",
+            "like \"5m\"",
+        );
     }
 }
 
@@ -615,11 +848,54 @@ fn check_vault(v: &VaultSettings, key: &str) -> Result<(), (String, String)> {
     Ok(())
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |p| before.len() - p - 1) + 1;
-    (line, column)
+impl VaultSettings {
+    /// Makes the file paths absolute against `base` (see [`Config::resolve_paths`]).
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.token_file,
+            &mut self.ca_cert,
+            &mut self.client_cert,
+            &mut self.client_key,
+        ] {
+            resolve_opt(base, p);
+        }
+        if let Some(a) = &mut self.approle {
+            resolve_opt(base, &mut a.secret_id_file);
+        }
+        // JWT / Kubernetes auth: its `jwt_file` resolves here too, once the field exists.
+    }
+}
+
+impl StateSettings {
+    /// Makes the file paths absolute against `base` (see [`Config::resolve_paths`]).
+    fn resolve_paths(&mut self, base: &Path) {
+        match self {
+            StateSettings::File { path } => resolve(base, path),
+            StateSettings::Consul {
+                token_file,
+                ca_cert,
+                client_cert,
+                client_key,
+                ..
+            } => {
+                for p in [token_file, ca_cert, client_cert, client_key] {
+                    resolve_opt(base, p);
+                }
+            }
+        }
+    }
+}
+
+fn resolve(base: &Path, path: &mut PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
+
+fn resolve_opt(base: &Path, path: &mut Option<PathBuf>) {
+    if let Some(p) = path {
+        resolve(base, p);
+    }
 }
 
 #[cfg(test)]
@@ -708,6 +984,93 @@ memory_limit = "32MiB"
         let listen = format!("{GOOD}\n[telemetry]\nlisten = \"localhost\"\n");
         let err = Config::parse(&listen, Path::new("vsync.toml")).unwrap_err().to_string();
         assert!(err.contains("telemetry.listen") && err.contains("with a port"), "{err}");
+    }
+
+    #[test]
+    fn semantic_problems_carry_the_line_of_their_key() {
+        let bad = GOOD.replace("\"kv1/\" = \"kv1/\"", "\"kv9/\" = \"kv1/\"");
+        let err = Config::parse(&bad, Path::new("vsync.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("vsync.toml:11:"), "{err}");
+        assert!(err.contains("destination[0].mounts.\"kv9/\": origin mount `kv9/` is not in origin.mounts"), "{err}");
+        let bad = GOOD.replace("interval = \"30s\"", "interval = \"0s\"");
+        let err = Config::parse(&bad, Path::new("vsync.toml")).unwrap_err().to_string();
+        assert_eq!(err, "vsync.toml:15:1: destination[0].interval: must be longer than 0 (like \"1m\")");
+    }
+
+    #[test]
+    fn unknown_keys_type_errors_and_semantic_problems_come_together() {
+        // Unknown keys with semantic problems: all of them.
+        let bad = GOOD
+            .replace("versions = \"latest\"", "versions = \"latest\"\nworkerz = 3")
+            .replace("name = \"eu\"", "name = \"eu west\"")
+            .replace("call_timeout", "call_timout");
+        let Err(ConfigError::Many(all)) = Config::parse(&bad, Path::new("vsync.toml")) else {
+            panic!("several problems expected");
+        };
+        let text: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(text[0].starts_with("vsync.toml:8:1: destination[0].name: `eu west` is not a usable name"), "{text:#?}");
+        assert_eq!(text[1], "vsync.toml:14:1: destination[0].workerz: unknown key (did you mean `workers`?)");
+        assert_eq!(text[2], "vsync.toml:20:1: plugins.call_timout: unknown key (did you mean `call_timeout`?)");
+        // Unknown keys with a type error: the type error stands for the values.
+        let bad = GOOD.replace("versions = \"latest\"", "versions = 3\nworkerz = 3");
+        let err = Config::parse(&bad, Path::new("vsync.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("2 problems:\nvsync.toml:13:12: destination[0].versions: wanted string or table"), "{err}");
+        assert!(err.contains("vsync.toml:14:1: destination[0].workerz: unknown key"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        // Relative to the working directory (the package), as `--config` would be.
+        let c = Config::load(Path::new("tests/golden/valid/full.toml")).unwrap();
+        let dir = std::path::absolute("tests/golden/valid").unwrap();
+        let StateSettings::Consul { token_file, ca_cert, client_cert, client_key, .. } = &c.origin.state else {
+            panic!("consul state expected");
+        };
+        assert_eq!(token_file.as_deref(), Some(dir.join("consul.token").as_path()));
+        assert_eq!(ca_cert.as_deref(), Some(dir.join("tls/consul-ca.pem").as_path()));
+        assert_eq!(client_cert.as_deref(), Some(dir.join("tls/consul.pem").as_path()));
+        assert_eq!(client_key.as_deref(), Some(dir.join("tls/consul.key").as_path()));
+        let v = &c.origin.vault;
+        assert_eq!(v.ca_cert.as_deref(), Some(dir.join("tls/ca.pem").as_path()));
+        assert_eq!(v.client_cert.as_deref(), Some(dir.join("tls/client.pem").as_path()));
+        assert_eq!(v.client_key.as_deref(), Some(dir.join("tls/client.key").as_path()));
+        let approle = v.approle.as_ref().unwrap();
+        assert_eq!(approle.secret_id_file.as_deref(), Some(dir.join("secrets/origin-secret-id").as_path()));
+        assert_eq!(c.origin.digest_key_file.as_deref(), Some(dir.join("digest.key").as_path()));
+        assert_eq!(c.destinations[0].vault.token_file.as_deref(), Some(dir.join("eu.token").as_path()));
+        assert_eq!(c.plugins.dir.as_deref(), Some(dir.join("plugins").as_path()));
+        // An absolute path stays as written.
+        let StateSettings::File { path } = &c.destinations[1].state else {
+            panic!("file state expected");
+        };
+        assert_eq!(path, Path::new("/var/lib/vsync"));
+        // `parse` leaves paths as written; `./x` joins as `<dir>/./x`, the same place.
+        let c = Config::parse(GOOD, Path::new("vsync.toml")).unwrap();
+        let StateSettings::File { path } = &c.origin.state else { panic!() };
+        assert_eq!(path, Path::new("./vsync-state"));
+        let mut c = c;
+        c.resolve_paths(Path::new("/etc/vsync"));
+        let StateSettings::File { path } = &c.origin.state else { panic!() };
+        assert_eq!(path, Path::new("/etc/vsync/./vsync-state"));
+    }
+
+    #[test]
+    fn schema_enums_are_the_words_the_core_accepts() {
+        let schema = json_schema();
+        let words = |def: &str| -> Vec<serde_json::Value> {
+            schema["$defs"][def]["oneOf"].as_array().unwrap().iter().map(|b| b["const"].clone()).collect()
+        };
+        let versions = words("Versions");
+        assert_eq!(versions.len(), 2);
+        for w in versions {
+            serde_json::from_value::<VersionsMode>(w).unwrap();
+        }
+        let deletes = words("Deletes");
+        assert_eq!(deletes.len(), 3);
+        for w in deletes {
+            serde_json::from_value::<DeletePolicy>(w).unwrap();
+        }
     }
 
     #[test]
