@@ -120,6 +120,9 @@ pub struct VaultSettings {
     /// AppRole login.
     #[serde(default)]
     pub approle: Option<AppRole>,
+    /// JWT (or Kubernetes) login.
+    #[serde(default)]
+    pub jwt: Option<Jwt>,
     /// Namespace.
     #[serde(default)]
     pub namespace: Option<String>,
@@ -154,6 +157,24 @@ pub struct AppRole {
     pub secret_id_env: Option<String>,
     /// Auth mount (default `approle`).
     #[serde(default = "default_approle_mount")]
+    pub mount: String,
+}
+
+/// `jwt = { role, jwt_file | jwt_env, mount }`: JWT/OIDC auth, and Kubernetes auth with
+/// `mount = "kubernetes"` and the service-account token file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    /// The auth method's role.
+    pub role: String,
+    /// File holding the JWT; re-read at each login (projected tokens rotate).
+    #[serde(default)]
+    pub jwt_file: Option<PathBuf>,
+    /// Environment variable holding the JWT.
+    #[serde(default)]
+    pub jwt_env: Option<String>,
+    /// Auth mount (default `jwt`).
+    #[serde(default = "default_jwt_mount")]
     pub mount: String,
 }
 
@@ -324,6 +345,9 @@ fn default_prefix() -> String {
 }
 fn default_approle_mount() -> String {
     "approle".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
 }
 fn default_call_timeout() -> Duration {
     Duration::from_millis(50)
@@ -582,14 +606,14 @@ fn check_durations(bad: &mut impl FnMut(String, String), at: &str, interval: Dur
 }
 
 fn check_vault(v: &VaultSettings, key: &str) -> Result<(), (String, String)> {
-    let sources = [v.token.is_some(), v.token_file.is_some(), v.token_env.is_some(), v.approle.is_some()]
+    let sources = [v.token.is_some(), v.token_file.is_some(), v.token_env.is_some(), v.approle.is_some(), v.jwt.is_some()]
         .iter()
         .filter(|b| **b)
         .count();
     if sources != 1 {
         return Err((
             key.to_owned(),
-            "set exactly one of `token`, `token_file`, `token_env` or `approle`".into(),
+            "set exactly one of `token`, `token_file`, `token_env`, `approle` or `jwt`".into(),
         ));
     }
     if !(v.address.starts_with("http://") || v.address.starts_with("https://")) {
@@ -608,6 +632,14 @@ fn check_vault(v: &VaultSettings, key: &str) -> Result<(), (String, String)> {
                 format!("{key}.approle"),
                 "set exactly one of `secret_id`, `secret_id_file` or `secret_id_env`".into(),
             ));
+        }
+    }
+    if let Some(j) = &v.jwt {
+        if j.jwt_file.is_some() == j.jwt_env.is_some() {
+            return Err((format!("{key}.jwt"), "set exactly one of `jwt_file` or `jwt_env`".into()));
+        }
+        if j.role.trim().is_empty() {
+            return Err((format!("{key}.jwt.role"), "must not be empty".into()));
         }
     }
     Ok(())
@@ -704,6 +736,29 @@ memory_limit = "32MiB"
         let listen = format!("{GOOD}\n[telemetry]\nlisten = \"127.0.0.1:9464\"\n");
         let err = Config::parse(&listen, Path::new("vsync.toml")).unwrap_err().to_string();
         assert!(err.contains("telemetry.listen") && err.contains("not built yet"), "{err}");
+    }
+
+    #[test]
+    fn jwt_is_one_token_source_with_one_jwt_source() {
+        let jwt = r#"jwt = { role = "vsync", jwt_file = "/var/run/secrets/kubernetes.io/serviceaccount/token", mount = "kubernetes" }"#;
+        let ok = GOOD.replace("token_env = \"EU_TOKEN\"", jwt);
+        let c = Config::parse(&ok, Path::new("vsync.toml")).unwrap();
+        let j = c.destination("eu").unwrap().vault.jwt.clone().unwrap();
+        assert_eq!((j.role.as_str(), j.mount.as_str()), ("vsync", "kubernetes"));
+        assert!(j.jwt_file.is_some() && j.jwt_env.is_none());
+        let default_mount = GOOD.replace("token_env = \"EU_TOKEN\"", r#"jwt = { role = "r", jwt_env = "MY_JWT" }"#);
+        let c = Config::parse(&default_mount, Path::new("vsync.toml")).unwrap();
+        assert_eq!(c.destination("eu").unwrap().vault.jwt.as_ref().unwrap().mount, "jwt");
+        let cases = [
+            (GOOD.replace("token_env = \"EU_TOKEN\"", &format!("token_env = \"E\", {jwt}")), "exactly one of `token`"),
+            (GOOD.replace("token_env = \"EU_TOKEN\"", r#"jwt = { role = "r" }"#), "destination[0].vault.jwt"),
+            (GOOD.replace("token_env = \"EU_TOKEN\"", r#"jwt = { role = "r", jwt_env = "A", jwt_file = "f" }"#), "exactly one of `jwt_file` or `jwt_env`"),
+            (GOOD.replace("token_env = \"EU_TOKEN\"", r#"jwt = { role = "r", jwt_env = "A", jwt = "inline" }"#), "unknown field `jwt`"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::parse(&text, Path::new("vsync.toml")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
     }
 
     #[test]
