@@ -11,6 +11,7 @@ use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
 use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
 
 mod ha;
+mod jwt;
 mod plugins;
 mod runtime;
 

@@ -40,7 +40,7 @@ fn webhook_receiver() -> (String, mpsc::Receiver<String>) {
     (url, rx)
 }
 
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+pub(super) fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if let Some(status) = child.try_wait().unwrap() {
@@ -51,7 +51,7 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::pr
     None
 }
 
-fn output_of(mut child: std::process::Child) -> String {
+pub(super) fn output_of(mut child: std::process::Child) -> String {
     let mut out = String::new();
     if let Some(mut s) = child.stdout.take() {
         s.read_to_string(&mut out).unwrap();
