@@ -12,6 +12,7 @@ use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
 
 mod examples;
 mod ha;
+mod jwt;
 mod leaks;
 mod plugins;
 mod runtime;

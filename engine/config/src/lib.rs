@@ -156,6 +156,9 @@ pub struct VaultSettings {
     /// AppRole login.
     #[serde(default)]
     pub approle: Option<AppRole>,
+    /// JWT (or Kubernetes) login.
+    #[serde(default)]
+    pub jwt: Option<Jwt>,
     /// Namespace.
     #[serde(default)]
     pub namespace: Option<String>,
@@ -190,6 +193,24 @@ pub struct AppRole {
     pub secret_id_env: Option<String>,
     /// Auth mount.
     #[serde(default = "default_approle_mount")]
+    pub mount: String,
+}
+
+/// `jwt = { role, jwt_file | jwt_env, mount }`: JWT/OIDC auth, and Kubernetes auth with
+/// `mount = "kubernetes"` and the service-account token file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    /// The auth method's role.
+    pub role: String,
+    /// File holding the JWT; re-read at each login (projected tokens rotate).
+    #[serde(default)]
+    pub jwt_file: Option<PathBuf>,
+    /// Environment variable holding the JWT.
+    #[serde(default)]
+    pub jwt_env: Option<String>,
+    /// Auth mount (default `jwt`).
+    #[serde(default = "default_jwt_mount")]
     pub mount: String,
 }
 
@@ -373,6 +394,9 @@ fn default_prefix() -> String {
 }
 fn default_approle_mount() -> String {
     "approle".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
 }
 fn default_call_timeout() -> Duration {
     Duration::from_millis(50)
@@ -817,14 +841,14 @@ fn check_durations(problems: &mut Problems, at: &str, interval: Duration, timeou
 }
 
 fn check_vault(v: &VaultSettings, key: &str) -> Result<(), (String, String)> {
-    let sources = [v.token.is_some(), v.token_file.is_some(), v.token_env.is_some(), v.approle.is_some()]
+    let sources = [v.token.is_some(), v.token_file.is_some(), v.token_env.is_some(), v.approle.is_some(), v.jwt.is_some()]
         .iter()
         .filter(|b| **b)
         .count();
     if sources != 1 {
         return Err((
             key.to_owned(),
-            "set exactly one of `token`, `token_file`, `token_env` or `approle`".into(),
+            "set exactly one of `token`, `token_file`, `token_env`, `approle` or `jwt`".into(),
         ));
     }
     if !(v.address.starts_with("http://") || v.address.starts_with("https://")) {
@@ -845,6 +869,14 @@ fn check_vault(v: &VaultSettings, key: &str) -> Result<(), (String, String)> {
             ));
         }
     }
+    if let Some(j) = &v.jwt {
+        if j.jwt_file.is_some() == j.jwt_env.is_some() {
+            return Err((format!("{key}.jwt"), "set exactly one of `jwt_file` or `jwt_env`".into()));
+        }
+        if j.role.trim().is_empty() {
+            return Err((format!("{key}.jwt.role"), "must not be empty".into()));
+        }
+    }
     Ok(())
 }
 
@@ -862,7 +894,9 @@ impl VaultSettings {
         if let Some(a) = &mut self.approle {
             resolve_opt(base, &mut a.secret_id_file);
         }
-        // JWT / Kubernetes auth: its `jwt_file` resolves here too, once the field exists.
+        if let Some(j) = &mut self.jwt {
+            resolve_opt(base, &mut j.jwt_file);
+        }
     }
 }
 
@@ -1070,6 +1104,29 @@ memory_limit = "32MiB"
         assert_eq!(deletes.len(), 3);
         for w in deletes {
             serde_json::from_value::<DeletePolicy>(w).unwrap();
+        }
+    }
+
+    #[test]
+    fn jwt_is_one_token_source_with_one_jwt_source() {
+        let jwt = r#"jwt = { role = "vsync", jwt_file = "/var/run/secrets/kubernetes.io/serviceaccount/token", mount = "kubernetes" }"#;
+        let ok = GOOD.replace("token_env = \"EU_TOKEN\"", jwt);
+        let c = Config::parse(&ok, Path::new("vsync.toml")).unwrap();
+        let j = c.destination("eu").unwrap().vault.jwt.clone().unwrap();
+        assert_eq!((j.role.as_str(), j.mount.as_str()), ("vsync", "kubernetes"));
+        assert!(j.jwt_file.is_some() && j.jwt_env.is_none());
+        let default_mount = GOOD.replace("token_env = \"EU_TOKEN\"", r#"jwt = { role = "r", jwt_env = "MY_JWT" }"#);
+        let c = Config::parse(&default_mount, Path::new("vsync.toml")).unwrap();
+        assert_eq!(c.destination("eu").unwrap().vault.jwt.as_ref().unwrap().mount, "jwt");
+        let cases = [
+            (GOOD.replace("token_env = \"EU_TOKEN\"", &format!("token_env = \"E\", {jwt}")), "exactly one of `token`"),
+            (GOOD.replace("token_env = \"EU_TOKEN\"", r#"jwt = { role = "r" }"#), "destination[0].vault.jwt"),
+            (GOOD.replace("token_env = \"EU_TOKEN\"", r#"jwt = { role = "r", jwt_env = "A", jwt_file = "f" }"#), "exactly one of `jwt_file` or `jwt_env`"),
+            (GOOD.replace("token_env = \"EU_TOKEN\"", r#"jwt = { role = "r", jwt_env = "A", jwt = "inline" }"#), "destination[0].vault.jwt.jwt: unknown key"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::parse(&text, Path::new("vsync.toml")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
         }
     }
 

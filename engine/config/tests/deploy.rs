@@ -64,19 +64,12 @@ fn kubernetes_manifest_parses_and_wires_probes_account_and_config() {
     assert_eq!(table["telemetry"]["listen"].as_str(), Some("0.0.0.0:9464"));
 }
 
-/// The ConfigMap's config with `jwt` (JWT/Kubernetes auth, being built on another branch)
-/// swapped out. Once it has landed, parse the text as it is.
-fn until_jwt_lands(text: &str) -> String {
-    let jwt = format!("jwt = {{ role = \"vsync\", jwt_file = \"{SA_TOKEN}\", mount = \"kubernetes\" }}");
-    text.replace(&jwt, "token_env = \"VSYNC_TOKEN\"")
-}
 
 #[test]
 fn kubernetes_config_is_a_valid_vsync_toml() {
     let docs = documents();
     let text = kind(&docs, "ConfigMap")["data"]["vsync.toml"].as_str().unwrap().to_owned();
-    let text = until_jwt_lands(&text);
-    assert!(!text.contains("jwt ="), "every jwt table is swapped out:\n{text}");
+    assert!(text.contains("jwt ="), "the ConfigMap uses Kubernetes auth:\n{text}");
     if let Err(e) = vsync_config::Config::parse(&text, Path::new("kubernetes.yaml:vsync.toml")) {
         panic!("the ConfigMap's vsync.toml is not valid:\n{e}");
     }

@@ -135,6 +135,7 @@ impl Fault {
             VaultError::PermissionDenied { .. } => FaultClass::Fatal(FatalCause::PermissionDenied),
             VaultError::MountNotFound { .. } | VaultError::NotKv { .. } => FaultClass::Fatal(FatalCause::Mount),
             VaultError::Config(_) => FaultClass::Fatal(FatalCause::Config),
+            VaultError::LoginFailed { .. } => FaultClass::Fatal(FatalCause::Token),
             VaultError::Sealed { .. } | VaultError::Connection { .. } => FaultClass::Unavailable,
             _ => FaultClass::Transient,
         };

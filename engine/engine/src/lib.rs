@@ -11,7 +11,7 @@
 //! - [`locks`]: one writer per side (hot standby on Consul); [`tripwire`]: background fatal
 //!   faults; [`signals`]: the SIGINT/SIGTERM shutdown future;
 //! - [`status`]: per-cycle status records and lag; [`policy`]: least-privilege Vault policies;
-//! - [`tokens`]: token renewal and AppRole re-login; [`alert`]: the fatal-error webhook;
+//! - [`tokens`]: token renewal and AppRole or JWT re-login; [`alert`]: the fatal-error webhook;
 //! - [`progress`]: progress of long cycles (a log line every few seconds, or the binary's bar);
 //! - [`telemetry`]: Prometheus metrics and the health verdict (`/metrics`, `/healthz`).
 //!

@@ -1,7 +1,9 @@
 //! Keeps each Vault client's token valid: renews renewable tokens before they expire, logs in
-//! again with AppRole when renewal no longer extends the token (max TTL reached), and declares
-//! a fatal error when a token can be neither renewed nor re-obtained.
+//! again (AppRole, or JWT/Kubernetes) when renewal no longer extends the token (max TTL reached,
+//! or not renewable), and declares a fatal error when a token can be neither renewed nor
+//! re-obtained.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
@@ -24,6 +26,57 @@ pub enum TokenSource {
         /// Secret ID (never logged).
         secret_id: Secret,
     },
+    /// JWT login (`auth/<mount>/login {role, jwt}`): the JWT/OIDC auth method, or Kubernetes
+    /// auth with the service-account token.
+    Jwt {
+        /// Auth mount (`jwt`, `kubernetes`).
+        mount: String,
+        /// The auth method's role.
+        role: String,
+        /// Where the JWT is read from, at every login.
+        jwt: JwtSource,
+    },
+}
+
+impl TokenSource {
+    /// The login method's name in logs and errors; `None` for a static token.
+    fn method(&self) -> Option<&'static str> {
+        match self {
+            TokenSource::Static => None,
+            TokenSource::AppRole { .. } => Some("AppRole"),
+            TokenSource::Jwt { .. } => Some("JWT"),
+        }
+    }
+}
+
+/// Where a JWT comes from. It is read again at every login: projected service-account tokens
+/// are rotated on disk by the kubelet, and a JWT read once would expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtSource {
+    /// A file holding the JWT (`jwt_file`).
+    File(PathBuf),
+    /// An environment variable holding it (`jwt_env`).
+    Env(String),
+}
+
+impl JwtSource {
+    /// The current JWT, trimmed; an error names the file or variable, never the content.
+    pub fn read(&self) -> Result<Secret, String> {
+        let value = match self {
+            JwtSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read jwt_file {}: {e}", path.display()))?,
+            JwtSource::Env(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable `{var}` (jwt_env) is not set or not UTF-8"))?,
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(match self {
+                JwtSource::File(path) => format!("jwt_file {} is empty", path.display()),
+                JwtSource::Env(var) => format!("environment variable `{var}` (jwt_env) is empty"),
+            });
+        }
+        Ok(Secret(value.to_owned()))
+    }
 }
 
 /// A credential that never prints.
@@ -36,19 +89,31 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Logs in with AppRole and installs the token in `client`.
+/// Logs in (AppRole or JWT) and installs the token in `client`; `None` for a static token.
+/// A JWT file is read again at each call.
 pub async fn login(client: &VaultClient, side: &str, source: &TokenSource) -> Result<Option<TokenLease>, Fault> {
-    let TokenSource::AppRole { mount, role_id, secret_id } = source else {
-        return Ok(None);
+    let (method, login) = match source {
+        TokenSource::Static => return Ok(None),
+        TokenSource::AppRole { mount, role_id, secret_id } => (
+            "AppRole",
+            client
+                .approle_login(mount, role_id, &secret_id.0)
+                .await
+                .map_err(|e| Fault::vault(format!("{side} vault: AppRole login at auth/{mount}"), e))?,
+        ),
+        TokenSource::Jwt { mount, role, jwt } => {
+            let value = jwt.read().map_err(|e| {
+                Fault::fatal(FatalCause::Config, format!("{side} vault: JWT login at auth/{mount} as role `{role}`: {e}"))
+            })?;
+            // The error already names the mount and the role.
+            let login = client.jwt_login(mount, role, &value.0).await.map_err(|e| Fault::vault(format!("{side} vault"), e))?;
+            ("JWT", login)
+        }
     };
-    let login = client
-        .approle_login(mount, role_id, &secret_id.0)
-        .await
-        .map_err(|e| Fault::vault(format!("{side} vault: AppRole login at auth/{mount}"), e))?;
     client
         .set_token(&login.token)
-        .map_err(|e| Fault::vault(format!("{side} vault: AppRole login"), e))?;
-    info!(side, ttl = ?login.lease.ttl, "logged in with AppRole");
+        .map_err(|e| Fault::vault(format!("{side} vault: {method} login"), e))?;
+    info!(side, ttl = ?login.lease.ttl, renewable = login.lease.renewable, "logged in with {method}");
     Ok(Some(login.lease))
 }
 
@@ -69,7 +134,7 @@ pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, firs
             },
         };
         // What a full renewal grants: the TTL the token started with.
-        let full = lease.ttl;
+        let mut full = lease.ttl;
         loop {
             if lease.ttl.is_zero() {
                 return; // never expires (root or periodic-free service token without TTL)
@@ -85,8 +150,8 @@ pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, firs
                         lease = new;
                         continue;
                     }
-                    // Capped by the max TTL: a static token lives on until it ends; an AppRole
-                    // one is replaced by a fresh login now, while it is still valid.
+                    // Capped by the max TTL: a static token lives on until it ends; a logged-in
+                    // one (AppRole, JWT) is replaced by a fresh login now, while it is still valid.
                     Ok(new) if matches!(source, TokenSource::Static) && !new.ttl.is_zero() => {
                         warn!(side = %side, ttl = ?new.ttl, "the token is near its max TTL and cannot be extended further");
                         lease = new;
@@ -106,42 +171,45 @@ pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, firs
                     Err(e) => warn!(side = %side, error = %e, "token renewal failed"),
                 }
             }
-            match &source {
-                TokenSource::AppRole { .. } => {
-                    let mut tries = 0;
-                    loop {
-                        match login(&client, &side, &source).await {
-                            Ok(Some(new)) => {
-                                info!(side = %side, "token renewed by a new AppRole login");
-                                lease = new;
-                                break;
-                            }
-                            Ok(None) => return,
-                            Err(e) => {
-                                tries += 1;
-                                if tries >= 3 {
-                                    tripwire.trip(Fault::fatal(
-                                        FatalCause::Token,
-                                        format!("{side} vault: the token expires and AppRole login failed 3 times: {e}"),
-                                    ));
-                                    return;
-                                }
-                                tokio::time::sleep((remaining / 4).max(Duration::from_millis(200))).await;
-                            }
+            let Some(method) = source.method() else {
+                tripwire.trip(Fault::fatal(
+                    FatalCause::Token,
+                    format!(
+                        "{side} vault: the token expires in about {remaining:?} and cannot be renewed; \
+                         give vsync a renewable token or use AppRole or JWT login"
+                    ),
+                ));
+                return;
+            };
+            let mut tries = 0;
+            loop {
+                match login(&client, &side, &source).await {
+                    Ok(Some(new)) => {
+                        info!(side = %side, ttl = ?new.ttl, "token renewed by a new {method} login");
+                        lease = new;
+                        break;
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tries += 1;
+                        warn!(side = %side, error = %e.message, tries, "{method} login failed");
+                        if tries >= 3 {
+                            tripwire.trip(Fault::fatal(
+                                FatalCause::Token,
+                                format!(
+                                    "{side} vault: the token expires and {method} login failed 3 times: {}",
+                                    // The login's error already starts with the side.
+                                    e.message.strip_prefix(&format!("{side} vault: ")).unwrap_or(&e.message)
+                                ),
+                            ));
+                            return;
                         }
+                        tokio::time::sleep((remaining / 4).max(Duration::from_millis(200))).await;
                     }
                 }
-                TokenSource::Static => {
-                    tripwire.trip(Fault::fatal(
-                        FatalCause::Token,
-                        format!(
-                            "{side} vault: the token expires in about {remaining:?} and cannot be renewed; \
-                             give vsync a renewable token or use AppRole"
-                        ),
-                    ));
-                    return;
-                }
             }
+            // What a full renewal grants from now on: the new token's TTL.
+            full = lease.ttl;
         }
     });
 }
@@ -169,5 +237,32 @@ async fn retry_renewal(client: &VaultClient, side: &str, full: Duration, remaini
             Err(e) => warn!(side, error = %e, "token renewal failed again"),
         }
         wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_jwt_file_is_read_again_each_time_and_errors_never_hold_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let source = JwtSource::File(path.clone());
+        let err = source.read().unwrap_err();
+        assert!(err.contains("cannot read jwt_file") && err.contains("token"), "{err}");
+        std::fs::write(&path, "first.jwt.value\n").unwrap();
+        assert_eq!(source.read().unwrap().0, "first.jwt.value");
+        // Rotated on disk (as the kubelet does): the next read sees the new token.
+        std::fs::write(&path, "second.jwt.value").unwrap();
+        assert_eq!(source.read().unwrap().0, "second.jwt.value");
+        std::fs::write(&path, " \n").unwrap();
+        assert!(source.read().unwrap_err().contains("is empty"));
+        assert_eq!(format!("{:?}", source.read().ok()), "None");
+        assert_eq!(format!("{:?}", Secret("second.jwt.value".into())), "<redacted>");
+
+        let err = JwtSource::Env("VSYNC_TEST_SURELY_UNSET_JWT".into()).read().unwrap_err();
+        assert!(err.contains("VSYNC_TEST_SURELY_UNSET_JWT") && err.contains("jwt_env"), "{err}");
     }
 }

@@ -1,4 +1,4 @@
-//! Token lifecycle calls: look up and renew the client's own token, and AppRole login.
+//! Token lifecycle calls: look up and renew the client's own token, and AppRole and JWT logins.
 //!
 //! The policy (when to renew, when to log in again, when to give up) lives in the binary; this
 //! module only speaks the API. Tokens travel in headers and in login responses only; they are
@@ -56,6 +56,19 @@ struct AuthData {
     lease_duration: u64,
     #[serde(default)]
     renewable: bool,
+}
+
+/// `text` with every occurrence of `secret` (and of its dot-separated parts, for a JWT whose
+/// header or claims a server might quote) replaced by `<redacted>`.
+fn redact(text: &str, secret: &str) -> String {
+    let mut out = text.to_owned();
+    let parts = std::iter::once(secret).chain(secret.split('.'));
+    // Short parts (an empty signature, `e30` for `{}`) are not worth hiding and would garble
+    // ordinary words.
+    for part in parts.filter(|p| p.len() >= 8) {
+        out = out.replace(part, "<redacted>");
+    }
+    out
 }
 
 fn decode<'a, T: Deserialize<'a>>(request: &str, body: &'a [u8]) -> Result<T> {
@@ -138,5 +151,73 @@ impl VaultClient {
                 renewable: auth.renewable,
             },
         })
+    }
+
+    /// `POST auth/<mount>/login` with `{role, jwt}`: the JWT/OIDC auth method, and also the
+    /// Kubernetes one (same request, the JWT being a service-account token). Does not change
+    /// this client's token. The JWT never appears in an error: a refusal (400 or 403) becomes
+    /// [`VaultError::LoginFailed`] naming the mount and role, a 404 says that nothing is
+    /// mounted there.
+    pub async fn jwt_login(&self, mount: &str, role: &str, jwt: &str) -> Result<Login> {
+        let mount = mount.trim_matches('/');
+        let api = Self::api_path("auth", mount)? + "/login";
+        let request = format!("POST {api}");
+        let body = serde_json::to_vec(&json!({ "role": role, "jwt": jwt }))
+            .map_err(|e| VaultError::Config(e.to_string()))?;
+        let refused = |status: u16, message: String| {
+            let mut message = redact(&message, jwt);
+            if status == 403 {
+                // Without a valid token, a path that nothing is mounted at also answers 403.
+                message.push_str(&format!(" (also the answer when no auth method is mounted at `auth/{mount}`)"));
+            }
+            VaultError::LoginFailed { method: "JWT", mount: mount.to_owned(), role: role.to_owned(), status, message }
+        };
+        let answer = match self
+            .call(RequestKind::Other, Method::POST, &api, &[], Some((body, "application/json")))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(VaultError::PermissionDenied { message, .. }) => return Err(refused(403, message)),
+            Err(VaultError::Rejected { status: 400, message, .. }) => return Err(refused(400, message)),
+            Err(VaultError::Rejected { request, status, message }) => {
+                return Err(VaultError::Rejected { request, status, message: redact(&message, jwt) });
+            }
+            Err(VaultError::Server { request, status, message }) => {
+                return Err(VaultError::Server { request, status, message: redact(&message, jwt) });
+            }
+            Err(e) => return Err(e),
+        };
+        if answer.status.as_u16() == 404 {
+            return Err(VaultError::Config(format!(
+                "JWT login: no auth method mounted at `auth/{mount}` on {}",
+                self.address()
+            )));
+        }
+        let auth: AuthBody = decode(&request, &answer.body)?;
+        let auth = auth.auth.ok_or_else(|| VaultError::Decode {
+            request,
+            message: "no `auth` in the login answer".into(),
+        })?;
+        Ok(Login {
+            token: Token::new(auth.client_token),
+            lease: TokenLease {
+                ttl: Duration::from_secs(auth.lease_duration),
+                renewable: auth.renewable,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_the_jwt_and_its_parts() {
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ2c3luYyJ9.c2lnbmF0dXJlLWJ5dGVz";
+        let text = format!("bad token {jwt}; claims eyJzdWIiOiJ2c3luYyJ9 rejected");
+        let out = redact(&text, jwt);
+        assert!(!out.contains("eyJ") && !out.contains("c2lnbmF0dXJl"), "{out}");
+        assert_eq!(redact("token is expired", jwt), "token is expired");
     }
 }

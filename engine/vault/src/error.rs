@@ -90,6 +90,21 @@ pub enum VaultError {
         /// Server's error text.
         message: String,
     },
+    /// A login that the auth method refused (HTTP 400 or 403): a bad or expired credential, an
+    /// unknown role, claims the role does not accept. Never carries the credential.
+    #[error("{method} login at `auth/{mount}` as role `{role}` was refused (HTTP {status}){}", hint(.message))]
+    LoginFailed {
+        /// The auth method (`JWT`).
+        method: &'static str,
+        /// The auth mount.
+        mount: String,
+        /// The role asked for.
+        role: String,
+        /// 400 or 403.
+        status: u16,
+        /// Server's error text, with the credential removed should it appear there.
+        message: String,
+    },
     /// A 5xx that persisted through the retry budget.
     #[error("{request}: server error (HTTP {status}){}", hint(.message))]
     Server {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use vsync_core::KvVersion;
-use vsync_test_harness::{Bao, DEV_ROOT_TOKEN, HttpProxy};
+use vsync_test_harness::{Bao, DEV_ROOT_TOKEN, HttpProxy, JwtIssuer};
 use vsync_vault::{
     DataRead, MetadataSettings, RetryPolicy, SecretData, Token, VaultClient, VaultConfig, VaultError,
 };
@@ -205,6 +205,63 @@ async fn missing_mount_revoked_token_and_denied_policy() {
     let err = limited.read_latest("secret/", "x").await.unwrap_err();
     assert!(matches!(err, VaultError::PermissionDenied { .. }), "{err}");
     assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn jwt_login_gets_a_working_token_and_refusals_name_mount_and_role() {
+    let bao = Bao::dev();
+    bao.enable_kv("kv1", 1);
+    bao.root("PUT", "sys/policies/acl/kv1-read", Some(&json!({"policy": r#"path "kv1/*" { capabilities = ["read"] }"#})));
+    let issuer = JwtIssuer::new();
+    // Mounted under the Kubernetes auth method's usual path: the login request is the same.
+    issuer.configure(&bao, "kubernetes", "vsync", &["kv1-read"], "3s", "6s");
+    root_write_v1(&bao, "kv1/app", json!({"k": "v"}));
+
+    let anonymous = client(&bao, "");
+    let jwt = issuer.sign("system:serviceaccount:vsync:vsync", 60, json!({}));
+    let login = anonymous.jwt_login("kubernetes/", "vsync", &jwt).await.unwrap();
+    assert!(login.lease.renewable, "{:?}", login.lease);
+    assert!(login.lease.ttl <= Duration::from_secs(3) && !login.lease.ttl.is_zero(), "{:?}", login.lease);
+    let logged_in = client(&bao, "");
+    logged_in.set_token(&login.token).unwrap();
+    assert!(logged_in.read_v1("kv1/", "app").await.unwrap().is_some(), "the token carries the role's policy");
+    assert!(logged_in.lookup_self().await.unwrap().ttl <= Duration::from_secs(3));
+
+    let refused = |err: &VaultError, status: u16, needle: &str, jwt: &str| {
+        let text = err.to_string();
+        assert!(matches!(err, VaultError::LoginFailed { status: s, .. } if *s == status), "{text}");
+        assert!(text.contains("auth/kubernetes") && (text.contains("`vsync`") || text.contains("`nobody`")), "{text}");
+        assert!(text.contains(needle), "{needle}: {text}");
+        assert!(!text.contains(jwt) && !format!("{err:?}").contains(jwt), "the JWT leaked: {text}");
+        for part in jwt.split('.') {
+            assert!(!text.contains(part), "a part of the JWT leaked: {text}");
+        }
+    };
+    // Unknown role.
+    let err = anonymous.jwt_login("kubernetes", "nobody", &jwt).await.unwrap_err();
+    refused(&err, 400, "nobody", &jwt);
+    // Expired (leeways are off), another key, another audience, not a JWT at all.
+    let expired = issuer.sign("sa", 0, json!({"exp": 1_000_000_000}));
+    refused(&anonymous.jwt_login("kubernetes", "vsync", &expired).await.unwrap_err(), 400, "expired", &expired);
+    let foreign = JwtIssuer::new().sign("sa", 60, json!({}));
+    refused(&anonymous.jwt_login("kubernetes", "vsync", &foreign).await.unwrap_err(), 400, "HTTP 400", &foreign);
+    let wrong_aud = issuer.sign("sa", 60, json!({"aud": "someone-else"}));
+    refused(&anonymous.jwt_login("kubernetes", "vsync", &wrong_aud).await.unwrap_err(), 400, "aud", &wrong_aud);
+    let garbage = "not-a-jwt-at-all-but-a-long-secret-string";
+    refused(&anonymous.jwt_login("kubernetes", "vsync", garbage).await.unwrap_err(), 400, "HTTP 400", garbage);
+
+    // Nothing mounted there: 404 with a token, 403 without one (the hint says so).
+    let err = client(&bao, DEV_ROOT_TOKEN).jwt_login("jwt", "vsync", &jwt).await.unwrap_err();
+    assert!(matches!(err, VaultError::Config(_)), "{err}");
+    assert!(err.to_string().contains("no auth method mounted at `auth/jwt`"), "{err}");
+    let err = anonymous.jwt_login("jwt", "vsync", &jwt).await.unwrap_err();
+    assert!(matches!(err, VaultError::LoginFailed { status: 403, .. }), "{err}");
+    assert!(err.to_string().contains("no auth method is mounted at `auth/jwt`"), "{err}");
+    assert!(!err.to_string().contains(&jwt));
+}
+
+fn root_write_v1(bao: &Bao, path: &str, value: serde_json::Value) {
+    bao.root("POST", path, Some(&value));
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use vsync_state::consul::{ConsulClient, ConsulConfig, ConsulToken};
 use vsync_state::{ConsulStore, FileStore, StateStore};
 use vsync_vault::{Token, TokenLease, VaultClient, VaultConfig};
 
-use vsync_engine::tokens::{self, Secret, TokenSource};
+use vsync_engine::tokens::{self, JwtSource, Secret, TokenSource};
 
 /// Resolves the token source of a Vault side. `side` names it in errors ("origin", "destination eu").
 fn token(side: &str, v: &VaultSettings) -> Result<Token> {
@@ -31,8 +31,8 @@ fn token(side: &str, v: &VaultSettings) -> Result<Token> {
         }
         return Ok(Token::new(value));
     }
-    if v.approle.is_some() {
-        // Filled in by the AppRole login (`vault_login`).
+    if v.approle.is_some() || v.jwt.is_some() {
+        // Filled in by the login (`vault_login`).
         return Ok(Token::new(""));
     }
     bail!("{side} vault: no token source configured")
@@ -50,8 +50,17 @@ pub fn vault_client(side: &str, v: &VaultSettings) -> Result<VaultClient> {
     VaultClient::new(cfg).with_context(|| format!("{side} vault at {}", v.address))
 }
 
-/// How a side gets its token (AppRole credentials are read here, never logged).
+/// How a side gets its token (AppRole credentials are read here, never logged; a JWT is read
+/// at each login, since it rotates).
 pub fn token_source(side: &str, v: &VaultSettings) -> Result<TokenSource> {
+    if let Some(j) = &v.jwt {
+        let jwt = match (&j.jwt_file, &j.jwt_env) {
+            (Some(path), None) => JwtSource::File(path.clone()),
+            (None, Some(var)) => JwtSource::Env(var.clone()),
+            _ => bail!("{side} vault: jwt needs exactly one of jwt_file or jwt_env"),
+        };
+        return Ok(TokenSource::Jwt { mount: j.mount.clone(), role: j.role.clone(), jwt });
+    }
     let Some(a) = &v.approle else {
         return Ok(TokenSource::Static);
     };
@@ -80,7 +89,7 @@ pub fn token_source(side: &str, v: &VaultSettings) -> Result<TokenSource> {
     })
 }
 
-/// Builds a side's client and logs in when it uses AppRole.
+/// Builds a side's client and logs in when it uses AppRole or JWT.
 pub async fn vault_login(side: &str, v: &VaultSettings) -> Result<(VaultClient, TokenSource, Option<TokenLease>)> {
     let client = vault_client(side, v)?;
     let source = token_source(side, v)?;

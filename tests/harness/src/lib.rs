@@ -9,8 +9,10 @@
 #![allow(clippy::unwrap_used)] // a test harness: failing loudly is the point
 
 mod http_proxy;
+pub mod jwt;
 mod proxy;
 pub use http_proxy::HttpProxy;
+pub use jwt::JwtIssuer;
 pub use proxy::Proxy;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
