@@ -14,6 +14,7 @@ mod examples;
 mod ha;
 mod jwt;
 mod leaks;
+mod plan;
 mod plugins;
 mod runtime;
 mod telemetry;

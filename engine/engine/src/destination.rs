@@ -235,6 +235,40 @@ impl Preview {
     }
 }
 
+impl Preview {
+    /// The plan as `vsync plan --format json` prints it: a machine report for reviewing a
+    /// change before it applies. Paths and counts only, never a value.
+    pub fn json(&self, name: &str) -> serde_json::Value {
+        use serde_json::json;
+        let plan = &self.cycle.plan;
+        let action = |a: &Action| match a {
+            Action::CopyV2 { key, version, target, reason } => {
+                json!({"op": "copy", "key": key.to_string(), "version": version, "target": target.to_string(), "reason": format!("{reason:?}")})
+            }
+            Action::ExactV2 { key, target, reason } => json!({
+                "op": "replicate",
+                "key": key.to_string(),
+                "target": target.to_string(),
+                "reason": format!("{reason:?}"),
+                "detail": self.exact.get(key).map_or_else(|| "changed at the origin since the scan, next cycle".to_owned(), Inspected::summary),
+            }),
+            Action::SyncV1 { key, target } => json!({"op": "sync-kv1", "key": key.to_string(), "target": target.to_string()}),
+            Action::Record { key, .. } => json!({"op": "record", "key": key.to_string()}),
+            Action::Delete { key, target, .. } => json!({"op": "delete", "key": key.to_string(), "target": target.to_string()}),
+            Action::SoftDelete { key, target } => json!({"op": "soft-delete", "key": key.to_string(), "target": target.to_string()}),
+            Action::Forget { key } => json!({"op": "forget", "key": key.to_string()}),
+        };
+        json!({
+            "destination": name,
+            "writes": plan.writes.iter().map(action).collect::<Vec<_>>(),
+            "removals": plan.removals.iter().map(action).collect::<Vec<_>>(),
+            "mapping_failures": plan.failed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "refusals": self.refusals.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "summary": {"writes": plan.writes.len(), "removals": plan.removals.len(), "unchanged": plan.unchanged},
+        })
+    }
+}
+
 /// Loads a destination's info, re-bucketed to the origin's layout.
 pub async fn load_info(store: &StateStore, name: &str, bucket_count: u32) -> Result<DestInfo, Fault> {
     load_versioned(store, name, bucket_count).await.map(|(info, _)| info)

@@ -64,6 +64,9 @@ enum Command {
         /// Destination name from the config.
         #[arg(long)]
         name: String,
+        /// Output format (`json`: a machine report for CI review).
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        format: String,
     },
     /// Check connectivity, auth, permissions, mounts and state stores; exit 1 on any problem.
     Check,
@@ -248,7 +251,7 @@ async fn dispatch(command: Command, config: Option<Config>) -> Outcome {
             let d = destination(&config, &name)?;
             run_role(&config, Role::Destination, vec![d], None, cycle.options()).await
         }
-        Command::Plan { name } => plan(&config, &name).await,
+        Command::Plan { name, format } => plan(&config, &name, &format).await,
         Command::Check => check(&config).await,
         Command::Policy { role } => policy(&config, role).await,
         Command::Verify { name, repair, data } => verify(&config, &name, repair, data).await,
@@ -570,7 +573,7 @@ fn plugin_validate(config: Option<&Config>, dir: &Path, format: &str) -> Outcome
 }
 
 /// `vsync plan --name NAME`: what a cycle would do, touching neither Vault.
-async fn plan(config: &Config, name: &str) -> Outcome {
+async fn plan(config: &Config, name: &str, format: &str) -> Outcome {
     let key = digest_key(config)?;
     let mut one = OneDestination::build(config, name).await?;
     let (origin_vault, vault, store) = one.parts()?;
@@ -579,10 +582,15 @@ async fn plan(config: &Config, name: &str) -> Outcome {
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     // `plan` only reads: the destination's side is not locked, so it runs beside the role.
     let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
-    let bar = progress::for_cycles(true);
+    // The bar only with human output on a terminal; JSON goes to stdout, the bar to stderr.
+    let bar = progress::for_cycles(format == "human");
     let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info, Some(&*bar))
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
-    print!("{}", preview.human(name));
+    if format == "json" {
+        println!("{}", serde_json::to_string_pretty(&preview.json(name)).map_err(fatal)?);
+    } else {
+        print!("{}", preview.human(name));
+    }
     Ok(ExitCode::SUCCESS)
 }
