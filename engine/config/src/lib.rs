@@ -428,11 +428,10 @@ impl Config {
         {
             bad("origin.state.buckets".into(), format!("{n} is out of range (1 to {MAX_BUCKETS})"));
         }
-        if self.origin.audit_listen.is_some() {
-            bad(
-                "origin.audit_listen".into(),
-                "the socket audit device feed is not built yet; remove the key (the origin polls every `interval`)".into(),
-            );
+        if let Some(listen) = &self.origin.audit_listen
+            && let Err(e) = listen.parse::<std::net::SocketAddr>()
+        {
+            bad("origin.audit_listen".into(), format!("`{listen}` is not an IP:port address ({e}), e.g. `127.0.0.1:9400`"));
         }
         if self.telemetry.listen.is_some() {
             bad(
