@@ -188,18 +188,27 @@ pub enum Ended {
 struct Settling {
     state_failures: u32,
     flags: CycleFlags,
+    /// The last cycle failed: event rounds skip this role until a full round succeeds, so a
+    /// broken side is retried every `interval`, not at the rate of origin writes.
+    failing: bool,
 }
 
 impl Settling {
     /// Settles a failed cycle: `Some` stops the process (fatal, or any failure with `once`);
     /// `None` retries next cycle. Transient state-store failures become fatal after
-    /// [`STATE_RETRY_BUDGET`] cycles in a row.
-    fn failed(&mut self, fault: Fault, once: bool) -> Option<Fault> {
+    /// [`STATE_RETRY_BUDGET`] cycles in a row; only full rounds count (`counted`), so a burst
+    /// of events cannot spend the budget in seconds.
+    fn failed(&mut self, fault: Fault, once: bool, counted: bool) -> Option<Fault> {
+        self.failing = true;
         if fault.fatal_cause().is_some() || once {
             return Some(fault);
         }
         if fault.class == FaultClass::LockLost {
             warn!("{fault}; nothing committed this cycle: standby until this process holds the lock again");
+            return None;
+        }
+        if fault.class == FaultClass::StateStore && !counted {
+            error!("{fault}; nothing committed; retrying at the next full round");
             return None;
         }
         if fault.class == FaultClass::StateStore {
@@ -218,6 +227,7 @@ impl Settling {
     }
 
     fn succeeded(&mut self) {
+        self.failing = false;
         self.state_failures = 0;
         self.flags = CycleFlags::default();
     }
@@ -294,7 +304,7 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
     let mut settling: Vec<Settling> = engine
         .destinations
         .iter()
-        .map(|_| Settling { state_failures: 0, flags: options.flags })
+        .map(|_| Settling { state_failures: 0, flags: options.flags, failing: false })
         .collect();
     let mut view = OriginView::default();
     let mut pass = Pass::Full;
@@ -328,7 +338,9 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
         if full || round.scanned {
             full_due = Instant::now() + interval;
         }
-        let feed = engine.publisher.as_ref().and_then(|p| p.audit.as_ref());
+        // Without a published view (its last round failed) events wait for the next full round:
+        // a scan per event batch would hammer the origin while, say, the state store is down.
+        let feed = engine.publisher.as_ref().and_then(|p| p.audit.as_ref()).filter(|_| view.info.is_some());
         pass = loop {
             tokio::select! {
                 biased;
@@ -415,6 +427,7 @@ async fn apply_events(
         return Ok(None);
     };
     let published = changed > 0 && origin::publish(store, &p.lock, Some(base), &info).await?;
+    info!(paths = batch.changes.len(), changed, published, "origin updated from audit events");
     let version = if published { origin::published_version(store).await? } else { Some(base) };
     *view = OriginView { info: Some(info.clone()), version };
     Ok(Some((info, published, changed)))
@@ -483,7 +496,7 @@ async fn round(
                     done.scanned = true;
                     statuses.origin.origin_cycle(started, Err(&fault.message));
                     status::write(&engine.origin_store, ORIGIN_SIDE, &statuses.origin).await;
-                    return match origin_settling.failed(fault, once) {
+                    return match origin_settling.failed(fault, once, true) {
                         Some(fault) if fault.fatal_cause().is_some() => Err(Stop { destination: None, fault }),
                         Some(fault) => Ok(Round { failed: Some((None, fault)), ..done }),
                         None => Ok(done),
@@ -497,7 +510,7 @@ async fn round(
                 // Without the origin's info no destination can run: settle it as each one's failure.
                 let mut stop = None;
                 for (d, s) in engine.destinations.iter().zip(settling.iter_mut()) {
-                    if let Some(f) = s.failed(fault.clone(), once) {
+                    if let Some(f) = s.failed(fault.clone(), once, true) {
                         stop.get_or_insert((Some(d.spec.name.clone()), f));
                     }
                 }
@@ -508,7 +521,11 @@ async fn round(
             }
         },
     };
+    let events = matches!(pass, Pass::Events(_)) && !done.scanned;
     for ((d, s), record) in engine.destinations.iter_mut().zip(settling.iter_mut()).zip(statuses.destinations.iter_mut()) {
+        if events && s.failing {
+            continue;
+        }
         let name = d.spec.name.clone();
         let started = SystemTime::now();
         let timeout = d.spec.timeout;
@@ -537,7 +554,7 @@ async fn round(
                 done.per_secret_failures |= report.counts.failed > 0;
                 (engine.reporter)(&Event::DestinationCycle { name: &name, report: &report });
             }
-            Err(fault) => match s.failed(fault, once) {
+            Err(fault) => match s.failed(fault, once, !events) {
                 Some(fault) if fault.fatal_cause().is_some() => return Err(Stop { destination: Some(name), fault }),
                 Some(fault) => {
                     done.failed.get_or_insert((Some(name), fault));

@@ -54,6 +54,14 @@ fn specs(interval: Duration) -> (OriginSpec, DestinationSpec) {
 struct Seen {
     scans: AtomicUsize,
     updates: AtomicUsize,
+    /// When each event update and destination cycle ended, and how many keys it changed.
+    timeline: std::sync::Mutex<Vec<(Instant, &'static str, usize)>>,
+}
+
+impl Seen {
+    fn note(&self, what: &'static str, n: usize) {
+        self.timeline.lock().unwrap().push((Instant::now(), what, n));
+    }
 }
 
 /// An origin whose socket audit device reports through `proxy` to `feed_addr`, a destination,
@@ -80,7 +88,7 @@ async fn world() -> (World, AuditFeed) {
         .unwrap();
     origin.enable_kv("v1", 1);
     dest.enable_kv("v1", 1);
-    let store = StateStore::File(FileStore::open(&dir.path().join("state")).unwrap());
+    let store = StateStore::File(FileStore::open(dir.path().join("state")).unwrap());
     (World { origin, dest, proxy, feed_addr, store, _dir: dir }, feed)
 }
 
@@ -126,10 +134,11 @@ async fn start(w: &World, feed: AuditFeed, interval: Duration) -> Running {
             Event::OriginScanned { .. } => {
                 s.scans.fetch_add(1, Ordering::SeqCst);
             }
-            Event::OriginUpdated { .. } => {
+            Event::OriginUpdated { changed, .. } => {
                 s.updates.fetch_add(1, Ordering::SeqCst);
+                s.note("origin update", *changed);
             }
-            Event::DestinationCycle { .. } => {}
+            Event::DestinationCycle { report, .. } => s.note("destination cycle", report.counts.added + report.counts.updated),
         }),
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -228,6 +237,10 @@ async fn writes_deletes_and_a_burst_arrive_through_the_feed_without_a_scan() {
         last_write - burst_started,
         run.seen.updates.load(Ordering::SeqCst)
     );
+    for (at, what, n) in run.seen.timeline.lock().unwrap().iter().filter(|(at, ..)| *at >= burst_started) {
+        let t = at.duration_since(burst_started).as_secs_f64() - (last_write - burst_started).as_secs_f64();
+        println!("  {t:+.3} s (from the last write): {what}, {n} keys");
+    }
     assert_eq!(live(&cb, "secret/", "burst/19/k1999").await.as_deref(), Some(r#"{"i":1999}"#));
     assert_eq!(run.seen.scans.load(Ordering::SeqCst), 1, "every change came through the feed, without another scan");
     assert!(run.seen.updates.load(Ordering::SeqCst) >= 8);
