@@ -10,6 +10,7 @@ use serde_json::json;
 use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
 use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
 
+mod audit;
 mod examples;
 mod ha;
 mod jwt;

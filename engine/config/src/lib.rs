@@ -133,7 +133,7 @@ pub struct Origin {
     /// File holding the HMAC key for KV v1 value digests (needed only with KV v1 mounts).
     #[serde(default)]
     pub digest_key_file: Option<PathBuf>,
-    /// Socket audit device feed address (not built yet: refused).
+    /// Socket audit device feed address (`IP:port`): the origin publishes each change at once.
     #[serde(default)]
     pub audit_listen: Option<String>,
 }
@@ -636,11 +636,10 @@ impl Config {
                 format!("{n} is out of range (1 to {MAX_BUCKETS})"),
             );
         }
-        if self.origin.audit_listen.is_some() {
-            bad(
-                "origin.audit_listen".into(),
-                "the socket audit device feed is not built yet; remove the key (the origin polls every `interval`)".into(),
-            );
+        if let Some(listen) = &self.origin.audit_listen
+            && let Err(e) = listen.parse::<std::net::SocketAddr>()
+        {
+            bad("origin.audit_listen".into(), format!("`{listen}` is not an IP:port address ({e}), e.g. `127.0.0.1:9400`"));
         }
         if let Some(listen) = &self.telemetry.listen
             && listen.parse::<std::net::SocketAddr>().is_err()

@@ -1,6 +1,7 @@
 //! `vsync-engine`: the vsync runtime as a library.
 //!
-//! - [`origin`]: the complete origin scan, publishing and loading the origin info;
+//! - [`origin`]: the complete origin scan, its incremental update, publishing and loading the
+//!   origin info; [`audit`]: the socket audit device feed that triggers those updates;
 //! - [`destination`]: one destination's cycle: plan (decisions in `vsync_core::cycle`),
 //!   execute with bounded workers, commit;
 //! - [`roles`]: ONE loop for the origin, destination and `run` roles, with triggers
@@ -19,6 +20,7 @@
 //! `vsync_core::PathMapper`; it never sees the configuration schema and never links wasmtime.
 
 pub mod alert;
+pub mod audit;
 pub mod check;
 pub mod destination;
 pub mod exact;

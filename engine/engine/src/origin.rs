@@ -1,10 +1,11 @@
-//! The origin side: a complete scan of the configured mounts into sync info, publishing it,
-//! and loading what was published.
+//! The origin side: a complete scan of the configured mounts into sync info, an incremental
+//! update of that info from audit events ([`update`]), publishing it, and loading what was
+//! published.
 //!
-//! Any listing, metadata or value error fails the whole scan, so a partial view (which would
-//! read as deletes everywhere) is never published or used.
+//! Any listing, metadata or value error fails the whole scan (or update), so a partial view
+//! (which would read as deletes everywhere) is never published or used.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -19,6 +20,7 @@ use vsync_state::info as state_info;
 use vsync_state::{StateStore, StoreLock};
 use vsync_vault::{SecretData, VaultClient};
 
+use crate::audit::Change;
 use crate::fault::Fault;
 
 /// The origin's side name in a state store.
@@ -90,6 +92,128 @@ async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option
     }
     let count = spec.buckets.unwrap_or_else(|| auto_bucket_count(entries.len()));
     Ok(OriginInfo::new(SyncInfo::from_entries(count, entries), uuids))
+}
+
+/// The keys a batch of audit [`Change`]s names, given each mount's KV version: KV v2 requests
+/// on `data/`, `metadata/`, `delete/`, `undelete/` and `destroy/` name the key after the
+/// prefix; a KV v1 request path is the key. Other paths (`config`, folders) name no key.
+pub fn changed_keys(changes: &[Change], kinds: &BTreeMap<String, KvVersion>) -> BTreeSet<SecretPath> {
+    let mut keys = BTreeSet::new();
+    for c in changes {
+        let key = match kinds.get(&c.mount) {
+            Some(KvVersion::V2) => c.rest.split_once('/').and_then(|(op, key)| {
+                matches!(op, "data" | "metadata" | "delete" | "undelete" | "destroy").then_some(key)
+            }),
+            Some(KvVersion::V1) => Some(c.rest.as_str()),
+            None => None,
+        };
+        if let Some(key) = key.filter(|k| !k.is_empty() && !k.ends_with('/')) {
+            keys.insert(SecretPath::new(c.mount.clone(), key));
+        }
+    }
+    keys
+}
+
+/// Applies audit [`Change`]s to `info` (the last complete view): re-reads just the named keys'
+/// metadata (KV v2) or value (KV v1 with a digest key; without one, a KV v1 entry only records
+/// that the key exists), then adds, replaces or removes their entries and recomputes the
+/// digests of the buckets they are in. Returns how many entries changed.
+///
+/// All or nothing: every read happens before `info` is touched, so an error leaves it as it
+/// was. `Ok(None)` means the changes cannot be applied safely (a mount was re-created or is
+/// not in the info): only a full scan is right then.
+pub async fn update(
+    origin: &VaultClient,
+    spec: &OriginSpec,
+    digest_key: Option<&[u8]>,
+    info: &mut OriginInfo,
+    changes: &[Change],
+) -> Result<Option<usize>, Fault> {
+    let read = async {
+        let mut kinds = BTreeMap::new();
+        for mount in changes.iter().map(|c| &c.mount).collect::<BTreeSet<_>>() {
+            let found = origin
+                .mount_info(mount)
+                .await
+                .map_err(|e| Fault::vault(format!("origin mount `{mount}`"), e))?;
+            // A re-created mount (new UUID) is a full scan's business: destinations refuse it.
+            if info.mounts.get(mount.as_str()) != Some(&found.uuid) {
+                return Ok(None);
+            }
+            kinds.insert(mount.clone(), found.kind);
+        }
+        let keys = changed_keys(changes, &kinds);
+        let now = SystemTime::now();
+        let key: Option<Arc<Vec<u8>>> = digest_key.map(|k| Arc::new(k.to_vec()));
+        let limit = Arc::new(Semaphore::new(spec.workers.max(1)));
+        let mut reads: JoinSet<Result<(SecretPath, Option<OriginEntry>), Fault>> = JoinSet::new();
+        for key_of in keys {
+            let kind = kinds.get(key_of.mount.as_str()).copied().unwrap_or(KvVersion::V2);
+            let (client, limit, hmac_key) = (origin.clone(), limit.clone(), key.clone());
+            reads.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let ctx = || format!("reading origin `{}{}`", key_of.mount.as_str(), key_of.path);
+                let entry = match kind {
+                    KvVersion::V2 => client
+                        .read_metadata(&key_of.mount, &key_of.path)
+                        .await
+                        .map_err(|e| Fault::vault(ctx(), e))?
+                        .map(|m| v2_entry(&m, now)),
+                    KvVersion::V1 => match hmac_key {
+                        Some(k) => client
+                            .read_v1(&key_of.mount, &key_of.path)
+                            .await
+                            .map_err(|e| Fault::vault(ctx(), e))?
+                            .map(|v| v1_entry(Some(value_hmac(&k, &canonical_json(&v))))),
+                        // Without a digest key a scan records only that the key exists; a LIST
+                        // of its folder would say so, but a read is one request too.
+                        None => client
+                            .read_v1(&key_of.mount, &key_of.path)
+                            .await
+                            .map_err(|e| Fault::vault(ctx(), e))?
+                            .map(|_| v1_entry(None)),
+                    },
+                };
+                Ok((key_of, entry))
+            }.in_current_span());
+        }
+        let mut found = Vec::new();
+        while let Some(joined) = reads.join_next().await {
+            found.push(joined.map_err(|e| Fault::transient(format!("origin read task failed: {e}")))??);
+        }
+        Ok(Some(found))
+    };
+    let found = tokio::time::timeout(spec.timeout, read)
+        .await
+        .map_err(|_| Fault::transient(format!("origin update timed out after {:?}", spec.timeout)))?
+        .map_err(|f: Fault| f.context("origin update from audit events"))?;
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    let mut touched = BTreeSet::new();
+    let mut changed = 0;
+    for (key, entry) in found {
+        let bucket = vsync_core::info::bucket_of(&key, info.entries.count());
+        match entry {
+            Some(e) if info.entries.get(&key) == Some(&e) => continue,
+            Some(e) => {
+                info.entries.insert(key, e);
+            }
+            None => {
+                if info.entries.remove(&key).is_none() {
+                    continue;
+                }
+            }
+        }
+        changed += 1;
+        touched.insert(bucket);
+    }
+    for i in touched {
+        if let Some(d) = info.digests.get_mut(i as usize) {
+            *d = info.entries.digest(i);
+        }
+    }
+    Ok(Some(changed))
 }
 
 /// JSON with sorted keys and no whitespace, so equal values digest equally.

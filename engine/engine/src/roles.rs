@@ -11,6 +11,14 @@
 //! [`Ended::Stopped`]. A fatal fault, from a cycle or from a background task through the
 //! [`Tripwire`], is alerted and returned.
 //!
+//! With an audit feed ([`Publisher::audit`], `[origin] audit_listen`), the origin also wakes on
+//! audit events: after a few milliseconds of coalescing it re-reads only the keys the events
+//! name, applies them to the info of the last complete scan, publishes at once (compare-and-swap
+//! on the root it published last) and, in `vsync run`, runs every destination's cycle on the
+//! new info. Any doubt (a failed read or publish, a mount that changed, an event the feed may
+//! have missed, a root someone else wrote) makes that round a full scan instead, and the full
+//! scan every `interval` stays the backstop.
+//!
 //! One writer per side: the roles come with their sides' locks held. A cycle whose lock is lost
 //! (a Consul session that ended) is abandoned with nothing committed, and before the next round
 //! the role waits as a hot standby until the lock is its own again. When [`run`] returns, the
@@ -18,7 +26,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 use tracing::Instrument as _;
@@ -28,6 +36,7 @@ use vsync_state::{StateStore, StoreLock};
 use vsync_vault::VaultClient;
 
 use crate::alert::Alerter;
+use crate::audit::{AuditFeed, Batch};
 use crate::destination::{CycleReport, Destination};
 use crate::fault::{FatalCause, Fault, FaultClass, STATE_RETRY_BUDGET};
 use crate::destination::side_name;
@@ -68,6 +77,29 @@ pub struct Publisher {
     pub lock: StoreLock,
     /// The KV v1 digest key (`digest_key_file`), never stored.
     pub digest_key: Option<Vec<u8>>,
+    /// The socket audit device feed (`audit_listen`): events trigger incremental updates.
+    pub audit: Option<AuditFeed>,
+}
+
+/// How long the origin waits after an audit event for more to arrive, so a burst of writes
+/// becomes one update.
+pub const EVENT_COALESCE: Duration = Duration::from_millis(5);
+
+/// The origin info this process published last and the root version it got, the base of the
+/// next incremental update. Cleared on any doubt, so the next round scans.
+#[derive(Debug, Default)]
+struct OriginView {
+    info: Option<Arc<OriginInfo>>,
+    version: Option<u64>,
+}
+
+/// What a round does on the origin side.
+#[derive(Debug)]
+enum Pass {
+    /// A complete scan (or, without a publisher, loading what the origin published).
+    Full,
+    /// Audit events: update just these keys.
+    Events(Batch),
 }
 
 /// What the loop reports as it goes (the binary prints it).
@@ -77,6 +109,15 @@ pub enum Event<'a> {
     OriginScanned {
         /// The scan.
         info: &'a OriginInfo,
+        /// Whether the published info changed.
+        published: bool,
+    },
+    /// Audit events changed some keys; the info was updated without a scan.
+    OriginUpdated {
+        /// The updated info.
+        info: &'a OriginInfo,
+        /// How many entries changed.
+        changed: usize,
         /// Whether the published info changed.
         published: bool,
     },
@@ -150,18 +191,27 @@ pub enum Ended {
 struct Settling {
     state_failures: u32,
     flags: CycleFlags,
+    /// The last cycle failed: event rounds skip this role until a full round succeeds, so a
+    /// broken side is retried every `interval`, not at the rate of origin writes.
+    failing: bool,
 }
 
 impl Settling {
     /// Settles a failed cycle: `Some` stops the process (fatal, or any failure with `once`);
     /// `None` retries next cycle. Transient state-store failures become fatal after
-    /// [`STATE_RETRY_BUDGET`] cycles in a row.
-    fn failed(&mut self, fault: Fault, once: bool) -> Option<Fault> {
+    /// [`STATE_RETRY_BUDGET`] cycles in a row; only full rounds count (`counted`), so a burst
+    /// of events cannot spend the budget in seconds.
+    fn failed(&mut self, fault: Fault, once: bool, counted: bool) -> Option<Fault> {
+        self.failing = true;
         if fault.fatal_cause().is_some() || once {
             return Some(fault);
         }
         if fault.class == FaultClass::LockLost {
             warn!("{fault}; nothing committed this cycle: standby until this process holds the lock again");
+            return None;
+        }
+        if fault.class == FaultClass::StateStore && !counted {
+            error!("{fault}; nothing committed; retrying at the next full round");
             return None;
         }
         if fault.class == FaultClass::StateStore {
@@ -180,6 +230,7 @@ impl Settling {
     }
 
     fn succeeded(&mut self) {
+        self.failing = false;
         self.state_failures = 0;
         self.flags = CycleFlags::default();
     }
@@ -194,6 +245,8 @@ struct Stop {
 /// What one round did.
 #[derive(Debug, Default)]
 struct Round {
+    /// The origin was scanned completely (an event round may fall back to a scan).
+    scanned: bool,
     per_secret_failures: bool,
     /// With `once`: the first failed cycle (the others still ran).
     failed: Option<(Option<String>, Fault)>,
@@ -260,13 +313,21 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
     let mut settling: Vec<Settling> = engine
         .destinations
         .iter()
-        .map(|_| Settling { state_failures: 0, flags: options.flags })
+        .map(|_| Settling { state_failures: 0, flags: options.flags, failing: false })
         .collect();
+    let mut view = OriginView::default();
+    let mut pass = Pass::Full;
+    let mut full_due = Instant::now() + interval;
     loop {
+        if let (Pass::Full, Some(feed)) = (&pass, engine.publisher.as_ref().and_then(|p| p.audit.as_ref())) {
+            // The scan that starts now sees every write whose event arrived before it.
+            drop(feed.take());
+        }
+        let full = matches!(pass, Pass::Full);
         let result = tokio::select! {
             r = async {
                 regain_locks(engine).await?;
-                round(engine, &mut origin_settling, &mut settling, &mut statuses, options.once).await
+                round(engine, &mut origin_settling, &mut settling, &mut statuses, &mut view, pass, options.once).await
             } => r,
             _ = &mut shutdown => return Ok(Ended::Stopped),
             fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
@@ -281,12 +342,34 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
                 None => Ok(Ended::Once { per_secret_failures: round.per_secret_failures }),
             };
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = trigger.notified() => {}
-            _ = &mut shutdown => return Ok(Ended::Stopped),
-            fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
+        // Events never postpone the backstop: the next full round is due `interval` after the
+        // last one, however many event rounds ran in between.
+        if full || round.scanned {
+            full_due = Instant::now() + interval;
         }
+        // Without a published view (its last round failed) events wait for the next full round:
+        // a scan per event batch would hammer the origin while, say, the state store is down.
+        let feed = engine.publisher.as_ref().and_then(|p| p.audit.as_ref()).filter(|_| view.info.is_some());
+        pass = loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return Ok(Ended::Stopped),
+                fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
+                _ = tokio::time::sleep_until(full_due.into()) => break Pass::Full,
+                _ = trigger.notified() => break Pass::Full,
+                _ = async {
+                    match feed {
+                        Some(f) => f.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tokio::time::sleep(EVENT_COALESCE).await;
+                    if let Some(batch) = feed.map(AuditFeed::take).filter(|b| !b.is_empty()) {
+                        break Pass::Events(batch);
+                    }
+                }
+            }
+        };
     }
 }
 
@@ -348,26 +431,67 @@ impl Statuses {
     }
 }
 
-/// One round: the origin scan (or the published info), then every destination's cycle, each
-/// settled on its own.
+/// The origin side of an event round: applies the batch to the last published view and
+/// publishes against that view's root. `Ok(None)`: not safe (no view, a changed mount); the
+/// caller scans. The view is taken for the update and put back only after a successful
+/// publish, so a failure anywhere leaves no view and the next round scans too.
+async fn apply_events(
+    vault: &VaultClient,
+    store: &StateStore,
+    p: &Publisher,
+    view: &mut OriginView,
+    batch: &Batch,
+) -> Result<Option<(Arc<OriginInfo>, bool, usize)>, Fault> {
+    if batch.rescan {
+        return Ok(None);
+    }
+    let (Some(mut info), Some(base)) = (view.info.take(), view.version.take()) else {
+        return Ok(None);
+    };
+    let Some(changed) = origin::update(vault, &p.spec, p.digest_key.as_deref(), Arc::make_mut(&mut info), &batch.changes).await? else {
+        return Ok(None);
+    };
+    let published = changed > 0 && origin::publish(store, &p.lock, Some(base), &info).await?;
+    info!(paths = batch.changes.len(), changed, published, "origin updated from audit events");
+    let version = if published { origin::published_version(store).await? } else { Some(base) };
+    *view = OriginView { info: Some(info.clone()), version };
+    Ok(Some((info, published, changed)))
+}
+
+/// One round: the origin scan (or an update from audit events, or the published info), then
+/// every destination's cycle, each settled on its own.
+#[allow(clippy::too_many_arguments)] // one per piece of loop state; a struct would only rename them
 async fn round(
     engine: &mut Engine,
     origin_settling: &mut Settling,
     settling: &mut [Settling],
     statuses: &mut Statuses,
+    view: &mut OriginView,
+    pass: Pass,
     once: bool,
 ) -> Result<Round, Stop> {
     let mut done = Round::default();
     let started = SystemTime::now();
     let (info, generation) = match &engine.publisher {
         Some(p) => {
+            let (vault, store) = (&engine.origin_vault, &engine.origin_store);
             let scanned = async {
+                if let Pass::Events(batch) = &pass {
+                    match apply_events(vault, store, p, view, batch).await {
+                        Ok(Some((info, published, changed))) => return Ok((info, published, Some(changed))),
+                        Ok(None) => info!(paths = batch.changes.len(), "audit events: scanning the origin instead of an update"),
+                        Err(fault) => warn!("{fault}; scanning the origin instead of an update from audit events"),
+                    }
+                }
+                *view = OriginView::default();
                 // The commit's base is the root before the scan: an older scan never lands on a
                 // newer one.
-                let base = origin::published_version(&engine.origin_store).await?;
-                let info = origin::scan(&engine.origin_vault, &p.spec, p.digest_key.as_deref()).await?;
-                let published = origin::publish(&engine.origin_store, &p.lock, base, &info).await?;
-                Ok::<_, Fault>((info, published))
+                let base = origin::published_version(store).await?;
+                let info = origin::scan(vault, &p.spec, p.digest_key.as_deref()).await?;
+                let published = origin::publish(store, &p.lock, base, &info).await?;
+                let version = if published { origin::published_version(store).await? } else { base };
+                *view = OriginView { info: Some(info.clone()), version };
+                Ok::<_, Fault>((info, published, None))
             }
             // Every log line of the scan carries the role and the cycle id first.
             .instrument(tracing::info_span!("cycle", role = "origin", cycle = %cycle_id(started)));
@@ -378,10 +502,17 @@ async fn round(
             };
             let elapsed = started.elapsed().unwrap_or_default();
             match scanned {
-                Ok((info, published)) => {
+                // Events that changed nothing (a write of the same metadata, a `config` path):
+                // nothing to publish, nothing for the destinations.
+                Ok((_, false, Some(_))) => return Ok(done),
+                Ok((info, published, changed)) => {
                     engine.telemetry.origin_cycle(elapsed, Ok(info.entries.len()));
                     origin_settling.succeeded();
-                    (engine.reporter)(&Event::OriginScanned { info: &info, published });
+                    done.scanned = changed.is_none();
+                    match changed {
+                        None => (engine.reporter)(&Event::OriginScanned { info: &info, published }),
+                        Some(changed) => (engine.reporter)(&Event::OriginUpdated { info: &info, changed, published }),
+                    }
                     let generation = origin::published_generation(&engine.origin_store).await;
                     statuses.origin.origin_cycle(started, Ok((info.entries.len(), generation, published)));
                     status::write(&engine.origin_store, ORIGIN_SIDE, &statuses.origin).await;
@@ -389,9 +520,11 @@ async fn round(
                 }
                 Err(fault) => {
                     engine.telemetry.origin_cycle(elapsed, Err(&fault.message));
+                    *view = OriginView::default();
+                    done.scanned = true;
                     statuses.origin.origin_cycle(started, Err(&fault.message));
                     status::write(&engine.origin_store, ORIGIN_SIDE, &statuses.origin).await;
-                    return match origin_settling.failed(fault, once) {
+                    return match origin_settling.failed(fault, once, true) {
                         Some(fault) if fault.fatal_cause().is_some() => Err(Stop { destination: None, fault }),
                         Some(fault) => Ok(Round { failed: Some((None, fault)), ..done }),
                         None => Ok(done),
@@ -405,7 +538,7 @@ async fn round(
                 // Without the origin's info no destination can run: settle it as each one's failure.
                 let mut stop = None;
                 for (d, s) in engine.destinations.iter().zip(settling.iter_mut()) {
-                    if let Some(f) = s.failed(fault.clone(), once) {
+                    if let Some(f) = s.failed(fault.clone(), once, true) {
                         stop.get_or_insert((Some(d.spec.name.clone()), f));
                     }
                 }
@@ -416,7 +549,11 @@ async fn round(
             }
         },
     };
+    let events = matches!(pass, Pass::Events(_)) && !done.scanned;
     for ((d, s), record) in engine.destinations.iter_mut().zip(settling.iter_mut()).zip(statuses.destinations.iter_mut()) {
+        if events && s.failing {
+            continue;
+        }
         let name = d.spec.name.clone();
         let started = SystemTime::now();
         let timeout = d.spec.timeout;
@@ -447,7 +584,7 @@ async fn round(
                 done.per_secret_failures |= report.counts.failed > 0;
                 (engine.reporter)(&Event::DestinationCycle { name: &name, report: &report });
             }
-            Err(fault) => match s.failed(fault, once) {
+            Err(fault) => match s.failed(fault, once, !events) {
                 Some(fault) if fault.fatal_cause().is_some() => return Err(Stop { destination: Some(name), fault }),
                 Some(fault) => {
                     done.failed.get_or_insert((Some(name), fault));

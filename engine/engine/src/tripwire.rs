@@ -40,10 +40,13 @@ impl Tripwire {
     /// Resolves with the fault once the wire is tripped.
     pub async fn tripped(&self) -> Fault {
         let mut rx = self.tx.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(slot) => slot.clone().unwrap_or_else(|| Fault::transient("tripwire")),
+        // The borrowed slot is released before any further await, so the role loop's future
+        // stays `Send` (it can be spawned).
+        let fault = rx.wait_for(Option::is_some).await.ok().map(|slot| slot.clone().unwrap_or_else(|| Fault::transient("tripwire")));
+        match fault {
+            Some(fault) => fault,
             // The sender lives in `self`, so the channel cannot close while we wait.
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
     }
 }

@@ -120,6 +120,7 @@ async fn the_role_loop_runs_one_shared_round_and_stops_on_shutdown() {
             spec: origin_spec(),
             lock: store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap(),
             digest_key: None,
+            audit: None,
         }),
         destinations: vec![destination(store, cb.clone(), dest_spec(&[("secret/", "secret/")])).await],
         alerter: Alerter::new(None),
@@ -396,7 +397,7 @@ async fn one_unreachable_destination_does_not_starve_the_others_in_run() {
         role: Role::Run,
         origin_vault: ca.clone(),
         origin_store: store.clone(),
-        publisher: Some(Publisher { spec: origin_spec(), lock: store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap(), digest_key: None }),
+        publisher: Some(Publisher { spec: origin_spec(), lock: store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap(), digest_key: None, audit: None }),
         // The unreachable one first: before the fix its failure ended the round.
         destinations: vec![destination(&store, dead, down).await, destination(&store, cb.clone(), dest_spec(&[("secret/", "secret/")])).await],
         alerter: Alerter::new(None),

@@ -384,7 +384,19 @@ async fn run_role(
             let Some(lock) = vsync_engine::locks::take(origin_store, vsync_engine::ORIGIN_SIDE, &lock_options, limit, &mut shutdown).await.map_err(|f| fatal(anyhow::anyhow!(f.message)))? else {
                 return Ok(ExitCode::SUCCESS);
             };
-            Some(Publisher { spec: parts.origin_spec.clone(), lock, digest_key })
+            // Listening only once this process is the origin's writer: a standby on the same
+            // host would otherwise hold the port the device reports to.
+            let audit = match (&config.origin.audit_listen, options.once) {
+                (Some(listen), false) => {
+                    let addr: std::net::SocketAddr = listen.parse().map_err(|e| config_error(anyhow::anyhow!("origin.audit_listen `{listen}`: {e}")))?;
+                    let feed = vsync_engine::audit::AuditFeed::bind(addr, parts.origin_spec.mounts.clone(), config.origin.vault.namespace.clone())
+                        .await
+                        .map_err(|e| fatal(anyhow::anyhow!(e)))?;
+                    Some(feed)
+                }
+                _ => None,
+            };
+            Some(Publisher { spec: parts.origin_spec.clone(), lock, digest_key, audit })
         }
         false => None,
     };
@@ -441,6 +453,11 @@ fn print_event(event: &Event<'_>) {
             "origin: {} secrets in {} buckets{}",
             info.entries.len(),
             info.entries.count(),
+            if *published { ", published" } else { ", unchanged" }
+        ),
+        Event::OriginUpdated { info, changed, published } => println!(
+            "origin: {changed} of {} secrets updated from audit events{}",
+            info.entries.len(),
             if *published { ", published" } else { ", unchanged" }
         ),
         Event::DestinationCycle { name, report } => println!("destination {name}: {report}"),

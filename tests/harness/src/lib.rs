@@ -69,6 +69,18 @@ pub fn free_port_pair() -> u16 {
     panic!("no two adjacent free loopback ports found");
 }
 
+/// Server configuration (HCL, for [`Bao::dev_with_config`]) declaring a socket audit device
+/// `vsync` that writes JSON lines over TCP to `address` (vsync's `audit_listen`) and, as the
+/// Vault docs advise, a file audit device beside it (so the server keeps answering when the
+/// socket cannot be written).
+pub fn audit_devices_hcl(address: &str, file: &Path) -> String {
+    format!(
+        "audit \"file\" \"file\" {{\n  options = {{ file_path = \"{}\" }}\n}}\n\
+         audit \"socket\" \"vsync\" {{\n  options = {{ address = \"{address}\", socket_type = \"tcp\" }}\n}}\n",
+        file.display()
+    )
+}
+
 /// What kind of server a [`Bao`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -92,6 +104,8 @@ pub struct Bao {
     unseal_key: Option<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Extra server configuration (HCL) of a dev server, e.g. `audit` devices.
+    extra_config: Option<String>,
 }
 
 impl Bao {
@@ -103,7 +117,14 @@ impl Bao {
     /// Starts a dev server whose root token is `root_token` (a random one lets a test grep
     /// every output for it; `root` would match innocent words).
     pub fn dev_with_token(root_token: &str) -> Bao {
-        Self::start_with(Kind::Dev, root_token)
+        Self::start_with(Kind::Dev, root_token, None)
+    }
+
+    /// Starts a dev server (in memory) with extra server configuration (HCL), e.g. `audit`
+    /// device stanzas; they must pass the server's start-up test (a socket device's listener
+    /// must be up).
+    pub fn dev_with_config(hcl: &str) -> Bao {
+        Self::start_with(Kind::Dev, DEV_ROOT_TOKEN, Some(hcl.to_owned()))
     }
 
     /// Starts a dev server with TLS; its CA is [`Bao::ca_cert`].
@@ -119,10 +140,10 @@ impl Bao {
     }
 
     fn start_new(kind: Kind) -> Bao {
-        Self::start_with(kind, DEV_ROOT_TOKEN)
+        Self::start_with(kind, DEV_ROOT_TOKEN, None)
     }
 
-    fn start_with(kind: Kind, root_token: &str) -> Bao {
+    fn start_with(kind: Kind, root_token: &str, extra_config: Option<String>) -> Bao {
         let bin = bao_bin();
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -133,6 +154,7 @@ impl Bao {
                 unseal_key: None,
                 child: None,
                 dir: tempfile::Builder::new().prefix("vsync-bao-").tempdir().unwrap(),
+                extra_config: extra_config.clone(),
             };
             match bao.spawn(&bin) {
                 Ok(()) => {
@@ -180,6 +202,11 @@ impl Bao {
             Kind::Dev | Kind::DevTls => {
                 cmd.args(["-dev", &format!("-dev-root-token-id={}", self.root_token)])
                     .arg(format!("-dev-listen-address={listen}"));
+                if let Some(extra) = &self.extra_config {
+                    let config = self.dir.path().join("server.hcl");
+                    std::fs::write(&config, format!("storage \"inmem\" {{}}\n{extra}\n")).unwrap();
+                    cmd.arg(format!("-config={}", config.display()));
+                }
                 if self.kind == Kind::DevTls {
                     let tls = self.dir.path().join("tls");
                     std::fs::create_dir_all(&tls).unwrap();
