@@ -386,6 +386,8 @@ pub struct Records {
     /// KV v1 keys whose written value could not be checked against the scan's keyed digest
     /// (the destination has no `digest_key_file`).
     pub unverified: HashSet<SecretPath>,
+    /// `latest` KV v2 copies: the destination version each write created (or found equal).
+    pub dest_versions: HashMap<SecretPath, u64>,
 }
 
 /// Counts of one destination cycle.
@@ -462,6 +464,14 @@ pub fn settle(
         let mut next = DestEntry::new(entry.clone(), target.clone());
         if matches!(action, Action::ExactV2 { .. }) {
             next.exact = Some(records.exact.get(key).cloned().unwrap_or_default());
+        }
+        match action {
+            Action::CopyV2 { .. } => next.dest_version = records.dest_versions.get(key).copied(),
+            // Nothing was written: the copy vsync left is still the one it recorded.
+            Action::Record { .. } => {
+                next.dest_version = dest.get(key).filter(|e| e.target == *target).and_then(|e| e.dest_version);
+            }
+            _ => {}
         }
         if records.unverified.contains(key) {
             // The value written could not be tied to the scan's keyed digest: record none, so

@@ -37,8 +37,14 @@ use crate::types::{DestEntry, KvVersion, OriginEntry, SecretPath};
 ///
 /// - 1: origin and destination entries;
 /// - 2: destination entries may carry per-key state outside the digest (placeholder
-///   versions of `versions = "all"`).
-pub const INFO_FORMAT: u32 = 2;
+///   versions of `versions = "all"`);
+/// - 3: destination entries may carry the destination version vsync wrote (`dest_version`),
+///   so a `latest` update writes with check-and-set without reading first.
+///
+/// Each side writes the format its entries need ([`HasOrigin::FORMAT`]): origin entries have not
+/// changed since format 2, so an origin keeps writing 2 and destinations of the previous
+/// release still read it during a rolling upgrade.
+pub const INFO_FORMAT: u32 = 3;
 
 /// The oldest stored format this build reads (and upgrades on its next commit).
 pub const MIN_READ_FORMAT: u32 = 1;
@@ -72,17 +78,21 @@ pub fn auto_bucket_count(entries: usize) -> u32 {
 /// Something that carries an origin entry (the origin's own entries, or a destination's record
 /// of what it copied), so both sides' buckets digest the same way.
 pub trait HasOrigin {
+    /// The stored format a side of these entries is written in (at most [`INFO_FORMAT`]).
+    const FORMAT: u32;
     /// The origin entry this value records.
     fn origin(&self) -> &OriginEntry;
 }
 
 impl HasOrigin for OriginEntry {
+    const FORMAT: u32 = 2;
     fn origin(&self) -> &OriginEntry {
         self
     }
 }
 
 impl HasOrigin for DestEntry {
+    const FORMAT: u32 = INFO_FORMAT;
     fn origin(&self) -> &OriginEntry {
         &self.origin
     }

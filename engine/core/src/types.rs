@@ -203,6 +203,11 @@ pub struct DestEntry {
     /// copies (and entries of format 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<ExactState>,
+    /// `latest` KV v2 copies: the destination version vsync's last write created (or found
+    /// equal), so the next update writes with `cas` = this version without reading first.
+    /// Outside the compared digests; `None` for entries before format 3 and for KV v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_version: Option<u64>,
 }
 
 /// Per-key state of an exact (`versions = "all"`) replica, outside the compared digests.
@@ -216,7 +221,7 @@ pub struct ExactState {
 impl DestEntry {
     /// An entry of a `latest` copy (or a tombstone).
     pub fn new(origin: OriginEntry, target: DestPath) -> Self {
-        Self { origin, target, exact: None }
+        Self { origin, target, exact: None, dest_version: None }
     }
 
     /// Whether the destination holds a copy for this entry (it is not a tombstone). An exact

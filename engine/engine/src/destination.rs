@@ -452,6 +452,11 @@ impl Destination {
             }
             let found = inspected.remove(action.key());
             let scanned = origin.entries.get(action.key()).and_then(|e| e.digest);
+            // The destination version vsync left at this very target, if it recorded one.
+            let known_version = match &action {
+                Action::CopyV2 { target, .. } => dest.entries.get(action.key()).filter(|e| e.target == *target).and_then(|e| e.dest_version),
+                _ => None,
+            };
             let (oc, dc, limit, kinds, hmac) =
                 (origin_vault.clone(), self.vault.clone(), limit.clone(), kinds.clone(), self.digest_key.clone());
             tasks.spawn(async move {
@@ -459,8 +464,8 @@ impl Destination {
                 let result = match (&action, found) {
                     (Action::ExactV2 { key, target, .. }, Some(found)) => exact::apply(&oc, &dc, key, target, found)
                         .await
-                        .map(|(o, state)| Written { outcome: o, exact: Some(state), unverified: false }),
-                    _ => write(&oc, &dc, &kinds, &action, scanned, hmac.as_deref().map(Vec::as_slice)).await,
+                        .map(|(o, state)| Written { outcome: o, exact: Some(state), unverified: false, dest_version: None }),
+                    _ => write(&oc, &dc, &kinds, &action, scanned, hmac.as_deref().map(Vec::as_slice), known_version).await,
                 };
                 (action, result)
             }.in_current_span());
@@ -482,6 +487,9 @@ impl Destination {
                     }
                     if written.unverified {
                         records.unverified.insert(action.key().clone());
+                    }
+                    if let Some(v) = written.dest_version {
+                        records.dest_versions.insert(action.key().clone(), v);
                     }
                     written.outcome
                 }
@@ -688,11 +696,13 @@ struct Written {
     outcome: WriteOutcome,
     exact: Option<ExactState>,
     unverified: bool,
+    /// KV v2 `latest` copies: the destination version now holding the value.
+    dest_version: Option<u64>,
 }
 
 impl From<WriteOutcome> for Written {
     fn from(outcome: WriteOutcome) -> Self {
-        Self { outcome, exact: None, unverified: false }
+        Self { outcome, exact: None, unverified: false, dest_version: None }
     }
 }
 
@@ -706,6 +716,7 @@ async fn write(
     action: &Action,
     scanned: Option<vsync_core::Digest>,
     digest_key: Option<&[u8]>,
+    known_version: Option<u64>,
 ) -> Result<Written, Fault> {
     let read_fault = |e: VaultError| Fault::vault(format!("reading origin {}", action.key()), e);
     let mut unverified = false;
@@ -736,54 +747,65 @@ async fn write(
         _ => return Err(Fault::transient("not a write action")),
     };
     let kind = kind_of(kinds, target)?;
-    // Optimistic create: the destination info says this key was never copied, so write with
-    // cas = 0 (create only) without reading first; a key that exists after all fails the CAS
-    // and falls back to read-and-compare.
-    if kind == KvVersion::V2 && matches!(action, Action::CopyV2 { reason: vsync_core::CopyReason::Add, .. }) {
-        match dest.write_version(&target.mount, &target.path, &data, 0).await {
-            Ok(_) => {
-                info!(secret = %key, target = %target, wrote = true, "synced");
-                return Ok(WriteOutcome::Written.into());
+    // Optimistic writes (KV v2): when the destination info says this key was never copied,
+    // write with cas = 0 (create only); when it recorded the destination version vsync left,
+    // write with cas = that version. Neither reads first. A key that exists after all, or
+    // that someone else changed, fails the CAS and falls back to read-and-compare.
+    let optimistic = match action {
+        Action::CopyV2 { reason: vsync_core::CopyReason::Add, .. } => Some(0),
+        Action::CopyV2 { .. } => known_version,
+        _ => None,
+    };
+    if kind == KvVersion::V2
+        && let Some(cas) = optimistic
+    {
+        match dest.write_version(&target.mount, &target.path, &data, cas).await {
+            Ok(meta) => {
+                info!(secret = %key, target = %target, wrote = true, cas, "synced");
+                return Ok(Written { dest_version: Some(meta.version), ..WriteOutcome::Written.into() });
             }
             Err(VaultError::CasMismatch { .. }) => {}
             Err(e) => return Err(Fault::vault(format!("writing {target}"), e)),
         }
     }
-    let wrote = write_if_different(dest, kind, target, &data)
+    let (wrote, dest_version) = write_if_different(dest, kind, target, &data)
         .await
         .map_err(|e| Fault::vault(format!("writing {target}"), e))?;
     info!(secret = %key, target = %target, wrote, "synced");
-    Ok(Written { outcome: if wrote { WriteOutcome::Written } else { WriteOutcome::Equal }, exact: None, unverified })
+    Ok(Written { outcome: if wrote { WriteOutcome::Written } else { WriteOutcome::Equal }, exact: None, unverified, dest_version })
 }
 
 /// Writes `data` at `target` unless the destination already holds an equal value.
 /// KV v2 writes carry `options.cas` = the destination's current version.
-async fn write_if_different(dest: &VaultClient, kind: KvVersion, target: &DestPath, data: &SecretData) -> Result<bool, VaultError> {
+/// Writes `data` unless the destination already holds it: whether it wrote, and for KV v2 the
+/// destination version that holds the value now.
+async fn write_if_different(dest: &VaultClient, kind: KvVersion, target: &DestPath, data: &SecretData) -> Result<(bool, Option<u64>), VaultError> {
     let (mount, path) = (target.mount.as_str(), target.path.as_str());
     match kind {
         KvVersion::V1 => {
             if dest.read_v1(mount, path).await?.is_some_and(|cur| cur.same_value(data)) {
-                return Ok(false);
+                return Ok((false, None));
             }
             dest.write_v1(mount, path, data).await?;
+            Ok((true, None))
         }
         KvVersion::V2 => {
             let cas = match dest.read_latest(mount, path).await? {
-                DataRead::Live(cur, _) if cur.same_value(data) => return Ok(false),
+                DataRead::Live(cur, m) if cur.same_value(data) => return Ok((false, Some(m.version))),
                 DataRead::Live(_, m) | DataRead::Deleted(m) | DataRead::Destroyed(m) => m.version,
                 DataRead::Missing => 0,
             };
-            match dest.write_version(mount, path, data, cas).await {
-                Ok(_) => {}
+            let written = match dest.write_version(mount, path, data, cas).await {
+                Ok(meta) => meta,
                 // Metadata without a readable latest version (e.g. metadata-only key): ask
                 // the metadata for the current version and try once more.
                 Err(VaultError::CasMismatch { .. }) => {
                     let current = dest.read_metadata(mount, path).await?.map_or(0, |m| m.current_version);
-                    dest.write_version(mount, path, data, current).await?;
+                    dest.write_version(mount, path, data, current).await?
                 }
                 Err(e) => return Err(e),
-            }
+            };
+            Ok((true, Some(written.version)))
         }
     }
-    Ok(true)
 }

@@ -77,8 +77,25 @@ async fn a_destination_cycle_copies_then_does_nothing() {
     let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
     let report = d.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
     assert_eq!((report.counts.updated, report.counts.deleted), (1, 1), "{report}");
+    assert_eq!(report.dest_data_reads, 0, "an update writes with cas = the recorded version, without a read: {report}");
     assert_eq!(live(&cb, "secret/", "app/k1").await.as_deref(), Some(r#"{"v":"new"}"#));
     assert_eq!(live(&cb, "secret/", "app/k2").await, None);
+
+    // Someone wrote the destination copy by hand: the optimistic write's CAS fails, and the
+    // fallback reads, compares and writes the origin's value over it.
+    cb.write_version("secret/", "app/k3", &data(json!({"v": "by hand"})), 1).await.unwrap();
+    ca.write_version("secret/", "app/k3", &data(json!({"v": "origin"})), 1).await.unwrap();
+    let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
+    let report = d.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
+    assert_eq!(report.counts.updated, 1, "{report}");
+    assert_eq!(report.dest_data_reads, 1, "the failed CAS falls back to read-and-compare: {report}");
+    assert_eq!(live(&cb, "secret/", "app/k3").await.as_deref(), Some(r#"{"v":"origin"}"#));
+    // The fallback recorded the version it wrote: the next update is optimistic again.
+    ca.write_version("secret/", "app/k3", &data(json!({"v": "origin 2"})), 2).await.unwrap();
+    let info = origin::scan(&ca, &origin_spec(), None).await.unwrap();
+    let report = d.cycle(&ca, &info, CycleFlags::default()).await.unwrap();
+    assert_eq!((report.counts.updated, report.dest_data_reads), (1, 0), "{report}");
+    assert_eq!(live(&cb, "secret/", "app/k3").await.as_deref(), Some(r#"{"v":"origin 2"}"#));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,7 +319,7 @@ pub async fn commit<T: HasOrigin + Serialize>(
         });
     }
     let mut root = InfoRoot {
-        format: INFO_FORMAT,
+        format: T::FORMAT,
         generation: previous.as_ref().map_or(0, |p| p.generation),
         complete: true,
         origin_mounts,

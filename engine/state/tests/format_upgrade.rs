@@ -58,6 +58,42 @@ async fn format_1_is_read_and_upgraded_on_the_next_commit() {
 }
 
 #[tokio::test]
+async fn format_2_is_read_and_upgraded_on_the_next_commit() {
+    // Written by the format-2 build: `eu` copies `latest`, `us` replicates exactly.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format2"), dir.path());
+    assert_eq!(format_of(dir.path(), "destination-eu"), 2);
+    let store = StateStore::File(FileStore::open(dir.path()).unwrap());
+    for side in ["destination-eu", "destination-us"] {
+        let dest: LoadedInfo<DestEntry> = load(&store, side).await.unwrap().unwrap();
+        assert_eq!(dest.buckets.len(), 2, "{side}");
+        let db = dest.buckets.get(&SecretPath::new("secret/", "app/db")).unwrap();
+        assert_eq!(db.origin.current_version, 2, "{side}");
+        assert_eq!(db.dest_version, None, "format 2 recorded no destination version");
+        assert_eq!(db.exact.is_some(), side == "destination-us", "{side}: the exact state survives");
+        assert_eq!(dest.root.digests(), dest.buckets.digests(), "{side}: the stored digests still match");
+
+        let lock = store.lock_side(side).await.unwrap();
+        let digests = dest.buckets.digests();
+        let wrote = commit(&store, &lock, Some(dest.version), dest.root.origin_mounts.clone(), dest.root.config_hash.clone(), &dest.buckets, &digests)
+            .await
+            .unwrap();
+        assert!(wrote, "an upgrade is a write even when no entry changed");
+        assert_eq!(format_of(dir.path(), side), u64::from(INFO_FORMAT));
+        let again: LoadedInfo<DestEntry> = load(&store, side).await.unwrap().unwrap();
+        assert_eq!(again.buckets, dest.buckets);
+    }
+    // An origin's entries did not change in format 3: it keeps writing format 2, which the
+    // previous release's destinations still read during a rolling upgrade.
+    let origin: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
+    let lock = store.lock_side("origin").await.unwrap();
+    commit(&store, &lock, Some(origin.version), origin.root.origin_mounts.clone(), None, &origin.buckets, &origin.buckets.digests())
+        .await
+        .unwrap();
+    assert_eq!(format_of(dir.path(), "origin"), 2);
+}
+
+#[tokio::test]
 async fn a_newer_format_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("origin.json"), br#"{"format": 99, "generation": 7}"#).unwrap();
