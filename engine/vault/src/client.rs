@@ -106,6 +106,9 @@ pub struct VaultConfig {
     pub retry: RetryPolicy,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// Timeout of one LIST or SCAN request, which answers with a whole mount's keys at once
+    /// (a million-key SCAN body is about 460 MB and takes over a minute to produce).
+    pub list_timeout: Duration,
 }
 
 impl VaultConfig {
@@ -121,9 +124,13 @@ impl VaultConfig {
             tls_skip_verify: false,
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(60),
+            list_timeout: DEFAULT_LIST_TIMEOUT,
         }
     }
 }
+
+/// [`VaultConfig::list_timeout`] unless set.
+pub const DEFAULT_LIST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Class of a request, for the request counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +267,7 @@ pub struct VaultClient {
     pub(crate) address: String,
     pub(crate) retry: RetryPolicy,
     pub(crate) counters: Arc<RequestCounters>,
+    pub(crate) list_timeout: Duration,
     pub(crate) scan_unsupported: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The token sent with every request; replaced on re-login, shared by clones.
     pub(crate) token: Arc<std::sync::RwLock<HeaderValue>>,
@@ -362,6 +370,7 @@ impl VaultClient {
             address,
             retry: config.retry,
             counters: Arc::new(RequestCounters::default()),
+            list_timeout: config.list_timeout,
             scan_unsupported: Default::default(),
             token: Arc::new(std::sync::RwLock::new(token_header)),
         })
@@ -435,6 +444,9 @@ impl VaultClient {
         loop {
             self.counters.bump(kind);
             let mut req = self.http.request(method.clone(), &url);
+            if kind == RequestKind::List {
+                req = req.timeout(self.list_timeout);
+            }
             let token = self.token_header();
             if !token.is_empty() {
                 req = req.header("X-Vault-Token", token);

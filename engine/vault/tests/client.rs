@@ -689,3 +689,25 @@ async fn reads_are_missing_only_on_a_404_with_empty_errors() {
     proxy.clear();
     assert_eq!(c.read_metadata("secret/", "app/db").await.unwrap().unwrap().current_version, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_have_their_own_timeout_longer_than_a_request() {
+    // A slow link (every chunk delayed 700 ms each way): a metadata read exceeds the 1 s
+    // request timeout, while the mount's SCAN, bounded by the listing timeout, completes.
+    let bao = Bao::dev();
+    let direct = client(&bao, DEV_ROOT_TOKEN);
+    direct.write_version("secret/", "app/db", &data(json!({"v": 1})), 0).await.unwrap();
+    let proxy = vsync_test_harness::Proxy::start(bao.port);
+    let mut cfg = VaultConfig::new(proxy.addr(), Token::new(DEV_ROOT_TOKEN));
+    cfg.retry = RetryPolicy { max_attempts: 1, ..fast_retry() };
+    cfg.request_timeout = Duration::from_secs(1);
+    cfg.list_timeout = Duration::from_secs(30);
+    let slow = VaultClient::new(cfg).unwrap();
+    let info = slow.mount_info("secret/").await; // before the delay: sys/ calls are quick
+    let info = info.unwrap();
+    proxy.set_delay(Duration::from_millis(700));
+    let read = slow.read_metadata("secret/", "app/db").await;
+    assert!(matches!(read, Err(VaultError::Connection { .. })), "a read past the request timeout fails: {read:?}");
+    let listed = slow.list_secrets(&info).await.unwrap();
+    assert_eq!(listed.iter().map(|l| l.path.as_str()).collect::<Vec<_>>(), ["app/db"]);
+}
