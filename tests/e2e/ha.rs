@@ -206,6 +206,13 @@ async fn two_origins_one_writer_and_a_takeover_after_sigkill() {
     second.wait_for("standby", t0, Duration::from_secs(60));
     let standby_line = second.text();
     assert!(standby_line.contains(lock_key) && standby_line.contains(&first.holder_tag()), "the standby names the lock and its holder:\n{standby_line}");
+    // `vsync status` names who holds the lock the standby waits on.
+    let out = super::vsync(&cfg, &["status", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let holder = report["origin_lock_holder"].as_str().unwrap_or_default().to_owned();
+    assert!(holder.contains(&first.holder_tag()), "status names the lock holder: {report}");
+    let out = super::vsync(&cfg, &["status"]);
+    assert!(text(&out).contains(&format!("lock held by {holder}")), "{}", text(&out));
     let watch = GenerationWatch::start(&emu, root_key);
 
     // Changes keep coming: every scan publishes a new generation.

@@ -181,6 +181,9 @@ impl RoleStatus {
 pub struct StatusReport {
     /// The origin's record.
     pub origin: Option<RoleStatus>,
+    /// Who holds the origin side's Consul lock now (standbys wait on it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_lock_holder: Option<String>,
     /// Each destination's.
     pub destinations: Vec<DestinationStatus>,
     /// Destinations over the allowed lag (or without a record) when a limit was given.
@@ -205,12 +208,13 @@ impl StatusReport {
                 )
             }
         };
-        let mut out = line("origin", &self.origin) + "\n";
+        let held = |h: &Option<String>| h.as_ref().map(|h| format!("; lock held by {h}")).unwrap_or_default();
+        let mut out = line("origin", &self.origin) + &held(&self.origin_lock_holder) + "\n";
         for d in &self.destinations {
             let lag = d
                 .lag_seconds
                 .map_or("unknown".to_owned(), |l| humantime::format_duration(Duration::from_secs(l as u64)).to_string());
-            out.push_str(&format!("{}; lag {lag}\n", line(&format!("destination {}", d.name), &d.status)));
+            out.push_str(&format!("{}; lag {lag}{}\n", line(&format!("destination {}", d.name), &d.status), held(&d.lock_holder)));
         }
         out
     }
@@ -225,13 +229,17 @@ pub struct DestinationStatus {
     pub status: Option<RoleStatus>,
     /// Its lag behind the origin, when both records exist.
     pub lag_seconds: Option<f64>,
+    /// Who holds its side's Consul lock now (its standbys wait on it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_holder: Option<String>,
 }
 
 /// Reads every role's record and computes each destination's lag at `now`; with `max_lag`,
 /// names the destinations over it (a destination that never recorded a cycle is over it).
 pub async fn report(origin_store: &StateStore, destinations: &[(String, StateStore)], max_lag: Option<Duration>, now: SystemTime) -> StatusReport {
     let origin = read(origin_store, crate::origin::ORIGIN_SIDE).await;
-    let mut out = StatusReport { origin, destinations: Vec::new(), lagging: Vec::new() };
+    let origin_lock_holder = origin_store.lock_holder(crate::origin::ORIGIN_SIDE).await.ok().flatten();
+    let mut out = StatusReport { origin, origin_lock_holder, destinations: Vec::new(), lagging: Vec::new() };
     for (name, store) in destinations {
         let status = read(store, &crate::destination::side_name(name)).await;
         let lag = match (&status, &out.origin) {
@@ -241,7 +249,9 @@ pub async fn report(origin_store: &StateStore, destinations: &[(String, StateSto
         if max_lag.is_some_and(|max| lag.is_none_or(|l| l > max)) {
             out.lagging.push(name.clone());
         }
-        out.destinations.push(DestinationStatus { name: name.clone(), status, lag_seconds: lag.map(|l| l.as_secs_f64()) });
+        let side = crate::destination::side_name(name);
+        let lock_holder = store.lock_holder(&side).await.ok().flatten();
+        out.destinations.push(DestinationStatus { name: name.clone(), status, lag_seconds: lag.map(|l| l.as_secs_f64()), lock_holder });
     }
     out
 }

@@ -249,6 +249,22 @@ impl StateStore {
         }
     }
 
+    /// Who holds `side`'s Consul lock (`<host> pid <pid>`), `None` when nobody does. The file
+    /// store's OS lock is only visible on its machine: always `None`.
+    pub async fn lock_holder(&self, side: &str) -> Result<Option<String>> {
+        valid_side(side)?;
+        match self {
+            StateStore::File(_) => Ok(None),
+            StateStore::Consul(c) => Ok(c
+                .client
+                .get(&c.lock_key(side))
+                .await?
+                .data
+                .filter(|e| e.session.is_some())
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned())),
+        }
+    }
+
     /// Reads a small document `name` of `side` outside the sync info (e.g. `repair`), `None`
     /// if there is none. File store: `<dir>/<side>.<name>.json`; Consul: `<prefix><side>/<name>`.
     pub async fn read_doc(&self, side: &str, name: &str) -> Result<Option<Vec<u8>>> {
