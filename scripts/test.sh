@@ -22,11 +22,13 @@ pack="$(mktemp -d)"
 trap 'rm -rf "$pack"' EXIT
 cp examples/region-transformer/target/wasm32-wasip2/release/region_transformer.wasm "$pack/region.wasm"
 cp examples/region-transformer/region.vectors.toml "$pack/region.vectors.toml"
-cargo run --locked --quiet -p vsync -- plugin validate "$pack"
+# The binary `cargo test --workspace` built for the e2e tests: `cargo run -p vsync` alone would
+# rebuild wasmtime with another feature set (features are unified per build), minutes for nothing.
+bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/vsync"
+[ -x "$bin" ] || cargo build --locked --quiet -p vsync
+"$bin" plugin validate "$pack"
 if command -v systemd-analyze >/dev/null; then
   echo "==> test: systemd-analyze verify examples/deploy units (ExecStart pointed at the built binary)"
-  cargo build --locked --quiet -p vsync
-  bin="${CARGO_TARGET_DIR:-$PWD/target}/debug/vsync"
   units="$(mktemp -d)"
   for u in examples/deploy/vsync.service examples/deploy/vsync-health.service examples/deploy/vsync-health.timer; do
     sed "s#/usr/local/bin/vsync#$bin#g" "$u" >"$units/$(basename "$u")"
