@@ -525,9 +525,9 @@ impl vsync_core::PluginCallObserver for Telemetry {
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the futures concurrently and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();

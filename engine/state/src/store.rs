@@ -42,8 +42,9 @@ pub struct ConsulStore {
 pub enum StoreLock {
     /// File store: the OS lock.
     File(SideLock),
-    /// Consul: the session lock on `<prefix><side>/lock`.
-    Consul(ConsulLock),
+    /// Consul: the session lock on `<prefix><side>/lock` (boxed: it is several times the
+    /// size of the file lock).
+    Consul(Box<ConsulLock>),
 }
 
 impl StoreLock {
@@ -94,7 +95,7 @@ impl StoreLock {
     pub async fn release(self) {
         match self {
             StoreLock::File(l) => drop(l),
-            StoreLock::Consul(l) => l.release().await,
+            StoreLock::Consul(l) => (*l).release().await,
         }
     }
 
@@ -204,7 +205,7 @@ impl StateStore {
             StateStore::File(f) => f.lock_side(side).map(StoreLock::File),
             StateStore::Consul(c) => ConsulLock::acquire(&c.client, side, c.lock_key(side), options.clone(), on_wait)
                 .await
-                .map(StoreLock::Consul),
+                .map(|l| StoreLock::Consul(Box::new(l))),
         }
     }
 

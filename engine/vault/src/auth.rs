@@ -133,9 +133,14 @@ impl VaultClient {
         let answer = self
             .call(RequestKind::Other, Method::POST, &api, &[], Some((body, "application/json")))
             .await?;
+        self.login_answer("AppRole", mount, request, &answer)
+    }
+
+    /// The token of a login answer; a 404 means nothing is mounted at `auth/<mount>`.
+    fn login_answer(&self, method: &str, mount: &str, request: String, answer: &crate::client::Answer) -> Result<Login> {
         if answer.status.as_u16() == 404 {
             return Err(VaultError::Config(format!(
-                "AppRole login: no auth method mounted at `auth/{mount}` on {}",
+                "{method} login: no auth method mounted at `auth/{mount}` on {}",
                 self.address()
             )));
         }
@@ -187,24 +192,7 @@ impl VaultClient {
             }
             Err(e) => return Err(e),
         };
-        if answer.status.as_u16() == 404 {
-            return Err(VaultError::Config(format!(
-                "JWT login: no auth method mounted at `auth/{mount}` on {}",
-                self.address()
-            )));
-        }
-        let auth: AuthBody = decode(&request, &answer.body)?;
-        let auth = auth.auth.ok_or_else(|| VaultError::Decode {
-            request,
-            message: "no `auth` in the login answer".into(),
-        })?;
-        Ok(Login {
-            token: Token::new(auth.client_token),
-            lease: TokenLease {
-                ttl: Duration::from_secs(auth.lease_duration),
-                renewable: auth.renewable,
-            },
-        })
+        self.login_answer("JWT", mount, request, &answer)
     }
 }
 
