@@ -358,6 +358,53 @@ impl WriteOutcome {
     pub fn succeeded(self) -> bool {
         !matches!(self, WriteOutcome::Skipped | WriteOutcome::Failed)
     }
+
+    /// The outcome's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteOutcome::Written => "written",
+            WriteOutcome::Rebuilt => "rebuilt",
+            WriteOutcome::Adopted => "adopted",
+            WriteOutcome::Equal => "equal",
+            WriteOutcome::Recorded => "recorded",
+            WriteOutcome::Skipped => "skipped",
+            WriteOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// How many tasks of one kind ended one way in a cycle (`vsync_tasks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskCount {
+    /// [`Action::op`].
+    pub kind: &'static str,
+    /// [`WriteOutcome::name`], or `removed` / `failed` for a removal.
+    pub outcome: &'static str,
+    /// How many.
+    pub count: u64,
+}
+
+/// Tallies a cycle's tasks by kind and outcome, from what its writes and removals returned.
+pub fn task_counts(
+    plan: &Plan,
+    writes: &HashMap<SecretPath, WriteOutcome>,
+    removals: &HashMap<SecretPath, RemovalOutcome>,
+) -> Vec<TaskCount> {
+    let mut tally: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
+    for action in &plan.writes {
+        if let Some(outcome) = writes.get(action.key()) {
+            *tally.entry((action.op(), outcome.name())).or_default() += 1;
+        }
+    }
+    for action in &plan.removals {
+        let outcome = match removals.get(action.key()) {
+            Some(RemovalOutcome::Removed) => "removed",
+            Some(RemovalOutcome::Failed) => "failed",
+            None => continue,
+        };
+        *tally.entry((action.op(), outcome)).or_default() += 1;
+    }
+    tally.into_iter().map(|((kind, outcome), count)| TaskCount { kind, outcome, count }).collect()
 }
 
 /// How one removal ended.

@@ -115,6 +115,20 @@ impl Action {
             | Action::Forget { key } => key,
         }
     }
+
+    /// The action's name in logs and metrics (`copy`, `replicate`, `sync-kv1`, `record`,
+    /// `delete`, `soft-delete`, `forget`).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Action::CopyV2 { .. } => "copy",
+            Action::ExactV2 { .. } => "replicate",
+            Action::SyncV1 { .. } => "sync-kv1",
+            Action::Record { .. } => "record",
+            Action::Delete { .. } => "delete",
+            Action::SoftDelete { .. } => "soft-delete",
+            Action::Forget { .. } => "forget",
+        }
+    }
 }
 
 /// A cycle's work: writes first, then removals, so a moved secret is never missing at both places.

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use tracing::{error, info, warn};
-use vsync_core::cycle::{self, CycleCounts, CycleFlags, CyclePlan, Records, RemovalOutcome, WriteOutcome};
+use vsync_core::cycle::{self, CycleCounts, CycleFlags, CyclePlan, Records, RemovalOutcome, TaskCount, WriteOutcome};
 use vsync_core::digest::value_hmac;
 use vsync_core::{
     Action, DestEntry, DestInfo, DestPath, DestinationMapper, DestinationSpec, ExactState, KvVersion, OriginInfo, PathMapper,
@@ -100,17 +100,6 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// How many tasks of one kind ended one way in a cycle (`vsync_tasks_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TaskCount {
-    /// `copy`, `replicate`, `sync-kv1`, `record`, `delete`, `soft-delete` or `forget`.
-    pub kind: &'static str,
-    /// `written`, `rebuilt`, `adopted`, `equal`, `recorded`, `skipped`, `removed` or `failed`.
-    pub outcome: &'static str,
-    /// How many.
-    pub count: u64,
-}
-
 /// Counts and request figures of one destination cycle.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CycleReport {
@@ -130,40 +119,6 @@ pub struct CycleReport {
     pub secrets: usize,
 }
 
-fn write_outcome_name(outcome: WriteOutcome) -> &'static str {
-    match outcome {
-        WriteOutcome::Written => "written",
-        WriteOutcome::Rebuilt => "rebuilt",
-        WriteOutcome::Adopted => "adopted",
-        WriteOutcome::Equal => "equal",
-        WriteOutcome::Recorded => "recorded",
-        WriteOutcome::Skipped => "skipped",
-        WriteOutcome::Failed => "failed",
-    }
-}
-
-/// Tallies a cycle's tasks by kind and outcome.
-fn task_counts(
-    plan: &vsync_core::Plan,
-    writes: &HashMap<SecretPath, WriteOutcome>,
-    removals: &HashMap<SecretPath, RemovalOutcome>,
-) -> Vec<TaskCount> {
-    let mut tally: std::collections::BTreeMap<(&'static str, &'static str), u64> = std::collections::BTreeMap::new();
-    for action in &plan.writes {
-        if let Some(outcome) = writes.get(action.key()) {
-            *tally.entry((op_name(action), write_outcome_name(*outcome))).or_default() += 1;
-        }
-    }
-    for action in &plan.removals {
-        let outcome = match removals.get(action.key()) {
-            Some(RemovalOutcome::Removed) => "removed",
-            Some(RemovalOutcome::Failed) => "failed",
-            None => continue,
-        };
-        *tally.entry((op_name(action), outcome)).or_default() += 1;
-    }
-    tally.into_iter().map(|((kind, outcome), count)| TaskCount { kind, outcome, count }).collect()
-}
 
 impl std::fmt::Display for CycleReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -526,7 +481,7 @@ impl Destination {
             p.finish();
         }
 
-        let tasks = task_counts(plan, &writes, &removals);
+        let tasks = cycle::task_counts(plan, &writes, &removals);
         let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &records, &removals);
         let digests = dest.entries.digests();
         // Against the root this cycle loaded: a commit in between (another writer) is a conflict.
@@ -562,7 +517,7 @@ impl Destination {
     /// One rule for every action: a fault that stops the cycle (fatal, or a server that is
     /// down) is returned with its context; anything else fails this secret only.
     fn per_secret(&self, fault: Fault, action: &Action, abort: impl FnOnce()) -> Result<WriteOutcome, Fault> {
-        let op = op_name(action);
+        let op = action.op();
         if fault.stops_cycle() {
             abort();
             return Err(fault.context(format!("destination `{}`: {op} {}", self.spec.name, action.key())));
@@ -657,17 +612,6 @@ fn refuse_mixed_kinds(name: &str, plan: &vsync_core::Plan, kinds: &HashMap<Strin
     Ok(())
 }
 
-fn op_name(action: &Action) -> &'static str {
-    match action {
-        Action::CopyV2 { .. } => "copy",
-        Action::ExactV2 { .. } => "replicate",
-        Action::SyncV1 { .. } => "sync-kv1",
-        Action::Record { .. } => "record",
-        Action::Delete { .. } => "delete",
-        Action::SoftDelete { .. } => "soft-delete",
-        Action::Forget { .. } => "forget",
-    }
-}
 
 fn kind_of(kinds: &HashMap<String, KvVersion>, target: &DestPath) -> Result<KvVersion, Fault> {
     kinds

@@ -627,7 +627,7 @@ mod tests {
         t.add_role("origin", None, Duration::from_secs(1), Duration::from_secs(1));
         t.origin_cycle(Duration::from_millis(30), Ok(10));
         let report = CycleReport {
-            tasks: vec![crate::destination::TaskCount { kind: "copy", outcome: "written", count: 7 }],
+            tasks: vec![vsync_core::cycle::TaskCount { kind: "copy", outcome: "written", count: 7 }],
             secrets: 7,
             ..CycleReport::default()
         };
