@@ -39,8 +39,14 @@ pub async fn scan(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[
     Ok(Arc::new(info))
 }
 
+/// Buckets an origin scan fills before it knows how many secrets there are: the automatic
+/// count for about a million, so a large origin is bucketed right away and a small one merges
+/// down ([`vsync_core::Buckets::rebucket`]) at the end.
+const PROVISIONAL_BUCKETS: u32 = 1024;
+
 async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<OriginInfo, Fault> {
-    let mut entries: Vec<(SecretPath, OriginEntry)> = Vec::new();
+    // Entries go into buckets as the listing arrives: no listing is ever held whole.
+    let mut entries: SyncInfo = SyncInfo::new(spec.buckets.unwrap_or(PROVISIONAL_BUCKETS));
     let mut uuids = BTreeMap::new();
     let now = SystemTime::now();
     let key: Option<Arc<Vec<u8>>> = digest_key.map(|k| Arc::new(k.to_vec()));
@@ -49,49 +55,85 @@ async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option
             .mount_info(mount)
             .await
             .map_err(|e| Fault::vault(format!("origin mount `{mount}`"), e))?;
-        let listed = origin
-            .list_secrets(&info)
+        // Servers without detailed-metadata need one metadata read per KV v2 key; keyed KV v1
+        // digests need one value read per key. Those keys wait here (paths only).
+        let mut to_read: Vec<String> = Vec::new();
+        let kind = info.kind;
+        let keyed = key.is_some();
+        origin
+            .scan_secrets(&info, |item| {
+                match (kind, item.metadata) {
+                    (KvVersion::V2, Some(meta)) => {
+                        entries.insert(SecretPath::new(mount.as_str(), item.path), v2_entry(&meta, now));
+                    }
+                    (KvVersion::V1, _) if !keyed => {
+                        entries.insert(SecretPath::new(mount.as_str(), item.path), v1_entry(None));
+                    }
+                    _ => to_read.push(item.path),
+                }
+                Ok(())
+            })
             .await
             .map_err(|e| Fault::vault(format!("listing origin mount `{mount}`"), e))?;
-        // Servers without detailed-metadata need one metadata read per KV v2 key; keyed KV v1
-        // digests need one value read per key.
-        let limit = Arc::new(Semaphore::new(spec.workers.max(1)));
-        let mut fetches: JoinSet<Result<Option<(SecretPath, OriginEntry)>, Fault>> = JoinSet::new();
-        for item in listed {
-            let key_of = SecretPath::new(mount.clone(), item.path.clone());
-            match (info.kind, item.metadata, key.clone()) {
-                (KvVersion::V2, Some(meta), _) => entries.push((key_of, v2_entry(&meta, now))),
-                (KvVersion::V1, _, None) => entries.push((key_of, v1_entry(None))),
-                (kind, _, hmac_key) => {
-                    let (client, limit, mount) = (origin.clone(), limit.clone(), mount.clone());
-                    fetches.spawn(async move {
-                        let _permit = limit.acquire_owned().await;
-                        let ctx = || format!("reading origin `{mount}{}`", item.path);
-                        if kind == KvVersion::V2 {
-                            // None: deleted between LIST and GET, so not there.
-                            let meta = client
-                                .read_metadata(&mount, &item.path)
-                                .await
-                                .map_err(|e| Fault::vault(ctx(), e))?;
-                            return Ok(meta.map(|m| (key_of, v2_entry(&m, now))));
-                        }
-                        let value = client.read_v1(&mount, &item.path).await.map_err(|e| Fault::vault(ctx(), e))?;
-                        Ok(value.map(|v| {
-                            let digest = hmac_key.map(|k| value_hmac(&k, &canonical_json(&v)));
-                            (key_of, v1_entry(digest))
-                        }))
-                    }.in_current_span());
-                }
-            }
-        }
-        while let Some(joined) = fetches.join_next().await {
-            let found = joined.map_err(|e| Fault::transient(format!("origin read task failed: {e}")))??;
-            entries.extend(found);
-        }
+        read_each(origin, mount, kind, key.clone(), now, spec.workers, to_read, &mut entries).await?;
         uuids.insert(mount.clone(), info.uuid);
     }
     let count = spec.buckets.unwrap_or_else(|| auto_bucket_count(entries.len()));
-    Ok(OriginInfo::new(SyncInfo::from_entries(count, entries), uuids))
+    let mut entries = entries.rebucket(count);
+    entries.compact();
+    Ok(OriginInfo::new(entries, uuids))
+}
+
+/// Reads the keys a listing could not describe (KV v2 metadata, KV v1 values for their
+/// digest), `workers` at a time (as many tasks as reads in flight), into `entries`. A key gone by the time it
+/// is read is left out, as the listing would have if it had been a moment later.
+// The scan's parts, passed as they are; a struct for one caller adds nothing.
+#[allow(clippy::too_many_arguments)]
+async fn read_each(
+    origin: &VaultClient,
+    mount: &str,
+    kind: KvVersion,
+    hmac_key: Option<Arc<Vec<u8>>>,
+    now: SystemTime,
+    workers: usize,
+    paths: Vec<String>,
+    entries: &mut SyncInfo,
+) -> Result<(), Fault> {
+    let mut pending = paths.into_iter();
+    let mut reads: JoinSet<Result<Option<(SecretPath, OriginEntry)>, Fault>> = JoinSet::new();
+    let spawn = |reads: &mut JoinSet<_>, path: String| {
+        let (client, mount, hmac_key) = (origin.clone(), mount.to_owned(), hmac_key.clone());
+        reads.spawn(
+            async move {
+                let ctx = || format!("reading origin `{mount}{path}`");
+                let key_of = SecretPath::new(mount.as_str(), path.as_str());
+                if kind == KvVersion::V2 {
+                    // None: deleted between the listing and the read, so not there.
+                    let meta = client.read_metadata(&mount, &path).await.map_err(|e| Fault::vault(ctx(), e))?;
+                    return Ok(meta.map(|m| (key_of, v2_entry(&m, now))));
+                }
+                let value = client.read_v1(&mount, &path).await.map_err(|e| Fault::vault(ctx(), e))?;
+                Ok(value.map(|v| {
+                    let digest = hmac_key.map(|k| value_hmac(&k, &canonical_json(&v)));
+                    (key_of, v1_entry(digest))
+                }))
+            }
+            .in_current_span(),
+        );
+    };
+    for path in pending.by_ref().take(workers.max(1)) {
+        spawn(&mut reads, path);
+    }
+    while let Some(joined) = reads.join_next().await {
+        let found = joined.map_err(|e| Fault::transient(format!("origin read task failed: {e}")))??;
+        if let Some((k, e)) = found {
+            entries.insert(k, e);
+        }
+        if let Some(path) = pending.next() {
+            spawn(&mut reads, path);
+        }
+    }
+    Ok(())
 }
 
 /// The keys a batch of audit [`Change`]s names, given each mount's KV version: KV v2 requests

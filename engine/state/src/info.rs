@@ -166,6 +166,9 @@ async fn resolve_index(store: &StateStore, side: &str, root: &mut InfoRoot) -> R
     Ok(Ok(()))
 }
 
+/// Serialised parts a commit holds before writing them.
+const WRITE_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// Parts fetched at once from Consul (each is one request).
 const PARALLEL_READS: usize = 8;
 
@@ -261,7 +264,11 @@ where
     }
     Ok(match missing {
         Some(hash) => Err(hash),
-        None => Ok(buckets),
+        None => {
+            // Parts finish in any order, so the maps grew by inserts: pack them.
+            buckets.compact();
+            Ok(buckets)
+        }
     })
 }
 
@@ -301,8 +308,17 @@ pub async fn commit<T: HasOrigin + Serialize>(
         Some(Err(e @ StateError::UnknownFormat { .. })) => return Err(e),
         Some(Err(_)) | None => None,
     };
+    if !lock.is_held() {
+        return Err(lock.lost_error(store));
+    }
+    // Parts are written as buckets are serialised, a few MB at a time, so a commit never holds
+    // the whole encoded info. Parts already stored (same hash, same bytes) are not rewritten,
+    // so a commit that changes nothing writes no part. A part written here that the root swap
+    // below then does not reference (a conflict, a lost lock) is collected by a later commit.
+    let mut stored: HashSet<String> = store.list_parts(&side).await?.into_iter().collect();
     let mut refs = Vec::with_capacity(buckets.buckets().len());
-    let mut to_write = Vec::new();
+    let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
     for (i, bucket) in buckets.buckets().iter().enumerate() {
         let rows: Vec<(&SecretPath, &T)> = bucket.iter().collect();
         let chunks = split_for_storage(&rows, PART_LIMIT)
@@ -311,7 +327,14 @@ pub async fn commit<T: HasOrigin + Serialize>(
         for chunk in chunks {
             let hash = Digest(Sha256::digest(chunk.as_bytes()).into()).to_hex();
             parts.push(hash.clone());
-            to_write.push((hash, chunk.into_bytes()));
+            if stored.insert(hash.clone()) {
+                batch_bytes += chunk.len();
+                batch.push((hash, chunk.into_bytes()));
+            }
+        }
+        if batch_bytes >= WRITE_BATCH_BYTES {
+            store.write_new_parts(lock, std::mem::take(&mut batch)).await?;
+            batch_bytes = 0;
         }
         refs.push(BucketRef {
             digest: digests.get(i).copied().unwrap_or_else(|| buckets.digest(i as u32)),
@@ -327,7 +350,11 @@ pub async fn commit<T: HasOrigin + Serialize>(
         buckets: refs,
         index: Vec::new(),
     };
-    to_write.extend(split_index(store, &side, &mut root)?);
+    // Every part this root references, kept by the collection below.
+    let mut keep: HashSet<String> = root.buckets.iter().flat_map(|b| b.parts.iter().cloned()).collect();
+    let index_parts = split_index(store, &side, &mut root)?;
+    keep.extend(index_parts.iter().map(|(name, _)| name.clone()));
+    batch.extend(index_parts.into_iter().filter(|(name, _)| stored.insert(name.clone())));
     // Index parts are content-addressed: equal names, equal bucket lists.
     if previous.as_ref() == Some(&root) {
         return Ok(false);
@@ -348,12 +375,9 @@ pub async fn commit<T: HasOrigin + Serialize>(
     if !lock.is_held() {
         return Err(lock.lost_error(store));
     }
-    let to_write_names: Vec<String> = to_write.iter().map(|(n, _)| n.clone()).collect();
-    store.write_parts(lock, to_write).await?;
+    store.write_new_parts(lock, batch).await?;
     store.swap_root(lock, &root_bytes, base).await?;
     // Keep the parts of this root and of the previous one (a reader may still hold it).
-    let mut keep: HashSet<String> = to_write_names.into_iter().collect();
-    keep.extend(root.index.iter().cloned());
     if let Some(mut p) = previous {
         keep.extend(p.index.iter().cloned());
         if resolve_index(store, &side, &mut p).await?.is_err() {

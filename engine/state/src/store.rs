@@ -371,10 +371,18 @@ impl StateStore {
     /// Writes parts that are not stored yet (they are immutable: same hash, same bytes).
     /// Consul: batched into transactions within the op and body limits.
     pub async fn write_parts(&self, lock: &StoreLock, parts: Vec<(String, Vec<u8>)>) -> Result<usize> {
-        let side = lock.side();
-        let existing: std::collections::HashSet<String> = self.list_parts(side).await?.into_iter().collect();
+        let existing: std::collections::HashSet<String> = self.list_parts(lock.side()).await?.into_iter().collect();
         let missing: Vec<(String, Vec<u8>)> = parts.into_iter().filter(|(h, _)| !existing.contains(h)).collect();
+        self.write_new_parts(lock, missing).await
+    }
+
+    /// Writes parts the caller knows are not stored yet (no listing first); returns how many.
+    pub async fn write_new_parts(&self, lock: &StoreLock, missing: Vec<(String, Vec<u8>)>) -> Result<usize> {
+        let side = lock.side();
         let written = missing.len();
+        if written == 0 {
+            return Ok(0);
+        }
         match (self, lock) {
             (StateStore::File(f), StoreLock::File(l)) => {
                 for (hash, bytes) in missing {

@@ -285,6 +285,15 @@ pub(crate) struct Answer {
     pub body: Vec<u8>,
 }
 
+/// An answer of [`VaultClient::call_streamed`]: a 2xx whose body is still to be read (a
+/// listing of any size is decoded as it arrives), or any other answer read whole.
+pub(crate) enum Reply {
+    /// A 2xx answer, body unread.
+    Streamed(reqwest::Response),
+    /// A 404, read whole.
+    Whole(Answer),
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     #[serde(default)]
@@ -438,6 +447,33 @@ impl VaultClient {
         query: &[(&str, String)],
         body: Option<(Vec<u8>, &'static str)>,
     ) -> Result<Answer> {
+        let method_name = method.clone();
+        match self.send(kind, method, api_path, query, body, false).await? {
+            Reply::Whole(answer) => Ok(answer),
+            // `send` streams only when asked to; never read a body as empty.
+            Reply::Streamed(_) => Err(VaultError::Decode {
+                request: format!("{method_name} {api_path}"),
+                message: "answer left unread".into(),
+            }),
+        }
+    }
+
+    /// Like [`Self::call`], but a 2xx answer comes back with its body unread, for the caller
+    /// to decode as it arrives. Retries cover the request up to its headers; a body cut off
+    /// later fails the caller's decode, which has already consumed part of it.
+    pub(crate) async fn call_streamed(&self, kind: RequestKind, method: Method, api_path: &str) -> Result<Reply> {
+        self.send(kind, method, api_path, &[], None, true).await
+    }
+
+    async fn send(
+        &self,
+        kind: RequestKind,
+        method: Method,
+        api_path: &str,
+        query: &[(&str, String)],
+        body: Option<(Vec<u8>, &'static str)>,
+        stream: bool,
+    ) -> Result<Reply> {
         let request = format!("{method} {api_path}");
         let url = format!("{}/v1/{api_path}", self.address);
         let mut attempt = 0u32;
@@ -466,7 +502,10 @@ impl VaultClient {
                         _ => RequestOutcome::Error,
                     };
                     self.counters.ended(kind, ended);
-                    self.classify(&request, resp).await
+                    if stream && ended == RequestOutcome::Ok {
+                        return Ok(Reply::Streamed(resp));
+                    }
+                    self.classify(&request, resp).await.map(Reply::Whole)
                 }
                 Err(source) => Err(Attempt::Retry({
                     self.counters.ended(kind, RequestOutcome::Transport);

@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 use tracing::debug;
 use vsync_core::KvVersion;
 
-use crate::client::{RequestKind, VaultClient};
+use crate::client::{Reply, RequestKind, VaultClient};
+use crate::listing;
 use crate::error::{Result, VaultError};
 use crate::types::{DataRead, KvMetadata, ListedSecret, MountInfo, SecretData, VersionMeta};
 
@@ -97,7 +98,7 @@ fn classify_404(body: &[u8]) -> NotFound {
 
 /// The `data` of a 200 LIST or SCAN answer. `data: {}` is SCAN's "nothing under this prefix";
 /// otherwise `data.keys` must be an array of strings.
-fn listing(request: &str, body: &[u8]) -> Result<ListData> {
+fn listing_page(request: &str, body: &[u8]) -> Result<ListData> {
     let bad = |message: String| VaultError::Decode {
         request: request.to_owned(),
         message,
@@ -159,8 +160,6 @@ struct Wrapped<T> {
 struct ListData {
     #[serde(default)]
     keys: Vec<String>,
-    #[serde(default)]
-    key_info: Option<std::collections::HashMap<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -286,14 +285,34 @@ impl VaultClient {
         }
     }
 
-    /// Lists every secret under a mount, recursively.
+    /// Lists every secret under a mount, recursively, sorted by path (see
+    /// [`Self::scan_secrets`], which hands secrets on as they arrive instead of collecting them).
+    pub async fn list_secrets(&self, mount: &MountInfo) -> Result<Vec<ListedSecret>> {
+        let mut out = Vec::new();
+        self.scan_secrets(mount, |s| {
+            out.push(s);
+            Ok(())
+        })
+        .await?;
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    /// Hands every secret under a mount to `each`, recursively, in the order the server sends
+    /// them (unsorted), without holding the listing: memory stays flat however large the mount.
     ///
     /// On OpenBao a KV v2 mount is read with one `SCAN <mount>/detailed-metadata/`, which also
-    /// returns every key's metadata; KV v1 with one `SCAN <mount>/`. Servers without SCAN (Vault)
-    /// or tokens without the `scan` capability fall back to a LIST walk (remembered per mount).
-    /// An empty mount (SCAN 200 `data: {}`, LIST 404 `{"errors":[]}`) gives an empty list; any
-    /// answer that is not one of KV's "empty" answers fails (see the module docs).
-    pub async fn list_secrets(&self, mount: &MountInfo) -> Result<Vec<ListedSecret>> {
+    /// returns every key's metadata; KV v1 with one `SCAN <mount>/`. The answer is decoded as it
+    /// arrives ([`crate::listing`]). Servers without SCAN (Vault) or tokens without the `scan`
+    /// capability fall back to a LIST walk (remembered per mount). An empty mount (SCAN 200
+    /// `data: {}`, LIST 404 `{"errors":[]}`) hands nothing on; any answer that is not one of
+    /// KV's "empty" answers fails (see the module docs), possibly after some secrets were
+    /// handed on: the caller discards a failed listing whole. An error from `each` stops the
+    /// listing and is returned.
+    pub async fn scan_secrets<F>(&self, mount: &MountInfo, mut each: F) -> Result<()>
+    where
+        F: FnMut(ListedSecret) -> Result<()> + Send,
+    {
         let prefix = Self::mount_prefix(&mount.path)?;
         let scan_known_bad = self
             .scan_unsupported
@@ -301,85 +320,132 @@ impl VaultClient {
             .map(|s| s.contains(&mount.path))
             .unwrap_or(false);
         if !scan_known_bad {
-            match self.scan(mount, &prefix).await {
-                Ok(Some(found)) => return Ok(found),
-                Ok(None) => {
-                    debug!(mount = %mount.path, "SCAN not available, falling back to LIST walk");
-                    if let Ok(mut s) = self.scan_unsupported.lock() {
-                        s.insert(mount.path.clone());
-                    }
-                }
-                Err(e) => return Err(e),
+            if self.scan(mount, &prefix, &mut each).await? {
+                return Ok(());
+            }
+            debug!(mount = %mount.path, "SCAN not available, falling back to LIST walk");
+            if let Ok(mut s) = self.scan_unsupported.lock() {
+                s.insert(mount.path.clone());
             }
         }
-        self.list_walk(mount, &prefix).await
+        self.list_walk(mount, &prefix, &mut each).await
     }
 
-    /// `Ok(None)` when SCAN is not supported or not permitted, so the caller walks instead.
+    /// `Ok(false)` when SCAN is not supported or not permitted, so the caller walks instead
+    /// (nothing was handed on then).
     ///
     /// "Not supported" is what real servers answer then: 405 or 400 for an unknown method
     /// (Vault, older OpenBao), 403 without the `scan` capability, and a 404 that says the path
     /// or operation is unsupported (see [`NotFound::Unsupported`]). A 404 naming a missing mount
     /// or any other odd answer is an error, not a reason to walk: the walk would be remembered
     /// for the mount, and the answer says nothing about SCAN support.
-    async fn scan(&self, mount: &MountInfo, prefix: &str) -> Result<Option<Vec<ListedSecret>>> {
+    async fn scan<F>(&self, mount: &MountInfo, prefix: &str, each: &mut F) -> Result<bool>
+    where
+        F: FnMut(ListedSecret) -> Result<()> + Send,
+    {
         let api = match mount.kind {
             KvVersion::V2 => format!("{prefix}/detailed-metadata/"),
             KvVersion::V1 => format!("{prefix}/"),
         };
         let request = format!("SCAN {api}");
-        let answer = match self.call(RequestKind::List, method("SCAN"), &api, &[], None).await {
-            Ok(a) => a,
+        let resp = match self.call_streamed(RequestKind::List, method("SCAN"), &api).await {
+            Ok(Reply::Streamed(resp)) => resp,
+            Ok(Reply::Whole(answer)) => {
+                // Only a 404 is read whole.
+                return match classify_404(&answer.body) {
+                    NotFound::Empty => Ok(true),
+                    NotFound::Unsupported(message) => {
+                        debug!(%request, %message, "SCAN path unsupported by the server");
+                        Ok(false)
+                    }
+                    NotFound::NoMount(message) => Err(VaultError::MountNotFound {
+                        mount: mount.path.clone(),
+                        address: self.address.clone(),
+                        message,
+                    }),
+                    NotFound::Other(message) => Err(VaultError::UnexpectedNotFound { request, message }),
+                };
+            }
             // 405/400 (method unknown), 403 (no scan capability): walk instead. A dead token
             // fails the walk with the same 403, so nothing is hidden.
-            Err(VaultError::PermissionDenied { .. }) | Err(VaultError::Rejected { .. }) => {
-                return Ok(None);
-            }
+            Err(VaultError::PermissionDenied { .. }) | Err(VaultError::Rejected { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        if answer.status == StatusCode::NOT_FOUND {
-            return match classify_404(&answer.body) {
-                NotFound::Empty => Ok(Some(Vec::new())),
-                NotFound::Unsupported(message) => {
-                    debug!(%request, %message, "SCAN path unsupported by the server");
-                    Ok(None)
-                }
-                NotFound::NoMount(message) => Err(VaultError::MountNotFound {
-                    mount: mount.path.clone(),
-                    address: self.address.clone(),
-                    message,
-                }),
-                NotFound::Other(message) => Err(VaultError::UnexpectedNotFound { request, message }),
-            };
-        }
-        let data = listing(&request, &answer.body)?;
-        let mut info = data.key_info.unwrap_or_default();
-        let mut out = Vec::with_capacity(data.keys.len());
-        for key in data.keys {
-            if key.ends_with('/') {
-                continue;
-            }
-            let metadata = match (mount.kind, info.remove(&key)) {
-                (KvVersion::V2, Some(v)) => Some(serde_json::from_value::<KvMetadata>(v).map_err(|e| {
-                    VaultError::Decode {
-                        request: request.clone(),
-                        message: format!("metadata of `{key}`: {e}"),
-                    }
-                })?),
-                _ => None,
-            };
-            out.push(ListedSecret { path: key, metadata });
-        }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Some(out))
+        self.decode_streamed(&request, mount.kind, resp, each).await?;
+        Ok(true)
     }
 
-    async fn list_walk(&self, mount: &MountInfo, prefix: &str) -> Result<Vec<ListedSecret>> {
+    /// Pumps a listing body to a decoding thread and hands its secrets to `each` in batches;
+    /// bounded channels keep at most a few chunks and batches in flight.
+    async fn decode_streamed<F>(&self, request: &str, kind: KvVersion, mut resp: reqwest::Response, each: &mut F) -> Result<()>
+    where
+        F: FnMut(ListedSecret) -> Result<()> + Send,
+    {
+        let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(8);
+        let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<ListedSecret>>(4);
+        let decoder = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(listing::BATCH);
+            let mut emit = |s: ListedSecret| {
+                batch.push(s);
+                if batch.len() >= listing::BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(listing::BATCH));
+                    batch_tx.blocking_send(full).map_err(|_| "the listing's reader stopped".to_owned())?;
+                }
+                Ok(())
+            };
+            listing::decode(listing::ChunkReader::new(chunk_rx), kind, &mut emit)?;
+            if !batch.is_empty() {
+                batch_tx.blocking_send(batch).map_err(|_| "the listing's reader stopped".to_owned())?;
+            }
+            Ok::<(), String>(())
+        });
+        let pump = async move {
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if chunk_tx.send(Ok(chunk.to_vec())).await.is_err() {
+                            return Ok(()); // the decoder stopped; it says why
+                        }
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(source) => {
+                        let _ = chunk_tx.send(Err(std::io::Error::other("body cut off"))).await;
+                        return Err(VaultError::Connection {
+                            request: request.to_owned(),
+                            address: self.address.clone(),
+                            source: source.without_url(),
+                        });
+                    }
+                }
+            }
+        };
+        let drain = async move {
+            while let Some(batch) = batch_rx.recv().await {
+                for secret in batch {
+                    each(secret)?;
+                }
+            }
+            Ok::<(), VaultError>(())
+        };
+        let (pumped, drained) = tokio::join!(pump, drain);
+        let decoded = decoder.await.map_err(|e| VaultError::Decode {
+            request: request.to_owned(),
+            message: format!("listing decoder failed: {e}"),
+        })?;
+        // The consumer's own error first, then a cut-off body, then what the decoder saw.
+        drained?;
+        pumped?;
+        decoded.map_err(|message| VaultError::Decode { request: request.to_owned(), message })
+    }
+
+    async fn list_walk<F>(&self, mount: &MountInfo, prefix: &str, each: &mut F) -> Result<()>
+    where
+        F: FnMut(ListedSecret) -> Result<()> + Send,
+    {
         let base = match mount.kind {
             KvVersion::V2 => format!("{prefix}/metadata"),
             KvVersion::V1 => prefix.to_owned(),
         };
-        let mut out = Vec::new();
         let mut folders = VecDeque::from([String::new()]);
         while let Some(folder) = folders.pop_front() {
             let api = format!("{}/", Self::api_path(&base, folder.trim_end_matches('/'))?);
@@ -391,17 +457,16 @@ impl VaultClient {
                 self.expect_empty_404(&request, &mount.path, &answer.body)?;
                 continue;
             }
-            for key in listing(&request, &answer.body)?.keys {
+            for key in listing_page(&request, &answer.body)?.keys {
                 let full = format!("{folder}{key}");
                 if key.ends_with('/') {
                     folders.push_back(full);
                 } else {
-                    out.push(ListedSecret { path: full, metadata: None });
+                    each(ListedSecret { path: full, metadata: None })?;
                 }
             }
         }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
+        Ok(())
     }
 
     /// Reads KV v2 metadata; `None` if the key does not exist (404 `{"errors":[]}` only: a 404
@@ -626,7 +691,7 @@ mod tests {
 
     #[test]
     fn listings_need_data_with_string_keys() {
-        let keys = |body: &str| listing("SCAN m/", body.as_bytes()).map(|d| d.keys);
+        let keys = |body: &str| listing_page("SCAN m/", body.as_bytes()).map(|d| d.keys);
         assert_eq!(keys(r#"{"data":{}}"#).ok(), Some(vec![]));
         assert_eq!(keys(r#"{"data":{"keys":[]}}"#).ok(), Some(vec![]));
         assert_eq!(keys(r#"{"request_id":"r","data":{"keys":["a","b/"]},"warnings":null}"#).ok(), Some(vec!["a".to_owned(), "b/".to_owned()]));

@@ -10,6 +10,7 @@ mod auth;
 mod client;
 mod error;
 mod kv;
+mod listing;
 mod types;
 
 pub use auth::{Login, TokenLease};

@@ -711,3 +711,57 @@ async fn listings_have_their_own_timeout_longer_than_a_request() {
     let listed = slow.list_secrets(&info).await.unwrap();
     assert_eq!(listed.iter().map(|l| l.path.as_str()).collect::<Vec<_>>(), ["app/db"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_scan_streams_and_a_body_cut_off_midway_fails_the_listing() {
+    // 3,000 keys over 30 folders: a detailed SCAN body of about 1.4 MB, decoded as it
+    // arrives. The same answer cut off after 700 KB must fail the listing (never read as
+    // "these are all the keys", which would be deletes everywhere).
+    let bao = Bao::dev();
+    let c = client(&bao, DEV_ROOT_TOKEN);
+    let n = 3_000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in 0..8 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            for i in (chunk..n).step_by(8) {
+                c.write_version("secret/", &format!("f{}/k{i}", i % 30), &data(json!({"i": i})), 0).await.unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mount = c.mount_info("secret/").await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    c.scan_secrets(&mount, |s| {
+        assert!(s.metadata.as_ref().is_some_and(|m| m.current_version == 1), "{}", s.path);
+        assert!(seen.insert(s.path), "each key once");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.len(), n);
+    assert!(seen.contains("f7/k2977"));
+
+    let proxy = vsync_test_harness::Proxy::start(bao.port);
+    let mut cfg = VaultConfig::new(proxy.addr(), Token::new(DEV_ROOT_TOKEN));
+    cfg.retry = fast_retry();
+    let cut = VaultClient::new(cfg).unwrap();
+    let mount = cut.mount_info("secret/").await.unwrap();
+    proxy.cut_replies_after(700 * 1024);
+    let mut handed = 0;
+    let listed = cut
+        .scan_secrets(&mount, |_| {
+            handed += 1;
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(listed, Err(VaultError::Connection { .. }) | Err(VaultError::Decode { .. })),
+        "a cut-off SCAN fails: {listed:?}"
+    );
+    assert!(handed > 0 && handed < n, "some keys were decoded before the cut ({handed})");
+    proxy.cut_replies_after(0);
+    // The consumer can stop a listing too; its error comes back as it was.
+    let stopped = cut.scan_secrets(&mount, |_| Err(VaultError::Config("consumer full".into()))).await;
+    assert!(matches!(&stopped, Err(VaultError::Config(m)) if m == "consumer full"), "{stopped:?}");
+}

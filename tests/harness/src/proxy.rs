@@ -12,6 +12,8 @@ use std::time::Duration;
 struct Control {
     cut: AtomicBool,
     delay_ms: AtomicU64,
+    /// Server-to-client bytes a connection may carry before it is cut (0: unlimited).
+    reply_limit: AtomicU64,
     stop: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
 }
@@ -48,21 +50,28 @@ impl Proxy {
                     open.extend(client.try_clone().ok());
                     open.extend(server.try_clone().ok());
                 }
-                for (from, to) in [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())] {
+                for (reply, from, to) in [(false, client.try_clone(), server.try_clone()), (true, server.try_clone(), client.try_clone())] {
                     let (Ok(mut from), Ok(mut to)) = (from, to) else { continue };
                     let c = c.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
+                        let mut carried = 0u64;
                         loop {
-                            let n = match from.read(&mut buf) {
+                            let mut n = match from.read(&mut buf) {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
+                            let limit = c.reply_limit.load(Ordering::SeqCst);
+                            let cut_here = reply && limit > 0 && carried + n as u64 >= limit;
+                            if cut_here {
+                                n = (limit - carried) as usize;
+                            }
+                            carried += n as u64;
                             let delay = c.delay_ms.load(Ordering::SeqCst);
                             if delay > 0 {
                                 std::thread::sleep(Duration::from_millis(delay));
                             }
-                            if c.cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                            if c.cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() || cut_here {
                                 break;
                             }
                         }
@@ -88,6 +97,12 @@ impl Proxy {
     /// Delays every forwarded chunk (both directions) by `d`; zero restores full speed.
     pub fn set_delay(&self, d: Duration) {
         self.control.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Cuts each connection once the server has sent it `bytes` (headers included), mid-body
+    /// for a large answer; 0 lifts the limit. Applies to connections opened afterwards.
+    pub fn cut_replies_after(&self, bytes: u64) {
+        self.control.reply_limit.store(bytes, Ordering::SeqCst);
     }
 
     /// Cuts every open connection and refuses new ones (`true`), or lets them through again.
