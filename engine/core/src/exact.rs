@@ -20,6 +20,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::digest::MetadataDigest;
+use crate::types::{KvVersion, OriginEntry};
+
 /// The data written for a version whose origin data cannot be read (destroyed, soft-deleted,
 /// or pruned at the origin). It never stays readable: it is pruned, soft-deleted or destroyed
 /// in the same cycle, as the origin's version is.
@@ -27,6 +30,34 @@ pub const PLACEHOLDER: &str = r#"{"vsync_placeholder":"this version is not reada
 
 /// What a KV v2 key keeps when neither it nor its mount sets `max_versions`.
 pub const DEFAULT_MAX_VERSIONS: u64 = 10;
+
+/// Whether the scan proves `entry` is a key with exactly one version, live, never pruned and
+/// with default settings (no `max_versions`, `cas_required`, `delete_version_after` or custom
+/// metadata), as a key created by one data write is. Such a key, new at a destination, is
+/// replicated exactly by one create-only write of version 1: no metadata read on either side.
+///
+/// The proof is the entry's metadata digest: it must equal the digest of exactly that metadata
+/// (version 1 written at the key's `created_time`, which is how KV v2 stamps a new key), so
+/// any other key, however close, takes the full path.
+pub fn is_single_default_version(entry: &OriginEntry) -> bool {
+    entry.kind == KvVersion::V2
+        && entry.current_version == 1
+        && entry.current_live
+        && entry.digest
+            == Some(
+                MetadataDigest {
+                    current_version: 1,
+                    oldest_version: 0,
+                    created_time: &entry.created_time,
+                    max_versions: 0,
+                    cas_required: false,
+                    delete_version_after: "0s",
+                    custom_metadata: Vec::new(),
+                    versions: vec![(1, &entry.created_time, "", false)],
+                }
+                .digest(),
+            )
+}
 
 /// Settings of a KV v2 key that vsync copies.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

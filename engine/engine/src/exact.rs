@@ -40,6 +40,11 @@ pub fn key_meta(meta: &KvMetadata, now: SystemTime) -> KeyMeta {
 pub enum Inspected {
     /// The origin key changed since the scan (or is gone): retried next cycle.
     Skipped,
+    /// A key the destination has no record of, proven by the scan to hold one live version
+    /// with default settings ([`exact::is_single_default_version`]): version 1 is written
+    /// create-only, with no metadata read on either side. Should the destination hold the key
+    /// already (the create-only write fails), the key takes the full path.
+    Fresh(OriginEntry),
     /// The steps to run, and whether the destination key exists now.
     Plan {
         /// The decision.
@@ -54,8 +59,10 @@ pub enum Inspected {
 impl Inspected {
     /// What replicating the key takes, for `vsync plan`.
     pub fn summary(&self) -> String {
-        let Inspected::Plan { plan, dest_exists, .. } = self else {
-            return "changed at the origin since the scan, next cycle".into();
+        let (plan, dest_exists) = match self {
+            Inspected::Plan { plan, dest_exists, .. } => (plan, dest_exists),
+            Inspected::Fresh(_) => return "1 version write (a new single-version key, create-only)".into(),
+            Inspected::Skipped => return "changed at the origin since the scan, next cycle".into(),
         };
         if plan.adopt_if_equal.is_some() {
             return "already exact, adopted without a write".into();
@@ -83,9 +90,25 @@ impl Inspected {
     }
 }
 
-/// Reads the origin and destination metadata of one key and decides its steps. `scanned` is
-/// the origin entry the plan was made from; `known` what the destination recorded.
+/// Decides one key's steps: a key new at the destination that the scan proves simple is
+/// [`Inspected::Fresh`] at once; any other is [`inspect_metadata`]. `scanned` is the origin
+/// entry the plan was made from; `known` what the destination recorded.
 pub async fn inspect(
+    origin: &VaultClient,
+    dest: &VaultClient,
+    key: &SecretPath,
+    target: &DestPath,
+    scanned: &OriginEntry,
+    known: Option<&DestEntry>,
+) -> Result<Inspected, Fault> {
+    if known.is_none() && exact::is_single_default_version(scanned) {
+        return Ok(Inspected::Fresh(scanned.clone()));
+    }
+    inspect_metadata(origin, dest, key, target, scanned, known).await
+}
+
+/// Reads the origin and destination metadata of one key and decides its steps.
+pub async fn inspect_metadata(
     origin: &VaultClient,
     dest: &VaultClient,
     key: &SecretPath,
@@ -164,8 +187,20 @@ pub async fn apply(
     target: &DestPath,
     inspected: Inspected,
 ) -> Result<(WriteOutcome, ExactState), Fault> {
-    let Inspected::Plan { plan, origin_settings, dest_exists } = inspected else {
-        return Ok((WriteOutcome::Skipped, ExactState::default()));
+    let (plan, origin_settings, dest_exists) = match inspected {
+        Inspected::Plan { plan, origin_settings, dest_exists } => (plan, origin_settings, dest_exists),
+        Inspected::Skipped => return Ok((WriteOutcome::Skipped, ExactState::default())),
+        Inspected::Fresh(scanned) => {
+            if let Some(done) = write_fresh(origin, dest, key, target).await? {
+                return Ok(done);
+            }
+            // The destination holds the key already: the full path decides what it needs.
+            let full = inspect_metadata(origin, dest, key, target, &scanned, None).await?;
+            if matches!(full, Inspected::Fresh(_)) {
+                return Ok((WriteOutcome::Skipped, ExactState::default()));
+            }
+            return Box::pin(apply(origin, dest, key, target, full)).await;
+        }
     };
     let (mount, path) = (target.mount.as_str(), target.path.as_str());
     let at = |what: &str| format!("{what} {target}");
@@ -235,6 +270,42 @@ pub async fn apply(
     info!(secret = %key, target = %target, versions = plan.writes.len(), "replicated exactly");
     let outcome = if plan.rebuild.is_some() && dest_exists { WriteOutcome::Rebuilt } else { WriteOutcome::Written };
     Ok((outcome, ExactState { placeholders }))
+}
+
+/// Version 1 of a [`Inspected::Fresh`] key: read at the origin, written create-only (`cas` 0)
+/// at the destination, which then holds exactly the origin's one version with default
+/// settings. `None` when the destination already has the key (the caller takes the full
+/// path); `Skipped` when version 1 is no longer readable at the origin (the next cycle sees
+/// the change).
+async fn write_fresh(
+    origin: &VaultClient,
+    dest: &VaultClient,
+    key: &SecretPath,
+    target: &DestPath,
+) -> Result<Option<(WriteOutcome, ExactState)>, Fault> {
+    let data = match origin
+        .read_version(&key.mount, &key.path, 1)
+        .await
+        .map_err(|e| Fault::vault(format!("reading origin {key} v1"), e))?
+    {
+        DataRead::Live(data, _) => data,
+        _ => {
+            warn!(secret = %key, "origin key changed since the scan; it is replicated next cycle");
+            return Ok(Some((WriteOutcome::Skipped, ExactState::default())));
+        }
+    };
+    match dest.write_version(&target.mount, &target.path, &data, 0).await {
+        Ok(meta) if meta.version == 1 => {
+            info!(secret = %key, target = %target, versions = 1, "replicated exactly");
+            Ok(Some((WriteOutcome::Written, ExactState::default())))
+        }
+        Ok(meta) => Err(Fault::transient(format!(
+            "writing {target} create-only made version {} instead of 1; the key is inspected in full next cycle",
+            meta.version
+        ))),
+        Err(VaultError::CasMismatch { .. }) => Ok(None),
+        Err(e) => Err(Fault::vault(format!("writing {target} v1"), e)),
+    }
 }
 
 async fn flag<'c, F, Fut>(dest: &'c VaultClient, target: &'c DestPath, what: &str, versions: &'c [u64], op: F) -> Result<(), Fault>

@@ -302,11 +302,17 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
     let trigger = Arc::new(Notify::new());
     let _watch = (engine.publisher.is_none() && !options.once)
         .then(|| watch_root(engine.origin_store.clone(), ORIGIN_SIDE, trigger.clone()));
-    let interval = match (&engine.publisher, engine.destinations.iter().map(|d| d.spec.interval).min()) {
-        (_, Some(min)) => min,
-        (Some(p), None) => p.spec.interval,
-        (None, None) => Duration::from_secs(60),
-    };
+    // A round scans (with a publisher) and runs every destination: the origin scans every
+    // origin `interval` as configured, and each destination cycles at least every one of its
+    // own (its backup ticker); in `vsync run` a destination thus sees a change at the next
+    // scan, not at its own ticker. A cycle on an unchanged info compares digests and is done.
+    let interval = engine
+        .publisher
+        .iter()
+        .map(|p| p.spec.interval)
+        .chain(engine.destinations.iter().map(|d| d.spec.interval))
+        .min()
+        .unwrap_or(Duration::from_secs(60));
     register_telemetry(engine);
     let mut origin_settling = Settling::default();
     let mut statuses = Statuses::read(engine).await;

@@ -423,3 +423,32 @@ async fn rebuilds_count_for_the_mass_delete_guard_and_plan_shows_them() {
     assert_eq!(report.counts.rebuilt, 12, "{report}");
     w.assert_exact("after the allowed rebuilds").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_single_version_keys_take_one_read_and_one_write_and_fall_back_when_the_destination_has_them() {
+    let mut w = world().await;
+    // Plain one-version keys (the fast path), one with custom metadata and one with two
+    // versions (the full path: the scan does not prove them simple).
+    for k in ["p1", "p2", "p3", "held", "stray"] {
+        w.put(k, json!({ "k": k })).await;
+    }
+    w.put("custom", json!({ "v": 1 })).await;
+    w.settings("custom", 0, false, "0s", &[("team", "a")]).await;
+    w.put("two", json!({ "v": 1 })).await;
+    w.put("two", json!({ "v": 2 })).await;
+    // At the destination, unknown to its (empty) state: `held` equal to the origin's (adopted),
+    // `stray` with other data (rebuilt). Their create-only writes fail, so they take the full path.
+    w.cb.write_version("secret/", "held", &data(json!({ "k": "held" })), 0).await.unwrap();
+    w.cb.write_version("secret/", "stray", &data(json!({ "k": "other" })), 0).await.unwrap();
+    let (o0, d0) = (w.ca.request_counts(), w.cb.request_counts());
+    let (report, _) = w.cycle().await;
+    let (o, d) = (w.ca.request_counts(), w.cb.request_counts());
+    w.assert_exact("after the first cycle").await;
+    assert_eq!((report.counts.added, report.counts.adopted, report.counts.rebuilt), (5, 1, 1), "{report}");
+    // Metadata reads: only the full-path keys (custom, two) and the fallbacks (held, stray)
+    // read metadata, once on each side; p1..p3 read none.
+    assert_eq!(o.metadata_reads - o0.metadata_reads, 4, "origin metadata reads");
+    assert_eq!(d.metadata_reads - d0.metadata_reads, 4, "destination metadata reads");
+    let (_, writes) = w.cycle().await;
+    assert_eq!(writes, 0, "a second cycle writes nothing");
+}
