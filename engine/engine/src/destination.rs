@@ -9,7 +9,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use tracing::{error, info, warn};
@@ -387,7 +386,6 @@ impl Destination {
 
         // `versions = "all"`: read both metadata documents of every key to replicate, before
         // any write, so rebuilds count for the mass-delete guard.
-        let limit = Arc::new(Semaphore::new(self.spec.workers.max(1)));
         let mut writes: HashMap<SecretPath, WriteOutcome> = HashMap::new();
         let (mut inspected, failures) = inspect_all(origin_vault, &self.vault, plan, origin, &dest, self.spec.workers, self.progress.as_deref()).await;
         for (action, fault) in failures {
@@ -399,11 +397,25 @@ impl Destination {
             cycle::mass_delete_guard(self.spec.rules(), plan, &dest, &rebuilds).map_err(Fault::refusal)?;
         }
 
-        // Writes, `workers` at a time.
-        let mut tasks = JoinSet::new();
+        // Writes, `workers` at a time. A task is spawned only when one of the `workers` slots
+        // is free (never one task per pending write: a 100,000-key first sync would hold
+        // 100,000 futures), and finished ones are settled as slots are waited for.
+        let workers = self.spec.workers.max(1);
+        let mut tasks: JoinSet<(Action, Result<Written, Fault>)> = JoinSet::new();
+        let mut records = Records::default();
+        let pending = plan.writes.iter().filter(|a| !writes.contains_key(a.key())).count();
+        let progress = self.progress.clone().filter(|_| pending > 0);
+        if let Some(p) = &progress {
+            p.begin("copying", pending as u64);
+        }
         for action in plan.writes.iter().cloned() {
             if writes.contains_key(action.key()) {
                 continue; // failed while inspecting
+            }
+            while tasks.len() >= workers {
+                if let Some(joined) = tasks.join_next().await {
+                    self.settle_write(joined, &mut tasks, &mut records, &mut writes, progress.as_deref())?;
+                }
             }
             let found = inspected.remove(action.key());
             let scanned = origin.entries.get(action.key()).and_then(|e| e.digest);
@@ -412,10 +424,8 @@ impl Destination {
                 Action::CopyV2 { target, .. } => dest.entries.get(action.key()).filter(|e| e.target == *target).and_then(|e| e.dest_version),
                 _ => None,
             };
-            let (oc, dc, limit, kinds, hmac) =
-                (origin_vault.clone(), self.vault.clone(), limit.clone(), kinds.clone(), self.digest_key.clone());
+            let (oc, dc, kinds, hmac) = (origin_vault.clone(), self.vault.clone(), kinds.clone(), self.digest_key.clone());
             tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await;
                 let result = match (&action, found) {
                     (Action::ExactV2 { key, target, .. }, Some(found)) => exact::apply(&oc, &dc, key, target, found)
                         .await
@@ -425,32 +435,8 @@ impl Destination {
                 (action, result)
             }.in_current_span());
         }
-        let mut records = Records::default();
-        let progress = self.progress.clone().filter(|_| !tasks.is_empty());
-        if let Some(p) = &progress {
-            p.begin("copying", tasks.len() as u64);
-        }
         while let Some(joined) = tasks.join_next().await {
-            if let Some(p) = &progress {
-                p.advance(1);
-            }
-            let (action, result) = joined.map_err(|e| Fault::transient(format!("destination `{name}`: copy task failed: {e}")))?;
-            let outcome = match result {
-                Ok(written) => {
-                    if let Some(state) = written.exact {
-                        records.exact.insert(action.key().clone(), state);
-                    }
-                    if written.unverified {
-                        records.unverified.insert(action.key().clone());
-                    }
-                    if let Some(v) = written.dest_version {
-                        records.dest_versions.insert(action.key().clone(), v);
-                    }
-                    written.outcome
-                }
-                Err(fault) => self.per_secret(fault, &action, || tasks.abort_all())?,
-            };
-            writes.insert(action.key().clone(), outcome);
+            self.settle_write(joined, &mut tasks, &mut records, &mut writes, progress.as_deref())?;
         }
 
         if let Some(p) = &progress {
@@ -514,6 +500,39 @@ impl Destination {
         })
     }
 
+    /// Records one finished write task; a fault that stops the cycle aborts the others.
+    fn settle_write(
+        &self,
+        joined: Result<(Action, Result<Written, Fault>), tokio::task::JoinError>,
+        tasks: &mut JoinSet<(Action, Result<Written, Fault>)>,
+        records: &mut Records,
+        writes: &mut HashMap<SecretPath, WriteOutcome>,
+        progress: Option<&dyn Progress>,
+    ) -> Result<(), Fault> {
+        if let Some(p) = progress {
+            p.advance(1);
+        }
+        let (action, result) =
+            joined.map_err(|e| Fault::transient(format!("destination `{}`: copy task failed: {e}", self.spec.name)))?;
+        let outcome = match result {
+            Ok(written) => {
+                if let Some(state) = written.exact {
+                    records.exact.insert(action.key().clone(), state);
+                }
+                if written.unverified {
+                    records.unverified.insert(action.key().clone());
+                }
+                if let Some(v) = written.dest_version {
+                    records.dest_versions.insert(action.key().clone(), v);
+                }
+                written.outcome
+            }
+            Err(fault) => self.per_secret(fault, &action, || tasks.abort_all())?,
+        };
+        writes.insert(action.key().clone(), outcome);
+        Ok(())
+    }
+
     /// One rule for every action: a fault that stops the cycle (fatal, or a server that is
     /// down) is returned with its context; anything else fails this secret only.
     fn per_secret(&self, fault: Fault, action: &Action, abort: impl FnOnce()) -> Result<WriteOutcome, Fault> {
@@ -549,25 +568,10 @@ async fn inspect_all(
     workers: usize,
     progress: Option<&dyn Progress>,
 ) -> (HashMap<SecretPath, Inspected>, Vec<(Action, Fault)>) {
-    let limit = Arc::new(Semaphore::new(workers.max(1)));
+    let workers = workers.max(1);
     let mut tasks = JoinSet::new();
-    for action in &plan.writes {
-        let Action::ExactV2 { key, target, .. } = action else { continue };
-        let Some(scanned) = origin.entries.get(key).cloned() else { continue };
-        let known = dest.entries.get(key).cloned();
-        let (oc, dc, limit) = (origin_vault.clone(), dest_vault.clone(), limit.clone());
-        let (action, key, target) = (action.clone(), key.clone(), target.clone());
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let result = exact::inspect(&oc, &dc, &key, &target, &scanned, known.as_ref()).await;
-            (action, result)
-        }.in_current_span());
-    }
     let (mut found, mut failed) = (HashMap::new(), Vec::new());
-    if let Some(p) = progress.filter(|_| !tasks.is_empty()) {
-        p.begin("inspecting", tasks.len() as u64);
-    }
-    while let Some(joined) = tasks.join_next().await {
+    let mut settle = |joined: Result<(Action, Result<Inspected, Fault>), tokio::task::JoinError>| {
         if let Some(p) = progress {
             p.advance(1);
         }
@@ -578,6 +582,30 @@ async fn inspect_all(
             Ok((action, Err(fault))) => failed.push((action, fault)),
             Err(e) => tracing::error!(error = %e, "an inspect task failed"),
         }
+    };
+    let pending = plan.writes.iter().filter(|a| matches!(a, Action::ExactV2 { .. })).count();
+    if let Some(p) = progress.filter(|_| pending > 0) {
+        p.begin("inspecting", pending as u64);
+    }
+    for action in &plan.writes {
+        let Action::ExactV2 { key, target, .. } = action else { continue };
+        let Some(scanned) = origin.entries.get(key).cloned() else { continue };
+        // At most `workers` inspections in flight (tasks are spawned as slots free up).
+        while tasks.len() >= workers {
+            if let Some(joined) = tasks.join_next().await {
+                settle(joined);
+            }
+        }
+        let known = dest.entries.get(key).cloned();
+        let (oc, dc) = (origin_vault.clone(), dest_vault.clone());
+        let (action, key, target) = (action.clone(), key.clone(), target.clone());
+        tasks.spawn(async move {
+            let result = exact::inspect(&oc, &dc, &key, &target, &scanned, known.as_ref()).await;
+            (action, result)
+        }.in_current_span());
+    }
+    while let Some(joined) = tasks.join_next().await {
+        settle(joined);
     }
     if let Some(p) = progress.filter(|_| !found.is_empty() || !failed.is_empty()) {
         p.finish();
