@@ -80,12 +80,18 @@ pub fn auto_bucket_count(entries: usize) -> u32 {
 pub trait HasOrigin {
     /// The stored format a side of these entries is written in (at most [`INFO_FORMAT`]).
     const FORMAT: u32;
+    /// Whether a bucket's digest covers every field of its entries, so two buckets with equal
+    /// digests serialise to the same bytes (a commit then reuses the stored parts of a bucket
+    /// whose digest did not change instead of serialising it again). False for destination
+    /// entries, whose targets and per-key state are outside the digest.
+    const DIGEST_COVERS_ENTRY: bool;
     /// The origin entry this value records.
     fn origin(&self) -> &OriginEntry;
 }
 
 impl HasOrigin for OriginEntry {
     const FORMAT: u32 = 2;
+    const DIGEST_COVERS_ENTRY: bool = true;
     fn origin(&self) -> &OriginEntry {
         self
     }
@@ -93,6 +99,7 @@ impl HasOrigin for OriginEntry {
 
 impl HasOrigin for DestEntry {
     const FORMAT: u32 = INFO_FORMAT;
+    const DIGEST_COVERS_ENTRY: bool = false;
     fn origin(&self) -> &OriginEntry {
         &self.origin
     }

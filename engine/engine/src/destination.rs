@@ -469,6 +469,11 @@ impl Destination {
 
         let tasks = cycle::task_counts(plan, &writes, &removals);
         let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &records, &removals);
+        if counts.added + counts.updated + counts.deleted > 0 {
+            // Settling inserted entries one by one: pack the maps again (a first sync's info is
+            // then a third smaller for the rest of the process's life).
+            dest.entries.compact();
+        }
         let digests = dest.entries.digests();
         // Against the root this cycle loaded: a commit in between (another writer) is a conflict.
         let committed = state_info::commit(

@@ -319,7 +319,26 @@ pub async fn commit<T: HasOrigin + Serialize>(
     let mut refs = Vec::with_capacity(buckets.buckets().len());
     let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
     let mut batch_bytes = 0;
+    // The previous root's buckets, by index, when their parts can stand for equal buckets now:
+    // same format and layout, entries fully covered by the digest, parts still stored.
+    let mut reusable: Vec<Option<BucketRef>> = Vec::new();
+    if T::DIGEST_COVERS_ENTRY
+        && let Some(mut p) = previous.clone().filter(|p| p.format == T::FORMAT)
+        && resolve_index(store, &side, &mut p).await?.is_ok()
+        && p.buckets.len() == buckets.buckets().len()
+    {
+        reusable = p.buckets.into_iter().map(Some).collect();
+    }
     for (i, bucket) in buckets.buckets().iter().enumerate() {
+        let digest = digests.get(i).copied().unwrap_or_else(|| buckets.digest(i as u32));
+        if let Some(old) = reusable.get_mut(i).and_then(Option::take)
+            && old.digest == digest
+            && old.parts.iter().all(|name| stored.contains(name))
+        {
+            // An unchanged bucket of an origin: its stored parts are these entries' bytes.
+            refs.push(old);
+            continue;
+        }
         let rows: Vec<(&SecretPath, &T)> = bucket.iter().collect();
         let chunks = split_for_storage(&rows, PART_LIMIT)
             .map_err(|e| corrupt(store, format!("bucket {i} of `{side}`"), e.to_string()))?;
@@ -336,10 +355,7 @@ pub async fn commit<T: HasOrigin + Serialize>(
             store.write_new_parts(lock, std::mem::take(&mut batch)).await?;
             batch_bytes = 0;
         }
-        refs.push(BucketRef {
-            digest: digests.get(i).copied().unwrap_or_else(|| buckets.digest(i as u32)),
-            parts,
-        });
+        refs.push(BucketRef { digest, parts });
     }
     let mut root = InfoRoot {
         format: T::FORMAT,
@@ -451,6 +467,31 @@ mod tests {
         let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
         assert_eq!(loaded.root.generation, 3);
         assert_eq!(loaded.buckets, changed);
+    }
+
+    #[tokio::test]
+    async fn an_origin_commit_reuses_the_parts_of_unchanged_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = FileStore::open(dir.path()).unwrap();
+        let store = StateStore::File(file.clone());
+        let lock = store.lock_side("origin").await.unwrap();
+        let mut info = SyncInfo::from_entries(8, (0..400).map(|i| (SecretPath::new("secret/", format!("k{i}")), entry(i))));
+        let base = |s: &StateStore| {
+            let s = s.clone();
+            async move { s.read_root("origin").await.unwrap().map(|r| r.version) }
+        };
+        commit(&store, &lock, base(&store).await, BTreeMap::new(), None, &info, &info.digests()).await.unwrap();
+        let first: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
+        let key = SecretPath::new("secret/", "k7");
+        let changed = vsync_core::info::bucket_of(&key, 8) as usize;
+        info.insert(key, entry(9999));
+        commit(&store, &lock, base(&store).await, BTreeMap::new(), None, &info, &info.digests()).await.unwrap();
+        let second: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
+        assert_eq!(second.buckets, info, "what loads is what was committed");
+        for i in 0..8 {
+            let same = first.root.buckets[i].parts == second.root.buckets[i].parts;
+            assert_eq!(same, i != changed, "bucket {i}: parts reused exactly when unchanged");
+        }
     }
 
     #[tokio::test]
