@@ -290,7 +290,12 @@ async fn a_cut_connection_recovers_the_scan_repairs_a_missed_event_and_a_restart
 
     // The periodic scan repairs the missed event.
     arrives(&cb, "secret/", "missed", Some(r#"{"v":1}"#), interval * 3).await;
-    assert!(run.seen.scans.load(Ordering::SeqCst) > scans_before, "a full scan brought the missed write");
+    // Usually a scan brought it (the backstop, or the feed's rescan after the drop). The cut
+    // cannot always make the server lose the event (a write into a connection the proxy is
+    // closing may still be read and replayed on reconnect), so only its arrival is asserted
+    // here; the while-down case below loses events for certain and asserts the scan.
+    let scanned = run.seen.scans.load(Ordering::SeqCst) > scans_before;
+    println!("the write made while the link was cut arrived {}", if scanned { "with a scan" } else { "through the feed" });
     run.stop().await;
 
     // vsync down: writes still succeed (the file device), and nobody hears of them.
