@@ -237,6 +237,75 @@ impl<T: HasOrigin> Buckets<T> {
     }
 }
 
+/// Collects entries into buckets as they arrive (an origin scan), cheaper than inserting into
+/// [`Buckets`]: rows are appended to one vector per bucket and each bucket's map is built once,
+/// densely, by [`BucketsBuilder::finish`]. A listing hands keys over in key order, the worst
+/// order for a B-tree grown by inserts (its nodes stay about half full).
+#[derive(Debug)]
+pub struct BucketsBuilder<T> {
+    rows: Vec<Vec<(SecretPath, T)>>,
+    len: usize,
+}
+
+impl<T: HasOrigin> BucketsBuilder<T> {
+    /// A builder of `count` buckets (the final count may differ: see [`Self::finish`]).
+    pub fn new(count: u32) -> Self {
+        Self { rows: (0..count.max(1)).map(|_| Vec::new()).collect(), len: 0 }
+    }
+
+    /// Adds an entry. A key added twice keeps its last value.
+    pub fn push(&mut self, key: SecretPath, value: T) {
+        let i = bucket_of(&key, self.rows.len() as u32) as usize;
+        self.rows[i].push((key, value));
+        self.len += 1;
+    }
+
+    /// Entries added so far (a key added twice counts twice).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buckets, `count` of them. Going down to a count that divides the builder's, each
+    /// bucket gathers the builder's buckets `j, j + count, ...` (a key's bucket is its hash
+    /// modulo the count); any other count re-buckets. One bucket's rows are turned into its
+    /// map at a time, and freed as it is built.
+    pub fn finish(self, count: u32) -> Buckets<T> {
+        let count = count.max(1);
+        let have = self.rows.len() as u32;
+        if have % count != 0 {
+            let mut rebucketed = Self::new(count);
+            for (k, v) in self.rows.into_iter().flatten() {
+                rebucketed.push(k, v);
+            }
+            return rebucketed.finish(count);
+        }
+        let mut rows: Vec<Option<Vec<(SecretPath, T)>>> = self.rows.into_iter().map(Some).collect();
+        let step = count as usize;
+        let buckets = (0..step)
+            .map(|j| {
+                let mut gathered: Vec<(SecretPath, T)> = Vec::new();
+                for source in rows.iter_mut().skip(j).step_by(step) {
+                    let source = source.take().unwrap_or_default();
+                    if gathered.is_empty() {
+                        gathered = source;
+                    } else {
+                        gathered.extend(source);
+                    }
+                }
+                // Sorting then collecting bulk-builds the map; of equal keys the last stays.
+                gathered.sort_by(|a, b| a.0.cmp(&b.0));
+                gathered.into_iter().collect()
+            })
+            .collect();
+        Buckets { buckets }
+    }
+}
+
 /// SHA-256 over the canonical encoding (module docs) of entries given in key order.
 pub fn bucket_digest<'a>(entries: impl Iterator<Item = (&'a SecretPath, &'a OriginEntry)>) -> Digest {
     let mut h = Sha256::new();
@@ -347,6 +416,18 @@ mod tests {
         let mut d = b.clone();
         d.compact();
         assert_eq!(d, b);
+        // The builder gives what inserting would, for any final count, keeping the last of a
+        // key added twice.
+        for count in [64, 16, 1, 3, 128] {
+            let mut builder = BucketsBuilder::new(64);
+            for (k, v) in a.iter() {
+                builder.push(k.clone(), entry(0));
+                builder.push(k.clone(), v.clone());
+            }
+            assert_eq!(builder.len(), 2000);
+            let built = builder.finish(count);
+            assert_eq!(built, SyncInfo::from_entries(count, a.iter().map(|(k, v)| (k.clone(), v.clone()))), "count {count}");
+        }
         assert_eq!(auto_bucket_count(0), 1);
         assert_eq!(auto_bucket_count(200_000), 256);
         assert_eq!(auto_bucket_count(1_000_000), 1024);

@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use tracing::info;
 use vsync_core::digest::{MetadataDigest, value_hmac};
-use vsync_core::info::auto_bucket_count;
-use vsync_core::{Digest, KvVersion, OriginEntry, OriginInfo, OriginSpec, SecretPath, SyncInfo};
+use vsync_core::info::{BucketsBuilder, auto_bucket_count};
+use vsync_core::{Digest, KvVersion, OriginEntry, OriginInfo, OriginSpec, SecretPath};
 use vsync_state::info as state_info;
 use vsync_state::{StateStore, StoreLock};
 use vsync_vault::{SecretData, VaultClient};
@@ -41,12 +41,12 @@ pub async fn scan(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[
 
 /// Buckets an origin scan fills before it knows how many secrets there are: the automatic
 /// count for about a million, so a large origin is bucketed right away and a small one merges
-/// down ([`vsync_core::Buckets::rebucket`]) at the end.
+/// down ([`BucketsBuilder::finish`]) at the end.
 const PROVISIONAL_BUCKETS: u32 = 1024;
 
 async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<OriginInfo, Fault> {
     // Entries go into buckets as the listing arrives: no listing is ever held whole.
-    let mut entries: SyncInfo = SyncInfo::new(spec.buckets.unwrap_or(PROVISIONAL_BUCKETS));
+    let mut entries: BucketsBuilder<OriginEntry> = BucketsBuilder::new(spec.buckets.unwrap_or(PROVISIONAL_BUCKETS));
     let mut uuids = BTreeMap::new();
     let now = SystemTime::now();
     let key: Option<Arc<Vec<u8>>> = digest_key.map(|k| Arc::new(k.to_vec()));
@@ -64,10 +64,10 @@ async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option
             .scan_secrets(&info, |item| {
                 match (kind, item.metadata) {
                     (KvVersion::V2, Some(meta)) => {
-                        entries.insert(SecretPath::new(mount.as_str(), item.path), v2_entry(&meta, now));
+                        entries.push(SecretPath::new(mount.as_str(), item.path), v2_entry(&meta, now));
                     }
                     (KvVersion::V1, _) if !keyed => {
-                        entries.insert(SecretPath::new(mount.as_str(), item.path), v1_entry(None));
+                        entries.push(SecretPath::new(mount.as_str(), item.path), v1_entry(None));
                     }
                     _ => to_read.push(item.path),
                 }
@@ -79,9 +79,7 @@ async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option
         uuids.insert(mount.clone(), info.uuid);
     }
     let count = spec.buckets.unwrap_or_else(|| auto_bucket_count(entries.len()));
-    let mut entries = entries.rebucket(count);
-    entries.compact();
-    Ok(OriginInfo::new(entries, uuids))
+    Ok(OriginInfo::new(entries.finish(count), uuids))
 }
 
 /// Reads the keys a listing could not describe (KV v2 metadata, KV v1 values for their
@@ -97,7 +95,7 @@ async fn read_each(
     now: SystemTime,
     workers: usize,
     paths: Vec<String>,
-    entries: &mut SyncInfo,
+    entries: &mut BucketsBuilder<OriginEntry>,
 ) -> Result<(), Fault> {
     let mut pending = paths.into_iter();
     let mut reads: JoinSet<Result<Option<(SecretPath, OriginEntry)>, Fault>> = JoinSet::new();
@@ -127,7 +125,7 @@ async fn read_each(
     while let Some(joined) = reads.join_next().await {
         let found = joined.map_err(|e| Fault::transient(format!("origin read task failed: {e}")))??;
         if let Some((k, e)) = found {
-            entries.insert(k, e);
+            entries.push(k, e);
         }
         if let Some(path) = pending.next() {
             spawn(&mut reads, path);

@@ -10,11 +10,11 @@
 //! whose key `keys` does not list fails the decode, as the server contradicted itself.
 //!
 //! Order: OpenBao (Go's encoding of a map) writes `key_info` before `keys`, so every key with
-//! metadata is known before `keys` is checked against them with a set of 128-bit key hashes
-//! (16 bytes a key, instead of the keys themselves). Should `keys` come first, it is held until
-//! `key_info` has been read.
+//! metadata is known before `keys` is checked against them: by 128-bit key hashes, kept in a
+//! sorted array (16 bytes a key instead of the keys themselves; no hash table, whose growth
+//! would briefly need three times that) with one "listed" bit each. Should `keys` come first,
+//! it is held until `key_info` has been read.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::io::Read;
@@ -37,7 +37,8 @@ pub(crate) fn decode(reader: impl Read, kind: KvVersion, emit: Emit<'_>) -> Resu
         kind,
         emit,
         hashers: (std::hash::RandomState::new(), std::hash::RandomState::new()),
-        with_info: HashSet::new(),
+        with_info: Vec::new(),
+        listed: Vec::new(),
         info_done: false,
         early_keys: None,
     };
@@ -54,8 +55,10 @@ struct State<'e> {
     kind: KvVersion,
     emit: Emit<'e>,
     hashers: (std::hash::RandomState, std::hash::RandomState),
-    /// Hashes of the `key_info` keys not yet matched in `keys`.
-    with_info: HashSet<u128>,
+    /// Hashes of the `key_info` keys, sorted once `key_info` has been read.
+    with_info: Vec<u128>,
+    /// One bit per `with_info` entry: listed in `keys`.
+    listed: Vec<u64>,
     info_done: bool,
     /// `keys` read before `key_info` (KV v2 only), held until `key_info` is known.
     early_keys: Option<Vec<String>>,
@@ -71,10 +74,36 @@ impl State<'_> {
         if key.ends_with('/') {
             return Ok(());
         }
-        if self.kind == KvVersion::V2 && self.with_info.remove(&self.hash(&key)) {
-            return Ok(());
+        if self.kind == KvVersion::V2
+            && let Ok(i) = self.with_info.binary_search(&self.hash(&key))
+        {
+            let (word, bit) = (i / 64, 1u64 << (i % 64));
+            if self.listed[word] & bit == 0 {
+                self.listed[word] |= bit;
+                return Ok(());
+            }
+            // Listed twice: handed on again without metadata (the caller keeps one entry).
         }
         (self.emit)(ListedSecret { path: key, metadata: None })
+    }
+
+    /// Called once `key_info` is read: sorts its hashes for lookups. Two equal hashes are one
+    /// key described twice (a 128-bit collision between different keys is not a practical
+    /// event).
+    fn info_read(&mut self) -> Result<(), String> {
+        self.with_info.sort_unstable();
+        if self.with_info.windows(2).any(|w| w[0] == w[1]) {
+            return Err("`key_info` describes a key twice".into());
+        }
+        self.listed = vec![0; self.with_info.len().div_ceil(64)];
+        self.info_done = true;
+        Ok(())
+    }
+
+    /// `key_info` entries whose key `keys` did not list.
+    fn unlisted(&self) -> usize {
+        let listed: usize = self.listed.iter().map(|w| w.count_ones() as usize).sum();
+        self.with_info.len() - listed
     }
 }
 
@@ -139,7 +168,7 @@ impl<'de> Visitor<'de> for Data<'_, '_> {
                 "key_info" if state.kind == KvVersion::V2 => {
                     map.next_value_seed(KeyInfo { state: &mut *state })?;
                     others.push(field);
-                    state.info_done = true;
+                    state.info_read().map_err(A::Error::custom)?;
                     if let Some(keys) = state.early_keys.take() {
                         for key in keys {
                             state.listed_key(key).map_err(A::Error::custom)?;
@@ -169,11 +198,9 @@ impl<'de> Visitor<'de> for Data<'_, '_> {
                 state.listed_key(key).map_err(A::Error::custom)?;
             }
         }
-        if !state.with_info.is_empty() {
-            return Err(A::Error::custom(format!(
-                "`key_info` describes {} key(s) that `keys` does not list",
-                state.with_info.len()
-            )));
+        let unlisted = state.unlisted();
+        if unlisted > 0 {
+            return Err(A::Error::custom(format!("`key_info` describes {unlisted} key(s) that `keys` does not list")));
         }
         Ok(())
     }
@@ -241,9 +268,8 @@ impl<'de> Visitor<'de> for KeyInfo<'_, '_> {
             let metadata: KvMetadata = map
                 .next_value()
                 .map_err(|e| A::Error::custom(format!("metadata of `{key}`: {e}")))?;
-            if !state.with_info.insert(state.hash(&key)) {
-                return Err(A::Error::custom(format!("`key_info` describes `{key}` twice")));
-            }
+            let hash = state.hash(&key);
+            state.with_info.push(hash);
             (state.emit)(ListedSecret { path: key, metadata: Some(metadata) }).map_err(A::Error::custom)?;
         }
         Ok(())
@@ -346,6 +372,8 @@ mod tests {
         assert!(run(bad, KvVersion::V2).unwrap_err().contains("metadata of `a`"));
         let unlisted = format!(r#"{{"data":{{"key_info":{{"a":{META},"z":{META}}},"keys":["a"]}}}}"#);
         assert!(run(&unlisted, KvVersion::V2).unwrap_err().contains("does not list"));
+        let twice = format!(r#"{{"data":{{"key_info":{{"a":{META},"a":{META}}},"keys":["a"]}}}}"#);
+        assert!(run(&twice, KvVersion::V2).unwrap_err().contains("twice"));
         let info_only = format!(r#"{{"data":{{"key_info":{{"a":{META}}}}}}}"#);
         assert!(run(&info_only, KvVersion::V2).unwrap_err().contains("no `data.keys`"));
     }
