@@ -163,7 +163,8 @@ pub enum Refusal {
 pub struct CyclePlan {
     /// The actions.
     pub plan: Plan,
-    /// Target of every key mapped this cycle.
+    /// Target of every key with a planned removal that was mapped this cycle (what settling
+    /// needs; writes carry their targets).
     pub targets: HashMap<SecretPath, DestPath>,
     /// The origin mount UUIDs the destination is bound to after this cycle.
     pub origin_mounts: BTreeMap<String, String>,
@@ -235,9 +236,16 @@ pub fn plan_cycle(
     let mut mapping_failures = std::mem::take(&mut mapper.failures);
     mapping_failures.sort_by(|a, b| a.0.cmp(&b.0));
     mapping_failures.dedup_by(|a, b| a.0 == b.0);
+    // Settling looks a target up only for a removed key still at the origin (a write carries
+    // its own): keep just those, so a first sync does not hold a second copy of every path.
+    let mut targets = std::mem::take(&mut mapper.targets);
+    let removed: HashSet<&SecretPath> = plan.removals.iter().map(Action::key).collect();
+    targets.retain(|k, _| removed.contains(k));
+    targets.shrink_to_fit();
+    drop(removed);
     let cycle = CyclePlan {
         plan,
-        targets: std::mem::take(&mut mapper.targets),
+        targets,
         origin_mounts,
         mapping_failures,
     };

@@ -303,6 +303,46 @@ fn catch_up(origin: &KeyMeta, dest: Option<&KeyMeta>, placeholders: &[u64]) -> K
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_a_digest_of_exactly_one_default_version_proves_a_simple_key() {
+        let created = "2026-12-02T07:00:00.123456789Z";
+        let digest = |current: u64, dva: &str, versions: Vec<(u64, &str, &str, bool)>| {
+            Some(
+                MetadataDigest {
+                    current_version: current,
+                    oldest_version: 0,
+                    created_time: created,
+                    max_versions: 0,
+                    cas_required: false,
+                    delete_version_after: dva,
+                    custom_metadata: Vec::new(),
+                    versions,
+                }
+                .digest(),
+            )
+        };
+        let entry = |current: u64, live: bool, d| OriginEntry {
+            kind: KvVersion::V2,
+            current_version: current,
+            created_time: created.into(),
+            current_live: live,
+            digest: d,
+        };
+        assert!(is_single_default_version(&entry(1, true, digest(1, "0s", vec![(1, created, "", false)]))));
+        // Anything else takes the full path: another setting, a later version time, a deleted
+        // version, no digest, a second version, KV v1.
+        for e in [
+            entry(1, true, digest(1, "1h", vec![(1, created, "", false)])),
+            entry(1, true, digest(1, "0s", vec![(1, "2026-12-02T07:00:01Z", "", false)])),
+            entry(1, false, digest(1, "0s", vec![(1, created, "2026-12-02T08:00:00Z", false)])),
+            entry(1, true, None),
+            entry(2, true, digest(2, "0s", vec![(1, created, "", false), (2, created, "", false)])),
+            OriginEntry { kind: KvVersion::V1, ..entry(1, true, digest(1, "0s", vec![(1, created, "", false)])) },
+        ] {
+            assert!(!is_single_default_version(&e), "{e:?}");
+        }
+    }
+
     /// Origin metadata with versions `from..=to`; `flags` overrides some.
     fn meta(from: u64, to: u64, oldest: u64, flags: &[(u64, VersionFlags)]) -> KeyMeta {
         let mut versions: BTreeMap<u64, VersionFlags> = (from..=to).map(|v| (v, VersionFlags::default())).collect();

@@ -159,9 +159,9 @@ pub fn changed_keys(changes: &[Change], kinds: &BTreeMap<String, KvVersion>) -> 
 /// that the key exists), then adds, replaces or removes their entries and recomputes the
 /// digests of the buckets they are in. Returns how many entries changed.
 ///
-/// All or nothing: every read happens before `info` is touched, so an error leaves it as it
-/// was. `Ok(None)` means the changes cannot be applied safely (a mount was re-created or is
-/// not in the info): only a full scan is right then.
+/// All or nothing: every read happens before `info` is touched ([`read_changes`], then
+/// [`apply_found`]), so an error leaves it as it was. `Ok(None)` means the changes cannot be
+/// applied safely (a mount was re-created or is not in the info): only a full scan is right then.
 pub async fn update(
     origin: &VaultClient,
     spec: &OriginSpec,
@@ -169,6 +169,26 @@ pub async fn update(
     info: &mut OriginInfo,
     changes: &[Change],
 ) -> Result<Option<usize>, Fault> {
+    let Some(found) = read_changes(origin, spec, digest_key, &info.mounts, changes).await? else {
+        return Ok(None);
+    };
+    Ok(Some(apply_found(info, found)))
+}
+
+/// What [`read_changes`] found: each named key's entry now, `None` for a key that is gone.
+pub type FoundChanges = Vec<(SecretPath, Option<OriginEntry>)>;
+
+/// The reading half of [`update`]: re-reads the keys `changes` name, given the mount UUIDs of
+/// the info they will be applied to, without touching any info (so it can run while
+/// destinations copy from that info). `Ok(None)`: a mount was re-created or is unknown, so
+/// only a full scan is right.
+pub async fn read_changes(
+    origin: &VaultClient,
+    spec: &OriginSpec,
+    digest_key: Option<&[u8]>,
+    mounts: &BTreeMap<String, String>,
+    changes: &[Change],
+) -> Result<Option<FoundChanges>, Fault> {
     let read = async {
         let mut kinds = BTreeMap::new();
         for mount in changes.iter().map(|c| &c.mount).collect::<BTreeSet<_>>() {
@@ -177,7 +197,7 @@ pub async fn update(
                 .await
                 .map_err(|e| Fault::vault(format!("origin mount `{mount}`"), e))?;
             // A re-created mount (new UUID) is a full scan's business: destinations refuse it.
-            if info.mounts.get(mount.as_str()) != Some(&found.uuid) {
+            if mounts.get(mount.as_str()) != Some(&found.uuid) {
                 return Ok(None);
             }
             kinds.insert(mount.clone(), found.kind);
@@ -227,9 +247,12 @@ pub async fn update(
         .await
         .map_err(|_| Fault::transient(format!("origin update timed out after {:?}", spec.timeout)))?
         .map_err(|f: Fault| f.context("origin update from audit events"))?;
-    let Some(found) = found else {
-        return Ok(None);
-    };
+    Ok(found)
+}
+
+/// The applying half of [`update`]: adds, replaces or removes the entries `found` names and
+/// recomputes the digests of the buckets they are in. Returns how many entries changed.
+pub fn apply_found(info: &mut OriginInfo, found: FoundChanges) -> usize {
     let mut touched = BTreeSet::new();
     let mut changed = 0;
     for (key, entry) in found {
@@ -253,7 +276,7 @@ pub async fn update(
             *d = info.entries.digest(i);
         }
     }
-    Ok(Some(changed))
+    changed
 }
 
 /// JSON with sorted keys and no whitespace, so equal values digest equally.

@@ -100,6 +100,18 @@ enum Pass {
     Full,
     /// Audit events: update just these keys.
     Events(Batch),
+    /// Audit events whose keys were already re-read while the destinations copied the last
+    /// round's changes: apply and publish without reading again.
+    Prefetched(Prefetch),
+}
+
+/// A batch of audit events taken, and its keys re-read, while the destinations of a round ran
+/// (the next round only applies and publishes it), so copying one batch overlaps reading the
+/// next. The reads are the same as an event round's: only their timing differs.
+#[derive(Debug)]
+struct Prefetch {
+    batch: Batch,
+    found: Result<Option<origin::FoundChanges>, Fault>,
 }
 
 /// What the loop reports as it goes (the binary prints it).
@@ -250,6 +262,8 @@ struct Round {
     per_secret_failures: bool,
     /// With `once`: the first failed cycle (the others still ran).
     failed: Option<(Option<String>, Fault)>,
+    /// Events taken and read during the destination cycles: the next round's work.
+    prefetched: Option<Prefetch>,
 }
 
 /// Runs the roles until `shutdown` resolves, a fatal fault, or (with `once`) one round; then
@@ -353,6 +367,11 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
         if full || round.scanned {
             full_due = Instant::now() + interval;
         }
+        if let Some(prefetched) = round.prefetched {
+            // A due backstop scan goes first; it reads everything the batch names, and more.
+            pass = if Instant::now() >= full_due { Pass::Full } else { Pass::Prefetched(prefetched) };
+            continue;
+        }
         // Without a published view (its last round failed) events wait for the next full round:
         // a scan per event batch would hammer the origin while, say, the state store is down.
         let feed = engine.publisher.as_ref().and_then(|p| p.audit.as_ref()).filter(|_| view.info.is_some());
@@ -447,6 +466,7 @@ async fn apply_events(
     p: &Publisher,
     view: &mut OriginView,
     batch: &Batch,
+    prefetched: Option<Result<Option<origin::FoundChanges>, Fault>>,
 ) -> Result<Option<(Arc<OriginInfo>, bool, usize)>, Fault> {
     if batch.rescan {
         return Ok(None);
@@ -454,9 +474,14 @@ async fn apply_events(
     let (Some(mut info), Some(base)) = (view.info.take(), view.version.take()) else {
         return Ok(None);
     };
-    let Some(changed) = origin::update(vault, &p.spec, p.digest_key.as_deref(), Arc::make_mut(&mut info), &batch.changes).await? else {
+    let found = match prefetched {
+        Some(found) => found?,
+        None => origin::read_changes(vault, &p.spec, p.digest_key.as_deref(), &info.mounts, &batch.changes).await?,
+    };
+    let Some(found) = found else {
         return Ok(None);
     };
+    let changed = origin::apply_found(Arc::make_mut(&mut info), found);
     let published = changed > 0 && origin::publish(store, &p.lock, Some(base), &info).await?;
     info!(paths = batch.changes.len(), changed, published, "origin updated from audit events");
     let version = if published { origin::published_version(store).await? } else { Some(base) };
@@ -478,12 +503,17 @@ async fn round(
 ) -> Result<Round, Stop> {
     let mut done = Round::default();
     let started = SystemTime::now();
+    let (batch, mut prefetched) = match pass {
+        Pass::Full => (None, None),
+        Pass::Events(batch) => (Some(batch), None),
+        Pass::Prefetched(Prefetch { batch, found }) => (Some(batch), Some(found)),
+    };
     let (info, generation) = match &engine.publisher {
         Some(p) => {
             let (vault, store) = (&engine.origin_vault, &engine.origin_store);
             let scanned = async {
-                if let Pass::Events(batch) = &pass {
-                    match apply_events(vault, store, p, view, batch).await {
+                if let Some(batch) = &batch {
+                    match apply_events(vault, store, p, view, batch, prefetched.take()).await {
                         Ok(Some((info, published, changed))) => return Ok((info, published, Some(changed))),
                         Ok(None) => info!(paths = batch.changes.len(), "audit events: scanning the origin instead of an update"),
                         Err(fault) => warn!("{fault}; scanning the origin instead of an update from audit events"),
@@ -555,50 +585,97 @@ async fn round(
             }
         },
     };
-    let events = matches!(pass, Pass::Events(_)) && !done.scanned;
-    for ((d, s), record) in engine.destinations.iter_mut().zip(settling.iter_mut()).zip(statuses.destinations.iter_mut()) {
-        if events && s.failing {
-            continue;
-        }
-        let name = d.spec.name.clone();
-        let started = SystemTime::now();
-        let timeout = d.spec.timeout;
-        let (lost, lost_fault) = (d.lock.lost(), lock_lost(&format!("destination `{name}`"), &d.lock));
-        let result = tokio::select! {
-            r = tokio::time::timeout(
-                timeout,
-                d.cycle(&engine.origin_vault, &info, s.flags)
-                    .instrument(tracing::info_span!("cycle", role = "destination", destination = %name, cycle = %cycle_id(started))),
-            ) => r.unwrap_or_else(|_| {
-                Err(Fault::transient(format!(
-                    "destination `{name}`: cycle timed out after {timeout:?}; everything it started was cancelled, \
-                     nothing committed"
-                )))
-            }),
-            () = lost => Err(lost_fault),
+    let events = batch.is_some() && !done.scanned;
+    let Engine { destinations, origin_vault, telemetry, reporter, publisher, .. } = engine;
+    // While the destinations copy this round's changes, the next batch of audit events is
+    // taken and its keys re-read, so the next round only applies and publishes it: reading one
+    // batch overlaps copying the previous one (a burst of writes then flows through both sides
+    // at once). Only with a view to apply it to, and never in a `--once` round.
+    let feed = publisher.as_ref().and_then(|p| p.audit.as_ref().map(|f| (p, f))).filter(|_| view.info.is_some() && !once);
+    let mounts = view.info.as_ref().map(|i| i.mounts.clone()).unwrap_or_default();
+    let taken = std::sync::atomic::AtomicBool::new(false);
+    let prefetch = async {
+        let Some((p, feed)) = feed else {
+            return std::future::pending::<Option<Prefetch>>().await;
         };
-        match &result {
-            Ok(report) => record.destination_cycle(started, generation, Ok(report)),
-            Err(fault) => record.destination_cycle(started, generation, Err(&fault.message)),
+        feed.changed().await;
+        tokio::time::sleep(EVENT_COALESCE).await;
+        let batch = feed.take();
+        // From here the events are out of the feed: this future must run to its end.
+        taken.store(true, std::sync::atomic::Ordering::SeqCst);
+        if batch.is_empty() {
+            return None;
         }
-        let elapsed = started.elapsed().unwrap_or_default();
-        engine.telemetry.destination_cycle(&name, elapsed, result.as_ref().map_err(|f| f.message.as_str()), record);
-        status::write(&d.store, &side_name(&name), record).await;
-        match result {
-            Ok(report) => {
-                s.succeeded();
-                done.per_secret_failures |= report.counts.failed > 0;
-                (engine.reporter)(&Event::DestinationCycle { name: &name, report: &report });
+        let found = if batch.rescan {
+            Ok(None)
+        } else {
+            origin::read_changes(origin_vault, &p.spec, p.digest_key.as_deref(), &mounts, &batch.changes).await
+        };
+        Some(Prefetch { batch, found })
+    };
+    let cycles = async {
+        for ((d, s), record) in destinations.iter_mut().zip(settling.iter_mut()).zip(statuses.destinations.iter_mut()) {
+            if events && s.failing {
+                continue;
             }
-            Err(fault) => match s.failed(fault, once, !events) {
-                Some(fault) if fault.fatal_cause().is_some() => return Err(Stop { destination: Some(name), fault }),
-                Some(fault) => {
-                    done.failed.get_or_insert((Some(name), fault));
+            let name = d.spec.name.clone();
+            let started = SystemTime::now();
+            let timeout = d.spec.timeout;
+            let (lost, lost_fault) = (d.lock.lost(), lock_lost(&format!("destination `{name}`"), &d.lock));
+            let result = tokio::select! {
+                r = tokio::time::timeout(
+                    timeout,
+                    d.cycle(origin_vault, &info, s.flags)
+                        .instrument(tracing::info_span!("cycle", role = "destination", destination = %name, cycle = %cycle_id(started))),
+                ) => r.unwrap_or_else(|_| {
+                    Err(Fault::transient(format!(
+                        "destination `{name}`: cycle timed out after {timeout:?}; everything it started was cancelled, \
+                         nothing committed"
+                    )))
+                }),
+                () = lost => Err(lost_fault),
+            };
+            match &result {
+                Ok(report) => record.destination_cycle(started, generation, Ok(report)),
+                Err(fault) => record.destination_cycle(started, generation, Err(&fault.message)),
+            }
+            let elapsed = started.elapsed().unwrap_or_default();
+            telemetry.destination_cycle(&name, elapsed, result.as_ref().map_err(|f| f.message.as_str()), record);
+            status::write(&d.store, &side_name(&name), record).await;
+            match result {
+                Ok(report) => {
+                    s.succeeded();
+                    done.per_secret_failures |= report.counts.failed > 0;
+                    (reporter)(&Event::DestinationCycle { name: &name, report: &report });
                 }
-                None => {}
-            },
+                Err(fault) => match s.failed(fault, once, !events) {
+                    Some(fault) if fault.fatal_cause().is_some() => return Err(Stop { destination: Some(name), fault }),
+                    Some(fault) => {
+                        done.failed.get_or_insert((Some(name), fault));
+                    }
+                    None => {}
+                },
+            }
         }
+        Ok::<Round, Stop>(done)
+    };
+    tokio::pin!(prefetch);
+    tokio::pin!(cycles);
+    let mut fetched = None;
+    let outcome = tokio::select! {
+        r = &mut cycles => r,
+        p = &mut prefetch => {
+            fetched = Some(p);
+            (&mut cycles).await
+        }
+    };
+    // The cycles ended first: a prefetch that already took its batch finishes (its events are
+    // out of the feed); one still waiting is dropped, leaving the feed as it was.
+    if fetched.is_none() && taken.load(std::sync::atomic::Ordering::SeqCst) {
+        fetched = Some(prefetch.await);
     }
+    let mut done = outcome?;
+    done.prefetched = fetched.flatten();
     Ok(done)
 }
 
