@@ -366,6 +366,19 @@ impl Bao {
         let body = serde_json::json!({"type": "kv", "options": {"version": version.to_string()}});
         let (status, resp) = self.http("POST", &format!("sys/mounts/{path}"), Some(&self.root_token), Some(&body));
         assert!(status == 204 || status == 200, "enable kv at {path}: {status} {resp}");
+        if version == 2 {
+            // A new KV v2 mount upgrades its storage first and answers 400 ("Upgrading from
+            // non-versioned to versioned data") until it is done: wait for its config to read.
+            let started = std::time::Instant::now();
+            loop {
+                let (status, resp) = self.http("GET", &format!("{}/config", path.trim_end_matches('/')), Some(&self.root_token), None);
+                if status == 200 {
+                    break;
+                }
+                assert!(started.elapsed() < std::time::Duration::from_secs(30), "kv v2 at {path} not ready: {status} {resp}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
     }
 
     /// Sends a plain-HTTP request (not for TLS servers) and returns status and JSON body
