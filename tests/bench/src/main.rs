@@ -375,6 +375,17 @@ impl Harness {
         format!("{name}/")
     }
 
+    /// A first sync into a fresh mount with its own state, and a raw copy into another.
+    fn first_sync_pair(&mut self, versions: VersionsMode) -> (ChildSpec, ChildSpec) {
+        let mut v = self.spec(Task::Sync);
+        v.versions = versions;
+        v.dest_mount = self.fresh_mount();
+        v.store = self.dir.path().join(format!("state-{}", self.mounts));
+        let mut b = self.spec(Task::RawCopy);
+        b.dest_mount = self.fresh_mount();
+        (v, b)
+    }
+
     /// Disables a destination mount again, so the server's memory stays flat over many runs.
     fn drop_mount(&self, mount: &str) {
         self.b.root("DELETE", &format!("sys/mounts/{}", mount.trim_end_matches('/')), None);
@@ -540,26 +551,11 @@ fn main() -> Result<(), Error> {
 
     let mut latest = None;
     if run("full-latest") {
-        let (ours, base) = h.pairs(|h, _| {
-            let mut v = h.spec(Task::Sync);
-            v.dest_mount = h.fresh_mount();
-            v.store = h.dir.path().join(format!("state-{}", h.mounts));
-            let mut b = h.spec(Task::RawCopy);
-            b.dest_mount = h.fresh_mount();
-            Ok((v, b))
-        })?;
+        let (ours, base) = h.pairs(|h, _| Ok(h.first_sync_pair(VersionsMode::Latest)))?;
         latest = Some(report("full sync, latest", &ours, &base, "raw copy"));
     }
     if run("full-all") {
-        let (ours, base) = h.pairs(|h, _| {
-            let mut v = h.spec(Task::Sync);
-            v.versions = VersionsMode::All;
-            v.dest_mount = h.fresh_mount();
-            v.store = h.dir.path().join(format!("state-{}", h.mounts));
-            let mut b = h.spec(Task::RawCopy);
-            b.dest_mount = h.fresh_mount();
-            Ok((v, b))
-        })?;
+        let (ours, base) = h.pairs(|h, _| Ok(h.first_sync_pair(VersionsMode::All)))?;
         let all = report("full sync, all", &ours, &base, "raw copy");
         if let Some(l) = &latest {
             println!("  all / latest: {:.2} (latest time / all time)", l.secs / all.secs);
