@@ -82,6 +82,31 @@ async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option
     Ok(OriginInfo::new(entries.finish(count), uuids))
 }
 
+/// One key's entry read on its own: KV v2 metadata, or the KV v1 value (its HMAC under
+/// `hmac_key`; without one the entry only records that the key exists, which a read shows as
+/// well as a LIST of its folder). `None`: the key is gone.
+async fn read_entry(
+    client: &VaultClient,
+    key: &SecretPath,
+    kind: KvVersion,
+    hmac_key: Option<&[u8]>,
+    now: SystemTime,
+) -> Result<Option<OriginEntry>, Fault> {
+    let ctx = || format!("reading origin `{key}`");
+    Ok(match kind {
+        KvVersion::V2 => client
+            .read_metadata(&key.mount, &key.path)
+            .await
+            .map_err(|e| Fault::vault(ctx(), e))?
+            .map(|m| v2_entry(&m, now)),
+        KvVersion::V1 => client
+            .read_v1(&key.mount, &key.path)
+            .await
+            .map_err(|e| Fault::vault(ctx(), e))?
+            .map(|v| v1_entry(hmac_key.map(|k| value_hmac(k, &canonical_json(&v))))),
+    })
+}
+
 /// Reads the keys a listing could not describe (KV v2 metadata, KV v1 values for their
 /// digest), `workers` at a time (as many tasks as reads in flight), into `entries`. A key gone by the time it
 /// is read is left out, as the listing would have if it had been a moment later.
@@ -103,18 +128,9 @@ async fn read_each(
         let (client, mount, hmac_key) = (origin.clone(), mount.to_owned(), hmac_key.clone());
         reads.spawn(
             async move {
-                let ctx = || format!("reading origin `{mount}{path}`");
-                let key_of = SecretPath::new(mount.as_str(), path.as_str());
-                if kind == KvVersion::V2 {
-                    // None: deleted between the listing and the read, so not there.
-                    let meta = client.read_metadata(&mount, &path).await.map_err(|e| Fault::vault(ctx(), e))?;
-                    return Ok(meta.map(|m| (key_of, v2_entry(&m, now))));
-                }
-                let value = client.read_v1(&mount, &path).await.map_err(|e| Fault::vault(ctx(), e))?;
-                Ok(value.map(|v| {
-                    let digest = hmac_key.map(|k| value_hmac(&k, &canonical_json(&v)));
-                    (key_of, v1_entry(digest))
-                }))
+                let key_of = SecretPath::new(mount.as_str(), path);
+                let entry = read_entry(&client, &key_of, kind, hmac_key.as_deref().map(Vec::as_slice), now).await?;
+                Ok(entry.map(|e| (key_of, e)))
             }
             .in_current_span(),
         );
@@ -212,28 +228,7 @@ pub async fn read_changes(
             let (client, limit, hmac_key) = (origin.clone(), limit.clone(), key.clone());
             reads.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                let ctx = || format!("reading origin `{}{}`", key_of.mount.as_str(), key_of.path);
-                let entry = match kind {
-                    KvVersion::V2 => client
-                        .read_metadata(&key_of.mount, &key_of.path)
-                        .await
-                        .map_err(|e| Fault::vault(ctx(), e))?
-                        .map(|m| v2_entry(&m, now)),
-                    KvVersion::V1 => match hmac_key {
-                        Some(k) => client
-                            .read_v1(&key_of.mount, &key_of.path)
-                            .await
-                            .map_err(|e| Fault::vault(ctx(), e))?
-                            .map(|v| v1_entry(Some(value_hmac(&k, &canonical_json(&v))))),
-                        // Without a digest key a scan records only that the key exists; a LIST
-                        // of its folder would say so, but a read is one request too.
-                        None => client
-                            .read_v1(&key_of.mount, &key_of.path)
-                            .await
-                            .map_err(|e| Fault::vault(ctx(), e))?
-                            .map(|_| v1_entry(None)),
-                    },
-                };
+                let entry = read_entry(&client, &key_of, kind, hmac_key.as_deref().map(Vec::as_slice), now).await?;
                 Ok((key_of, entry))
             }.in_current_span());
         }
