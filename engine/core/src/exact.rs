@@ -72,10 +72,13 @@ pub struct KeySettings {
     pub custom_metadata: BTreeMap<String, String>,
 }
 
-/// One version's flags, as of the time the metadata was read.
+/// One version's flags, as of the time the metadata was read. The two are independent: a
+/// version can be soft-deleted and then destroyed, and keeps its deletion time (the server
+/// refuses neither order, but a soft delete or an undelete of a destroyed version changes
+/// nothing, so a replica reproduces "deleted and destroyed" by deleting first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VersionFlags {
-    /// Soft-deleted (its `deletion_time` has passed) and not destroyed.
+    /// Soft-deleted: its `deletion_time` has passed (or is set at all, once destroyed).
     pub deleted: bool,
     /// Destroyed.
     pub destroyed: bool,
@@ -227,9 +230,15 @@ pub fn plan_key(origin: &KeyMeta, dest: Option<&KeyMeta>, state: Option<KeyState
     {
         return plan_rebuild(origin, RebuildReason::PlaceholderUndeleted);
     }
-    // Versions both sides keep must agree on destruction the way vsync leaves them: a version
-    // destroyed here but live at the origin was changed by someone else.
-    if dm.versions.iter().any(|(v, f)| f.destroyed && origin.versions.get(v).is_some_and(|o| !o.destroyed)) {
+    // A destroyed version's flags can no longer change here: one destroyed here but not at the
+    // origin was changed by someone else, and one whose deletion differs from the origin's
+    // (deleted, then destroyed, at the origin between two cycles of an older vsync) can only
+    // be reproduced by writing the key again.
+    if dm
+        .versions
+        .iter()
+        .any(|(v, f)| f.destroyed && origin.versions.get(v).is_some_and(|o| !o.destroyed || o.deleted != f.deleted))
+    {
         return plan_rebuild(origin, RebuildReason::Diverged);
     }
     catch_up(origin, Some(dm), state.placeholders)
@@ -278,14 +287,17 @@ fn catch_up(origin: &KeyMeta, dest: Option<&KeyMeta>, placeholders: &[u64]) -> K
         let keep_from = c.saturating_sub(window - 1).max(1);
         after.retain(|v, _| *v >= keep_from);
     }
+    // Flags of versions that are not destroyed here yet (plan_key rebuilds the others); the
+    // engine undeletes and deletes before it destroys.
     for (v, want) in &origin.versions {
-        let Some(have) = after.get(v) else { continue };
-        if want.destroyed && !have.destroyed {
-            plan.destroy.push(*v);
-        } else if want.deleted && !want.destroyed && have.live() {
+        let Some(have) = after.get(v).filter(|h| !h.destroyed) else { continue };
+        if want.deleted && !have.deleted {
             plan.delete.push(*v);
-        } else if want.live() && have.deleted && !have.destroyed {
+        } else if !want.deleted && have.deleted {
             plan.undelete.push(*v);
+        }
+        if want.destroyed {
+            plan.destroy.push(*v);
         }
     }
     let dest_settings = dest.map_or(&defaults, |d| &d.settings);
@@ -387,14 +399,16 @@ mod tests {
                 d.oldest_version = keep;
             }
         }
-        for v in &plan.destroy {
-            d.versions.insert(*v, DESTROYED);
+        // The server's rules (observed on OpenBao 2.7.2): undelete and delete change nothing on
+        // a destroyed version; destroy keeps the deletion time. The engine's order.
+        for v in &plan.undelete {
+            d.versions.entry(*v).and_modify(|f| f.deleted &= f.destroyed);
         }
         for v in &plan.delete {
-            d.versions.insert(*v, DELETED);
+            d.versions.entry(*v).and_modify(|f| f.deleted |= !f.destroyed);
         }
-        for v in &plan.undelete {
-            d.versions.insert(*v, VersionFlags::default());
+        for v in &plan.destroy {
+            d.versions.entry(*v).and_modify(|f| f.destroyed = true);
         }
         if let Some(s) = &plan.settings {
             d.settings = s.clone();
@@ -520,5 +534,27 @@ mod tests {
         assert!(plan.writes.is_empty() && plan.rebuild.is_none());
         let other = meta(1, 2, 0, &[]);
         assert_eq!(plan_key(&origin, Some(&other), None).rebuild, Some(RebuildReason::Diverged));
+    }
+
+    #[test]
+    fn a_version_deleted_then_destroyed_at_the_origin_keeps_both_flags_here() {
+        let both = VersionFlags { deleted: true, destroyed: true };
+        let origin = meta(1, 2, 0, &[(1, both)]);
+        // Synced while both were live; then deleted and destroyed at the origin.
+        let dest = meta(1, 2, 0, &[]);
+        let state = KeyState { origin_created_time: "t1", placeholders: &[], written_version: 2 };
+        let (plan, after) = converges(&origin, Some(&dest), Some(state));
+        assert_eq!((plan.delete.clone(), plan.destroy.clone(), plan.rebuild), (vec![1], vec![1], None), "{plan:?}");
+        assert_eq!(after.versions.get(&1), Some(&both));
+        // A replica an older vsync left destroyed without the deletion: only a rebuild
+        // reproduces it.
+        let old = meta(1, 2, 0, &[(1, DESTROYED)]);
+        let (plan, after) = converges(&origin, Some(&old), Some(state));
+        assert_eq!(plan.rebuild, Some(RebuildReason::Diverged), "{plan:?}");
+        assert_eq!(after.versions.get(&1), Some(&both));
+        // A new replica of such a key: the placeholder is deleted, then destroyed.
+        let (plan, after) = converges(&origin, None, None);
+        assert_eq!((plan.delete.clone(), plan.destroy.clone()), (vec![1], vec![1]), "{plan:?}");
+        assert_eq!(after.versions.get(&1), Some(&both));
     }
 }

@@ -13,7 +13,7 @@ use std::fmt;
 use serde_json::json;
 use vsync_core::KvVersion;
 use vsync_state::StateStore;
-use vsync_vault::{DataRead, SecretData, VaultClient};
+use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
 use crate::destination::side_name;
 use crate::origin::ORIGIN_SIDE;
@@ -32,13 +32,20 @@ pub struct Finding {
     pub problem: Option<String>,
     /// Details for a passing check (kind, UUID).
     pub note: String,
+    /// The problem is the side's Vault being unreachable or sealed: a transient fault of that
+    /// side alone. A role starts without the side and retries it on its own schedule;
+    /// `vsync check` still fails on it.
+    pub transient: bool,
+    /// Works, but at a cost the operator should know of (printed, never a failure).
+    pub warning: Option<String>,
 }
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.problem {
-            None => write!(f, "ok    {}: {}{}", self.side, self.subject, self.note),
-            Some(p) => write!(f, "FAIL  {}: {}: {p}", self.side, self.subject),
+        match (&self.problem, &self.warning) {
+            (None, None) => write!(f, "ok    {}: {}{}", self.side, self.subject, self.note),
+            (None, Some(w)) => write!(f, "WARN  {}: {}{}: {w}", self.side, self.subject, self.note),
+            (Some(p), _) => write!(f, "FAIL  {}: {}: {p}", self.side, self.subject),
         }
     }
 }
@@ -75,6 +82,9 @@ pub struct DestinationParts<'a> {
     /// `versions = "all"`: the destination mounts' preconditions and matching KV versions are
     /// checked too.
     pub exact: bool,
+    /// The login (AppRole, JWT) could not reach the server yet: why. The side is unavailable
+    /// until a later login succeeds.
+    pub login_pending: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -91,7 +101,40 @@ impl Findings {
             subject: subject.into(),
             problem,
             note,
+            transient: false,
+            warning: None,
         });
+    }
+
+    /// A side whose Vault is unreachable or sealed (see [`Finding::transient`]).
+    fn push_unavailable(&mut self, side: &str, subject: impl Into<String>, why: String) {
+        self.push(side, subject, Err(why));
+        if let Some(last) = self.0.last_mut() {
+            last.transient = true;
+        }
+    }
+
+    /// A passing check with a warning.
+    fn push_warning(&mut self, side: &str, subject: impl Into<String>, note: String, warning: String) {
+        self.push(side, subject, Ok(note));
+        if let Some(last) = self.0.last_mut() {
+            last.warning = Some(warning);
+        }
+    }
+}
+
+/// Whether a Vault can serve at all: `Err` says why not (it cannot be reached, or it is
+/// sealed). Any other answer, a refusal included, is left to the checks that follow.
+pub async fn availability(client: &VaultClient) -> Result<(), String> {
+    match client.sys("GET", "sys/seal-status", None).await {
+        Ok((_, Some(body))) if body.get("sealed").and_then(serde_json::Value::as_bool) == Some(true) => {
+            Err(format!("the server at {} is sealed", client.address()))
+        }
+        Ok(_) => Ok(()),
+        Err(e @ (VaultError::Connection { .. } | VaultError::Sealed { .. } | VaultError::Server { .. })) => {
+            Err(format!("cannot reach the server: {e}"))
+        }
+        Err(_) => Ok(()),
     }
 }
 
@@ -119,21 +162,39 @@ pub async fn run(origin: &OriginParts<'_>, destinations: &[DestinationParts<'_>]
     // Every role reads the origin (a destination reads the versions it copies).
     if let Ok(client) = &origin.vault {
         for m in origin.mounts {
-            let r = origin_mount(client, m).await;
-            out.push("origin", format!("vault {} mount {m}", client.address()), r);
-        }
-    }
-    let mut origin_kinds = std::collections::BTreeMap::new();
-    if let Ok(client) = &origin.vault {
-        for m in origin.mounts {
-            if let Ok(info) = client.mount_info(m).await {
-                origin_kinds.insert(m.clone(), info.kind);
+            let subject = format!("vault {} mount {m}", client.address());
+            match (origin_mount(client, m).await, scan_warning(client, m).await) {
+                (Ok(note), Some(warning)) => out.push_warning("origin", subject, note, warning),
+                (r, _) => out.push("origin", subject, r),
             }
         }
     }
+    let origin_kinds = match &origin.vault {
+        Ok(client) => origin_kinds(client, origin.mounts).await,
+        Err(_) => std::collections::BTreeMap::new(),
+    };
     for d in destinations {
         check_destination(&mut out, d, &origin_kinds).await;
     }
+    out.0
+}
+
+/// The KV version of each origin mount that can be read (for the `versions = "all"` checks).
+pub async fn origin_kinds(client: &VaultClient, mounts: &[String]) -> std::collections::BTreeMap<String, KvVersion> {
+    let mut kinds = std::collections::BTreeMap::new();
+    for m in mounts {
+        if let Ok(info) = client.mount_info(m).await {
+            kinds.insert(m.clone(), info.kind);
+        }
+    }
+    kinds
+}
+
+/// The checks of one destination alone: what a destination that was unavailable at start-up
+/// runs before its first cycle.
+pub async fn destination(d: &DestinationParts<'_>, origin_kinds: &std::collections::BTreeMap<String, KvVersion>) -> Vec<Finding> {
+    let mut out = Findings::default();
+    check_destination(&mut out, d, origin_kinds).await;
     out.0
 }
 
@@ -157,6 +218,14 @@ async fn check_destination(
             return;
         }
     };
+    if let Some(why) = &d.login_pending {
+        out.push_unavailable(&side, format!("vault {} login", client.address()), why.clone());
+        return;
+    }
+    if let Err(why) = availability(client).await {
+        out.push_unavailable(&side, format!("vault {}", client.address()), why);
+        return;
+    }
     let mut mounts: Vec<&String> = d.mounts.values().collect();
     mounts.sort();
     mounts.dedup();
@@ -198,6 +267,27 @@ fn mount_note(kind: KvVersion, uuid: &str) -> String {
         KvVersion::V2 => "kv v2",
     };
     format!(" ({kind}, uuid {uuid})")
+}
+
+/// On OpenBao, a token without the `scan` capability makes the origin walk each mount with
+/// paged LIST requests instead of one SCAN: say what that costs. The probe scans the reserved
+/// folder only (an empty answer), never the mount; a server without SCAN (HashiCorp Vault)
+/// answers 405 or 400 and gets no warning.
+async fn scan_warning(client: &VaultClient, mount: &str) -> Option<String> {
+    let m = vsync_core::normalize_mount(mount).ok()?;
+    let info = client.mount_info(&m).await.ok()?;
+    let path = match info.kind {
+        KvVersion::V2 => format!("{m}detailed-metadata/{PROBE_FOLDER}/"),
+        KvVersion::V1 => format!("{m}{PROBE_FOLDER}/"),
+    };
+    match client.sys("SCAN", &path, None).await {
+        Err(VaultError::PermissionDenied { .. }) => Some(format!(
+            "this OpenBao token lacks the `scan` capability on {m}: each scan walks the mount with paged LIST \
+             requests (one per folder and page){}, instead of one SCAN; grant `scan` (see `vsync policy origin`)",
+            if info.kind == KvVersion::V2 { " plus one metadata read per key" } else { "" }
+        )),
+        _ => None,
+    }
 }
 
 async fn origin_mount(client: &VaultClient, mount: &str) -> Result<String, String> {

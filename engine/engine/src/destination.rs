@@ -22,7 +22,7 @@ use vsync_state::info as state_info;
 use vsync_state::{StateStore, StoreLock};
 use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
-use crate::exact::{self, Inspected};
+use crate::exact::{self, Inspected, Presence};
 use crate::origin::canonical_json;
 use crate::progress::Progress;
 use crate::fault::{FatalCause, Fault};
@@ -588,6 +588,7 @@ async fn inspect_all(
             Err(e) => tracing::error!(error = %e, "an inspect task failed"),
         }
     };
+    let listed = list_fresh_targets(dest_vault, plan, origin, dest).await;
     let pending = plan.writes.iter().filter(|a| matches!(a, Action::ExactV2 { .. })).count();
     if let Some(p) = progress.filter(|_| pending > 0) {
         p.begin("inspecting", pending as u64);
@@ -602,10 +603,15 @@ async fn inspect_all(
             }
         }
         let known = dest.entries.get(key).cloned();
+        let presence = match listed.get(&target.mount) {
+            Some(paths) if paths.contains(&target.path) => Presence::Listed,
+            Some(_) => Presence::Unlisted,
+            None => Presence::Unknown,
+        };
         let (oc, dc) = (origin_vault.clone(), dest_vault.clone());
         let (action, key, target) = (action.clone(), key.clone(), target.clone());
         tasks.spawn(async move {
-            let result = exact::inspect(&oc, &dc, &key, &target, &scanned, known.as_ref()).await;
+            let result = exact::inspect(&oc, &dc, &key, &target, &scanned, known.as_ref(), presence).await;
             (action, result)
         }.in_current_span());
     }
@@ -616,6 +622,53 @@ async fn inspect_all(
         p.finish();
     }
     (found, failed)
+}
+
+/// New single-version keys (the create-only fast path) whose presence at the destination one
+/// listing per mount answers more cheaply than a metadata read per key.
+const LIST_FRESH_FROM: usize = 64;
+
+/// The paths of each destination mount that many fast-path candidates target (a first sync,
+/// a lost state): one listing instead of a metadata read per key. A mount whose listing fails
+/// is left out (its keys are read one by one).
+async fn list_fresh_targets(
+    dest_vault: &VaultClient,
+    plan: &vsync_core::Plan,
+    origin: &OriginInfo,
+    dest: &DestInfo,
+) -> HashMap<String, std::collections::HashSet<String>> {
+    let mut candidates: HashMap<&str, usize> = HashMap::new();
+    for action in &plan.writes {
+        let Action::ExactV2 { key, target, .. } = action else { continue };
+        if dest.entries.get(key).is_none() && origin.entries.get(key).is_some_and(vsync_core::exact::is_single_default_version) {
+            *candidates.entry(target.mount.as_str()).or_default() += 1;
+        }
+    }
+    let recorded = dest.entries.len();
+    let mut listed = HashMap::new();
+    for (mount, count) in candidates {
+        // Listing costs what the destination holds; reading costs what is new.
+        if count < LIST_FRESH_FROM || count < recorded / 16 {
+            continue;
+        }
+        let mut paths = std::collections::HashSet::new();
+        let result = match dest_vault.mount_info(mount).await {
+            Ok(info) => dest_vault
+                .scan_secrets(&info, |s| {
+                    paths.insert(s.path);
+                    Ok(())
+                })
+                .await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                listed.insert(mount.to_owned(), paths);
+            }
+            Err(e) => warn!(mount, error = %e, "listing the destination mount failed; new keys are checked one by one"),
+        }
+    }
+    listed
 }
 
 /// `versions = "all"` replicates KV v2 to KV v2 and KV v1 to KV v1; a mapping across engine

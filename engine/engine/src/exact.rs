@@ -28,7 +28,7 @@ pub fn key_meta(meta: &KvMetadata, now: SystemTime) -> KeyMeta {
         versions: meta
             .versions
             .iter()
-            .map(|(v, i)| (*v, VersionFlags { destroyed: i.destroyed, deleted: !i.destroyed && !i.is_live_at(now) }))
+            .map(|(v, i)| (*v, VersionFlags { destroyed: i.destroyed, deleted: i.is_deleted_at(now) }))
             .collect(),
     }
 }
@@ -90,9 +90,23 @@ impl Inspected {
     }
 }
 
-/// Decides one key's steps: a key new at the destination that the scan proves simple is
-/// [`Inspected::Fresh`] at once; any other is [`inspect_metadata`]. `scanned` is the origin
-/// entry the plan was made from; `known` what the destination recorded.
+/// What the cycle knows of a target's presence at the destination before inspecting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// A listing of the destination mount, taken this cycle, holds the path.
+    Listed,
+    /// A listing of the destination mount, taken this cycle, does not hold the path.
+    Unlisted,
+    /// Not listed: the key's destination metadata is read to know.
+    Unknown,
+}
+
+/// Decides one key's steps. A key new to the destination's info that the scan proves simple
+/// is [`Inspected::Fresh`] only when the destination does not hold it (`presence`, or one
+/// metadata read): a destination key, even one with metadata only, goes through the full
+/// inspection, so the plan, the mass-delete guard and `vsync plan` see what replicating it
+/// does (a rebuild wipes its history). `scanned` is the origin entry the plan was made from;
+/// `known` what the destination recorded.
 pub async fn inspect(
     origin: &VaultClient,
     dest: &VaultClient,
@@ -100,9 +114,21 @@ pub async fn inspect(
     target: &DestPath,
     scanned: &OriginEntry,
     known: Option<&DestEntry>,
+    presence: Presence,
 ) -> Result<Inspected, Fault> {
     if known.is_none() && exact::is_single_default_version(scanned) {
-        return Ok(Inspected::Fresh(scanned.clone()));
+        let absent = match presence {
+            Presence::Unlisted => true,
+            Presence::Listed => false,
+            Presence::Unknown => dest
+                .read_metadata(&target.mount, &target.path)
+                .await
+                .map_err(|e| Fault::vault(format!("reading destination metadata of {target}"), e))?
+                .is_none(),
+        };
+        if absent {
+            return Ok(Inspected::Fresh(scanned.clone()));
+        }
     }
     inspect_metadata(origin, dest, key, target, scanned, known).await
 }
@@ -191,14 +217,14 @@ pub async fn apply(
         Inspected::Plan { plan, origin_settings, dest_exists } => (plan, origin_settings, dest_exists),
         Inspected::Skipped => return Ok((WriteOutcome::Skipped, ExactState::default())),
         Inspected::Fresh(scanned) => {
-            if let Some(done) = write_fresh(origin, dest, key, target).await? {
+            let (done, foreign) = write_fresh(origin, dest, key, target).await?;
+            if !foreign {
                 return Ok(done);
             }
-            // The destination holds the key already: the full path decides what it needs.
+            // Version 1 is ours, but the key existed with metadata only (created between the
+            // inspection and the write): its settings are someone else's. The full path
+            // writes the origin's (no rebuild: the versions are exact).
             let full = inspect_metadata(origin, dest, key, target, &scanned, None).await?;
-            if matches!(full, Inspected::Fresh(_)) {
-                return Ok((WriteOutcome::Skipped, ExactState::default()));
-            }
             return Box::pin(apply(origin, dest, key, target, full)).await;
         }
     };
@@ -259,9 +285,12 @@ pub async fn apply(
     }
     placeholders.sort_unstable();
     placeholders.dedup();
-    flag(dest, target, "destroying versions of", &plan.destroy, VaultClient::destroy_versions).await?;
-    flag(dest, target, "deleting versions of", &delete, VaultClient::delete_versions).await?;
+    // Undelete and delete before destroy: neither changes a destroyed version (the server
+    // keeps its deletion time as it was), so a version both deleted and destroyed at the
+    // origin is soft-deleted first.
     flag(dest, target, "undeleting versions of", &plan.undelete, VaultClient::undelete_versions).await?;
+    flag(dest, target, "deleting versions of", &delete, VaultClient::delete_versions).await?;
+    flag(dest, target, "destroying versions of", &plan.destroy, VaultClient::destroy_versions).await?;
     if let Some(s) = &plan.settings {
         dest.write_metadata(mount, path, &settings(s))
             .await
@@ -274,15 +303,17 @@ pub async fn apply(
 
 /// Version 1 of a [`Inspected::Fresh`] key: read at the origin, written create-only (`cas` 0)
 /// at the destination, which then holds exactly the origin's one version with default
-/// settings. `None` when the destination already has the key (the caller takes the full
-/// path); `Skipped` when version 1 is no longer readable at the origin (the next cycle sees
-/// the change).
+/// settings. The outcome, and whether the key turned out to carry settings of its own (a
+/// metadata-only key takes a `cas` 0 write; its `custom_metadata` shows in the answer). A key
+/// that appeared at the destination since it was inspected fails the create-only write: that
+/// fails this secret for this cycle (the next one inspects it in full), never a rebuild that
+/// no plan showed.
 async fn write_fresh(
     origin: &VaultClient,
     dest: &VaultClient,
     key: &SecretPath,
     target: &DestPath,
-) -> Result<Option<(WriteOutcome, ExactState)>, Fault> {
+) -> Result<((WriteOutcome, ExactState), bool), Fault> {
     let data = match origin
         .read_version(&key.mount, &key.path, 1)
         .await
@@ -291,19 +322,24 @@ async fn write_fresh(
         DataRead::Live(data, _) => data,
         _ => {
             warn!(secret = %key, "origin key changed since the scan; it is replicated next cycle");
-            return Ok(Some((WriteOutcome::Skipped, ExactState::default())));
+            return Ok(((WriteOutcome::Skipped, ExactState::default()), false));
         }
     };
     match dest.write_version(&target.mount, &target.path, &data, 0).await {
         Ok(meta) if meta.version == 1 => {
             info!(secret = %key, target = %target, versions = 1, "replicated exactly");
-            Ok(Some((WriteOutcome::Written, ExactState::default())))
+            // A key with settings of its own shows them here: custom metadata, or a deletion
+            // time that its `delete_version_after` stamped on the new version.
+            let foreign = meta.custom_metadata.as_ref().is_some_and(|c| !c.is_empty()) || !meta.deletion_time.is_empty();
+            Ok(((WriteOutcome::Written, ExactState::default()), foreign))
         }
         Ok(meta) => Err(Fault::transient(format!(
             "writing {target} create-only made version {} instead of 1; the key is inspected in full next cycle",
             meta.version
         ))),
-        Err(VaultError::CasMismatch { .. }) => Ok(None),
+        Err(VaultError::CasMismatch { .. }) => Err(Fault::transient(format!(
+            "{target} appeared at the destination after it was inspected; it is inspected in full next cycle"
+        ))),
         Err(e) => Err(Fault::vault(format!("writing {target} v1"), e)),
     }
 }

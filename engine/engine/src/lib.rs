@@ -42,6 +42,6 @@ pub use alert::Alerter;
 pub use destination::{CycleReport, Destination, Preview, preview, side_name};
 pub use fault::{FatalCause, Fault, FaultClass};
 pub use origin::ORIGIN_SIDE;
-pub use roles::{Ended, Engine, Event, Publisher, Reporter, Role, RunOptions, run};
+pub use roles::{BoxFault, Ended, Engine, Event, Publisher, Reporter, Role, RunOptions, StartGate, run};
 pub use telemetry::Telemetry;
 pub use tripwire::Tripwire;

@@ -309,7 +309,9 @@ pub(crate) fn v2_entry(meta: &vsync_vault::KvMetadata, now: SystemTime) -> Origi
         versions: meta
             .versions
             .iter()
-            .map(|(n, v)| (*n, v.created_time.as_str(), v.deletion_time.as_str(), v.destroyed))
+            // The deletion as of now: a version that `delete_version_after` expires changes the
+            // digest when it expires, so the change reaches the destinations.
+            .map(|(n, v)| (*n, v.created_time.as_str(), v.effective_deletion_time(now), v.destroyed))
             .collect(),
     }
     .digest();

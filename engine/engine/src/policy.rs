@@ -6,28 +6,48 @@ use std::fmt::Write as _;
 use vsync_core::{KvVersion, VersionsMode};
 
 /// The origin role's policy (also what a destination's token for the origin needs): read and
-/// list, plus SCAN for OpenBao's fast listing. `mounts` are normalised with their KV version.
-pub fn origin(mounts: &[(String, KvVersion)]) -> String {
+/// list, plus, on OpenBao (`scan`: the server knows SCAN), the `scan` capability: one SCAN
+/// request lists a mount with its metadata, and a policy's `pagination_limit` never shortens
+/// it. `mounts` are normalised with their KV version.
+pub fn origin(mounts: &[(String, KvVersion)], scan: bool) -> String {
     let mut out = String::from("# vsync origin: read-only\n");
+    if scan {
+        out.push_str(
+            "# OpenBao: `scan` lets one SCAN request list a mount (with its metadata); without it vsync\n\
+             # walks with paged LIST requests, far slower. Keep `pagination_limit` off these paths or\n\
+             # at least 1000: a LIST page the policy refuses stops the scan.\n",
+        );
+    }
     for (m, kind) in mounts {
         let m = m.trim_end_matches('/');
+        let caps = if scan { r#"["read", "list", "scan"]"# } else { r#"["read", "list"]"# };
         match kind {
             KvVersion::V2 => {
-                let _ = writeln!(out, "path \"{m}/metadata/*\" {{ capabilities = [\"read\", \"list\"] }}");
+                let _ = writeln!(out, "path \"{m}/metadata/*\" {{ capabilities = {caps} }}");
                 let _ = writeln!(out, "path \"{m}/data/*\" {{ capabilities = [\"read\"] }}");
-                let _ = writeln!(
-                    out,
-                    "# OpenBao only: one SCAN request lists the mount with its metadata (else vsync walks with LIST):\n\
-                     # path \"{m}/detailed-metadata/*\" {{ capabilities = [\"list\", \"scan\"] }}"
-                );
+                if scan {
+                    let _ = writeln!(out, "path \"{m}/detailed-metadata/*\" {{ capabilities = [\"list\", \"scan\"] }}");
+                }
             }
             KvVersion::V1 => {
-                let _ = writeln!(out, "path \"{m}/*\" {{ capabilities = [\"read\", \"list\"] }}");
+                let _ = writeln!(out, "path \"{m}/*\" {{ capabilities = {caps} }}");
             }
         }
     }
     out.push_str(FOOTER);
     out
+}
+
+/// Whether the server behind `client` knows SCAN (OpenBao 2.2 and later): a SCAN of the
+/// reserved, empty folder of `mount` is answered, or refused for want of the capability. A
+/// server without SCAN (HashiCorp Vault) rejects the method itself.
+pub async fn server_scans(client: &vsync_vault::VaultClient, mount: &str, kind: KvVersion) -> bool {
+    let m = mount.trim_end_matches('/');
+    let path = match kind {
+        KvVersion::V2 => format!("{m}/detailed-metadata/{}/", crate::check::PROBE_FOLDER),
+        KvVersion::V1 => format!("{m}/{}/", crate::check::PROBE_FOLDER),
+    };
+    matches!(client.sys("SCAN", &path, None).await, Ok(_) | Err(vsync_vault::VaultError::PermissionDenied { .. }))
 }
 
 /// A destination's policy for its destination mounts.
@@ -76,10 +96,15 @@ mod tests {
     #[test]
     fn policies_name_every_mount_and_only_what_the_mode_needs() {
         let mounts = vec![("secret/".to_owned(), KvVersion::V2), ("kv1/".to_owned(), KvVersion::V1)];
-        let o = origin(&mounts);
+        let o = origin(&mounts, false);
         assert!(o.contains("path \"secret/data/*\" { capabilities = [\"read\"] }"), "{o}");
         assert!(o.contains("path \"kv1/*\" { capabilities = [\"read\", \"list\"] }"), "{o}");
-        assert!(!o.contains("update"), "the origin is read-only: {o}");
+        assert!(!o.contains("update") && !o.contains("scan"), "the origin is read-only, and Vault has no SCAN: {o}");
+        // OpenBao: `scan` is granted, not left as a comment.
+        let bao = origin(&mounts, true);
+        assert!(bao.contains("path \"secret/detailed-metadata/*\" { capabilities = [\"list\", \"scan\"] }"), "{bao}");
+        assert!(bao.contains("path \"kv1/*\" { capabilities = [\"read\", \"list\", \"scan\"] }"), "{bao}");
+        assert!(!bao.lines().any(|l| l.starts_with("# path")), "no commented-out grant: {bao}");
         let latest = destination(&mounts, VersionsMode::Latest);
         assert!(!latest.contains("destroy"), "{latest}");
         let all = destination(&mounts, VersionsMode::All);

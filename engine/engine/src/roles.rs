@@ -145,6 +145,15 @@ pub enum Event<'a> {
 /// Receives [`Event`]s.
 pub type Reporter = Box<dyn Fn(&Event<'_>) + Send + Sync>;
 
+/// A step that may fail with a fault, boxed.
+pub type BoxFault = std::pin::Pin<Box<dyn Future<Output = Result<(), Fault>> + Send>>;
+
+/// What a destination that was unavailable at start-up (unreachable or sealed) runs before
+/// its first cycle: log in, then its start-up checks. Until it succeeds each attempt counts as
+/// that destination's failed cycle (retried on its own schedule, shown by `/healthz` and
+/// `status`); the other sides run meanwhile.
+pub type StartGate = Box<dyn FnMut() -> BoxFault + Send + Sync>;
+
 /// Everything the loop runs.
 pub struct Engine {
     /// Which command this is.
@@ -165,6 +174,9 @@ pub struct Engine {
     pub reporter: Reporter,
     /// Metrics and health (`[telemetry] listen` serves them).
     pub telemetry: Arc<Telemetry>,
+    /// Destinations that were unavailable at start-up, by name: what each runs before its
+    /// first cycle ([`StartGate`]).
+    pub deferred: std::collections::HashMap<String, StartGate>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -559,7 +571,10 @@ async fn round(
                     *view = OriginView::default();
                     done.scanned = true;
                     statuses.origin.origin_cycle(started, Err(&fault.message));
-                    status::write(&engine.origin_store, ORIGIN_SIDE, &statuses.origin).await;
+                    // Not over the record of the origin's new writer, should this one have lost the lock.
+                    if p.lock.is_held() {
+                        status::write(&engine.origin_store, ORIGIN_SIDE, &statuses.origin).await;
+                    }
                     return match origin_settling.failed(fault, once, true) {
                         Some(fault) if fault.fatal_cause().is_some() => Err(Stop { destination: None, fault }),
                         Some(fault) => Ok(Round { failed: Some((None, fault)), ..done }),
@@ -586,7 +601,7 @@ async fn round(
         },
     };
     let events = batch.is_some() && !done.scanned;
-    let Engine { destinations, origin_vault, telemetry, reporter, publisher, .. } = engine;
+    let Engine { destinations, origin_vault, telemetry, reporter, publisher, deferred, .. } = engine;
     // While the destinations copy this round's changes, the next batch of audit events is
     // taken and its keys re-read, so the next round only applies and publishes it: reading one
     // batch overlaps copying the previous one (a burst of writes then flows through both sides
@@ -622,10 +637,18 @@ async fn round(
             let started = SystemTime::now();
             let timeout = d.spec.timeout;
             let (lost, lost_fault) = (d.lock.lost(), lock_lost(&format!("destination `{name}`"), &d.lock));
+            let gated_cycle = async {
+                if let Some(gate) = deferred.get_mut(&name) {
+                    gate().await?;
+                    deferred.remove(&name);
+                    info!(destination = %name, "the destination is available: its start-up checks passed");
+                }
+                d.cycle(origin_vault, &info, s.flags).await
+            };
             let result = tokio::select! {
                 r = tokio::time::timeout(
                     timeout,
-                    d.cycle(origin_vault, &info, s.flags)
+                    gated_cycle
                         .instrument(tracing::info_span!("cycle", role = "destination", destination = %name, cycle = %cycle_id(started))),
                 ) => r.unwrap_or_else(|_| {
                     Err(Fault::transient(format!(
@@ -641,7 +664,11 @@ async fn round(
             }
             let elapsed = started.elapsed().unwrap_or_default();
             telemetry.destination_cycle(&name, elapsed, result.as_ref().map_err(|f| f.message.as_str()), record);
-            status::write(&d.store, &side_name(&name), record).await;
+            // A process that lost the side's lock is no longer its writer: its record would
+            // land over the new holder's.
+            if d.lock.is_held() {
+                status::write(&d.store, &side_name(&name), record).await;
+            }
             match result {
                 Ok(report) => {
                     s.succeeded();

@@ -131,6 +131,7 @@ async fn start(w: &World, feed: AuditFeed, interval: Duration) -> Running {
         }],
         alerter: Alerter::new(None),
         telemetry: Default::default(),
+        deferred: Default::default(),
         tripwire: Tripwire::new(),
         reporter: Box::new(move |e| match e {
             Event::OriginScanned { .. } => {

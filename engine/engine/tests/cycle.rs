@@ -144,6 +144,7 @@ async fn the_role_loop_runs_one_shared_round_and_stops_on_shutdown() {
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
         telemetry: Default::default(),
+        deferred: Default::default(),
     };
     let once = RunOptions { once: true, ..Default::default() };
     let ended = vsync_engine::run(engine(&store).await, once, std::future::pending()).await.unwrap();
@@ -310,6 +311,7 @@ async fn slow_planning_is_cut_by_the_cycle_timeout_and_by_shutdown() {
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
         telemetry: Default::default(),
+        deferred: Default::default(),
     };
     // The destination role loads the origin's published info.
     let lock = store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap();
@@ -421,6 +423,7 @@ async fn one_unreachable_destination_does_not_starve_the_others_in_run() {
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
         telemetry: Default::default(),
+        deferred: Default::default(),
     };
     let once = RunOptions { once: true, ..Default::default() };
     let fault = vsync_engine::run(engine, once, std::future::pending()).await.unwrap_err();

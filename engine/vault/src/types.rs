@@ -83,6 +83,23 @@ pub struct VersionInfo {
 }
 
 impl VersionInfo {
+    /// Whether the version carries a deletion at `now`: a destroyed version that was also
+    /// soft-deleted (its deletion time stays when it is destroyed), or a live one whose deletion
+    /// time has passed. A destroyed version's data is gone whatever its time says, so any
+    /// deletion time on it counts; a future one on a readable version does not yet.
+    pub fn is_deleted_at(&self, now: SystemTime) -> bool {
+        if self.destroyed {
+            return !self.deletion_time.is_empty();
+        }
+        !self.deletion_time.is_empty() && !self.is_live_at(now)
+    }
+
+    /// The deletion time as of `now`: what a change detector compares (empty while a deletion
+    /// time set by `delete_version_after` lies ahead, so its expiry shows as a change).
+    pub fn effective_deletion_time(&self, now: SystemTime) -> &str {
+        if self.is_deleted_at(now) { &self.deletion_time } else { "" }
+    }
+
     /// Whether the version's data can be read at `now`: not destroyed, and no deletion time
     /// or one still in the future (`delete_version_after`).
     pub fn is_live_at(&self, now: SystemTime) -> bool {
@@ -173,6 +190,9 @@ pub struct VersionMeta {
     /// Destroyed flag.
     #[serde(default)]
     pub destroyed: bool,
+    /// The key's `custom_metadata`, which KV repeats in every data answer (`null`: none).
+    #[serde(default)]
+    pub custom_metadata: Option<BTreeMap<String, String>>,
 }
 
 /// Result of reading one KV v2 version.

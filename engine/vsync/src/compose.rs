@@ -170,18 +170,45 @@ pub struct VaultSide {
     pub client: VaultClient,
     source: TokenSource,
     lease: Option<TokenLease>,
+    /// A destination whose login (AppRole, JWT) could not reach its Vault: why. It logs in
+    /// when it comes back ([`VaultSide::login_later`]).
+    pub login_pending: Option<String>,
 }
 
 impl VaultSide {
-    async fn connect(side: &str, v: &VaultSettings) -> Result<Self> {
-        let (client, source, lease) = vault_login(side, v).await?;
-        Ok(Self { client, source, lease })
+    /// Builds the client and logs in. With `defer_unavailable` (destinations), a login that
+    /// cannot reach the server leaves the side with [`VaultSide::login_pending`] instead of
+    /// failing: one region down never stops the others.
+    async fn connect(side: &str, v: &VaultSettings, defer_unavailable: bool) -> Result<Self> {
+        let client = vault_client(side, v)?;
+        let source = token_source(side, v)?;
+        match tokens::login(&client, side, &source).await {
+            Ok(lease) => Ok(Self { client, source, lease, login_pending: None }),
+            Err(f) if defer_unavailable && f.class == vsync_engine::FaultClass::Unavailable => {
+                Ok(Self { client, source, lease: None, login_pending: Some(f.message) })
+            }
+            Err(f) => Err(anyhow::anyhow!(f.message)),
+        }
     }
 
     /// Keeps the token valid for the life of the process: a token that cannot be kept trips
     /// `tripwire` with a fatal fault.
     pub fn keep_token(&self, side: &str, tripwire: &Tripwire) {
         tokens::spawn_keeper(side.to_owned(), self.client.clone(), self.source.clone(), self.lease, tripwire.clone());
+    }
+
+    /// What a side whose login was deferred runs when it is tried again: log in, then keep the
+    /// token.
+    pub fn login_later(&self, side: &str, tripwire: &Tripwire) -> impl Fn() -> vsync_engine::BoxFault + Send + Sync + 'static {
+        let (client, source, side, tripwire) = (self.client.clone(), self.source.clone(), side.to_owned(), tripwire.clone());
+        move || {
+            let (client, source, side, tripwire) = (client.clone(), source.clone(), side.clone(), tripwire.clone());
+            Box::pin(async move {
+                let lease = tokens::login(&client, &side, &source).await?;
+                tokens::spawn_keeper(side, client, source, lease, tripwire);
+                Ok(())
+            })
+        }
     }
 }
 
@@ -216,13 +243,13 @@ impl Parts {
             let side = format!("destination {}", d.name);
             dests.push(DestinationParts {
                 spec: d.spec(),
-                vault: VaultSide::connect(&side, &d.vault).await,
+                vault: VaultSide::connect(&side, &d.vault, true).await,
                 store: state_store(&side, &d.state),
             });
         }
         Parts {
             origin_spec: config.origin_spec(),
-            origin_vault: VaultSide::connect("origin", &config.origin.vault).await,
+            origin_vault: VaultSide::connect("origin", &config.origin.vault, false).await,
             origin_store: state_store("origin", &config.origin.state),
             destinations: dests,
         }
@@ -245,8 +272,49 @@ impl Parts {
                 store: part(&d.store),
                 mounts: d.spec.mounts.clone(),
                 exact: d.spec.versions == vsync_core::VersionsMode::All,
+                login_pending: d.vault.as_ref().ok().and_then(|v| v.login_pending.clone()),
             })
             .collect();
         check::run(&origin, &dests).await
+    }
+}
+
+impl DestinationParts {
+    /// What this destination runs before its first cycle when it was unavailable at start-up
+    /// (see [`vsync_engine::StartGate`]): the deferred login, if any, then its start-up
+    /// checks. An unavailable server fails the attempt transiently; any other problem is fatal,
+    /// as it would have been at start-up.
+    pub fn start_gate(&self, origin: &VaultClient, origin_mounts: &[String], tripwire: &Tripwire) -> Option<vsync_engine::StartGate> {
+        let (Ok(vault), Ok(store)) = (&self.vault, &self.store) else { return None };
+        let side = format!("destination {}", self.spec.name);
+        let login = vault.login_pending.as_ref().map(|_| std::sync::Arc::new(vault.login_later(&side, tripwire)));
+        let logged_in = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(login.is_none()));
+        let (client, store, origin, origin_mounts) = (vault.client.clone(), store.clone(), origin.clone(), origin_mounts.to_vec());
+        let (name, mounts, exact) = (self.spec.name.clone(), self.spec.mounts.clone(), self.spec.versions == vsync_core::VersionsMode::All);
+        Some(Box::new(move || {
+            let (login, logged_in) = (login.clone(), logged_in.clone());
+            let (client, store, origin, origin_mounts) = (client.clone(), store.clone(), origin.clone(), origin_mounts.clone());
+            let (name, mounts) = (name.clone(), mounts.clone());
+            Box::pin(async move {
+                if let Some(login) = login.filter(|_| !logged_in.load(std::sync::atomic::Ordering::SeqCst)) {
+                    login().await?;
+                    logged_in.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                let kinds = check::origin_kinds(&origin, &origin_mounts).await;
+                let parts = check::DestinationParts { name: &name, vault: Ok(&client), store: Ok(&store), mounts, exact, login_pending: None };
+                let findings = check::destination(&parts, &kinds).await;
+                if let Some(down) = findings.iter().find(|f| f.transient) {
+                    return Err(vsync_engine::Fault::new(vsync_engine::FaultClass::Unavailable, format!("destination `{name}` is unavailable: {down}")));
+                }
+                let problems: Vec<String> = findings.iter().filter(|f| f.problem.is_some()).map(ToString::to_string).collect();
+                if problems.is_empty() {
+                    return Ok(());
+                }
+                Err(vsync_engine::Fault::fatal(
+                    vsync_engine::FatalCause::StartupCheck,
+                    format!("start-up checks of destination `{name}` failed:\n{}", problems.join("\n")),
+                ))
+            }) as vsync_engine::BoxFault
+        }))
     }
 }

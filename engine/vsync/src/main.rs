@@ -369,14 +369,21 @@ async fn run_role(
     let origin_store = parts.origin_store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
     // Checks before the locks: a standby reports a broken configuration now, not at takeover.
     let findings = parts.check(publishes).await;
-    let problems: Vec<String> = findings.iter().filter(|f| f.problem.is_some()).map(ToString::to_string).collect();
+    // A destination that is unreachable or sealed is a fault of that side alone: it starts
+    // when it is back, the others start now. Anything else stops the process.
+    let problems: Vec<String> = findings.iter().filter(|f| f.problem.is_some() && !f.transient).map(ToString::to_string).collect();
     if !problems.is_empty() {
         return Err(fatal(anyhow::anyhow!(
             "start-up checks failed (run `vsync check` for the full report):\n{}",
             problems.join("\n")
         )));
     }
-    info!(checks = findings.len(), "start-up checks passed");
+    let unavailable: std::collections::BTreeSet<&str> = findings.iter().filter(|f| f.transient).map(|f| f.side.as_str()).collect();
+    for f in findings.iter().filter(|f| f.transient) {
+        tracing::error!("{f}; this destination is retried on its own schedule, the other sides start now");
+    }
+    info!(checks = findings.len(), unavailable = unavailable.len(), "start-up checks passed");
+    let tripwire = Tripwire::new();
     let once_limit = |timeout: Duration| options.once.then_some(timeout);
     let publisher = match publishes {
         true => {
@@ -422,11 +429,18 @@ async fn run_role(
             progress: Some(progress::for_cycles(options.once)),
         });
     }
-    let tripwire = Tripwire::new();
     origin_vault.keep_token("origin", &tripwire);
+    let mut deferred = std::collections::HashMap::new();
     for d in &parts.destinations {
-        if let Ok(v) = &d.vault {
-            v.keep_token(&format!("destination {}", d.spec.name), &tripwire);
+        let side = format!("destination {}", d.spec.name);
+        if unavailable.contains(side.as_str())
+            && let Some(gate) = d.start_gate(&origin_vault.client, &parts.origin_spec.mounts, &tripwire)
+        {
+            deferred.insert(d.spec.name.clone(), gate);
+        }
+        // A deferred login keeps its token from the moment it succeeds.
+        if let Some(v) = d.vault.as_ref().ok().filter(|v| v.login_pending.is_none()) {
+            v.keep_token(&side, &tripwire);
         }
     }
     let engine = Engine {
@@ -439,6 +453,7 @@ async fn run_role(
         tripwire,
         reporter: Box::new(print_event),
         telemetry,
+        deferred,
     };
     match vsync_engine::run(engine, options, shutdown).await {
         Ok(Ended::Stopped) | Ok(Ended::Once { per_secret_failures: false }) => Ok(ExitCode::SUCCESS),
@@ -491,14 +506,22 @@ async fn status(config: &Config, format: &str, max_lag: Option<Duration>) -> Out
 async fn policy(config: &Config, role: PolicyRole) -> Outcome {
     let kinds = |side: String, settings: vsync_config::VaultSettings, mounts: Vec<String>| async move {
         let client = compose::vault_login(&side, &settings).await.map_err(fatal)?.0;
-        vsync_engine::policy::mount_kinds(&client, mounts).await.map_err(|f| fatal(anyhow::anyhow!("{side}: {}", f.message)))
+        let kinds = vsync_engine::policy::mount_kinds(&client, mounts).await.map_err(|f| fatal(anyhow::anyhow!("{side}: {}", f.message)))?;
+        let scans = match kinds.first() {
+            Some((m, kind)) => vsync_engine::policy::server_scans(&client, m, *kind).await,
+            None => false,
+        };
+        Ok::<_, Failure>((kinds, scans))
     };
     let text = match role {
-        PolicyRole::Origin => vsync_engine::policy::origin(&kinds("origin".into(), config.origin.vault.clone(), config.origin_spec().mounts).await?),
+        PolicyRole::Origin => {
+            let (kinds, scans) = kinds("origin".into(), config.origin.vault.clone(), config.origin_spec().mounts).await?;
+            vsync_engine::policy::origin(&kinds, scans)
+        }
         PolicyRole::Destination { name } => {
             let d = destination(config, &name)?;
             let mounts = d.spec().mounts.into_values().collect();
-            vsync_engine::policy::destination(&kinds(format!("destination {name}"), d.vault.clone(), mounts).await?, d.versions)
+            vsync_engine::policy::destination(&kinds(format!("destination {name}"), d.vault.clone(), mounts).await?.0, d.versions)
         }
     };
     print!("{text}");

@@ -299,6 +299,7 @@ async fn propagation(spec: &ChildSpec, o: &VaultClient, d: &VaultClient) -> Resu
         tripwire: Tripwire::new(),
         reporter: Box::new(|_| {}),
         telemetry: Arc::new(Telemetry::new()),
+        deferred: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(vsync_engine::run(engine, RunOptions::default(), async move {
