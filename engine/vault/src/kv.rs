@@ -382,7 +382,9 @@ impl VaultClient {
     /// On OpenBao a KV v2 mount is read with one `SCAN <mount>/detailed-metadata/`, which also
     /// returns every key's metadata; KV v1 with one `SCAN <mount>/`. The answer is decoded as it
     /// arrives ([`crate::listing`]). Servers without SCAN (Vault) or tokens without the `scan`
-    /// capability fall back to a LIST walk (remembered per mount). An empty mount (SCAN 200
+    /// capability fall back to a LIST walk (remembered per mount), which pages every KV v2
+    /// folder and fails with [`VaultError::PaginationLimited`] when the token's policy refuses
+    /// the page size. An empty mount (SCAN 200
     /// `data: {}`, LIST 404 `{"errors":[]}`) hands nothing on; any answer that is not one of
     /// KV's "empty" answers fails (see the module docs), possibly after some secrets were
     /// handed on: the caller discards a failed listing whole. An error from `each` stops the
@@ -841,6 +843,7 @@ impl VaultClient {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
