@@ -109,6 +109,9 @@ pub struct VaultConfig {
     /// Timeout of one LIST or SCAN request, which answers with a whole mount's keys at once
     /// (a million-key SCAN body is about 460 MB and takes over a minute to produce).
     pub list_timeout: Duration,
+    /// Keys asked for per page when a KV v2 folder is listed with LIST (the walk used when
+    /// SCAN is unavailable): [`DEFAULT_LIST_PAGE_SIZE`] unless set. Must be at least 1.
+    pub list_page_size: usize,
 }
 
 impl VaultConfig {
@@ -125,12 +128,28 @@ impl VaultConfig {
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(60),
             list_timeout: DEFAULT_LIST_TIMEOUT,
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
         }
     }
 }
 
 /// [`VaultConfig::list_timeout`] unless set.
 pub const DEFAULT_LIST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// [`VaultConfig::list_page_size`] unless set: keys per page of a paginated KV v2 LIST
+/// (`?limit=1000&after=<last key>`).
+///
+/// Why 1,000: a page is one round trip and is read whole, so the size trades requests against
+/// memory and answer time. At 1,000 a folder of N keys costs N/1,000 + 1 requests (one for
+/// almost every real folder; 101 for a flat folder of 100,000 keys), and a page is some tens
+/// of KB, quick to produce and to decode. Page size also decides which policies the walk works
+/// under: OpenBao refuses (403) a `limit` above the token's ACL `pagination_limit`, so a policy
+/// with a lower limit fails the walk with [`crate::VaultError::PaginationLimited`], whose
+/// message says to grant `scan` (SCAN is not paginated) or raise the limit. Policies that set a
+/// limit at all usually choose hundreds to thousands; a smaller page would make every large
+/// folder cost many more round trips for the sake of unusually tight limits, which have a
+/// better fix (SCAN).
+pub const DEFAULT_LIST_PAGE_SIZE: usize = 1000;
 
 /// Class of a request, for the request counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +287,8 @@ pub struct VaultClient {
     pub(crate) retry: RetryPolicy,
     pub(crate) counters: Arc<RequestCounters>,
     pub(crate) list_timeout: Duration,
+    /// Keys per page of a KV v2 LIST (at least 1).
+    pub(crate) list_page_size: usize,
     pub(crate) scan_unsupported: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The token sent with every request; replaced on re-login, shared by clones.
     pub(crate) token: Arc<std::sync::RwLock<HeaderValue>>,
@@ -304,6 +325,10 @@ impl VaultClient {
     /// Builds a client. Fails on unreadable TLS files or a malformed address.
     pub fn new(config: VaultConfig) -> Result<Self> {
         let address = config.address.trim_end_matches('/').to_owned();
+        if config.list_page_size == 0 {
+            // A page of 0 keys could never reach the end of a folder.
+            return Err(VaultError::Config("list_page_size must be at least 1".into()));
+        }
         url::Url::parse(&address)
             .map_err(|e| VaultError::Config(format!("invalid Vault address `{address}`: {e}")))?;
         let mut headers = HeaderMap::new();
@@ -380,6 +405,7 @@ impl VaultClient {
             retry: config.retry,
             counters: Arc::new(RequestCounters::default()),
             list_timeout: config.list_timeout,
+            list_page_size: config.list_page_size,
             scan_unsupported: Default::default(),
             token: Arc::new(std::sync::RwLock::new(token_header)),
         })

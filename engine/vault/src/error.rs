@@ -137,6 +137,40 @@ pub enum VaultError {
         /// What the body held instead (server error texts and warnings, or its shape).
         message: String,
     },
+    /// A KV v2 LIST with `limit=<page_size>` was refused (403) while a plain LIST of the same
+    /// folder is allowed: the token's policy sets an ACL `pagination_limit` below the page size.
+    /// Under such a limit a plain LIST answers with only the first keys and no error, so the
+    /// walk never falls back to it (the missing keys would read as deleted). Permanent until the
+    /// policy changes.
+    #[error(
+        "{request}: the token's policy refuses a LIST page of {page_size} keys (HTTP 403 with \
+         limit={page_size}) on {} of mount `{mount}` but allows a plain LIST, \
+         which its ACL `pagination_limit` would silently cut short: vsync will not list with it. \
+         Grant the `scan` capability on `{mount}detailed-metadata/*` (vsync then lists with SCAN, \
+         which `pagination_limit` does not limit) or raise `pagination_limit` to at least {page_size}",
+        folder_name(.folder)
+    )]
+    PaginationLimited {
+        /// Method and API path of the refused page (without the query).
+        request: String,
+        /// The mount (`secret/`).
+        mount: String,
+        /// The folder, relative to the mount (empty for the mount's root).
+        folder: String,
+        /// The page size that was refused.
+        page_size: usize,
+    },
+    /// A KV v2 LIST page that a paginating server cannot have sent: keys at or before the
+    /// `after` key (a repeated or backward page), keys out of order, more keys than the `limit`,
+    /// or a later page whose parameters the server says it ignored. The server does not page
+    /// as asked, so the folder's listing cannot be trusted to be complete.
+    #[error("{request}: the server does not page this LIST as asked: {message}")]
+    PagingBroken {
+        /// Method and API path (without the query).
+        request: String,
+        /// What was wrong with the page.
+        message: String,
+    },
     /// The server answered with a body this client cannot read.
     #[error("{request}: unexpected response: {message}")]
     Decode {
@@ -151,6 +185,11 @@ pub enum VaultError {
     /// The client configuration is unusable (unreadable CA file, bad address, ...).
     #[error("{0}")]
     Config(String),
+}
+
+/// A folder of a mount as named in messages (the empty folder is the mount's top level).
+fn folder_name(folder: &str) -> String {
+    if folder.is_empty() { "the top folder".to_owned() } else { format!("folder `{folder}`") }
 }
 
 fn hint(message: &str) -> String {

@@ -8,6 +8,11 @@
 //! 404 that carries the version's metadata. Every other answer (no `data`, `data: null`, keys
 //! that are not strings, a body that is not JSON, a 404 with an error text, a warning or no
 //! `errors` array) fails the call with a typed error instead of reading as "no keys".
+//!
+//! "Complete" is read strictly too: a listing that may have been cut short is never used. On
+//! OpenBao an ACL `pagination_limit` cuts a plain KV v2 LIST short without saying so, so the
+//! LIST walk pages every KV v2 folder (`limit`/`after`) and fails loudly when the policy
+//! refuses the page size ([`VaultError::PaginationLimited`]); SCAN is not limited.
 
 use std::collections::VecDeque;
 
@@ -96,8 +101,8 @@ fn classify_404(body: &[u8]) -> NotFound {
     }
 }
 
-/// The `data` of a 200 LIST or SCAN answer. `data: {}` is SCAN's "nothing under this prefix";
-/// otherwise `data.keys` must be an array of strings.
+/// The `data` of a 200 LIST or SCAN answer, with the answer's warnings. `data: {}` is SCAN's
+/// "nothing under this prefix"; otherwise `data.keys` must be an array of strings.
 fn listing_page(request: &str, body: &[u8]) -> Result<ListData> {
     let bad = |message: String| VaultError::Decode {
         request: request.to_owned(),
@@ -121,7 +126,77 @@ fn listing_page(request: &str, body: &[u8]) -> Result<ListData> {
         let fields: Vec<&str> = data.keys().map(String::as_str).collect();
         return Err(bad(format!("no `data.keys` in the listing, but `data` holds {}", fields.join(", "))));
     }
-    serde_json::from_value(serde_json::Value::Object(data)).map_err(|e| bad(format!("`data` of the listing: {e}")))
+    let mut page: ListData = serde_json::from_value(serde_json::Value::Object(data))
+        .map_err(|e| bad(format!("`data` of the listing: {e}")))?;
+    page.warnings = strings(top.get("warnings"));
+    Ok(page)
+}
+
+/// Whether a listing's warnings say the server ignored `limit` or `after`: OpenBao's and
+/// Vault's request framework warn `Endpoint ignored these unrecognized parameters: [after
+/// limit]` for parameters an endpoint does not have (KV v1 on OpenBao; every KV endpoint on
+/// HashiCorp Vault, which has no paginated LIST).
+fn ignored_paging(warnings: &[String]) -> bool {
+    warnings.iter().any(|w| {
+        w.split_once("ignored these unrecognized parameters").is_some_and(|(_, names)| {
+            names
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|name| name == "limit" || name == "after")
+        })
+    })
+}
+
+/// What one checked LIST page says about the rest of its folder.
+#[derive(Debug, PartialEq, Eq)]
+enum PageEnd {
+    /// The folder is complete.
+    Last,
+    /// A full page: the next one starts after this key.
+    After(String),
+}
+
+/// Checks one page of a LIST asked for with `limit=page_size` (and `after`, past the first
+/// page) and says whether the folder goes on. `Err` describes a page that a paginating server
+/// cannot have sent; such a folder listing cannot be trusted to be complete.
+///
+/// Keys are compared as bytes, the order OpenBao pages in (Go string order). Guarding
+/// against a server that ignores the parameters:
+/// - it says so in a warning (`ignored`): the first answer is the whole folder; on a later
+///   page the server contradicts its earlier pages, an error;
+/// - silently, with more keys than the limit on the first page: that can only be the whole
+///   folder, and is taken as it is;
+/// - silently, with a full first page: the next page repeats it (keys not after `after`),
+///   an error, so a server that pages nothing never loops.
+fn next_page(keys: &[String], after: Option<&str>, page_size: usize, ignored: bool) -> Result<PageEnd, String> {
+    let Some(after) = after else {
+        // The first page. Fewer keys than asked for is the whole folder; so is the answer of a
+        // server that does not page (it says so, or it sends more keys than the limit).
+        if ignored || keys.len() != page_size {
+            return Ok(PageEnd::Last);
+        }
+        // A full first page: the next page starts after its last key, which must then be the
+        // greatest, or keys between would be skipped.
+        if let Some(w) = keys.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(format!("a full page is not in ascending order (`{}` before `{}`)", w[0], w[1]));
+        }
+        return Ok(keys.last().map_or(PageEnd::Last, |k| PageEnd::After(k.clone())));
+    };
+    if ignored {
+        return Err(format!("it says it ignored `limit`/`after` on the page after `{after}`, having paged before"));
+    }
+    if keys.len() > page_size {
+        return Err(format!("{} keys after `{after}`, more than the limit of {page_size}", keys.len()));
+    }
+    if let Some(first) = keys.first().filter(|k| k.as_str() <= after) {
+        return Err(format!("the page after `{after}` starts at `{first}`: it repeats or goes backwards"));
+    }
+    if let Some(w) = keys.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(format!("the page after `{after}` is not in ascending order (`{}` before `{}`)", w[0], w[1]));
+    }
+    match keys.last() {
+        Some(last) if keys.len() == page_size => Ok(PageEnd::After(last.clone())),
+        _ => Ok(PageEnd::Last),
+    }
 }
 
 /// An error body: `{"errors":[...]}`.
@@ -160,6 +235,9 @@ struct Wrapped<T> {
 struct ListData {
     #[serde(default)]
     keys: Vec<String>,
+    /// The answer's top-level `warnings` (filled in by [`listing_page`]).
+    #[serde(skip)]
+    warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -304,7 +382,9 @@ impl VaultClient {
     /// On OpenBao a KV v2 mount is read with one `SCAN <mount>/detailed-metadata/`, which also
     /// returns every key's metadata; KV v1 with one `SCAN <mount>/`. The answer is decoded as it
     /// arrives ([`crate::listing`]). Servers without SCAN (Vault) or tokens without the `scan`
-    /// capability fall back to a LIST walk (remembered per mount). An empty mount (SCAN 200
+    /// capability fall back to a LIST walk (remembered per mount), which pages every KV v2
+    /// folder and fails with [`VaultError::PaginationLimited`] when the token's policy refuses
+    /// the page size. An empty mount (SCAN 200
     /// `data: {}`, LIST 404 `{"errors":[]}`) hands nothing on; any answer that is not one of
     /// KV's "empty" answers fails (see the module docs), possibly after some secrets were
     /// handed on: the caller discards a failed listing whole. An error from `each` stops the
@@ -438,6 +518,9 @@ impl VaultClient {
         decoded.map_err(|message| VaultError::Decode { request: request.to_owned(), message })
     }
 
+    /// Walks a mount folder by folder with LIST (used when SCAN is unavailable or refused).
+    /// KV v2 folders are paged ([`Self::list_folder_paged`]); KV v1 folders are listed whole
+    /// ([`Self::list_folder_whole`]).
     async fn list_walk<F>(&self, mount: &MountInfo, prefix: &str, each: &mut F) -> Result<()>
     where
         F: FnMut(ListedSecret) -> Result<()> + Send,
@@ -449,24 +532,112 @@ impl VaultClient {
         let mut folders = VecDeque::from([String::new()]);
         while let Some(folder) = folders.pop_front() {
             let api = format!("{}/", Self::api_path(&base, folder.trim_end_matches('/'))?);
-            let request = format!("LIST {api}");
-            let answer = self.call(RequestKind::List, method("LIST"), &api, &[], None).await?;
-            if answer.status == StatusCode::NOT_FOUND {
-                // Only `{"errors":[]}` is an empty mount or a folder that vanished since its
-                // parent was listed; anything else would silently drop the folder's keys.
-                self.expect_empty_404(&request, &mount.path, &answer.body)?;
-                continue;
-            }
-            for key in listing_page(&request, &answer.body)?.keys {
+            let mut hand_on = |key: String| {
                 let full = format!("{folder}{key}");
                 if key.ends_with('/') {
                     folders.push_back(full);
+                    Ok(())
                 } else {
-                    each(ListedSecret { path: full, metadata: None })?;
+                    each(ListedSecret { path: full, metadata: None })
                 }
+            };
+            match mount.kind {
+                KvVersion::V2 => self.list_folder_paged(mount, &folder, &api, &mut hand_on).await?,
+                KvVersion::V1 => self.list_folder_whole(mount, &api, &mut hand_on).await?,
             }
         }
         Ok(())
+    }
+
+    /// Lists one KV v1 folder with a single plain LIST.
+    ///
+    /// KV v1 has no pagination, and an ACL `pagination_limit` does not cut its listing short:
+    /// the policy's limit reaches the KV v1 handler as a `limit` parameter it does not know, so
+    /// it answers with every key and the warning `Endpoint ignored these unrecognized
+    /// parameters: [limit]` (reference/vault-kv.md 3.1, observed on OpenBao 2.7.2). Asking
+    /// for pages would gain nothing and would be refused (403) for a `limit` above the policy's.
+    async fn list_folder_whole<H>(&self, mount: &MountInfo, api: &str, hand_on: &mut H) -> Result<()>
+    where
+        H: FnMut(String) -> Result<()> + Send,
+    {
+        let request = format!("LIST {api}");
+        let answer = self.call(RequestKind::List, method("LIST"), api, &[], None).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            // Only `{"errors":[]}` is an empty mount or a folder that vanished since its
+            // parent was listed; anything else would silently drop the folder's keys.
+            return self.expect_empty_404(&request, &mount.path, &answer.body);
+        }
+        for key in listing_page(&request, &answer.body)?.keys {
+            hand_on(key)?;
+        }
+        Ok(())
+    }
+
+    /// Lists one KV v2 folder in pages of `list_page_size` keys (`LIST ?limit=N&after=<last
+    /// key of the previous page>`) until a shorter page.
+    ///
+    /// A plain LIST cannot be trusted on OpenBao: under an ACL `pagination_limit` it answers
+    /// with the first keys only, with no error or warning, and the keys it leaves out would read
+    /// as deleted. With an explicit `limit` the server either pages correctly or refuses the
+    /// page size (403, see [`Self::refused_page`]). A server without pagination (HashiCorp
+    /// Vault) says it ignored `limit`/`after`, and its answer is then the whole folder; one
+    /// that ignores them silently is caught by [`next_page`]. Each page is checked before its
+    /// keys are handed on.
+    async fn list_folder_paged<H>(&self, mount: &MountInfo, folder: &str, api: &str, hand_on: &mut H) -> Result<()>
+    where
+        H: FnMut(String) -> Result<()> + Send,
+    {
+        let request = format!("LIST {api}");
+        let page_size = self.list_page_size;
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", page_size.to_string())];
+            if let Some(key) = &after {
+                query.push(("after", key.clone()));
+            }
+            let answer = match self.call(RequestKind::List, method("LIST"), api, &query, None).await {
+                Ok(answer) => answer,
+                Err(denied @ VaultError::PermissionDenied { .. }) => {
+                    return Err(self.refused_page(mount, folder, api, denied).await);
+                }
+                Err(e) => return Err(e),
+            };
+            if answer.status == StatusCode::NOT_FOUND {
+                // `{"errors":[]}`: on the first page an empty or vanished folder; after a full
+                // page, the end of the folder (OpenBao answers an `after` past the last key so).
+                return self.expect_empty_404(&request, &mount.path, &answer.body);
+            }
+            let page = listing_page(&request, &answer.body)?;
+            let end = next_page(&page.keys, after.as_deref(), page_size, ignored_paging(&page.warnings))
+                .map_err(|message| VaultError::PagingBroken { request: request.clone(), message })?;
+            for key in page.keys {
+                hand_on(key)?;
+            }
+            match end {
+                PageEnd::Last => return Ok(()),
+                PageEnd::After(key) => after = Some(key),
+            }
+        }
+    }
+
+    /// Explains a 403 on a LIST page. OpenBao refuses a `limit` above the token's ACL
+    /// `pagination_limit` with a plain 403, so the same folder is asked for once more without
+    /// `limit`: if that is allowed, the page size is what was refused
+    /// ([`VaultError::PaginationLimited`]). The plain answer is only a probe: it is never used
+    /// as the folder's listing, since under the limit it holds only the first keys. If it is
+    /// refused too, the token may not list the folder at all: the original 403 stands.
+    async fn refused_page(&self, mount: &MountInfo, folder: &str, api: &str, denied: VaultError) -> VaultError {
+        match self.call(RequestKind::List, method("LIST"), api, &[], None).await {
+            // A 200 or a 404 `{"errors":[]}`: LIST itself is allowed.
+            Ok(_) => VaultError::PaginationLimited {
+                request: format!("LIST {api}"),
+                mount: mount.path.clone(),
+                folder: folder.to_owned(),
+                page_size: self.list_page_size,
+            },
+            Err(VaultError::PermissionDenied { .. }) => denied,
+            Err(other) => other,
+        }
     }
 
     /// Reads KV v2 metadata; `None` if the key does not exist (404 `{"errors":[]}` only: a 404
@@ -479,7 +650,12 @@ impl VaultClient {
             self.expect_empty_404(&request, mount, &answer.body)?;
             return Ok(None);
         }
-        let w: Wrapped<KvMetadata> = decode(&request, &answer.body)?;
+        // The key is named: metadata without `current_version` or `versions` is refused (see
+        // `KvMetadata`), and the operator needs to know which key the server described so.
+        let w: Wrapped<KvMetadata> = serde_json::from_slice(&answer.body).map_err(|e| VaultError::Decode {
+            request,
+            message: format!("metadata of `{path}`: {e}"),
+        })?;
         Ok(Some(w.data))
     }
 
@@ -667,6 +843,7 @@ impl VaultClient {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -689,12 +866,65 @@ mod tests {
         ));
     }
 
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[test]
+    fn pages_go_on_only_after_a_full_ascending_page() {
+        assert_eq!(next_page(&keys(&["a", "b"]), None, 3, false), Ok(PageEnd::Last));
+        assert_eq!(next_page(&keys(&[]), None, 3, false), Ok(PageEnd::Last));
+        assert_eq!(next_page(&keys(&["a", "b", "c/"]), None, 3, false), Ok(PageEnd::After("c/".into())));
+        assert_eq!(next_page(&keys(&["d", "e", "f"]), Some("c/"), 3, false), Ok(PageEnd::After("f".into())));
+        assert_eq!(next_page(&keys(&["d"]), Some("c/"), 3, false), Ok(PageEnd::Last));
+        assert_eq!(next_page(&keys(&[]), Some("c/"), 3, false), Ok(PageEnd::Last));
+        // Byte order, as Go compares strings: "both" < "both/" < "bz" < "ключ".
+        assert_eq!(next_page(&keys(&["both", "both/", "bz"]), None, 3, false), Ok(PageEnd::After("bz".into())));
+        assert_eq!(next_page(&keys(&["ключ"]), Some("bz"), 3, false), Ok(PageEnd::Last));
+    }
+
+    #[test]
+    fn a_server_that_does_not_page_is_whole_or_an_error_never_a_loop() {
+        // It says it ignored the parameters: its first answer is the whole folder, any size.
+        for n in [1, 3, 5] {
+            let ks: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+            assert_eq!(next_page(&ks, None, 3, true), Ok(PageEnd::Last), "{n}");
+        }
+        assert!(next_page(&keys(&["x"]), Some("c"), 3, true).unwrap_err().contains("ignored"));
+        // Silently: more than the limit on the first page is the whole folder (even unsorted).
+        assert_eq!(next_page(&keys(&["z", "a", "b", "c"]), None, 3, false), Ok(PageEnd::Last));
+        // A repeated, backward or overlapping page after `after` is an error.
+        for (page, after) in [(&["a", "b", "c"][..], "c"), (&["a"][..], "c"), (&["c", "d"][..], "c"), (&["b", "d"][..], "c")] {
+            let e = next_page(&keys(page), Some(after), 3, false).unwrap_err();
+            assert!(e.contains("repeats or goes backwards"), "{page:?}: {e}");
+        }
+        assert!(next_page(&keys(&["d", "e", "f", "g"]), Some("c"), 3, false).unwrap_err().contains("more than the limit"));
+        assert!(next_page(&keys(&["e", "d"]), Some("c"), 3, false).unwrap_err().contains("ascending"));
+        // A full first page out of order would make `after` skip keys.
+        assert!(next_page(&keys(&["b", "a", "c"]), None, 3, false).unwrap_err().contains("ascending"));
+        assert!(next_page(&keys(&["a", "a", "c"]), None, 3, false).unwrap_err().contains("ascending"));
+    }
+
+    #[test]
+    fn ignored_paging_is_read_from_the_framework_warning() {
+        let w = |t: &str| vec![t.to_owned()];
+        assert!(ignored_paging(&w("Endpoint ignored these unrecognized parameters: [after limit]")));
+        assert!(ignored_paging(&w("Endpoint ignored these unrecognized parameters: [limit]")));
+        assert!(ignored_paging(&w("Endpoint ignored these unrecognized parameters: [after]")));
+        assert!(!ignored_paging(&w("Endpoint ignored these unrecognized parameters: [list]")));
+        assert!(!ignored_paging(&w("Endpoint ignored these unrecognized parameters: [limits afterwards]")));
+        assert!(!ignored_paging(&w("limit and after were fine")));
+        assert!(!ignored_paging(&[]));
+    }
+
     #[test]
     fn listings_need_data_with_string_keys() {
         let keys = |body: &str| listing_page("SCAN m/", body.as_bytes()).map(|d| d.keys);
         assert_eq!(keys(r#"{"data":{}}"#).ok(), Some(vec![]));
         assert_eq!(keys(r#"{"data":{"keys":[]}}"#).ok(), Some(vec![]));
         assert_eq!(keys(r#"{"request_id":"r","data":{"keys":["a","b/"]},"warnings":null}"#).ok(), Some(vec!["a".to_owned(), "b/".to_owned()]));
+        let page = listing_page("LIST m/", br#"{"data":{"keys":["a"]},"warnings":["w1","w2"]}"#).ok().map(|d| d.warnings);
+        assert_eq!(page, Some(vec!["w1".to_owned(), "w2".to_owned()]));
         for body in ["", "{}", "[]", "x", r#"{"data":null}"#, r#"{"data":[]}"#, r#"{"data":{"keys":null}}"#,
             r#"{"data":{"keys":"a"}}"#, r#"{"data":{"keys":["a",1]}}"#, r#"{"data":{"key_info":{}}}"#]
         {

@@ -15,7 +15,8 @@ mod types;
 
 pub use auth::{Login, TokenLease};
 pub use client::{
-    RequestCounts, RequestKind, RequestOutcome, RetryPolicy, Token, VaultClient, VaultConfig,
+    DEFAULT_LIST_PAGE_SIZE, RequestCounts, RequestKind, RequestOutcome, RetryPolicy, Token, VaultClient,
+    VaultConfig,
 };
 pub use error::{Result, VaultError};
 pub use kv::MetadataSettings;

@@ -5,7 +5,10 @@
 //! The answer is `{"data": {"key_info": {key: metadata, ...}, "keys": [key, ...]}, ...}`. The
 //! same strict reading as for a whole listing applies (see the `kv` module docs): no `data`,
 //! `data: null`, keys that are not strings, `data` without `keys` (other than SCAN's empty
-//! `data: {}`) or malformed metadata fail the decode. A KV v2 key listed in `keys` without a
+//! `data: {}`) or malformed metadata fail the decode, and so does a key's metadata without
+//! `current_version` or `versions` (`{}`, which would read as "no live version", a delete; see
+//! [`KvMetadata`]). Folders (keys ending in `/`) get `{}` in `key_info` from the server and are
+//! skipped unread. A KV v2 key listed in `keys` without a
 //! `key_info` entry is handed on without metadata (the caller reads it); a `key_info` entry
 //! whose key `keys` does not list fails the decode, as the server contradicted itself.
 //!
@@ -368,7 +371,7 @@ mod tests {
             let e = run(body, KvVersion::V2).unwrap_err();
             assert!(e.contains(needle), "{body}: {e}");
         }
-        let bad = r#"{"data":{"key_info":{"a":{"current_version":"x"}},"keys":["a"]}}"#;
+        let bad = r#"{"data":{"key_info":{"a":{"current_version":"x","versions":{}}},"keys":["a"]}}"#;
         assert!(run(bad, KvVersion::V2).unwrap_err().contains("metadata of `a`"));
         let unlisted = format!(r#"{{"data":{{"key_info":{{"a":{META},"z":{META}}},"keys":["a"]}}}}"#);
         assert!(run(&unlisted, KvVersion::V2).unwrap_err().contains("does not list"));
@@ -376,6 +379,24 @@ mod tests {
         assert!(run(&twice, KvVersion::V2).unwrap_err().contains("twice"));
         let info_only = format!(r#"{{"data":{{"key_info":{{"a":{META}}}}}}}"#);
         assert!(run(&info_only, KvVersion::V2).unwrap_err().contains("no `data.keys`"));
+    }
+
+    #[test]
+    fn key_metadata_without_current_version_or_versions_fails_but_folders_stay_empty() {
+        // `{}` for a key would read as "no live version" (a delete in latest mode).
+        for (info, missing) in [
+            (r#"{}"#, "current_version"),
+            (r#"{"current_version":1,"oldest_version":0}"#, "versions"),
+            (r#"{"current_version":1,"versions":null}"#, "null"),
+            (r#"{"versions":{"1":{"created_time":"","deletion_time":"","destroyed":false}}}"#, "current_version"),
+        ] {
+            let body = format!(r#"{{"data":{{"key_info":{{"f/":{{}},"k":{info}}},"keys":["f/","k"]}}}}"#);
+            let e = run(&body, KvVersion::V2).unwrap_err();
+            assert!(e.contains("metadata of `k`") && e.contains(missing), "{info}: {e}");
+        }
+        // A key with metadata only (no version yet) is what the server sends with both fields.
+        let body = r#"{"data":{"key_info":{"f/":{},"m":{"current_version":0,"versions":{}}},"keys":["f/","m"]}}"#;
+        assert_eq!(run(body, KvVersion::V2).unwrap(), vec![("m".into(), true)]);
     }
 
     #[test]

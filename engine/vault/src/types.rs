@@ -117,11 +117,18 @@ impl VersionInfo {
     }
 }
 
-/// KV v2 key metadata (`GET <mount>/metadata/<path>`).
+/// KV v2 key metadata (`GET <mount>/metadata/<path>`, or a key's `key_info` entry in a
+/// detailed-metadata listing).
+///
+/// `current_version` and `versions` are required: they decide whether the key has a live
+/// version, and with them defaulted, metadata that lacks them (`{}`) would read as "no live
+/// version", which the origin scan turns into a delete in `latest` mode. OpenBao always sends
+/// both (`current_version: 0, versions: {}` for a key with metadata only); decoding fails
+/// without them, and for a `null` `versions`. The other fields are settings whose absence
+/// deletes nothing, and default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvMetadata {
-    /// Highest version number written.
-    #[serde(default)]
+    /// Highest version number written (0 for a key with metadata only).
     pub current_version: u64,
     /// Oldest version still kept (0 when nothing was ever pruned).
     #[serde(default)]
@@ -145,7 +152,7 @@ pub struct KvMetadata {
     #[serde(default)]
     pub custom_metadata: Option<BTreeMap<String, String>>,
     /// Versions kept, keyed by version number.
-    #[serde(default, deserialize_with = "versions_map")]
+    #[serde(deserialize_with = "versions_map")]
     pub versions: BTreeMap<u64, VersionInfo>,
 }
 
@@ -160,12 +167,13 @@ impl KvMetadata {
     }
 }
 
-/// The server keys `versions` by decimal strings.
+/// The server keys `versions` by decimal strings. `null` is refused like a missing field (see
+/// [`KvMetadata`]).
 fn versions_map<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<u64, VersionInfo>, D::Error> {
     let raw: Option<BTreeMap<String, VersionInfo>> = Option::deserialize(d)?;
-    raw.unwrap_or_default()
+    raw.ok_or_else(|| serde::de::Error::custom("`versions` is null"))?
         .into_iter()
         .map(|(k, v)| {
             k.parse::<u64>()
