@@ -136,6 +136,10 @@ impl Fault {
             VaultError::MountNotFound { .. } | VaultError::NotKv { .. } => FaultClass::Fatal(FatalCause::Mount),
             VaultError::Config(_) => FaultClass::Fatal(FatalCause::Config),
             VaultError::LoginFailed { .. } => FaultClass::Fatal(FatalCause::Token),
+            // A listing that could be cut short is never trusted: a human fixes the policy or
+            // the server (the message says how).
+            VaultError::PaginationLimited { .. } => FaultClass::Fatal(FatalCause::PermissionDenied),
+            VaultError::PagingBroken { .. } => FaultClass::Fatal(FatalCause::Config),
             VaultError::Sealed { .. } | VaultError::Connection { .. } => FaultClass::Unavailable,
             _ => FaultClass::Transient,
         };
