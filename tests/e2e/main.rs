@@ -19,6 +19,7 @@ mod plan;
 mod plugins;
 mod runtime;
 mod telemetry;
+mod trust;
 
 fn vsync(config: &Path, args: &[&str]) -> Output {
     // Relative paths in a config resolve against its directory; run there too, so that

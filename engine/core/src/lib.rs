@@ -16,6 +16,7 @@ pub mod digest;
 pub mod exact;
 pub mod info;
 pub mod mapping;
+pub mod orphans;
 pub mod path;
 pub mod plan;
 pub mod spec;

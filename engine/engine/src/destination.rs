@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 use tracing::{error, info, warn};
 use vsync_core::cycle::{self, CycleCounts, CycleFlags, CyclePlan, Records, RemovalOutcome, TaskCount, WriteOutcome};
 use vsync_core::digest::value_hmac;
+use vsync_core::orphans;
 use vsync_core::{
     Action, DestEntry, DestInfo, DestPath, DestinationMapper, DestinationSpec, ExactState, KvVersion, OriginInfo, PathMapper,
     Refusal, SecretPath, VersionsMode,
@@ -285,7 +286,10 @@ pub async fn preview<'a>(
     origin: &OriginInfo,
     progress: Option<&dyn Progress>,
 ) -> Result<Preview, Fault> {
-    let dest = load_info(store, &spec.name, origin.entries.count()).await?;
+    let mut dest = load_info(store, &spec.name, origin.entries.count()).await?;
+    if let Some(request) = crate::verify::pending_repair(store, &spec.name).await? {
+        apply_repair(&mut dest, &request);
+    }
     let everything = CycleFlags { allow_mass_delete: true, allow_origin_change: true };
     let planned = plan(spec, paths, origin, &dest, everything)?;
     let (exact, failures) = inspect_all(origin_vault, dest_vault, &planned.plan, origin, &dest, spec.workers, progress).await;
@@ -312,16 +316,11 @@ impl Destination {
         let name = self.spec.name.clone();
         let origin_before = origin_vault.request_counts();
         let dest_before = self.vault.request_counts();
-        let (mut dest, base) = load_versioned(&self.store, &name, origin.entries.count()).await?;
-        // `vsync verify --repair`: forget what was recorded for those keys, so this cycle
-        // checks them against the destination and rebuilds the ones that differ.
+        let (mut dest, mut base) = load_versioned(&self.store, &name, origin.entries.count()).await?;
         let repair = crate::verify::pending_repair(&self.store, &name).await?;
         if let Some(request) = &repair {
-            for key in &request.keys {
-                dest.entries.remove(key);
-            }
-            dest.digests = dest.entries.digests();
-            info!(destination = %name, keys = request.keys.len(), "repairing the keys `vsync verify --repair` named");
+            apply_repair(&mut dest, request);
+            info!(destination = %name, keys = request.keys.len(), remove = request.remove.len(), "repairing what `vsync verify --repair` named");
         }
         let cancel = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(cancel.clone());
@@ -397,6 +396,14 @@ impl Destination {
             cycle::mass_delete_guard(self.spec.rules(), plan, &dest, &rebuilds).map_err(Fault::refusal)?;
         }
 
+        // Targets this cycle writes that the info does not record for their key are committed
+        // as orphans first: should the cycle fail after writing one, and the origin delete its
+        // key before the next cycle, that cycle still removes it (vsync_core::orphans).
+        let journal = orphans::unrecorded_targets(plan, &dest.entries);
+        if !journal.is_empty() {
+            base = self.remember(&mut dest, &journal, base).await?;
+        }
+
         // Writes, `workers` at a time. A task is spawned only when one of the `workers` slots
         // is free (never one task per pending write: a 100,000-key first sync would hold
         // 100,000 futures), and finished ones are settled as slots are waited for.
@@ -469,6 +476,7 @@ impl Destination {
 
         let tasks = cycle::task_counts(plan, &writes, &removals);
         let counts = cycle::settle(&planned, origin, &mut dest.entries, &writes, &records, &removals);
+        orphans::resolve(&mut dest.entries, &journal, plan);
         if counts.added + counts.updated + counts.deleted > 0 {
             // Settling inserted entries one by one: pack the maps again (a first sync's info is
             // then a third smaller for the rest of the process's life).
@@ -487,7 +495,9 @@ impl Destination {
         )
         .await
         .map_err(|e| Fault::state(format!("destination `{name}`: committing its info"), e))?;
-        if repair.is_some() {
+        // Only the request this cycle consumed: one written while it ran is left for the next
+        // (handling a key twice rebuilds nothing that is exact).
+        if repair.is_some() && crate::verify::pending_repair(&self.store, &name).await? == repair {
             self.store
                 .delete_doc(&side_name(&name), crate::verify::REPAIR_DOC)
                 .await
@@ -503,6 +513,20 @@ impl Destination {
             tasks,
             secrets: dest.entries.len(),
         })
+    }
+
+    /// Commits the loaded info (its root settings unchanged) with orphans at `targets`, before
+    /// any of them is written; returns the new commit base.
+    async fn remember(&self, dest: &mut DestInfo, targets: &[DestPath], base: Option<u64>) -> Result<Option<u64>, Fault> {
+        let name = &self.spec.name;
+        orphans::remember(&mut dest.entries, targets);
+        dest.digests = dest.entries.digests();
+        let context = || format!("destination `{name}`: remembering the {} target(s) this cycle writes", targets.len());
+        state_info::commit(&self.store, &self.lock, base, dest.origin_mounts.clone(), dest.config_hash.clone(), &dest.entries, &dest.digests)
+            .await
+            .map_err(|e| Fault::state(context(), e))?;
+        let root = self.store.read_root(&side_name(name)).await.map_err(|e| Fault::state(context(), e))?;
+        Ok(root.map(|r| r.version))
     }
 
     /// Records one finished write task; a fault that stops the cycle aborts the others.
@@ -549,6 +573,17 @@ impl Destination {
         error!(destination = %self.spec.name, secret = %action.key(), op, error = %fault, "secret failed; it is retried next cycle");
         Ok(WriteOutcome::Failed)
     }
+}
+
+/// `vsync verify --repair`: forgets what was recorded for the named keys, so the cycle checks
+/// them against the destination and rebuilds the ones that differ, and records the named
+/// destination-only targets as orphans, so the plan removes them (under the guard).
+fn apply_repair(dest: &mut DestInfo, request: &crate::verify::RepairRequest) {
+    for key in &request.keys {
+        dest.entries.remove(key);
+    }
+    orphans::remember(&mut dest.entries, &request.remove);
+    dest.digests = dest.entries.digests();
 }
 
 /// Targets of existing destination keys the inspected plans rebuild.

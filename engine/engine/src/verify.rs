@@ -5,11 +5,11 @@
 //! last commit are pending, not drift. It never writes to either Vault; `--repair` leaves a
 //! request in the destination's state store that its next cycle consumes, rebuilding those keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use vsync_core::{DestPath, DestinationMapper, DestinationSpec, KvVersion, Mapping, PathMapper, SecretPath, VersionsMode};
+use vsync_core::{DeletePolicy, DestPath, DestinationMapper, DestinationSpec, KvVersion, Mapping, PathMapper, SecretPath, VersionsMode};
 use vsync_state::StateStore;
 use vsync_vault::{DataRead, KvMetadata, VaultClient};
 
@@ -42,6 +42,20 @@ pub struct VerifyReport {
     /// Keys changed at the origin since the destination's last commit (replicated by the
     /// next cycle, not drift).
     pub pending: Vec<SecretPath>,
+    /// Keys under a mapped destination mount that no origin key maps to and that the
+    /// destination's info does not record (drift; with `deletes = "mirror"` only: the other
+    /// policies leave removed keys behind on purpose).
+    pub extra: Vec<DestPath>,
+    /// Destination keys the info records but no origin key maps to any more: the next cycle
+    /// removes them (not drift).
+    pub pending_removals: Vec<DestPath>,
+}
+
+impl VerifyReport {
+    /// Whether anything differs (exit 1).
+    pub fn has_drift(&self) -> bool {
+        !self.drifted.is_empty() || !self.extra.is_empty()
+    }
 }
 
 /// The request `--repair` leaves for the destination role.
@@ -49,6 +63,10 @@ pub struct VerifyReport {
 pub struct RepairRequest {
     /// Origin keys whose replicas the next cycle rebuilds.
     pub keys: Vec<SecretPath>,
+    /// Destination keys that no origin key maps to, which the next cycle removes (under the
+    /// `deletes` policy and the mass-delete guard).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<DestPath>,
 }
 
 async fn metadata_of(client: &VaultClient, mount: &str) -> Result<BTreeMap<String, Option<KvMetadata>>, Fault> {
@@ -89,11 +107,13 @@ pub async fn verify<'a>(
             dest_side.insert(m.clone(), metadata_of(dest_vault, m).await?);
         }
     }
+    let mut mapped: HashSet<DestPath> = HashSet::new();
     for mount in origin_mounts.iter().filter(|m| spec.mounts.contains_key(*m)) {
         let kind = origin_vault.mount_info(mount).await.map_err(|e| Fault::vault(format!("origin mount `{mount}`"), e))?.kind;
         for (path, om) in metadata_of(origin_vault, mount).await? {
             let key = SecretPath::new(mount.clone(), path);
             let Mapping::To(target) = mapper.map(&key, kind) else { continue };
+            mapped.insert(target.clone());
             report.checked += 1;
             let known = recorded.entries.get(&key);
             let pending = match (&om, known) {
@@ -111,7 +131,38 @@ pub async fn verify<'a>(
             }
         }
     }
+    if spec.deletes == DeletePolicy::Mirror {
+        destination_only(&mut report, &dest_side, &mapped, &recorded);
+    }
     Ok(report)
+}
+
+/// Reports the keys of the destination's mounts that no origin key maps to: removals the next
+/// cycle makes (the info records them) or drift (nothing does). The probe folder of `vsync
+/// check` is not vsync's data.
+fn destination_only(
+    report: &mut VerifyReport,
+    dest_side: &HashMap<String, BTreeMap<String, Option<KvMetadata>>>,
+    mapped: &HashSet<DestPath>,
+    recorded: &vsync_core::DestInfo,
+) {
+    let recorded: HashSet<&DestPath> = recorded.entries.iter().map(|(_, e)| &e.target).collect();
+    let probes = format!("{}/", crate::check::PROBE_FOLDER);
+    let mut mounts: Vec<&String> = dest_side.keys().collect();
+    mounts.sort();
+    for mount in mounts {
+        for path in dest_side[mount].keys().filter(|p| !p.starts_with(&probes)) {
+            let target = DestPath { mount: mount.clone(), path: path.clone() };
+            if mapped.contains(&target) {
+                continue;
+            }
+            if recorded.contains(&target) {
+                report.pending_removals.push(target);
+            } else {
+                report.extra.push(target);
+            }
+        }
+    }
 }
 
 /// The first difference of one key, or `None`.
@@ -220,9 +271,10 @@ fn describe(o: &vsync_core::exact::KeyMeta, d: &vsync_core::exact::KeyMeta) -> S
     format!("versions {extra:?} exist here only")
 }
 
-/// Leaves a repair request for the destination's next cycle.
-pub async fn request_repair(store: &StateStore, destination: &str, keys: Vec<SecretPath>) -> Result<(), Fault> {
-    let bytes = serde_json::to_vec(&RepairRequest { keys }).map_err(|e| Fault::transient(format!("encoding the repair request: {e}")))?;
+/// Leaves a repair request for the destination's next cycle: `keys` to rebuild, destination-only
+/// targets to `remove`.
+pub async fn request_repair(store: &StateStore, destination: &str, keys: Vec<SecretPath>, remove: Vec<DestPath>) -> Result<(), Fault> {
+    let bytes = serde_json::to_vec(&RepairRequest { keys, remove }).map_err(|e| Fault::transient(format!("encoding the repair request: {e}")))?;
     store
         .write_doc(&side_name(destination), REPAIR_DOC, &bytes)
         .await

@@ -319,7 +319,7 @@ async fn verify_reports_drift_and_repair_rebuilds_it() {
     assert_eq!(found.pending.iter().map(|k| k.path.as_str()).collect::<Vec<_>>(), vec!["clean"]);
 
     // --repair: the next cycle rebuilds exactly those keys and consumes the request.
-    request_repair(&w.dest.store, "eu", found.drifted.iter().map(|d| d.key.clone()).collect()).await.unwrap();
+    request_repair(&w.dest.store, "eu", found.drifted.iter().map(|d| d.key.clone()).collect(), Vec::new()).await.unwrap();
     assert!(pending_repair(&w.dest.store, "eu").await.unwrap().is_some());
     let (report, _) = w.cycle().await;
     assert_eq!(report.counts.rebuilt, 3, "{report}");
@@ -451,4 +451,132 @@ async fn new_single_version_keys_take_one_read_and_one_write_and_fall_back_when_
     assert_eq!(d.metadata_reads - d0.metadata_reads, 4, "destination metadata reads");
     let (_, writes) = w.cycle().await;
     assert_eq!(writes, 0, "a second cycle writes nothing");
+}
+
+/// Runs `vsync verify` for the world's destination.
+async fn verify_world(w: &World) -> vsync_engine::verify::VerifyReport {
+    vsync_engine::verify::verify(&w.ca, &["secret/".to_owned()], &w.dest.spec, &w.cb, &w.dest.store, None, true).await.unwrap()
+}
+
+/// Issue 18 item 4: `v1` deleted and then destroyed at the origin between two cycles lost its
+/// deletion at the destination (destroy ran first; a destroyed version cannot be deleted), and
+/// `verify` did not see it (it compared the deletion of live versions only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_deleted_then_destroyed_between_cycles_keeps_its_deletion() {
+    let mut w = world().await;
+    w.put("k", json!({ "v": 1 })).await;
+    w.put("k", json!({ "v": 2 })).await;
+    w.cycle().await;
+    w.ca.delete_versions("secret/", "k", &[1]).await.unwrap();
+    w.ca.destroy_versions("secret/", "k", &[1]).await.unwrap();
+    w.cycle().await;
+    let dm = w.cb.read_metadata("secret/", "k").await.unwrap().unwrap();
+    let v1 = &dm.versions[&1];
+    assert!(v1.destroyed && !v1.deletion_time.is_empty(), "destroyed and deleted, as at the origin: {v1:?}");
+    w.assert_exact("after delete + destroy").await;
+    let report = verify_world(&w).await;
+    assert!(!report.has_drift(), "{report:?}");
+}
+
+/// Issue 18 item 8: a create-only write succeeds on a destination key that has metadata only,
+/// which kept its own settings (here a `delete_version_after` that expires the only version)
+/// while the key was recorded as exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_only_destination_key_gets_the_origin_settings() {
+    let mut w = world().await;
+    w.put("m", json!({ "v": 1 })).await;
+    let foreign = MetadataSettings {
+        max_versions: 3,
+        cas_required: true,
+        delete_version_after: "1h".into(),
+        custom_metadata: [("owner".to_owned(), "someone-else".to_owned())].into(),
+    };
+    w.cb.write_metadata("secret/", "m", &foreign).await.unwrap();
+    let (report, _) = w.cycle().await;
+    assert_eq!(report.counts.failed, 0, "{report}");
+    w.assert_exact("a metadata-only key adopted").await;
+    let dm = w.cb.read_metadata("secret/", "m").await.unwrap().unwrap();
+    assert!(dm.versions[&1].deletion_time.is_empty(), "no foreign expiry on the replica: {dm:?}");
+}
+
+/// Issue 18 item 9: a non-current version that `delete_version_after` expires changed nothing
+/// the origin compared (the raw deletion time was set at write time), so the destination kept
+/// it readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_of_a_non_current_version_reaches_the_destination() {
+    let mut w = world().await;
+    w.settings("e", 0, false, "2s", &[]).await;
+    w.put("e", json!({ "v": 1 })).await;
+    w.settings("e", 0, false, "0s", &[]).await;
+    w.put("e", json!({ "v": 2 })).await;
+    w.cycle().await;
+    w.assert_exact("before the expiry").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (report, _) = w.cycle().await;
+    assert_eq!(report.counts.updated, 1, "the expiry is a change: {report}");
+    let dm = w.cb.read_metadata("secret/", "e").await.unwrap().unwrap();
+    assert!(!dm.versions[&1].deletion_time.is_empty(), "v1 is deleted at the destination too: {dm:?}");
+    w.assert_exact("after the expiry").await;
+}
+
+/// Issue 18 item 6: a cycle that wrote keys and was then aborted committed nothing, so when
+/// the origin deleted those keys before the next cycle, no plan removed their copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_written_by_an_aborted_cycle_are_removed_when_the_origin_deletes_them() {
+    let mut w = world().await;
+    for i in 0..30 {
+        w.put(&format!("k{i:02}"), json!({ "i": i })).await;
+    }
+    let port: u16 = w._b.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = vsync_test_harness::Proxy::start(port);
+    proxy.set_delay(Duration::from_millis(40));
+    let slow = vsync_vault::VaultClient::new(vsync_vault::VaultConfig::new(proxy.addr(), vsync_vault::Token::new(vsync_test_harness::DEV_ROOT_TOKEN))).unwrap();
+    let direct = std::mem::replace(&mut w.dest.vault, slow);
+    w.dest.spec.workers = 1;
+    let info = origin::scan(&w.ca, &origin_spec(), None).await.unwrap();
+    {
+        let cycle = w.dest.cycle(&w.ca, &info, CycleFlags::default());
+        tokio::pin!(cycle);
+        loop {
+            tokio::select! {
+                r = &mut cycle => panic!("the cycle ended before it was aborted: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            let info_b = direct.mount_info("secret/").await.unwrap();
+            if direct.list_secrets(&info_b).await.unwrap().len() >= 3 {
+                break;
+            }
+        }
+    } // dropped: aborted mid-cycle, nothing committed but the orphans it remembered
+    w.dest.vault = direct;
+    w.dest.spec.workers = 4;
+    let info_b = w.cb.mount_info("secret/").await.unwrap();
+    let written: Vec<String> = w.cb.list_secrets(&info_b).await.unwrap().into_iter().map(|s| s.path).collect();
+    assert!(written.len() >= 3 && written.len() < 30, "aborted mid-way: {written:?}");
+    for k in &written {
+        w.ca.delete_metadata("secret/", k).await.unwrap();
+    }
+    let (report, _) = w.cycle().await;
+    assert_eq!(report.counts.failed, 0, "{report}");
+    w.assert_exact("after the origin deleted what the aborted cycle wrote").await;
+    assert!(!verify_world(&w).await.has_drift());
+}
+
+#[test]
+fn key_meta_compares_the_deletion_of_destroyed_versions() {
+    let meta = |deletion: &str| -> vsync_vault::KvMetadata {
+        serde_json::from_value(json!({
+            "current_version": 2, "oldest_version": 0, "created_time": "2026-12-07T10:00:00Z", "max_versions": 0,
+            "cas_required": false, "delete_version_after": "0s", "custom_metadata": null,
+            "versions": {
+                "1": { "created_time": "2026-12-07T10:00:00Z", "deletion_time": deletion, "destroyed": true },
+                "2": { "created_time": "2026-12-07T10:00:01Z", "deletion_time": "", "destroyed": false }
+            }
+        }))
+        .unwrap()
+    };
+    let now = SystemTime::now();
+    let (both, destroyed) = (key_meta(&meta("2026-12-07T10:00:02Z"), now), key_meta(&meta(""), now));
+    assert!(!both.same_replica(&destroyed), "verify sees a destroyed version that lost its deletion");
+    assert!(both.same_replica(&key_meta(&meta("2026-12-07T11:00:00Z"), now)), "the time itself is not reproduced");
 }

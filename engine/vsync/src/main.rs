@@ -564,24 +564,35 @@ async fn verify(config: &Config, name: &str, repair: bool, data: bool) -> Outcom
     for drift in &report.drifted {
         println!("DRIFT   {} -> {}: {}", drift.key, drift.target, drift.what);
     }
+    for target in &report.extra {
+        println!("DRIFT   {target}: at the destination only (no origin key maps to it)");
+    }
     for key in &report.pending {
         println!("pending {key}: changed at the origin since the last cycle");
     }
+    for target in &report.pending_removals {
+        println!("pending {target}: removed by the next cycle (its origin key is gone)");
+    }
     println!(
-        "verify `{name}`: {} checked, {} drifted, {} pending",
+        "verify `{name}`: {} checked, {} drifted ({} at the destination only), {} pending",
         report.checked,
-        report.drifted.len(),
-        report.pending.len()
+        report.drifted.len() + report.extra.len(),
+        report.extra.len(),
+        report.pending.len() + report.pending_removals.len()
     );
-    if report.drifted.is_empty() {
+    if !report.has_drift() {
         return Ok(ExitCode::SUCCESS);
     }
     if repair {
         let keys = report.drifted.iter().map(|d| d.key.clone()).collect();
-        vsync_engine::verify::request_repair(&store, name, keys)
+        vsync_engine::verify::request_repair(&store, name, keys, report.extra.clone())
             .await
             .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
-        println!("repair requested: the next cycle of `{name}` rebuilds {} key(s)", report.drifted.len());
+        println!(
+            "repair requested: the next cycle of `{name}` rebuilds {} key(s) and removes {} (under the mass-delete guard)",
+            report.drifted.len(),
+            report.extra.len()
+        );
     }
     Ok(ExitCode::from(1))
 }
