@@ -643,14 +643,17 @@ mod tests {
         assert_eq!(loaded.root.digests(), info.digests());
         assert_eq!(loaded.root.origin_mounts, mounts);
 
-        // Two more generations: parts of generation 1 that neither keeps are collected.
+        // Two more generations, the second one a grace period later: the parts of generation 1
+        // (retired by generation 2) are collected, those of generation 2 are kept.
         let mut changed = info.clone();
+        let t0 = SystemTime::now();
         for round in 0..2 {
             for i in 0..50 {
                 changed.insert(SecretPath::new("secret/", format!("k{i}")), entry(100 + round * 100 + i));
             }
             let base = store.read_root("origin").await.unwrap().map(|r| r.version);
-            commit(&store, &lock, base, mounts.clone(), None, &changed, &changed.digests()).await.unwrap();
+            let now = t0 + (PART_GRACE + Duration::from_secs(2)) * round as u32;
+            commit_at(&store, &lock, base, mounts.clone(), None, &changed, &changed.digests(), now).await.unwrap();
         }
         let parts = file.list("origin.buckets").unwrap();
         assert_eq!(parts.len(), 8, "4 buckets x (current + previous generation)");
@@ -747,7 +750,35 @@ mod tests {
             assert!(commit(&store, &lock, store.read_root("origin").await.unwrap().map(|r| r.version), BTreeMap::new(), None, &changed, &changed.digests()).await.unwrap());
             let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
             assert_eq!(loaded.buckets, changed);
+            // An index part missing under an unchanged root is corruption, named as such.
+            let root: InfoRoot = serde_json::from_slice(&std::fs::read(dir.path().join("origin.json")).unwrap()).unwrap();
+            let index = root.index.first().unwrap();
+            std::fs::remove_file(dir.path().join("origin.buckets").join(format!("{index}.json"))).unwrap();
+            let err = load::<OriginEntry>(&store, "origin").await.unwrap_err();
+            assert!(matches!(err, StateError::Corrupt { .. }) && err.to_string().contains(&format!("index part {index}")), "{err}");
         }
+    }
+
+    #[test]
+    fn the_retired_document_is_bounded_by_dropping_the_oldest_entries() {
+        let mut retired = Retired::default();
+        for i in 0..5_000u64 {
+            let name = Digest(Sha256::digest(i.to_be_bytes()).into()).to_hex();
+            retired.parts.insert(name, 1_700_000_000 + i / 10);
+        }
+        let before = serde_json::to_vec(&retired).unwrap().len();
+        assert!(before > RETIRED_DOC_LIMIT, "{before} bytes");
+        let all = retired.parts.clone();
+        let dropped = bound_retired(&mut retired, RETIRED_DOC_LIMIT);
+        let after = serde_json::to_vec(&retired).unwrap().len();
+        assert!(after <= RETIRED_DOC_LIMIT && after > RETIRED_DOC_LIMIT - 200, "{after} bytes");
+        assert_eq!(dropped.len() + retired.parts.len(), 5_000);
+        let newest_dropped = dropped.iter().map(|name| all[name]).max().unwrap();
+        assert!(retired.parts.values().all(|at| *at >= newest_dropped), "the oldest go first");
+        assert!(bound_retired(&mut retired, RETIRED_DOC_LIMIT).is_empty(), "within the limit: nothing dropped");
+        let mut empty = Retired::default();
+        assert!(bound_retired(&mut empty, 12).is_empty());
+        assert_eq!(serde_json::to_vec(&empty).unwrap().len(), 12, "the fixed overhead counted");
     }
 
     #[tokio::test]

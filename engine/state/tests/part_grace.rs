@@ -21,7 +21,7 @@ use vsync_state::{ConsulStore, FileStore, StateError, StateStore};
 struct Backend {
     store: StateStore,
     _dir: Option<tempfile::TempDir>,
-    _emu: Option<Emulator>,
+    emu: Option<Emulator>,
 }
 
 fn file_backend() -> Backend {
@@ -31,7 +31,7 @@ fn file_backend() -> Backend {
     let shm = std::path::Path::new("/dev/shm");
     let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
-    Backend { store, _dir: Some(dir), _emu: None }
+    Backend { store, _dir: Some(dir), emu: None }
 }
 
 fn consul_backend() -> Backend {
@@ -39,7 +39,7 @@ fn consul_backend() -> Backend {
     let mut cfg = ConsulConfig::new(emu.url());
     cfg.request_timeout = Duration::from_secs(10);
     let store = StateStore::Consul(ConsulStore::new(ConsulClient::new(cfg).unwrap(), "vsync/").unwrap());
-    Backend { store, _dir: None, _emu: Some(emu) }
+    Backend { store, _dir: None, emu: Some(emu) }
 }
 
 fn entry(v: u64) -> OriginEntry {
@@ -149,13 +149,13 @@ struct Outcomes {
 }
 
 /// A writer committing in a loop for `run` while three loaders load a large info (20,000
-/// entries in 64 buckets) repeatedly.
+/// entries in 256 buckets) repeatedly.
 /// Returns the outcome counts; panics on any error but `RootChurn` (and on that too with the
 /// real clock).
 async fn race(store: &StateStore, clock: WriterClock, run: Duration) -> Arc<Outcomes> {
     let n = 20_000;
     let lock = store.lock_side("origin").await.unwrap();
-    let start = info(64, n, 0);
+    let start = info(256, n, 0);
     assert!(commit_at(store, &lock, None, BTreeMap::new(), None, &start, &start.digests(), SystemTime::now()).await.unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Outcomes::default());
@@ -169,7 +169,7 @@ async fn race(store: &StateStore, clock: WriterClock, run: Duration) -> Arc<Outc
             while began.elapsed() < run || round < 10 {
                 round += 1;
                 // Change 4 keys spread over the buckets: about 4 parts retire per commit, so
-                // a commit is quick while a load reads all 64 buckets.
+                // a commit is quick while a load reads all 256 buckets.
                 for j in 0..4 {
                     let i = (round as usize * 4 + j * 4_999) % n;
                     current.insert(key(i), entry(1_000_000 + round));
@@ -221,9 +221,15 @@ async fn file_store_loaders_racing_a_fast_writer_never_see_corrupt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_loaders_racing_a_fast_writer_never_see_corrupt() {
-    let o = race(&consul_backend().store, WriterClock::Real, Duration::from_secs(2)).await;
+    // A few milliseconds per request, as to a Consul server in the next zone: a load is 256
+    // reads, a commit about 8 requests.
+    let backend = consul_backend();
+    backend.emu.as_ref().unwrap().faults().latency(Duration::from_millis(2));
+    let o = race(&backend.store, WriterClock::Real, Duration::from_secs(2)).await;
     assert!(o.loads.load(Ordering::Relaxed) > 0 && o.churn.load(Ordering::Relaxed) == 0, "{o:?}");
-    race(&consul_backend().store, WriterClock::GraceEachCommit, Duration::from_secs(2)).await;
+    let backend = consul_backend();
+    backend.emu.as_ref().unwrap().faults().latency(Duration::from_millis(2));
+    race(&backend.store, WriterClock::GraceEachCommit, Duration::from_secs(2)).await;
 }
 
 async fn missing_part_under_an_unchanged_root_is_corrupt(store: &StateStore) {
