@@ -416,52 +416,7 @@ pub async fn commit_at<T: HasOrigin + Serialize>(
     if !lock.is_held() {
         return Err(lock.lost_error(store));
     }
-    // Parts are written as buckets are serialised, a few MB at a time, so a commit never holds
-    // the whole encoded info. Parts already stored (same hash, same bytes) are not rewritten,
-    // so a commit that changes nothing writes no part. A part written here that the root swap
-    // below then does not reference (a conflict, a lost lock) is collected by a later commit.
-    let mut stored: HashSet<String> = store.list_parts(&side).await?.into_iter().collect();
-    let mut refs = Vec::with_capacity(buckets.buckets().len());
-    let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0;
-    // The previous root's buckets, by index, when their parts can stand for equal buckets now:
-    // same format and layout, entries fully covered by the digest, parts still stored.
-    let mut reusable: Vec<Option<BucketRef>> = Vec::new();
-    if T::DIGEST_COVERS_ENTRY
-        && let Some(mut p) = previous.clone().filter(|p| p.format == T::FORMAT)
-        && resolve_index(store, &side, &mut p).await?.is_ok()
-        && p.buckets.len() == buckets.buckets().len()
-    {
-        reusable = p.buckets.into_iter().map(Some).collect();
-    }
-    for (i, bucket) in buckets.buckets().iter().enumerate() {
-        let digest = digests.get(i).copied().unwrap_or_else(|| buckets.digest(i as u32));
-        if let Some(old) = reusable.get_mut(i).and_then(Option::take)
-            && old.digest == digest
-            && old.parts.iter().all(|name| stored.contains(name))
-        {
-            // An unchanged bucket of an origin: its stored parts are these entries' bytes.
-            refs.push(old);
-            continue;
-        }
-        let rows: Vec<(&SecretPath, &T)> = bucket.iter().collect();
-        let chunks = split_for_storage(&rows, PART_LIMIT)
-            .map_err(|e| corrupt(store, format!("bucket {i} of `{side}`"), e.to_string()))?;
-        let mut parts = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let hash = Digest(Sha256::digest(chunk.as_bytes()).into()).to_hex();
-            parts.push(hash.clone());
-            if stored.insert(hash.clone()) {
-                batch_bytes += chunk.len();
-                batch.push((hash, chunk.into_bytes()));
-            }
-        }
-        if batch_bytes >= WRITE_BATCH_BYTES {
-            store.write_new_parts(lock, std::mem::take(&mut batch)).await?;
-            batch_bytes = 0;
-        }
-        refs.push(BucketRef { digest, parts });
-    }
+    let (refs, mut batch, mut stored) = stage_parts(store, lock, &side, previous.as_ref(), buckets, digests).await?;
     let mut root = InfoRoot {
         format: T::FORMAT,
         generation: previous.as_ref().map_or(0, |p| p.generation),
@@ -503,6 +458,67 @@ pub async fn commit_at<T: HasOrigin + Serialize>(
         Ok(()) | Err(StateError::LockLost { .. }) => Ok(true),
         Err(e) => Err(e),
     }
+}
+
+/// Serialises a commit's buckets into parts, writing new ones in batches of
+/// [`WRITE_BATCH_BYTES`]; returns the bucket references, the parts still to write, and every
+/// part name stored or about to be.
+async fn stage_parts<T: HasOrigin + Serialize>(
+    store: &StateStore,
+    lock: &StoreLock,
+    side: &str,
+    previous: Option<&InfoRoot>,
+    buckets: &Buckets<T>,
+    digests: &[Digest],
+) -> Result<(Vec<BucketRef>, Vec<(String, Vec<u8>)>, HashSet<String>)> {
+    // Parts are written as buckets are serialised, a few MB at a time, so a commit never holds
+    // the whole encoded info. Parts already stored (same hash, same bytes) are not rewritten,
+    // so a commit that changes nothing writes no part. A part written here that the root swap
+    // then does not reference (a conflict, a lost lock) is an orphan: it is in no root and was
+    // never retired, so the next commit's collection removes it at once.
+    let mut stored: HashSet<String> = store.list_parts(side).await?.into_iter().collect();
+    let mut refs = Vec::with_capacity(buckets.buckets().len());
+    let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
+    // The previous root's buckets, by index, when their parts can stand for equal buckets now:
+    // same format and layout, entries fully covered by the digest, parts still stored.
+    let mut reusable: Vec<Option<BucketRef>> = Vec::new();
+    if T::DIGEST_COVERS_ENTRY
+        && let Some(mut p) = previous.cloned().filter(|p| p.format == T::FORMAT)
+        && resolve_index(store, side, &mut p).await?.is_ok()
+        && p.buckets.len() == buckets.buckets().len()
+    {
+        reusable = p.buckets.into_iter().map(Some).collect();
+    }
+    for (i, bucket) in buckets.buckets().iter().enumerate() {
+        let digest = digests.get(i).copied().unwrap_or_else(|| buckets.digest(i as u32));
+        if let Some(old) = reusable.get_mut(i).and_then(Option::take)
+            && old.digest == digest
+            && old.parts.iter().all(|name| stored.contains(name))
+        {
+            // An unchanged bucket of an origin: its stored parts are these entries' bytes.
+            refs.push(old);
+            continue;
+        }
+        let rows: Vec<(&SecretPath, &T)> = bucket.iter().collect();
+        let chunks = split_for_storage(&rows, PART_LIMIT)
+            .map_err(|e| corrupt(store, format!("bucket {i} of `{side}`"), e.to_string()))?;
+        let mut parts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let hash = Digest(Sha256::digest(chunk.as_bytes()).into()).to_hex();
+            parts.push(hash.clone());
+            if stored.insert(hash.clone()) {
+                batch_bytes += chunk.len();
+                batch.push((hash, chunk.into_bytes()));
+            }
+        }
+        if batch_bytes >= WRITE_BATCH_BYTES {
+            store.write_new_parts(lock, std::mem::take(&mut batch)).await?;
+            batch_bytes = 0;
+        }
+        refs.push(BucketRef { digest, parts });
+    }
+    Ok((refs, batch, stored))
 }
 
 /// The retired-parts document of a side (module docs): part name -> unix seconds.
