@@ -562,7 +562,7 @@ async fn collect(
             retired.parts.insert(name.clone(), (*at).min(now));
         }
     }
-    for name in dropped {
+    for name in dropped.into_iter().filter(|name| stored_set.contains(name)) {
         retired.parts.insert(name, now);
     }
     let expired = |at: u64| now.saturating_sub(at) > PART_GRACE.as_secs();
