@@ -129,6 +129,20 @@ impl ConsulToken {
     }
 }
 
+impl ConsulToken {
+    /// The `X-Consul-Token` header value, marked sensitive: the HTTP stack then never prints
+    /// it (a request's or a header map's `Debug` shows `Sensitive`) and HTTP/2 never puts it in
+    /// its header compression table.
+    fn header_value(&self) -> Result<reqwest::header::HeaderValue> {
+        let mut value = reqwest::header::HeaderValue::from_str(&self.0).map_err(|_| {
+            // The error would not show the token either, but say only what is wrong.
+            ConsulError::Config("the ACL token holds characters an HTTP header cannot carry".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
 impl fmt::Debug for ConsulToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ConsulToken(<redacted>)")
@@ -407,7 +421,8 @@ struct WireTxnError {
 pub struct ConsulClient {
     http: reqwest::Client,
     base: String,
-    token: Option<ConsulToken>,
+    /// The ACL token as a sensitive header value (never printed, not even by `Debug`).
+    token: Option<reqwest::header::HeaderValue>,
     datacenter: Option<String>,
     request_timeout: Duration,
     attempts: u32,
@@ -526,7 +541,7 @@ impl ConsulClient {
         Ok(Self {
             http,
             base,
-            token: cfg.token,
+            token: cfg.token.as_ref().map(ConsulToken::header_value).transpose()?,
             datacenter: cfg.datacenter,
             request_timeout: cfg.request_timeout,
             attempts: cfg.attempts.max(1),
@@ -549,6 +564,36 @@ impl ConsulClient {
         Arc::as_ptr(&self.outcomes) as usize
     }
 
+    /// One attempt's request: URL, query (with the pinned datacenter), token header, body.
+    fn request(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Vec<u8>>,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(timeout);
+        let mut q: Vec<(&str, String)> = query.to_vec();
+        if let Some(dc) = &self.datacenter {
+            q.push(("dc", dc.clone()));
+        }
+        if !q.is_empty() {
+            req = req.query(&q);
+        }
+        if let Some(t) = &self.token {
+            // Built once, marked sensitive (see `ConsulToken::header_value`).
+            req = req.header("X-Consul-Token", t.clone());
+        }
+        if let Some(b) = body {
+            req = req.body(b.clone());
+        }
+        req
+    }
+
     /// Sends one request with retries for transient failures; returns status, index and body.
     // The arguments are one request's parts; a struct for a single private call site adds noise.
     #[allow(clippy::too_many_arguments)]
@@ -568,23 +613,7 @@ impl ConsulClient {
                 let base = 200u64 << (attempt - 1).min(5);
                 tokio::time::sleep(Duration::from_millis(base + fastrand::u64(0..=base))).await;
             }
-            let mut req = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.base))
-                .timeout(timeout);
-            let mut q: Vec<(&str, String)> = query.to_vec();
-            if let Some(dc) = &self.datacenter {
-                q.push(("dc", dc.clone()));
-            }
-            if !q.is_empty() {
-                req = req.query(&q);
-            }
-            if let Some(t) = &self.token {
-                req = req.header("X-Consul-Token", &t.0);
-            }
-            if let Some(b) = &body {
-                req = req.body(b.clone());
-            }
+            let req = self.request(&method, path, query, body.as_ref(), timeout);
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -935,6 +964,28 @@ mod tests {
         let t = ConsulToken::new("s3cr3t-token\n");
         assert!(!format!("{t:?}").contains("s3cr3t"));
         assert_eq!(t.0, "s3cr3t-token");
+    }
+
+    #[test]
+    fn the_token_header_is_sensitive_and_never_printed() {
+        let mut cfg = ConsulConfig::new("127.0.0.1:8500");
+        cfg.token = Some(ConsulToken::new("s3cr3t-token"));
+        let client = ConsulClient::new(cfg).unwrap();
+        assert!(!format!("{client:?}").contains("s3cr3t"));
+        let req = client
+            .request(&Method::GET, "/v1/kv/a", &[], None, Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let header = req.headers().get("X-Consul-Token").unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header.as_bytes(), b"s3cr3t-token", "the header still carries the token");
+        assert!(!format!("{req:?}").contains("s3cr3t"), "{req:?}");
+        assert!(!format!("{:?}", req.headers()).contains("s3cr3t"));
+        // A token no header can carry is refused up front, without echoing it.
+        let mut cfg = ConsulConfig::new("127.0.0.1:8500");
+        cfg.token = Some(ConsulToken::new("s3cr3t\u{7f}token"));
+        let err = ConsulClient::new(cfg).unwrap_err().to_string();
+        assert!(err.contains("token") && !err.contains("s3cr3t"), "{err}");
     }
 
     #[test]

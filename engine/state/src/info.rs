@@ -4,14 +4,34 @@
 //! - the root ([`InfoRoot`]): format version, generation, bucket count, origin mount UUIDs,
 //!   configuration hash, and per bucket its digest and the names of its parts;
 //! - parts named by their SHA-256: a JSON array of `[key, entry]` rows, never over
-//!   [`PART_LIMIT`] bytes (Consul's value limit), however large the bucket.
+//!   [`PART_LIMIT`] bytes (Consul's value limit), however large the bucket;
+//! - the `retired` document: part name -> unix time (seconds) at which a commit replaced the
+//!   last root that referenced it.
 //!
 //! A commit writes the parts that do not exist yet, then replaces the root atomically, if the
 //! root is still the version the cycle started from (its *base*); a commit that changes nothing
-//! writes nothing. Parts referenced by neither the new nor the previous root are removed
-//! afterwards, so a reader holding the previous root still finds its parts.
+//! writes nothing.
+//!
+//! Readers and garbage collection. Other processes (destinations, `plan`, `status`, `verify`)
+//! read a side while its writer keeps committing, so a part a reader is about to fetch may be
+//! collected under it. Two rules keep that from ever looking like corruption:
+//! - **grace**: after each commit the writer records the parts the previous root referenced
+//!   and the new one does not as retired now, and removes only stored parts that no current
+//!   root references and that were either never recorded (orphans of a failed commit, parts
+//!   from before this rule) or retired more than [`PART_GRACE`] ago. A reader therefore has at
+//!   least that long, after the root it read was replaced, to fetch its parts. The retired
+//!   document stays under [`RETIRED_DOC_LIMIT`] (the oldest entries, and their parts, go
+//!   first); a missing or unreadable one is logged and the commit collects at once, as if
+//!   every unreferenced part were an orphan (the previous root's parts are still kept);
+//! - **reload** (the correctness backstop): a [`load`] that finds a part missing reads the
+//!   root again. If the root changed, the part was collected after a newer commit: the load
+//!   starts over from the new root, up to [`LOAD_ATTEMPTS`] times, with a tiny backoff; if the
+//!   root keeps changing beyond that, [`StateError::RootChurn`] (transient: try again next
+//!   cycle). Only a part missing under an *unchanged* root is [`StateError::Corrupt`]: the
+//!   writer never collects a part its current root references.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -19,10 +39,35 @@ use sha2::{Digest as _, Sha256};
 use vsync_core::info::{Buckets, HasOrigin, INFO_FORMAT, MIN_READ_FORMAT};
 use vsync_core::{Digest, SecretPath};
 
-use crate::{Result, StateError, StateStore, StoreLock};
+use crate::{Result, RootRead, StateError, StateStore, StoreLock};
 
 /// Largest part written, in bytes (Consul rejects values over 512 KiB).
 pub const PART_LIMIT: usize = 512 * 1024;
+
+/// How long a part stays stored after a commit replaced the last root that referenced it.
+///
+/// A reader (a destination process, `plan`, `status`, `verify`) reads a root, then fetches its
+/// parts; this is how long it may take after that root was replaced before a part can vanish
+/// under it. Loading even a 10M-key info takes seconds to tens of seconds, so 60 s covers a
+/// slow reader. The cost is storage: every part retired in the last minute stays in Consul or
+/// on disk. An origin publishing every event round replaces a few parts per round, so that is
+/// a few hundred parts at most; a full rewrite (a format upgrade, a bigger bucket count) keeps
+/// a second copy of the info for a minute. Longer would only add storage: a reader slower than
+/// this does not fail, it reloads from the current root ([`load`]), which is the correctness
+/// backstop; the grace only makes reloads rare.
+pub const PART_GRACE: Duration = Duration::from_secs(60);
+
+/// Roots a [`load`] follows before giving up with [`StateError::RootChurn`]: each time a part
+/// is missing because a newer root replaced the one being loaded, the load starts over.
+pub const LOAD_ATTEMPTS: u32 = 50;
+
+/// Largest retired-parts document written. Under Consul's 512 KiB value limit with room for
+/// the base64 growth of the transaction that writes it (it is written with a lock check); at
+/// about 80 bytes an entry that is some 3,000 retired parts.
+pub const RETIRED_DOC_LIMIT: usize = 256 * 1024;
+
+/// Name of the retired-parts document of a side ([`StateStore::read_doc`]).
+pub const RETIRED_DOC: &str = "retired";
 
 /// One bucket in a root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,45 +219,85 @@ const PARALLEL_READS: usize = 8;
 
 /// Loads a side's info; `None` if it never committed. An unknown format version is an error.
 ///
-/// Reading another side's info races with its writer's garbage collection (which keeps one
-/// previous generation): a part that vanished while loading means a newer root exists, so the
-/// load starts over, a few times, before reporting the part as missing.
+/// Reading another side's info races with its writer's garbage collection: a part that
+/// vanished while loading is normal when a newer root replaced the one being read (module
+/// docs), and the load starts over from the current root. Only a part missing under an
+/// unchanged root is [`StateError::Corrupt`]; a root that keeps changing for
+/// [`LOAD_ATTEMPTS`] loads is [`StateError::RootChurn`].
 pub async fn load<T>(store: &StateStore, side: &str) -> Result<Option<LoadedInfo<T>>>
 where
     T: HasOrigin + DeserializeOwned + Send + 'static,
 {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    for attempt in 1..=LOAD_ATTEMPTS {
         let Some(root_read) = store.read_root(side).await? else {
             return Ok(None);
         };
-        let mut root = parse_root(store, side, &root_read.bytes)?;
-        match resolve_index(store, side, &mut root).await? {
-            Ok(()) => {}
-            Err(missing) if attempt >= 3 => {
-                return Err(corrupt(store, format!("index part {missing} of `{side}`"), "index part referenced by the root is missing".into()));
-            }
-            Err(_) => continue,
+        let missing = match load_root::<T>(store, side, &root_read).await? {
+            Ok(loaded) => return Ok(Some(loaded)),
+            Err(missing) => missing,
+        };
+        // The writer never collects a part its current root references, so a part missing
+        // under the same root (same version, same bytes) was lost or removed by hand.
+        if store.read_root(side).await?.as_ref() == Some(&root_read) {
+            return Err(missing.corrupt(store, side));
         }
-        match load_parts::<T>(store, side, &root).await? {
-            Ok(buckets) => {
-                return Ok(Some(LoadedInfo {
-                    root,
-                    version: root_read.version,
-                    buckets,
-                }));
-            }
-            Err(missing) if attempt >= 3 => {
-                return Err(corrupt(
-                    store,
-                    format!("part {missing} of `{side}`"),
-                    "bucket part referenced by the root is missing".into(),
-                ));
-            }
-            Err(_) => continue,
+        if attempt < LOAD_ATTEMPTS {
+            // A newer root is complete when it is visible (parts are written first), so a
+            // retry can succeed at once; the jitter only spreads readers of a churning root.
+            let ms = u64::from(attempt.min(10));
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=ms))).await;
         }
     }
+    Err(StateError::RootChurn {
+        side: side.to_owned(),
+        store: store.describe(),
+        attempts: LOAD_ATTEMPTS,
+    })
+}
+
+/// A part a load did not find.
+enum Missing {
+    /// An index part (a bucket list).
+    Index(String),
+    /// A bucket part.
+    Part(String),
+}
+
+impl Missing {
+    fn corrupt(self, store: &StateStore, side: &str) -> StateError {
+        let unchanged = "and the root has not changed since";
+        match self {
+            Missing::Index(name) => corrupt(
+                store,
+                format!("index part {name} of `{side}`"),
+                format!("index part referenced by the root is missing, {unchanged}"),
+            ),
+            Missing::Part(name) => corrupt(
+                store,
+                format!("part {name} of `{side}`"),
+                format!("bucket part referenced by the root is missing, {unchanged}"),
+            ),
+        }
+    }
+}
+
+/// Loads the info of one root as read; `Ok(Err(_))` names a part that is gone.
+async fn load_root<T>(store: &StateStore, side: &str, root_read: &RootRead) -> Result<Result<LoadedInfo<T>, Missing>>
+where
+    T: HasOrigin + DeserializeOwned + Send + 'static,
+{
+    let mut root = parse_root(store, side, &root_read.bytes)?;
+    if let Err(name) = resolve_index(store, side, &mut root).await? {
+        return Ok(Err(Missing::Index(name)));
+    }
+    Ok(match load_parts::<T>(store, side, &root).await? {
+        Ok(buckets) => Ok(LoadedInfo {
+            root,
+            version: root_read.version,
+            buckets,
+        }),
+        Err(name) => Err(Missing::Part(name)),
+    })
 }
 
 /// Loads every part of a root; `Ok(Err(hash))` names a part that is gone.
@@ -281,6 +366,9 @@ where
 /// overwrites a newer commit: otherwise [`StateError::Conflict`], with nothing visible. On
 /// Consul the swap also checks the side's session lock, so a writer that lost its lock commits
 /// nothing ([`StateError::LockLost`]).
+///
+/// Parts dropped from the root are removed [`PART_GRACE`] after they were dropped (module
+/// docs), by the clock of this machine: [`commit_at`] with the current time.
 // One argument per part of a root; a struct for two call sites adds nothing.
 #[allow(clippy::too_many_arguments)]
 pub async fn commit<T: HasOrigin + Serialize>(
@@ -291,6 +379,23 @@ pub async fn commit<T: HasOrigin + Serialize>(
     config_hash: Option<String>,
     buckets: &Buckets<T>,
     digests: &[Digest],
+) -> Result<bool> {
+    commit_at(store, lock, base, origin_mounts, config_hash, buckets, digests, SystemTime::now()).await
+}
+
+/// [`commit`] at time `now`: the retirement time recorded for parts this commit drops, and the
+/// time against which earlier retirements are aged (tests move it instead of sleeping).
+// As `commit`, plus the clock.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_at<T: HasOrigin + Serialize>(
+    store: &StateStore,
+    lock: &StoreLock,
+    base: Option<u64>,
+    origin_mounts: BTreeMap<String, String>,
+    config_hash: Option<String>,
+    buckets: &Buckets<T>,
+    digests: &[Digest],
+    now: SystemTime,
 ) -> Result<bool> {
     let side = lock.side().to_owned();
     let previous_read = store.read_root(&side).await?;
@@ -311,52 +416,7 @@ pub async fn commit<T: HasOrigin + Serialize>(
     if !lock.is_held() {
         return Err(lock.lost_error(store));
     }
-    // Parts are written as buckets are serialised, a few MB at a time, so a commit never holds
-    // the whole encoded info. Parts already stored (same hash, same bytes) are not rewritten,
-    // so a commit that changes nothing writes no part. A part written here that the root swap
-    // below then does not reference (a conflict, a lost lock) is collected by a later commit.
-    let mut stored: HashSet<String> = store.list_parts(&side).await?.into_iter().collect();
-    let mut refs = Vec::with_capacity(buckets.buckets().len());
-    let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0;
-    // The previous root's buckets, by index, when their parts can stand for equal buckets now:
-    // same format and layout, entries fully covered by the digest, parts still stored.
-    let mut reusable: Vec<Option<BucketRef>> = Vec::new();
-    if T::DIGEST_COVERS_ENTRY
-        && let Some(mut p) = previous.clone().filter(|p| p.format == T::FORMAT)
-        && resolve_index(store, &side, &mut p).await?.is_ok()
-        && p.buckets.len() == buckets.buckets().len()
-    {
-        reusable = p.buckets.into_iter().map(Some).collect();
-    }
-    for (i, bucket) in buckets.buckets().iter().enumerate() {
-        let digest = digests.get(i).copied().unwrap_or_else(|| buckets.digest(i as u32));
-        if let Some(old) = reusable.get_mut(i).and_then(Option::take)
-            && old.digest == digest
-            && old.parts.iter().all(|name| stored.contains(name))
-        {
-            // An unchanged bucket of an origin: its stored parts are these entries' bytes.
-            refs.push(old);
-            continue;
-        }
-        let rows: Vec<(&SecretPath, &T)> = bucket.iter().collect();
-        let chunks = split_for_storage(&rows, PART_LIMIT)
-            .map_err(|e| corrupt(store, format!("bucket {i} of `{side}`"), e.to_string()))?;
-        let mut parts = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let hash = Digest(Sha256::digest(chunk.as_bytes()).into()).to_hex();
-            parts.push(hash.clone());
-            if stored.insert(hash.clone()) {
-                batch_bytes += chunk.len();
-                batch.push((hash, chunk.into_bytes()));
-            }
-        }
-        if batch_bytes >= WRITE_BATCH_BYTES {
-            store.write_new_parts(lock, std::mem::take(&mut batch)).await?;
-            batch_bytes = 0;
-        }
-        refs.push(BucketRef { digest, parts });
-    }
+    let (refs, mut batch, mut stored) = stage_parts(store, lock, &side, previous.as_ref(), buckets, digests).await?;
     let mut root = InfoRoot {
         format: T::FORMAT,
         generation: previous.as_ref().map_or(0, |p| p.generation),
@@ -393,27 +453,173 @@ pub async fn commit<T: HasOrigin + Serialize>(
     }
     store.write_new_parts(lock, batch).await?;
     store.swap_root(lock, &root_bytes, base).await?;
-    // Keep the parts of this root and of the previous one (a reader may still hold it).
-    if let Some(mut p) = previous {
-        keep.extend(p.index.iter().cloned());
-        if resolve_index(store, &side, &mut p).await?.is_err() {
-            // The previous index is gone already: nothing of it to keep, and nothing to collect
-            // safely this time.
-            return Ok(true);
-        }
-        keep.extend(p.buckets.iter().flat_map(|b| b.parts.iter().cloned()));
-    }
-    let stale: Vec<String> = store
-        .list_parts(&side)
-        .await?
-        .into_iter()
-        .filter(|name| !keep.contains(name))
-        .collect();
-    match store.remove_parts(lock, stale).await {
+    match collect(store, lock, &side, previous, &keep, now).await {
         // The root is committed; the lock's next holder collects what is left.
         Ok(()) | Err(StateError::LockLost { .. }) => Ok(true),
         Err(e) => Err(e),
     }
+}
+
+/// Serialises a commit's buckets into parts, writing new ones in batches of
+/// [`WRITE_BATCH_BYTES`]; returns the bucket references, the parts still to write, and every
+/// part name stored or about to be.
+async fn stage_parts<T: HasOrigin + Serialize>(
+    store: &StateStore,
+    lock: &StoreLock,
+    side: &str,
+    previous: Option<&InfoRoot>,
+    buckets: &Buckets<T>,
+    digests: &[Digest],
+) -> Result<(Vec<BucketRef>, Vec<(String, Vec<u8>)>, HashSet<String>)> {
+    // Parts are written as buckets are serialised, a few MB at a time, so a commit never holds
+    // the whole encoded info. Parts already stored (same hash, same bytes) are not rewritten,
+    // so a commit that changes nothing writes no part. A part written here that the root swap
+    // then does not reference (a conflict, a lost lock) is an orphan: it is in no root and was
+    // never retired, so the next commit's collection removes it at once.
+    let mut stored: HashSet<String> = store.list_parts(side).await?.into_iter().collect();
+    let mut refs = Vec::with_capacity(buckets.buckets().len());
+    let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0;
+    // The previous root's buckets, by index, when their parts can stand for equal buckets now:
+    // same format and layout, entries fully covered by the digest, parts still stored.
+    let mut reusable: Vec<Option<BucketRef>> = Vec::new();
+    if T::DIGEST_COVERS_ENTRY
+        && let Some(mut p) = previous.cloned().filter(|p| p.format == T::FORMAT)
+        && resolve_index(store, side, &mut p).await?.is_ok()
+        && p.buckets.len() == buckets.buckets().len()
+    {
+        reusable = p.buckets.into_iter().map(Some).collect();
+    }
+    for (i, bucket) in buckets.buckets().iter().enumerate() {
+        let digest = digests.get(i).copied().unwrap_or_else(|| buckets.digest(i as u32));
+        if let Some(old) = reusable.get_mut(i).and_then(Option::take)
+            && old.digest == digest
+            && old.parts.iter().all(|name| stored.contains(name))
+        {
+            // An unchanged bucket of an origin: its stored parts are these entries' bytes.
+            refs.push(old);
+            continue;
+        }
+        let rows: Vec<(&SecretPath, &T)> = bucket.iter().collect();
+        let chunks = split_for_storage(&rows, PART_LIMIT)
+            .map_err(|e| corrupt(store, format!("bucket {i} of `{side}`"), e.to_string()))?;
+        let mut parts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let hash = Digest(Sha256::digest(chunk.as_bytes()).into()).to_hex();
+            parts.push(hash.clone());
+            if stored.insert(hash.clone()) {
+                batch_bytes += chunk.len();
+                batch.push((hash, chunk.into_bytes()));
+            }
+        }
+        if batch_bytes >= WRITE_BATCH_BYTES {
+            store.write_new_parts(lock, std::mem::take(&mut batch)).await?;
+            batch_bytes = 0;
+        }
+        refs.push(BucketRef { digest, parts });
+    }
+    Ok((refs, batch, stored))
+}
+
+/// The retired-parts document of a side (module docs): part name -> unix seconds.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Retired {
+    parts: BTreeMap<String, u64>,
+}
+
+/// Garbage collection after a root swap: records the parts `previous` referenced and the new
+/// root (`current`: every part it references) does not as retired at `now`, then removes the
+/// stored parts that nothing references and that were never recorded or were retired more
+/// than [`PART_GRACE`] ago.
+async fn collect(
+    store: &StateStore,
+    lock: &StoreLock,
+    side: &str,
+    previous: Option<InfoRoot>,
+    current: &HashSet<String>,
+    now: SystemTime,
+) -> Result<()> {
+    let mut dropped: Vec<String> = Vec::new();
+    if let Some(mut p) = previous {
+        dropped.extend(p.index.iter().cloned());
+        if resolve_index(store, side, &mut p).await?.is_err() {
+            // The previous index is gone already: which parts it named is unknown, so nothing
+            // is collected safely this time (the next commit retires this root's parts).
+            return Ok(());
+        }
+        dropped.extend(p.buckets.into_iter().flat_map(|b| b.parts));
+        dropped.retain(|name| !current.contains(name));
+    }
+    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let read = read_retired(store, side).await;
+    let mut retired = Retired::default();
+    let stored = store.list_parts(side).await?;
+    let stored_set: HashSet<&String> = stored.iter().collect();
+    for (name, at) in read.iter().flat_map(|r| r.parts.iter()) {
+        // Re-referenced parts are live again; collected ones need no entry. A time ahead of
+        // this clock (another machine's, after a lock takeover) counts from now.
+        if !current.contains(name) && stored_set.contains(name) {
+            retired.parts.insert(name.clone(), (*at).min(now));
+        }
+    }
+    for name in dropped.into_iter().filter(|name| stored_set.contains(name)) {
+        retired.parts.insert(name, now);
+    }
+    let expired = |at: u64| now.saturating_sub(at) > PART_GRACE.as_secs();
+    let mut stale: Vec<String> = stored
+        .iter()
+        .filter(|name| !current.contains(*name) && retired.parts.get(*name).is_none_or(|at| expired(*at)))
+        .cloned()
+        .collect();
+    retired.parts.retain(|_, at| !expired(*at));
+    stale.extend(bound_retired(&mut retired, RETIRED_DOC_LIMIT));
+    if read.as_ref() != Some(&retired) {
+        let bytes = serde_json::to_vec(&retired).map_err(|e| corrupt(store, format!("retired parts of `{side}`"), e.to_string()))?;
+        store.write_locked_doc(lock, RETIRED_DOC, &bytes).await?;
+    }
+    store.remove_parts(lock, stale).await
+}
+
+/// Reads the retired-parts document; `None` when missing or unreadable (logged), which makes
+/// this commit collect every unreferenced part except the previous root's at once.
+async fn read_retired(store: &StateStore, side: &str) -> Option<Retired> {
+    match store.read_doc(side, RETIRED_DOC).await {
+        Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+            Ok(retired) => Some(retired),
+            Err(e) => {
+                tracing::warn!(side, error = %e, "{}: the retired-parts document is corrupt; collecting unreferenced parts at once", store.describe());
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(side, error = %e, "{}: cannot read the retired-parts document; collecting unreferenced parts at once", store.describe());
+            None
+        }
+    }
+}
+
+/// Drops the oldest entries until the document encodes within `limit` bytes; returns the
+/// dropped parts (removed at once: a reader that still needs one reloads).
+fn bound_retired(retired: &mut Retired, limit: usize) -> Vec<String> {
+    // `{"parts":{}}` plus, per entry, `"name":secs` and a comma.
+    let entry_len = |name: &str, at: u64| name.len() + 4 + at.to_string().len();
+    let mut size = 12 + retired.parts.iter().map(|(n, at)| entry_len(n, *at)).sum::<usize>();
+    if size <= limit {
+        return Vec::new();
+    }
+    let mut by_age: Vec<(u64, String)> = retired.parts.iter().map(|(n, at)| (*at, n.clone())).collect();
+    by_age.sort();
+    let mut dropped = Vec::new();
+    for (at, name) in by_age {
+        if size <= limit {
+            break;
+        }
+        size -= entry_len(&name, at);
+        retired.parts.remove(&name);
+        dropped.push(name);
+    }
+    dropped
 }
 
 #[cfg(test)]
@@ -453,14 +659,17 @@ mod tests {
         assert_eq!(loaded.root.digests(), info.digests());
         assert_eq!(loaded.root.origin_mounts, mounts);
 
-        // Two more generations: parts of generation 1 that neither keeps are collected.
+        // Two more generations, the second one a grace period later: the parts of generation 1
+        // (retired by generation 2) are collected, those of generation 2 are kept.
         let mut changed = info.clone();
+        let t0 = SystemTime::now();
         for round in 0..2 {
             for i in 0..50 {
                 changed.insert(SecretPath::new("secret/", format!("k{i}")), entry(100 + round * 100 + i));
             }
             let base = store.read_root("origin").await.unwrap().map(|r| r.version);
-            commit(&store, &lock, base, mounts.clone(), None, &changed, &changed.digests()).await.unwrap();
+            let now = t0 + (PART_GRACE + Duration::from_secs(2)) * round as u32;
+            commit_at(&store, &lock, base, mounts.clone(), None, &changed, &changed.digests(), now).await.unwrap();
         }
         let parts = file.list("origin.buckets").unwrap();
         assert_eq!(parts.len(), 8, "4 buckets x (current + previous generation)");
@@ -557,7 +766,35 @@ mod tests {
             assert!(commit(&store, &lock, store.read_root("origin").await.unwrap().map(|r| r.version), BTreeMap::new(), None, &changed, &changed.digests()).await.unwrap());
             let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
             assert_eq!(loaded.buckets, changed);
+            // An index part missing under an unchanged root is corruption, named as such.
+            let root: InfoRoot = serde_json::from_slice(&std::fs::read(dir.path().join("origin.json")).unwrap()).unwrap();
+            let index = root.index.first().unwrap();
+            std::fs::remove_file(dir.path().join("origin.buckets").join(format!("{index}.json"))).unwrap();
+            let err = load::<OriginEntry>(&store, "origin").await.unwrap_err();
+            assert!(matches!(err, StateError::Corrupt { .. }) && err.to_string().contains(&format!("index part {index}")), "{err}");
         }
+    }
+
+    #[test]
+    fn the_retired_document_is_bounded_by_dropping_the_oldest_entries() {
+        let mut retired = Retired::default();
+        for i in 0..5_000u64 {
+            let name = Digest(Sha256::digest(i.to_be_bytes()).into()).to_hex();
+            retired.parts.insert(name, 1_700_000_000 + i / 10);
+        }
+        let before = serde_json::to_vec(&retired).unwrap().len();
+        assert!(before > RETIRED_DOC_LIMIT, "{before} bytes");
+        let all = retired.parts.clone();
+        let dropped = bound_retired(&mut retired, RETIRED_DOC_LIMIT);
+        let after = serde_json::to_vec(&retired).unwrap().len();
+        assert!(after <= RETIRED_DOC_LIMIT && after > RETIRED_DOC_LIMIT - 200, "{after} bytes");
+        assert_eq!(dropped.len() + retired.parts.len(), 5_000);
+        let newest_dropped = dropped.iter().map(|name| all[name]).max().unwrap();
+        assert!(retired.parts.values().all(|at| *at >= newest_dropped), "the oldest go first");
+        assert!(bound_retired(&mut retired, RETIRED_DOC_LIMIT).is_empty(), "within the limit: nothing dropped");
+        let mut empty = Retired::default();
+        assert!(bound_retired(&mut empty, 12).is_empty());
+        assert_eq!(serde_json::to_vec(&empty).unwrap().len(), 12, "the fixed overhead counted");
     }
 
     #[tokio::test]

@@ -87,6 +87,18 @@ pub enum StateError {
         /// Version this build writes.
         supported: u32,
     },
+    /// A side's root changed under every one of [`info::LOAD_ATTEMPTS`] loads in a row: its
+    /// writer commits faster than this reader fetches the parts. Nothing is wrong with the
+    /// stored info; transient, the next cycle loads again.
+    #[error("{store}: side `{side}` was committed again during each of {attempts} loads in a row (its writer publishes faster than this process reads); retrying next cycle")]
+    RootChurn {
+        /// Side name.
+        side: String,
+        /// Store description.
+        store: String,
+        /// Loads attempted.
+        attempts: u32,
+    },
     /// A Consul request failed.
     #[error(transparent)]
     Consul(consul::ConsulError),

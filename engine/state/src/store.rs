@@ -9,6 +9,7 @@
 //! | root | `<dir>/<side>.json` | `<prefix><side>/root` |
 //! | part | `<dir>/<side>.buckets/<sha256>.json` | `<prefix><side>/parts/<sha256>` |
 //! | lock | `<dir>/<side>.lock` | `<prefix><side>/lock` |
+//! | retired parts ([`crate::info`]) | `<dir>/<side>.retired.json` | `<prefix><side>/retired` |
 //! | root swap | temp file + fsync + rename | txn: `cas` on the root + `check-session` on the lock |
 //! | one writer per side | OS file lock: a second process fails at once | session lock: a second process waits as a hot standby ([`crate::lock`]) |
 //! | root version | file modification time (ns) | `ModifyIndex` |
@@ -290,6 +291,44 @@ impl StateStore {
         match self {
             StateStore::File(f) => f.write_atomic(&format!("{side}.{name}"), bytes),
             StateStore::Consul(c) => Ok(c.client.put(&format!("{}{side}/{name}", c.prefix), bytes).await?),
+        }
+    }
+
+    /// Writes a small document `name` of the lock's side that only the lock's holder writes
+    /// (e.g. the retired-parts record of [`crate::info`]). Consul: one txn with a
+    /// `check-session` on the lock, so a writer that lost its lock never overwrites its
+    /// successor's document ([`StateError::LockLost`]).
+    pub async fn write_locked_doc(&self, lock: &StoreLock, name: &str, bytes: &[u8]) -> Result<()> {
+        let side = lock.side();
+        match (self, lock) {
+            (StateStore::File(f), StoreLock::File(_)) => f.write_atomic(&format!("{side}.{name}"), bytes),
+            (StateStore::Consul(c), StoreLock::Consul(l)) => {
+                let key = format!("{}{side}/{name}", c.prefix);
+                let ops = [
+                    TxnOp::Set {
+                        key: key.clone(),
+                        value: bytes.to_vec(),
+                    },
+                    TxnOp::CheckSession {
+                        key: c.lock_key(side),
+                        session: l.session().to_owned(),
+                    },
+                ];
+                if ops.iter().map(TxnOp::body_cost).sum::<usize>() > MAX_VALUE_SIZE - 16 * 1024 {
+                    return Err(StateError::Consul(ConsulError::TooLarge {
+                        op: "txn",
+                        key,
+                        message: format!("{} bytes do not fit a transaction once base64-encoded", bytes.len()),
+                    }));
+                }
+                match c.client.txn(&ops).await? {
+                    TxnOutcome::Committed(_) => Ok(()),
+                    TxnOutcome::RolledBack(errors) => Err(permission_denied(c, &errors).unwrap_or_else(|| {
+                        if errors.iter().any(|(i, _)| *i == 1) { lock.lost_error(self) } else { rolled_back(c, &errors) }
+                    })),
+                }
+            }
+            _ => Err(mismatched(side)),
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use vsync_consul_emulator::{Acl, AclRule, Emulator, EmulatorConfig};
 use vsync_core::{KvVersion, OriginEntry, SecretPath, SyncInfo};
 use vsync_state::consul::{ConsulClient, ConsulConfig, ConsulError, ConsulToken, MAX_VALUE_SIZE};
-use vsync_state::info::{LoadedInfo, commit, load};
+use vsync_state::info::{LoadedInfo, PART_GRACE, commit, commit_at, load};
 use vsync_state::{ConsulStore, StateError, StateStore};
 
 fn store(emu: &Emulator, token: Option<&str>) -> StateStore {
@@ -68,10 +68,12 @@ async fn commit_load_noop_and_gc_over_consul() {
     let parts = emu.keys("vsync/origin/parts/");
     assert_eq!(parts.len(), 17, "16 current parts plus the one replaced (kept for readers): {parts:?}");
 
-    // A third generation collects parts referenced by neither of the last two roots.
+    // A third generation, a grace period later, collects the part the second one retired
+    // and keeps the one it retires itself.
     let mut third = second.clone();
     third.insert(SecretPath::new("secret/", "team-0/app/key-0"), entry(1000));
-    commit(&store, &lock, base(&store, "origin").await, mounts(), None, &third, &third.digests()).await.unwrap();
+    let later = std::time::SystemTime::now() + PART_GRACE + Duration::from_secs(2);
+    commit_at(&store, &lock, base(&store, "origin").await, mounts(), None, &third, &third.digests(), later).await.unwrap();
     assert_eq!(emu.keys("vsync/origin/parts/").len(), 17);
     let loaded: LoadedInfo<OriginEntry> = load(&store, "origin").await.unwrap().unwrap();
     assert_eq!(loaded.buckets, third);
