@@ -155,6 +155,8 @@ impl Fault {
             StateError::Conflict { .. } => FaultClass::Fatal(FatalCause::StateConflict),
             StateError::Locked { .. } => FaultClass::Fatal(FatalCause::StateLocked),
             StateError::LockLost { .. } => FaultClass::LockLost,
+            // A reader outrun by a fast writer's commits: load again next cycle.
+            StateError::RootChurn { .. } => FaultClass::StateStore,
             StateError::Consul(c) if !c.is_transient() => FaultClass::Fatal(FatalCause::StateStore),
             _ => FaultClass::StateStore,
         };

@@ -236,57 +236,103 @@ impl Rng {
     }
 }
 
+/// Keys the destination holds before vsync first runs: one version, two versions, and
+/// metadata only with settings of its own (issue 18 items 2 and 8).
+async fn hold_at_destination(w: &World) {
+    for k in ["k0", "k1", "k2"] {
+        w.put(k, json!({ "origin": k })).await;
+    }
+    w.cb.write_version("secret/", "k0", &data(json!({ "held": 1 })), 0).await.unwrap();
+    w.cb.write_version("secret/", "k1", &data(json!({ "held": 1 })), 0).await.unwrap();
+    w.cb.write_version("secret/", "k1", &data(json!({ "held": 2 })), 1).await.unwrap();
+    let foreign = MetadataSettings { max_versions: 2, cas_required: true, delete_version_after: "1h".into(), custom_metadata: [("o".to_owned(), "x".to_owned())].into() };
+    w.cb.write_metadata("secret/", "k2", &foreign).await.unwrap();
+}
+
+/// One model step of an origin operation on key `k` (every kind the origin can do).
+async fn origin_step(w: &World, rng: &mut Rng, k: &str, step: u64) {
+    let meta = w.ca.read_metadata("secret/", k).await.unwrap();
+    let cur = meta.as_ref().map_or(0, |m| m.current_version);
+    let versions: Vec<u64> = meta.as_ref().map(|m| m.versions.keys().copied().collect()).unwrap_or_default();
+    let pick = |rng: &mut Rng| versions.get(rng.below(versions.len().max(1) as u64) as usize).copied();
+    match rng.below(11) {
+        0..=3 => w.ca.write_version("secret/", k, &data(json!({ "s": step })), cur).await.map(|_| ()).unwrap(),
+        4 => {
+            if let Some(v) = pick(rng) {
+                w.ca.delete_versions("secret/", k, &[v]).await.unwrap();
+            }
+        }
+        5 => {
+            if let Some(v) = pick(rng) {
+                w.ca.undelete_versions("secret/", k, &[v]).await.unwrap();
+            }
+        }
+        6 => {
+            if let Some(v) = pick(rng) {
+                w.ca.destroy_versions("secret/", k, &[v]).await.unwrap();
+            }
+        }
+        7 => {
+            let max = rng.below(6);
+            let custom = if rng.below(2) == 0 { vec![("team", "x")] } else { vec![] };
+            w.settings(k, max, rng.below(4) == 0, "0s", &custom).await;
+        }
+        8 => w.ca.soft_delete_latest("secret/", k).await.unwrap(),
+        // Deleted, then destroyed, between two cycles (issue 18 item 4).
+        9 => {
+            if let Some(v) = pick(rng) {
+                w.ca.delete_versions("secret/", k, &[v]).await.unwrap();
+                w.ca.destroy_versions("secret/", k, &[v]).await.unwrap();
+            }
+        }
+        _ => w.ca.delete_metadata("secret/", k).await.unwrap(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_sequences_of_origin_operations_stay_exact_after_every_cycle() {
     let sequences: u64 = std::env::var("VSYNC_MODEL_SEQUENCES").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
-    let mut operations = 0;
+    let (mut operations, mut aborted, mut tampered) = (0, 0, 0);
     for seq in 0..sequences {
         let seed = 0x5eed_0000 + seq;
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let mut w = world().await;
+        hold_at_destination(&w).await;
         let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
         for step in 0..60 {
             let k = &keys[rng.below(keys.len() as u64) as usize];
-            let meta = w.ca.read_metadata("secret/", k).await.unwrap();
-            let cur = meta.as_ref().map_or(0, |m| m.current_version);
-            let versions: Vec<u64> = meta.as_ref().map(|m| m.versions.keys().copied().collect()).unwrap_or_default();
-            let pick = |rng: &mut Rng| versions.get(rng.below(versions.len().max(1) as u64) as usize).copied();
-            match rng.below(10) {
-                0..=3 => w.ca.write_version("secret/", k, &data(json!({ "s": step })), cur).await.map(|_| ()).unwrap(),
-                4 => {
-                    if let Some(v) = pick(&mut rng) {
-                        w.ca.delete_versions("secret/", k, &[v]).await.unwrap();
-                    }
-                }
-                5 => {
-                    if let Some(v) = pick(&mut rng) {
-                        w.ca.undelete_versions("secret/", k, &[v]).await.unwrap();
-                    }
-                }
-                6 => {
-                    if let Some(v) = pick(&mut rng) {
-                        w.ca.destroy_versions("secret/", k, &[v]).await.unwrap();
-                    }
-                }
-                7 => {
-                    let max = rng.below(6);
-                    let custom = if rng.below(2) == 0 { vec![("team", "x")] } else { vec![] };
-                    w.settings(k, max, rng.below(4) == 0, "0s", &custom).await;
-                }
-                8 => w.ca.soft_delete_latest("secret/", k).await.unwrap(),
-                _ => w.ca.delete_metadata("secret/", k).await.unwrap(),
-            }
+            origin_step(&w, &mut rng, k, step).await;
             operations += 1;
+            if step % 6 == 2 && rng.below(3) == 0 {
+                // A cycle cut off at a random point (a kill, a timeout), then the origin deletes
+                // keys it may have written (issue 18 item 6).
+                let info = origin::scan(&w.ca, &origin_spec(), None).await.unwrap();
+                let cut = Duration::from_millis(rng.below(40));
+                let _ = tokio::time::timeout(cut, w.dest.cycle(&w.ca, &info, CycleFlags::default())).await;
+                let gone = &keys[rng.below(keys.len() as u64) as usize];
+                w.ca.delete_metadata("secret/", gone).await.unwrap();
+                aborted += 1;
+            }
             if step % 6 == 5 {
                 let (report, _) = w.cycle().await;
                 assert_eq!(report.counts.failed, 0, "seed {seed:#x} step {step}: {report}");
                 if let Some(d) = w.diff().await {
                     panic!("seed {seed:#x}, after step {step}: {d}");
                 }
+                let found = verify_world(&w).await;
+                assert!(!found.has_drift() && found.pending.is_empty(), "seed {seed:#x} step {step}: verify after an exact cycle: {found:?}");
+                if rng.below(4) == 0 {
+                    // Hands at the destination: verify must see them; --repair undoes them.
+                    w.cb.write_version("secret/", &format!("stray{step}"), &data(json!({ "x": 1 })), 0).await.unwrap();
+                    let found = verify_world(&w).await;
+                    assert_eq!(found.extra.len(), 1, "seed {seed:#x} step {step}: {found:?}");
+                    vsync_engine::verify::request_repair(&w.dest.store, "eu", Vec::new(), found.extra).await.unwrap();
+                    tampered += 1;
+                }
             }
         }
     }
-    eprintln!("model: {sequences} sequences, {operations} origin operations, exact after every cycle");
+    eprintln!("model: {sequences} sequences, {operations} origin operations, {aborted} aborted cycles, {tampered} tamperings; exact after every cycle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +471,7 @@ async fn rebuilds_count_for_the_mass_delete_guard_and_plan_shows_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_single_version_keys_take_one_read_and_one_write_and_fall_back_when_the_destination_has_them() {
+async fn new_single_version_keys_take_one_write_and_keys_the_destination_holds_take_the_full_path() {
     let mut w = world().await;
     // Plain one-version keys (the fast path), one with custom metadata and one with two
     // versions (the full path: the scan does not prove them simple).
@@ -437,7 +483,8 @@ async fn new_single_version_keys_take_one_read_and_one_write_and_fall_back_when_
     w.put("two", json!({ "v": 1 })).await;
     w.put("two", json!({ "v": 2 })).await;
     // At the destination, unknown to its (empty) state: `held` equal to the origin's (adopted),
-    // `stray` with other data (rebuilt). Their create-only writes fail, so they take the full path.
+    // `stray` with other data (rebuilt). Their metadata shows they exist: the full path, planned
+    // and guarded like any other key (issue 18 item 2), never a create-only write.
     w.cb.write_version("secret/", "held", &data(json!({ "k": "held" })), 0).await.unwrap();
     w.cb.write_version("secret/", "stray", &data(json!({ "k": "other" })), 0).await.unwrap();
     let (o0, d0) = (w.ca.request_counts(), w.cb.request_counts());
@@ -445,12 +492,27 @@ async fn new_single_version_keys_take_one_read_and_one_write_and_fall_back_when_
     let (o, d) = (w.ca.request_counts(), w.cb.request_counts());
     w.assert_exact("after the first cycle").await;
     assert_eq!((report.counts.added, report.counts.adopted, report.counts.rebuilt), (5, 1, 1), "{report}");
-    // Metadata reads: only the full-path keys (custom, two) and the fallbacks (held, stray)
-    // read metadata, once on each side; p1..p3 read none.
+    // Metadata reads: the full-path keys (custom, two, held, stray) read both sides; the five
+    // fast-path candidates read the destination's once to know it lacks them (a few new keys:
+    // cheaper than listing the mount).
     assert_eq!(o.metadata_reads - o0.metadata_reads, 4, "origin metadata reads");
-    assert_eq!(d.metadata_reads - d0.metadata_reads, 4, "destination metadata reads");
+    assert_eq!(d.metadata_reads - d0.metadata_reads, 4 + 5, "destination metadata reads");
     let (_, writes) = w.cycle().await;
     assert_eq!(writes, 0, "a second cycle writes nothing");
+
+    // Many new keys: one listing of the destination mount answers for all of them.
+    for i in 0..70 {
+        w.put(&format!("bulk/k{i}"), json!({ "i": i })).await;
+    }
+    w.cb.write_version("secret/", "bulk/k7", &data(json!({ "other": true })), 0).await.unwrap();
+    let d0 = w.cb.request_counts();
+    let info = origin::scan(&w.ca, &origin_spec(), None).await.unwrap();
+    let fault = w.dest.cycle(&w.ca, &info, CycleFlags::default()).await;
+    let d = w.cb.request_counts();
+    let report = fault.unwrap();
+    assert_eq!((report.counts.added, report.counts.rebuilt), (69, 1), "{report}");
+    assert_eq!(d.metadata_reads - d0.metadata_reads, 1, "only the held key reads its metadata");
+    w.assert_exact("after the bulk").await;
 }
 
 /// Runs `vsync verify` for the world's destination.
