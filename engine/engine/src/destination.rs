@@ -173,6 +173,7 @@ impl Preview {
                 Action::Record { key, .. } => writeln!(out, "record {key} (metadata only or no live version)"),
                 Action::Delete { target, .. } => writeln!(out, "delete {target}"),
                 Action::SoftDelete { target, .. } => writeln!(out, "soft-delete {target}"),
+                Action::Forget { key } if orphans::is_orphan(key) => Ok(()),
                 Action::Forget { key } => writeln!(out, "forget {key}"),
             };
         }
@@ -209,9 +210,10 @@ impl Preview {
             }),
             Action::SyncV1 { key, target } => json!({"op": "sync-kv1", "key": key.to_string(), "target": target.to_string()}),
             Action::Record { key, .. } => json!({"op": "record", "key": key.to_string()}),
-            Action::Delete { key, target, .. } => json!({"op": "delete", "key": key.to_string(), "target": target.to_string()}),
-            Action::SoftDelete { key, target } => json!({"op": "soft-delete", "key": key.to_string(), "target": target.to_string()}),
-            Action::Forget { key } => json!({"op": "forget", "key": key.to_string()}),
+            // An orphan (a target no origin key is recorded at) has no origin key to show.
+            Action::Delete { key, target, .. } => json!({"op": "delete", "key": origin_key(key), "target": target.to_string()}),
+            Action::SoftDelete { key, target } => json!({"op": "soft-delete", "key": origin_key(key), "target": target.to_string()}),
+            Action::Forget { key } => json!({"op": "forget", "key": origin_key(key)}),
         };
         json!({
             "destination": name,
@@ -222,6 +224,11 @@ impl Preview {
             "summary": {"writes": plan.writes.len(), "removals": plan.removals.len(), "unchanged": plan.unchanged},
         })
     }
+}
+
+/// An origin key as `vsync plan` shows it: `null` for an orphan's.
+fn origin_key(key: &SecretPath) -> serde_json::Value {
+    if orphans::is_orphan(key) { serde_json::Value::Null } else { serde_json::Value::String(key.to_string()) }
 }
 
 /// Loads a destination's info, re-bucketed to the origin's layout.

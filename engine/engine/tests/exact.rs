@@ -642,3 +642,32 @@ fn key_meta_compares_the_deletion_of_destroyed_versions() {
     assert!(!both.same_replica(&destroyed), "verify sees a destroyed version that lost its deletion");
     assert!(both.same_replica(&key_meta(&meta("2026-12-07T11:00:00Z"), now)), "the time itself is not reproduced");
 }
+
+/// Issue 18 item 10: a `verify --repair` request written while a cycle ran was deleted unread
+/// by that cycle's commit; only the request the cycle consumed may go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_request_written_during_a_cycle_survives_it() {
+    use vsync_engine::verify::{pending_repair, request_repair};
+    let mut w = world().await;
+    for i in 0..10 {
+        w.put(&format!("k{i}"), json!({ "i": i })).await;
+    }
+    let key = |p: &str| vsync_core::SecretPath::new("secret/", p);
+    request_repair(&w.dest.store, "eu", vec![key("k0")], Vec::new()).await.unwrap();
+    let port: u16 = w._b.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = vsync_test_harness::Proxy::start(port);
+    proxy.set_delay(Duration::from_millis(30));
+    let slow = VaultClient::new(vsync_vault::VaultConfig::new(proxy.addr(), vsync_vault::Token::new(vsync_test_harness::DEV_ROOT_TOKEN))).unwrap();
+    let direct = std::mem::replace(&mut w.dest.vault, slow);
+    w.dest.spec.workers = 1;
+    let info = origin::scan(&w.ca, &origin_spec(), None).await.unwrap();
+    let store = w.dest.store.clone();
+    let (report, ()) = tokio::join!(w.dest.cycle(&w.ca, &info, CycleFlags::default()), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        request_repair(&store, "eu", vec![key("k5")], Vec::new()).await.unwrap();
+    });
+    report.unwrap();
+    w.dest.vault = direct;
+    let left = pending_repair(&w.dest.store, "eu").await.unwrap();
+    assert_eq!(left.map(|r| r.keys), Some(vec![key("k5")]), "the request written during the cycle is left for the next one");
+}
