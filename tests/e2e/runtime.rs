@@ -51,6 +51,16 @@ pub(crate) fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Opt
     None
 }
 
+/// Keys the destination `eu`'s committed info records in `dir/state`. Orphans (targets a cycle
+/// remembered before writing them) are left out: a failed cycle commits nothing else.
+pub(crate) async fn recorded_keys(dir: &std::path::Path) -> usize {
+    let store = vsync_state::StateStore::File(vsync_state::FileStore::open(dir.join("state")).unwrap());
+    match vsync_state::info::load::<vsync_core::DestEntry>(&store, "destination-eu").await.unwrap() {
+        None => 0,
+        Some(loaded) => loaded.buckets.iter().filter(|(k, _)| !vsync_core::orphans::is_orphan(k)).count(),
+    }
+}
+
 pub(crate) fn output_of(mut child: std::process::Child) -> String {
     let mut out = String::new();
     if let Some(mut s) = child.stdout.take() {
@@ -99,7 +109,7 @@ async fn sigterm_during_a_large_first_sync_exits_0_and_commits_nothing() {
     let out = output_of(child);
     assert_eq!(status.code(), Some(0), "{out}");
     println!("exited {:?} after SIGTERM", sent.elapsed());
-    assert!(!dir.path().join("state/destination-eu.json").exists(), "a partial cycle committed: {out}");
+    assert_eq!(recorded_keys(dir.path()).await, 0, "a partial cycle committed: {out}");
 
     // The next run converges (a partial commit would have made it skip secrets).
     let out = Command::new(env!("CARGO_BIN_EXE_vsync"))
@@ -307,7 +317,7 @@ async fn origin_cut_mid_cycle_commits_nothing_then_converges() {
     let out = output_of(child);
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(count(&cb).await < 400, "the cut came too late to test anything");
-    assert!(!dir.path().join("state/destination-eu.json").exists(), "a failed cycle committed: {out}");
+    assert_eq!(recorded_keys(dir.path()).await, 0, "a failed cycle committed: {out}");
     proxy.set_cut(false);
     let child = run_once(&cfg, DEV_ROOT_TOKEN);
     let out = child.wait_with_output().unwrap();
@@ -337,7 +347,7 @@ async fn destination_sealed_mid_cycle_commits_nothing_then_converges() {
     let out = output_of(child);
     assert_eq!(status.code(), Some(1), "{out}");
     assert!(out.contains("sealed"), "{out}");
-    assert!(!dir.path().join("state/destination-eu.json").exists(), "a failed cycle committed: {out}");
+    assert_eq!(recorded_keys(dir.path()).await, 0, "a failed cycle committed: {out}");
     b.unseal();
     let out = run_once(&cfg, &b.root_token).wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -364,7 +374,7 @@ async fn cycle_timeout_against_a_slow_origin_keeps_running_and_recovers() {
     // Slow: 60 reads at 150 ms+ each, 2 at a time, cannot finish in 2 s. Let it time out twice.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(child.try_wait().unwrap().is_none(), "a timeout must not stop the process");
-    assert!(!dir.path().join("state/destination-eu.json").exists(), "a timed-out cycle committed");
+    assert_eq!(recorded_keys(dir.path()).await, 0, "a timed-out cycle committed");
     proxy.set_delay(Duration::ZERO);
     let deadline = Instant::now() + Duration::from_secs(30);
     while contents(&cb).await != contents(&ca).await {

@@ -124,10 +124,10 @@ pub struct Origin {
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     #[schemars(schema_with = "schema::duration", extend("default" = "5m"))]
     pub timeout: Duration,
-    /// Requests in flight (1 to 1024).
-    #[serde(default = "default_workers")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub workers: usize,
+    /// Requests in flight: `"auto"` (adaptive, the default) or a fixed number (1 to 1024).
+    #[serde(default)]
+    #[schemars(schema_with = "schema::workers")]
+    pub workers: Workers,
     /// Where the origin's sync info lives.
     pub state: StateSettings,
     /// File holding the HMAC key for KV v1 value digests (needed only with KV v1 mounts).
@@ -281,10 +281,10 @@ pub struct Destination {
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     #[schemars(schema_with = "schema::duration", extend("default" = "5m"))]
     pub timeout: Duration,
-    /// Copy workers (1 to 1024).
-    #[serde(default = "default_workers")]
-    #[schemars(range(min = 1, max = 1024))]
-    pub workers: usize,
+    /// Requests in flight: `"auto"` (adaptive, the default) or a fixed number (1 to 1024).
+    #[serde(default)]
+    #[schemars(schema_with = "schema::workers")]
+    pub workers: Workers,
     /// `all` (an exact replica of every KV v2 version) or `latest` (the current version only).
     #[serde(default)]
     #[schemars(with = "schema::Versions")]
@@ -383,8 +383,57 @@ fn default_interval() -> Duration {
 fn default_timeout() -> Duration {
     Duration::from_secs(300)
 }
-fn default_workers() -> usize {
-    4
+/// `workers`: how many requests a side keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    /// Adaptive (`"auto"`, the default): from 1 up to [`vsync_core::AUTO_WORKERS_MAX`] per
+    /// Vault side, following latency and back-pressure.
+    #[default]
+    Auto,
+    /// A fixed number (an integer in the file).
+    Fixed(usize),
+}
+
+impl Workers {
+    /// How many tasks a role runs at once: the fixed number, or the adaptive cap (each Vault
+    /// side's limiter then decides how many requests go out).
+    pub fn tasks(self) -> usize {
+        match self {
+            Workers::Auto => vsync_core::AUTO_WORKERS_MAX,
+            Workers::Fixed(n) => n,
+        }
+    }
+
+    /// Whether the Vault side adapts its requests in flight.
+    pub fn adaptive(self) -> bool {
+        self == Workers::Auto
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Workers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\" or a number of requests in flight")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Workers, E> {
+                match v {
+                    "auto" => Ok(Workers::Auto),
+                    other => Err(E::custom(format!("`{other}` is not \"auto\" or a number"))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Workers, E> {
+                // Out-of-range values are reported by the validation, with the key's range.
+                Ok(Workers::Fixed(usize::try_from(v).unwrap_or(0)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Workers, E> {
+                Ok(Workers::Fixed(usize::try_from(v).unwrap_or(usize::MAX)))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 fn default_ratio() -> f64 {
     0.5
@@ -758,7 +807,7 @@ impl Config {
             mounts: o.mounts.iter().map(|m| normalize_mount(m).unwrap_or_else(|_| m.clone())).collect(),
             interval: o.interval,
             timeout: o.timeout,
-            workers: o.workers,
+            workers: o.workers.tasks(),
             buckets: match &o.state {
                 StateSettings::Consul { buckets, .. } => *buckets,
                 StateSettings::File { .. } => None,
@@ -795,7 +844,7 @@ impl Destination {
             mounts: self.mounts.iter().map(|(from, to)| (norm(from), norm(to))).collect(),
             interval: self.interval,
             timeout: self.timeout,
-            workers: self.workers,
+            workers: self.workers.tasks(),
             versions: self.versions,
             deletes: self.deletes,
             max_delete_ratio: self.max_delete_ratio,
@@ -812,12 +861,13 @@ pub const MAX_WORKERS: usize = 1024;
 /// stores; more buckets than this only cost reads).
 pub const MAX_BUCKETS: u32 = 1 << 16;
 
-fn check_workers(problems: &mut Problems, key: &str, workers: usize) {
-    if workers == 0 || workers > MAX_WORKERS {
+fn check_workers(problems: &mut Problems, key: &str, workers: Workers) {
+    let Workers::Fixed(n) = workers else { return };
+    if n == 0 || n > MAX_WORKERS {
         problems.hint(
             key,
-            format!("{workers} is out of range"),
-            format!("use 1 to {MAX_WORKERS}; the default is 4"),
+            format!("{n} is out of range"),
+            format!("use 1 to {MAX_WORKERS}, or \"auto\" for adaptive, the default"),
         );
     }
 }
@@ -966,9 +1016,23 @@ memory_limit = "32MiB"
         assert_eq!(d.versions, VersionsMode::Latest);
         assert_eq!(d.deletes, DeletePolicy::Soft);
         assert_eq!(d.interval, Duration::from_secs(30));
-        assert_eq!(d.workers, 4);
+        assert_eq!(d.workers, Workers::Auto, "adaptive unless a number is given");
         assert_eq!(c.plugins.memory_limit, 32 << 20);
         assert_eq!(d.transforms[0].plugin, "regex");
+    }
+
+    #[test]
+    fn workers_is_auto_or_a_number_in_range() {
+        let with = |w: &str| Config::parse(&GOOD.replace("interval = \"30s\"", &format!("interval = \"30s\"\nworkers = {w}")), Path::new("vsync.toml"));
+        let fixed = with("8").unwrap();
+        assert_eq!(fixed.destination("eu").unwrap().workers, Workers::Fixed(8));
+        assert_eq!(fixed.destination("eu").unwrap().spec().workers, 8);
+        let auto = with("\"auto\"").unwrap();
+        assert_eq!(auto.destination("eu").unwrap().spec().workers, vsync_core::AUTO_WORKERS_MAX);
+        for bad in ["\"fast\"", "0", "100000"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("workers"), "{bad}: {e}");
+        }
     }
 
     #[test]

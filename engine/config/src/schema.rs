@@ -35,6 +35,18 @@ pub fn size(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Schema of `workers`: `"auto"` or a number of requests in flight.
+pub fn workers(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Requests in flight per Vault side: \"auto\" (adaptive, from 1 up to 256, following latency and back-pressure; the default) or a fixed number from 1 to 1024.",
+        "oneOf": [
+            { "const": "auto" },
+            { "type": "integer", "minimum": 1, "maximum": 1024 }
+        ],
+        "default": "auto",
+    })
+}
+
 // Mirrors of `vsync_core::VersionsMode` and `DeletePolicy` for the schema (the core crate does
 // not depend on schemars); a test checks both accept the same words.
 

@@ -28,7 +28,7 @@ pub use info::{Buckets, SyncInfo};
 pub use mapping::{DestinationMapper, MapError, PathContext, PathMapper, PluginCallObserver};
 pub use path::{PathError, join_mount, normalize_mount, validate_relative_path};
 pub use plan::{Action, CopyReason, Mapping, Plan, PlanOptions, plan_buckets, plan_latest};
-pub use spec::{DestinationSpec, OriginSpec};
+pub use spec::{AUTO_WORKERS_MAX, DestinationSpec, OriginSpec};
 pub use types::{
     DeletePolicy, DestEntry, DestPath, DestinationState, ExactState, KvVersion, MountName, OriginEntry, OriginSnapshot, SecretPath,
     VersionsMode,

@@ -8,6 +8,10 @@ use std::time::Duration;
 use crate::cycle::CycleRules;
 use crate::types::{DeletePolicy, VersionsMode};
 
+/// The most requests in flight an adaptive Vault side (`workers = "auto"`) reaches, and the
+/// number of tasks a role with `workers = "auto"` runs at once.
+pub const AUTO_WORKERS_MAX: usize = 256;
+
 /// The origin role.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OriginSpec {

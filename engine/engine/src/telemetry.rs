@@ -60,6 +60,49 @@ struct VaultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SideLabels {
+    side: String,
+}
+
+/// Each Vault side's request concurrency (`vsync_vault_concurrency_*`): the adaptive limit,
+/// requests in flight, and rate-limit answers.
+struct ConcurrencyFamilies {
+    limit: Family<SideLabels, Gauge>,
+    in_flight: Family<SideLabels, Gauge>,
+    throttled: Family<SideLabels, Counter>,
+}
+
+impl ConcurrencyFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let families = Self { limit: Family::default(), in_flight: Family::default(), throttled: Family::default() };
+        registry.register(
+            "vsync_vault_concurrency_limit",
+            "Requests a Vault side may have in flight now (workers = \"auto\": adaptive; 0 when fixed by workers)",
+            families.limit.clone(),
+        );
+        registry.register("vsync_vault_in_flight", "Requests a Vault side has in flight now", families.in_flight.clone());
+        registry.register(
+            "vsync_vault_throttled",
+            "Rate-limit answers (HTTP 429) a Vault side received; retried as back-pressure, never failures",
+            families.throttled.clone(),
+        );
+        families
+    }
+
+    /// Brings one side's series up to date; `seen` is the throttled total exported so far.
+    fn refresh(&self, side: &str, client: &VaultClient, seen: &mut u64) {
+        let now = client.concurrency();
+        let labels = SideLabels { side: side.to_owned() };
+        self.limit.get_or_create(&labels).set(now.limit as i64);
+        self.in_flight.get_or_create(&labels).set(now.in_flight as i64);
+        if now.throttled > *seen {
+            self.throttled.get_or_create(&labels).inc_by(now.throttled - *seen);
+            *seen = now.throttled;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -172,6 +215,7 @@ pub struct Telemetry {
     last_success: Family<RoleLabels, Gauge<f64, AtomicU64>>,
     secrets: Family<DestinationLabels, Gauge>,
     lag: Family<DestinationLabels, Gauge<f64, AtomicU64>>,
+    concurrency: ConcurrencyFamilies,
     sources: Mutex<Sources>,
     roles: Mutex<Vec<RoleHealth>>,
 }
@@ -184,6 +228,7 @@ struct Sources {
     /// What was exported last, per series, to turn client totals into counter increments.
     seen_vault: HashMap<VaultLabels, u64>,
     seen_consul: HashMap<String, u64>,
+    seen_throttled: HashMap<String, u64>,
     /// The origin's state store (its status record gives the current generation) and the
     /// last status of each destination this process runs, for `vsync_lag_seconds`.
     origin_store: Option<StateStore>,
@@ -252,7 +297,9 @@ impl Telemetry {
             Unit::Seconds,
             lag.clone(),
         );
+        let concurrency = ConcurrencyFamilies::register(&mut registry);
         Self {
+            concurrency,
             registry,
             cycles,
             cycle_duration,
@@ -472,6 +519,7 @@ impl Telemetry {
             let mut guard = lock(&self.sources);
             let sources = &mut *guard;
             for (side, client) in &sources.vaults {
+                self.concurrency.refresh(side, client, sources.seen_throttled.entry(side.clone()).or_insert(0));
                 for (kind, outcome, total) in client.request_outcomes() {
                     let labels = VaultLabels { side: side.clone(), kind: kind.name().into(), outcome: outcome.name().into() };
                     let seen = sources.seen_vault.entry(labels.clone()).or_insert(0);

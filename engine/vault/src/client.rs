@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
+use crate::concurrency::{Concurrency, ConcurrencySnapshot, Limiter, Signal};
 use crate::error::{Result, VaultError};
 
 /// Everything except RFC 3986 unreserved characters is percent-encoded in a path segment, so
@@ -112,6 +113,12 @@ pub struct VaultConfig {
     /// Keys asked for per page when a KV v2 folder is listed with LIST (the walk used when
     /// SCAN is unavailable): [`DEFAULT_LIST_PAGE_SIZE`] unless set. Must be at least 1.
     pub list_page_size: usize,
+    /// How many requests this side keeps in flight ([`crate::concurrency`]).
+    pub concurrency: Concurrency,
+    /// How long a request keeps retrying while the server pushes back (429, a 503 that is not
+    /// "sealed"): throttling is back-pressure, not failure. A cycle's own timeout still
+    /// bounds it.
+    pub backpressure_budget: Duration,
 }
 
 impl VaultConfig {
@@ -129,9 +136,18 @@ impl VaultConfig {
             request_timeout: Duration::from_secs(60),
             list_timeout: DEFAULT_LIST_TIMEOUT,
             list_page_size: DEFAULT_LIST_PAGE_SIZE,
+            concurrency: Concurrency::Unlimited,
+            backpressure_budget: DEFAULT_BACKPRESSURE_BUDGET,
         }
     }
 }
+
+/// How long throttled requests keep retrying by default: the default cycle `timeout`.
+pub const DEFAULT_BACKPRESSURE_BUDGET: Duration = Duration::from_secs(300);
+
+/// The longest wait between retries of a throttled request without `Retry-After`: rate-limit
+/// quotas count in windows of about a second, so a longer wait only idles the link.
+const THROTTLED_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// [`VaultConfig::list_timeout`] unless set.
 pub const DEFAULT_LIST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -292,6 +308,9 @@ pub struct VaultClient {
     pub(crate) scan_unsupported: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The token sent with every request; replaced on re-login, shared by clones.
     pub(crate) token: Arc<std::sync::RwLock<HeaderValue>>,
+    /// Requests in flight, adaptive or not ([`crate::concurrency`]).
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) backpressure_budget: Duration,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -408,7 +427,14 @@ impl VaultClient {
             list_page_size: config.list_page_size,
             scan_unsupported: Default::default(),
             token: Arc::new(std::sync::RwLock::new(token_header)),
+            limiter: Arc::new(Limiter::new(config.concurrency)),
+            backpressure_budget: config.backpressure_budget,
         })
+    }
+
+    /// This side's requests in flight, its limit and its throttled answers (for metrics).
+    pub fn concurrency(&self) -> ConcurrencySnapshot {
+        self.limiter.snapshot()
     }
 
     /// Replaces the token for every later request of this client and its clones (re-login).
@@ -503,7 +529,9 @@ impl VaultClient {
         let request = format!("{method} {api_path}");
         let url = format!("{}/v1/{api_path}", self.address);
         let mut attempt = 0u32;
+        let began = std::time::Instant::now();
         loop {
+            let permit = self.limiter.acquire().await;
             self.counters.bump(kind);
             let mut req = self.http.request(method.clone(), &url);
             if kind == RequestKind::List {
@@ -542,18 +570,28 @@ impl VaultClient {
                     }
                 }, None)),
             };
+            permit.done(signal_of(kind, &outcome));
             match outcome {
                 Ok(answer) => return Ok(answer),
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry(e, retry_after)) => {
                     attempt += 1;
-                    if attempt >= self.retry.max_attempts {
+                    // Back-pressure is retried for as long as the budget allows (the cycle's
+                    // timeout bounds it too); anything else within the attempt budget.
+                    let pushed_back = is_back_pressure(&e);
+                    if pushed_back && began.elapsed() >= self.backpressure_budget {
+                        return Err(e);
+                    }
+                    if !pushed_back && attempt >= self.retry.max_attempts {
                         return Err(e);
                     }
                     // Honour Retry-After, never sooner than our own backoff. It has whole-second
                     // granularity, and OpenBao sends "0" when the window resets in under a
                     // second, so 0 is read as 1 s.
-                    let backoff = self.retry.delay(attempt - 1);
+                    let backoff = match pushed_back {
+                        true => self.retry.delay(attempt.min(8) - 1).min(THROTTLED_MAX_DELAY),
+                        false => self.retry.delay(attempt - 1),
+                    };
                     let delay = retry_after.map_or(backoff, |d| {
                         d.max(Duration::from_secs(1)).min(self.retry.max_delay).max(backoff)
                     });
@@ -630,6 +668,24 @@ impl VaultClient {
 enum Attempt {
     Retry(VaultError, Option<Duration>),
     Fail(VaultError),
+}
+
+/// Throttling, or a 503 that is not "sealed" (a quota, a standby, a proxy shedding load).
+fn is_back_pressure(e: &VaultError) -> bool {
+    matches!(e, VaultError::RateLimited { .. } | VaultError::Server { status: 503, .. })
+}
+
+/// What one attempt tells the side's concurrency controller.
+fn signal_of<T>(kind: RequestKind, outcome: &std::result::Result<T, Attempt>) -> Signal {
+    match outcome {
+        Err(Attempt::Retry(VaultError::RateLimited { .. }, _)) => Signal::Throttled,
+        Err(Attempt::Retry(VaultError::Sealed { .. }, _)) => Signal::Unsampled,
+        Err(Attempt::Retry(..)) => Signal::Pressure,
+        Err(Attempt::Fail(_)) => Signal::Unsampled,
+        // A listing's time is its size, not the path's.
+        Ok(_) if matches!(kind, RequestKind::List | RequestKind::Other) => Signal::Unsampled,
+        Ok(_) => Signal::Served,
+    }
 }
 
 #[cfg(test)]

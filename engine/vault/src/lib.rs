@@ -8,6 +8,7 @@
 
 mod auth;
 mod client;
+pub mod concurrency;
 mod error;
 mod kv;
 mod listing;
@@ -15,7 +16,7 @@ mod types;
 
 pub use auth::{Login, TokenLease};
 pub use client::{
-    DEFAULT_LIST_PAGE_SIZE, RequestCounts, RequestKind, RequestOutcome, RetryPolicy, Token, VaultClient,
+    DEFAULT_BACKPRESSURE_BUDGET, DEFAULT_LIST_PAGE_SIZE, RequestCounts, RequestKind, RequestOutcome, RetryPolicy, Token, VaultClient,
     VaultConfig,
 };
 pub use error::{Result, VaultError};

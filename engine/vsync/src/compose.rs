@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use vsync_config::{Config, Destination, StateSettings, VaultSettings};
+use vsync_config::{Config, Destination, StateSettings, VaultSettings, Workers};
 use vsync_core::{DestinationSpec, OriginSpec};
 use vsync_engine::Tripwire;
 use vsync_engine::check;
 use vsync_state::consul::{ConsulClient, ConsulConfig, ConsulToken};
 use vsync_state::{ConsulStore, FileStore, StateStore};
+use vsync_vault::concurrency::Concurrency;
 use vsync_vault::{Token, TokenLease, VaultClient, VaultConfig};
 
 use vsync_engine::tokens::{self, JwtSource, Secret, TokenSource};
@@ -38,9 +39,13 @@ fn token(side: &str, v: &VaultSettings) -> Result<Token> {
     bail!("{side} vault: no token source configured")
 }
 
-/// Builds the Vault client of one side.
-pub fn vault_client(side: &str, v: &VaultSettings) -> Result<VaultClient> {
+/// Builds the Vault client of one side; `workers = "auto"` makes its requests in flight
+/// adaptive (`vsync_vault::concurrency`), a fixed number leaves the role's tasks to bound them.
+pub fn vault_client(side: &str, v: &VaultSettings, workers: Workers) -> Result<VaultClient> {
     let mut cfg = VaultConfig::new(v.address.clone(), token(side, v)?);
+    if workers.adaptive() {
+        cfg.concurrency = Concurrency::Adaptive { max: vsync_core::AUTO_WORKERS_MAX };
+    }
     cfg.namespace = v.namespace.clone();
     cfg.ca_cert = v.ca_cert.clone();
     cfg.client_cert = v.client_cert.clone();
@@ -90,8 +95,8 @@ pub fn token_source(side: &str, v: &VaultSettings) -> Result<TokenSource> {
 }
 
 /// Builds a side's client and logs in when it uses AppRole or JWT.
-pub async fn vault_login(side: &str, v: &VaultSettings) -> Result<(VaultClient, TokenSource, Option<TokenLease>)> {
-    let client = vault_client(side, v)?;
+pub async fn vault_login(side: &str, v: &VaultSettings, workers: Workers) -> Result<(VaultClient, TokenSource, Option<TokenLease>)> {
+    let client = vault_client(side, v, workers)?;
     let source = token_source(side, v)?;
     let lease = tokens::login(&client, side, &source).await.map_err(|f| anyhow::anyhow!(f.message))?;
     Ok((client, source, lease))
@@ -179,8 +184,8 @@ impl VaultSide {
     /// Builds the client and logs in. With `defer_unavailable` (destinations), a login that
     /// cannot reach the server leaves the side with [`VaultSide::login_pending`] instead of
     /// failing: one region down never stops the others.
-    async fn connect(side: &str, v: &VaultSettings, defer_unavailable: bool) -> Result<Self> {
-        let client = vault_client(side, v)?;
+    async fn connect(side: &str, v: &VaultSettings, workers: Workers, defer_unavailable: bool) -> Result<Self> {
+        let client = vault_client(side, v, workers)?;
         let source = token_source(side, v)?;
         match tokens::login(&client, side, &source).await {
             Ok(lease) => Ok(Self { client, source, lease, login_pending: None }),
@@ -243,13 +248,13 @@ impl Parts {
             let side = format!("destination {}", d.name);
             dests.push(DestinationParts {
                 spec: d.spec(),
-                vault: VaultSide::connect(&side, &d.vault, true).await,
+                vault: VaultSide::connect(&side, &d.vault, d.workers, true).await,
                 store: state_store(&side, &d.state),
             });
         }
         Parts {
             origin_spec: config.origin_spec(),
-            origin_vault: VaultSide::connect("origin", &config.origin.vault, false).await,
+            origin_vault: VaultSide::connect("origin", &config.origin.vault, config.origin.workers, false).await,
             origin_store: state_store("origin", &config.origin.state),
             destinations: dests,
         }

@@ -505,7 +505,7 @@ async fn status(config: &Config, format: &str, max_lag: Option<Duration>) -> Out
 /// `vsync policy origin|destination --name NAME`: mount kinds are read from the Vault.
 async fn policy(config: &Config, role: PolicyRole) -> Outcome {
     let kinds = |side: String, settings: vsync_config::VaultSettings, mounts: Vec<String>| async move {
-        let client = compose::vault_login(&side, &settings).await.map_err(fatal)?.0;
+        let client = compose::vault_login(&side, &settings, vsync_config::Workers::Fixed(1)).await.map_err(fatal)?.0;
         let kinds = vsync_engine::policy::mount_kinds(&client, mounts).await.map_err(|f| fatal(anyhow::anyhow!("{side}: {}", f.message)))?;
         let scans = match kinds.first() {
             Some((m, kind)) => vsync_engine::policy::server_scans(&client, m, *kind).await,
