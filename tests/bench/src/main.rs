@@ -14,6 +14,15 @@
 //! | `propagation` | `run` loop, origin interval 1 s, polling: write at the origin to visible at the destination, p50/p95 | write then read back at the origin |
 //! | `scale`       | origin scan + publish of N (default 1,000,000)    | one bare origin SCAN             |
 //!
+//! End-to-end scenarios time the `vsync` binary itself (`vsync run --once`, a process per run;
+//! build it with `cargo build --release -p vsync -p vsync-bench`), the ratio first:
+//!
+//! | scenario      | vsync binary                                      | baselines in the same run        |
+//! |---------------|---------------------------------------------------|----------------------------------|
+//! | `wan`         | full sync with the destination, then the origin, behind a proxy adding `--rtt-ms` (default 100) per round trip; `latest` and `all`, defaults; then 5 versions a key in `all` mode | raw copy through the same proxy at 4 and at 64 in flight (4 only up to 2,000 secrets); 5 versions: a raw copier writing each key's versions in order, 64 keys at a time |
+//! | `throttled`   | full sync of 300 secrets into a destination mount under a rate-limit quota of 40 requests/s | the quota's own rate |
+//! | `e2e`         | loopback full sync (`latest`, `all`) with the defaults and with `workers = 4`; a no-change run | raw copy at 4 in flight; one bare SCAN |
+//!
 //! `all` (the default) runs every scenario but `scale`. Every measured run is a process of its
 //! own (this executable, re-run as a child), since peak RSS is a high-water mark; each copy goes
 //! to a fresh destination mount; vsync and its baseline alternate, `--runs` times (default 3),
@@ -34,11 +43,14 @@ use vsync_state::{FileStore, StateStore};
 use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
 use vsync_vault::{DataRead, RequestCounts, SecretData, Token, VaultClient, VaultConfig};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const SCENARIOS: [&str; 8] = ["all", "full-latest", "full-all", "no-change", "incremental", "scan", "propagation", "scale"];
+const SCENARIOS: [&str; 11] = ["all", "full-latest", "full-all", "no-change", "incremental", "scan", "propagation", "scale", "wan", "throttled", "e2e"];
 
-fn client(address: &str, token: &str) -> Result<VaultClient, Error> {
+mod binary;
+mod endtoend;
+
+pub(crate) fn client(address: &str, token: &str) -> Result<VaultClient, Error> {
     Ok(VaultClient::new(VaultConfig::new(address, Token::new(token)))?)
 }
 
@@ -52,11 +64,13 @@ fn peak_rss_mb() -> f64 {
 /// What a child measures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-enum Task {
+pub(crate) enum Task {
     /// List the origin, read each secret, write it to `dest_mount` (create only).
     RawCopy,
     /// Read and write just the keys in `keys_file`.
     RawCopyKeys,
+    /// Copy every version of every key in order (`cas` = version - 1), `workers` keys at a time.
+    RawCopyVersions,
     /// `origin::scan` plus one destination cycle into `dest_mount` with the state in `store`.
     Sync,
     /// `origin::scan` only.
@@ -80,6 +94,9 @@ struct ChildSpec {
     dest: String,
     /// Token for the origin (the walk uses one without the `scan` capability).
     origin_token: String,
+    /// The origin mount copied (`secret/` unless set).
+    #[serde(default = "secret_mount")]
+    origin_mount: String,
     dest_mount: String,
     versions: VersionsMode,
     workers: usize,
@@ -90,12 +107,12 @@ struct ChildSpec {
 
 /// What a child reports (one JSON line on stdout).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Measure {
-    secs: f64,
-    secrets: usize,
+pub(crate) struct Measure {
+    pub(crate) secs: f64,
+    pub(crate) secrets: usize,
     origin: Counts,
     dest: Counts,
-    rss_mb: f64,
+    pub(crate) rss_mb: f64,
     /// Propagation samples, in seconds.
     #[serde(default)]
     latencies: Vec<f64>,
@@ -144,6 +161,10 @@ impl Counts {
     }
 }
 
+fn secret_mount() -> String {
+    "secret/".into()
+}
+
 fn origin_spec(workers: usize, interval: Duration) -> OriginSpec {
     OriginSpec { mounts: vec!["secret/".into()], interval, timeout: Duration::from_secs(3600), workers, buckets: None }
 }
@@ -164,16 +185,24 @@ fn dest_spec(name: &str, mount: &str, versions: VersionsMode, workers: usize) ->
     }
 }
 
-/// Reads each path at the origin and writes it to `mount` (create only), `workers` at a time.
-async fn copy_paths(o: &VaultClient, d: &VaultClient, mount: &str, paths: Vec<String>, workers: usize) -> Result<usize, Error> {
+/// Reads each path at the origin's `from` mount and writes it to `mount` (create only; with
+/// `versions`, every version in order), `workers` at a time.
+async fn copy_paths(o: &VaultClient, d: &VaultClient, from: &str, mount: &str, paths: Vec<String>, workers: usize, versions: bool) -> Result<usize, Error> {
     let limit = Arc::new(Semaphore::new(workers.max(1)));
     let mut tasks = JoinSet::new();
     let n = paths.len();
     for path in paths {
-        let (o, d, limit, mount) = (o.clone(), d.clone(), limit.clone(), mount.to_owned());
+        let (o, d, limit, from, mount) = (o.clone(), d.clone(), limit.clone(), from.to_owned(), mount.to_owned());
         tasks.spawn(async move {
             let _p = limit.acquire_owned().await;
-            if let DataRead::Live(data, _) = o.read_latest("secret/", &path).await? {
+            if versions {
+                let current = o.read_metadata(&from, &path).await?.map_or(0, |m| m.current_version);
+                for v in 1..=current {
+                    if let DataRead::Live(data, _) = o.read_version(&from, &path, v).await? {
+                        d.write_version(&mount, &path, &data, v - 1).await?;
+                    }
+                }
+            } else if let DataRead::Live(data, _) = o.read_latest(&from, &path).await? {
                 d.write_version(&mount, &path, &data, 0).await?;
             }
             Ok::<_, Error>(())
@@ -201,20 +230,21 @@ async fn destination(spec: &ChildSpec, dest: &VaultClient, store: &StateStore) -
 async fn child(spec: ChildSpec) -> Result<Measure, Error> {
     let o = client(&spec.origin, &spec.origin_token)?;
     let d = client(&spec.dest, DEV_ROOT_TOKEN)?;
-    let mount = o.mount_info("secret/").await?;
+    let mount = o.mount_info(&spec.origin_mount).await?;
     let ospec = origin_spec(spec.workers, Duration::from_secs(60));
     let mut m = Measure::default();
     // The mount lookup is set-up, not measured.
     let (o0, d0) = (o.request_counts(), d.request_counts());
     let started = Instant::now();
     match spec.task {
-        Task::RawCopy => {
+        Task::RawCopy | Task::RawCopyVersions => {
             let paths = o.list_secrets(&mount).await?.into_iter().map(|s| s.path).collect();
-            m.secrets = copy_paths(&o, &d, &spec.dest_mount, paths, spec.workers).await?;
+            let versions = matches!(spec.task, Task::RawCopyVersions);
+            m.secrets = copy_paths(&o, &d, &spec.origin_mount, &spec.dest_mount, paths, spec.workers, versions).await?;
         }
         Task::RawCopyKeys => {
             let paths = std::fs::read_to_string(&spec.keys_file)?.lines().map(str::to_owned).collect();
-            m.secrets = copy_paths(&o, &d, &spec.dest_mount, paths, spec.workers).await?;
+            m.secrets = copy_paths(&o, &d, "secret/", &spec.dest_mount, paths, spec.workers, false).await?;
         }
         Task::Sync => {
             let store = StateStore::File(FileStore::open(&spec.store)?);
@@ -341,24 +371,27 @@ async fn wait_visible(d: &VaultClient, mount: &str, path: &str, n: usize, limit:
 }
 
 /// The parent: servers, seeding, children, medians.
-struct Harness {
-    a: Bao,
-    b: Bao,
+pub(crate) struct Harness {
+    pub(crate) a: Bao,
+    pub(crate) b: Bao,
     exe: PathBuf,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     workers: usize,
-    runs: usize,
+    pub(crate) runs: usize,
     samples: usize,
-    mounts: usize,
+    pub(crate) mounts: usize,
+    /// The `multi/` mount of 5-version keys exists at the origin (the `wan` scenario).
+    pub(crate) versions_seeded: bool,
 }
 
 impl Harness {
-    fn spec(&self, task: Task) -> ChildSpec {
+    pub(crate) fn spec(&self, task: Task) -> ChildSpec {
         ChildSpec {
             task,
             origin: self.a.addr(),
             dest: self.b.addr(),
             origin_token: DEV_ROOT_TOKEN.into(),
+            origin_mount: secret_mount(),
             dest_mount: String::new(),
             versions: VersionsMode::Latest,
             workers: self.workers,
@@ -369,7 +402,7 @@ impl Harness {
     }
 
     /// A fresh destination mount (KV v2).
-    fn fresh_mount(&mut self) -> String {
+    pub(crate) fn fresh_mount(&mut self) -> String {
         self.mounts += 1;
         let name = format!("run{}", self.mounts);
         self.b.enable_kv(&name, 2);
@@ -388,11 +421,11 @@ impl Harness {
     }
 
     /// Disables a destination mount again, so the server's memory stays flat over many runs.
-    fn drop_mount(&self, mount: &str) {
+    pub(crate) fn drop_mount(&self, mount: &str) {
         self.b.root("DELETE", &format!("sys/mounts/{}", mount.trim_end_matches('/')), None);
     }
 
-    fn run_child(&self, spec: &ChildSpec) -> Result<Measure, Error> {
+    pub(crate) fn run_child(&self, spec: &ChildSpec) -> Result<Measure, Error> {
         let out = std::process::Command::new(&self.exe)
             .arg("__child")
             .arg(serde_json::to_string(spec)?)
@@ -532,6 +565,7 @@ fn main() -> Result<(), Error> {
     let workers = value("--workers", 4)?;
     let runs = value("--runs", if scenario == "scale" { 1 } else { 3 })?.max(1);
     let samples = value("--samples", 30)?.max(1);
+    let rtt = Duration::from_millis(value("--rtt-ms", 100)? as u64);
     let run = |s: &str| scenario == s || (scenario == "all" && s != "scale");
 
     let mut h = Harness {
@@ -543,6 +577,7 @@ fn main() -> Result<(), Error> {
         runs,
         samples,
         mounts: 0,
+        versions_seeded: false,
     };
     let origin = client(&h.a.addr(), DEV_ROOT_TOKEN)?;
     let started = Instant::now();
@@ -629,6 +664,15 @@ fn main() -> Result<(), Error> {
             percentile(&rt_all, 0.5) * 1000.0,
             percentile(&rt_all, 0.95) * 1000.0
         );
+    }
+    if run("e2e") {
+        endtoend::loopback(&mut h, n)?;
+    }
+    if run("wan") {
+        endtoend::wan(&mut h, &rt, n, rtt)?;
+    }
+    if run("throttled") {
+        endtoend::throttled(&mut h, &rt)?;
     }
     if run("scale") {
         let (ours, base) = h.pairs(|h, run| {
