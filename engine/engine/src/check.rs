@@ -140,6 +140,26 @@ pub async fn availability(client: &VaultClient) -> Result<(), String> {
 
 /// Runs the checks; returns every finding (problems and passes).
 pub async fn run(origin: &OriginParts<'_>, destinations: &[DestinationParts<'_>]) -> Vec<Finding> {
+    let origin_kinds = match &origin.vault {
+        Ok(client) => origin_kinds(client, origin.mounts).await,
+        Err(_) => std::collections::BTreeMap::new(),
+    };
+    // The origin's checks and the destinations' run at once: between regions each is a few
+    // round trips, and the sides are independent.
+    let destinations_checked = async {
+        let mut out = Findings::default();
+        for d in destinations {
+            check_destination(&mut out, d, &origin_kinds).await;
+        }
+        out
+    };
+    let (mut out, theirs) = tokio::join!(check_origin(origin), destinations_checked);
+    out.0.extend(theirs.0);
+    out.0
+}
+
+/// The origin's side: its client, its state store, and each mount (list, read, SCAN).
+async fn check_origin(origin: &OriginParts<'_>) -> Findings {
     let mut out = Findings::default();
     if let Err(e) = &origin.vault {
         out.push("origin", "vault client", Err(e.clone()));
@@ -163,20 +183,13 @@ pub async fn run(origin: &OriginParts<'_>, destinations: &[DestinationParts<'_>]
     if let Ok(client) = &origin.vault {
         for m in origin.mounts {
             let subject = format!("vault {} mount {m}", client.address());
-            match (origin_mount(client, m).await, scan_warning(client, m).await) {
+            match tokio::join!(origin_mount(client, m), scan_warning(client, m)) {
                 (Ok(note), Some(warning)) => out.push_warning("origin", subject, note, warning),
                 (r, _) => out.push("origin", subject, r),
             }
         }
     }
-    let origin_kinds = match &origin.vault {
-        Ok(client) => origin_kinds(client, origin.mounts).await,
-        Err(_) => std::collections::BTreeMap::new(),
-    };
-    for d in destinations {
-        check_destination(&mut out, d, &origin_kinds).await;
-    }
-    out.0
+    out
 }
 
 /// The KV version of each origin mount that can be read (for the `versions = "all"` checks).
@@ -226,15 +239,35 @@ async fn check_destination(
         out.push_unavailable(&side, format!("vault {}", client.address()), why);
         return;
     }
+    // The write probes and the `versions = "all"` checks are independent: run them at once.
+    let (probes, exact) = tokio::join!(probe_mounts(client, d), exact_checks(client, d, origin_kinds));
+    for (subject, r) in probes.into_iter().chain(exact) {
+        out.push(&side, subject, r);
+    }
+}
+
+/// The write probe of every mapped destination mount.
+async fn probe_mounts(client: &VaultClient, d: &DestinationParts<'_>) -> Vec<(String, Result<String, String>)> {
     let mut mounts: Vec<&String> = d.mounts.values().collect();
     mounts.sort();
     mounts.dedup();
+    let mut found = Vec::new();
     for m in mounts {
-        let r = destination_mount(client, m).await;
-        out.push(&side, format!("vault {} mount {m}", client.address()), r);
+        found.push((format!("vault {} mount {m}", client.address()), destination_mount(client, m).await));
     }
+    found
+}
+
+/// `versions = "all"`: each mapping joins mounts of one KV version, and KV v2 destination
+/// mounts meet the preconditions.
+async fn exact_checks(
+    client: &VaultClient,
+    d: &DestinationParts<'_>,
+    origin_kinds: &std::collections::BTreeMap<String, KvVersion>,
+) -> Vec<(String, Result<String, String>)> {
+    let mut found = Vec::new();
     if !d.exact {
-        return;
+        return found;
     }
     for (from, to) in &d.mounts {
         let Ok(info) = client.mount_info(to).await else { continue };
@@ -248,8 +281,9 @@ async fn check_destination(
             _ if info.kind == KvVersion::V2 => crate::exact::check_mount(client, to).await.map(|()| " (max_versions 0, delete_version_after <= 0)".into()),
             _ => Ok(" (kv v1 to kv v1)".into()),
         };
-        out.push(&side, subject, r);
+        found.push((subject, r));
     }
+    found
 }
 
 /// Write, read, update, delete of a probe document on the store, under `side`.

@@ -304,6 +304,8 @@ async fn rate_limit_honours_retry_after() {
     bao.root("POST", "sys/quotas/rate-limit/kvlimit", Some(&json!({"path": "secret/", "rate": 2, "interval": "1s"})));
     let mut cfg = VaultConfig::new(bao.addr(), Token::new(DEV_ROOT_TOKEN));
     cfg.retry = RetryPolicy { max_attempts: 1, ..fast_retry() };
+    // Throttling is retried for as long as the back-pressure budget allows: none here.
+    cfg.backpressure_budget = Duration::ZERO;
     let no_retry = VaultClient::new(cfg).unwrap();
     let mut limited = None;
     for _ in 0..10 {
@@ -323,6 +325,18 @@ async fn rate_limit_honours_retry_after() {
     for _ in 0..6 {
         patient.read_latest("secret/", "x").await.unwrap();
     }
+    // Throttling is back-pressure, not failure: a client that retries nothing else still
+    // waits the quota out, and counts what it met.
+    let mut cfg = VaultConfig::new(bao.addr(), Token::new(DEV_ROOT_TOKEN));
+    cfg.retry = RetryPolicy { max_attempts: 1, ..fast_retry() };
+    cfg.concurrency = vsync_vault::concurrency::Concurrency::Adaptive { max: 64 };
+    let throttled = VaultClient::new(cfg).unwrap();
+    let reads: Vec<_> = (0..8).map(|_| throttled.read_latest("secret/", "x")).collect();
+    for r in reads {
+        r.await.unwrap();
+    }
+    let seen = throttled.concurrency();
+    assert!(seen.throttled > 0 && seen.adaptive && seen.in_flight == 0, "{seen:?}");
 }
 
 #[tokio::test]
