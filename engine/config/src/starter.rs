@@ -52,7 +52,7 @@ pub enum StarterError {
 /// Checks a Vault address: `http://` or `https://`, a host, an optional port, nothing else
 /// (no credentials, path, query or fragment). Returns it without a trailing `/`.
 pub fn check_address(address: &str) -> Result<String, StarterError> {
-    let bad = |why: &str| StarterError::BadAddress { address: address.to_owned(), why: why.to_owned() };
+    let bad = |why: &str| StarterError::BadAddress { address: redact(address), why: why.to_owned() };
     let url = url::Url::parse(address).map_err(|e| bad(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https"));
@@ -72,6 +72,20 @@ pub fn check_address(address: &str) -> Result<String, StarterError> {
     Ok(address.trim_end_matches('/').to_owned())
 }
 
+/// The address with anything before an `@` in its authority (credentials) replaced by `***`,
+/// for error messages.
+fn redact(address: &str) -> String {
+    let (scheme, rest) = address.split_once("://").unwrap_or(("", address));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() && !address.contains("://") { "" } else { "://" };
+            format!("{scheme}{sep}***{}", &rest[at..])
+        }
+        None => address.to_owned(),
+    }
+}
+
 /// Whether vsync accepts `name` as a destination name.
 fn usable_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 100 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -79,7 +93,7 @@ fn usable_name(name: &str) -> bool {
 
 /// Parses a `--destination NAME=URL` argument.
 pub fn parse_destination(arg: &str) -> Result<(String, String), StarterError> {
-    let (name, address) = arg.split_once('=').ok_or_else(|| StarterError::NotNameEqualsUrl(arg.to_owned()))?;
+    let (name, address) = arg.split_once('=').ok_or_else(|| StarterError::NotNameEqualsUrl(redact(arg)))?;
     if !usable_name(name) {
         return Err(StarterError::BadName(name.to_owned()));
     }
@@ -226,6 +240,11 @@ mod tests {
         assert_eq!(parse_destination("eu"), Err(StarterError::NotNameEqualsUrl("eu".into())));
         assert_eq!(parse_destination("e u=http://b:8200"), Err(StarterError::BadName("e u".into())));
         assert!(matches!(parse_destination("eu=b:8200"), Err(StarterError::BadAddress { .. })));
+        for secret in ["http://tok:en@b:8200", "http://tok:en@", "eu=http://tok:en@b"] {
+            let e = check_address(secret).map(|_| ()).or_else(|_| parse_destination(secret).map(|_| ()));
+            let text = e.map_or_else(|e| e.to_string(), |()| String::new());
+            assert!(!text.is_empty() && !text.contains("tok:en") && text.contains("***@"), "{secret}: {text}");
+        }
     }
 
     #[test]
