@@ -199,6 +199,18 @@ impl Drop for LiveRun {
     }
 }
 
+/// `GET path` with an Accept header: the response head and body.
+fn raw_get(port: u16, path: &str, accept: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
 /// The value of the sample `series` (name and labels exactly as exposed).
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
@@ -507,7 +519,17 @@ fn dashboard_json_has_the_shape_grafana_imports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_checks_a_real_exposition_and_the_kit_names_only_what_it_exposes() {
     let run = LiveRun::start().await;
+    // Without an Accept header: the classic text format (what promtool reads).
     let metrics = run.scrape().unwrap();
+    // Asked for OpenMetrics, as Prometheus asks: the same samples, OpenMetrics framing.
+    let (head, openmetrics) = raw_get(run.port, "/metrics", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text; version=1.0.0"), "{head}");
+    assert!(openmetrics.ends_with("# EOF\n") && openmetrics.contains("# TYPE vsync_cycles counter"), "{openmetrics}");
+    assert!(!metrics.contains("# EOF") && metrics.contains("# TYPE vsync_cycles_total counter"), "{metrics}");
+    let samples = |body: &str| -> BTreeSet<String> {
+        body.lines().filter(|l| !l.starts_with('#')).map(|l| l.rsplit_once(' ').unwrap().0.to_owned()).collect()
+    };
+    assert_eq!(samples(&metrics), samples(&openmetrics), "both formats carry the same series");
     // promtool reads the body from stdin.
     let mut child = Command::new(prometheus_tool("promtool"))
         .args(["check", "metrics"])
