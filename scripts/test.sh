@@ -4,11 +4,16 @@
 # CONSUL_HTTP_ADDR is set), the plugin host against real guest components, the end-to-end
 # tests of the vsync binary, and `vsync plugin validate` on the example plugin built with the
 # published SDK, and `systemd-analyze verify` on examples/deploy's units where that tool exists
-# (the deployment YAML is parsed by vsync-config's tests). Installs what it needs first
-# (scripts/setup.sh).
+# (the deployment YAML is parsed by vsync-config's tests), and `promtool check rules` and
+# `promtool test rules` on examples/monitoring's alert rules (cargo test also runs a real
+# Prometheus against vsync). Installs what it needs first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
+echo "==> test: promtool check rules and promtool test rules on examples/monitoring"
+command -v promtool >/dev/null || { echo "error: promtool is missing: apt-get install prometheus (Debian)" >&2; exit 1; }
+(cd examples/monitoring && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
+
 echo "==> test: cargo test --workspace --locked (starts and stops its own OpenBao servers on 127.0.0.1)"
 cargo test --workspace --locked "$@"
 

@@ -22,6 +22,7 @@
 
 mod diag;
 mod schema;
+pub mod starter;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

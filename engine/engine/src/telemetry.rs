@@ -5,6 +5,8 @@
 //! here as they happen; request counters that live in the Vault and Consul clients are read at
 //! scrape time (as deltas, so the exported series stay monotonic counters); plugin calls arrive
 //! through [`vsync_core::PluginCallObserver`]. Recording never fails and never blocks a cycle.
+//! `/metrics` answers OpenMetrics to a scraper that asks for it (Prometheus does) and the
+//! classic text format (0.0.4) to anything else ([`classic_text`]).
 //!
 //! Health: a role is healthy while its last successful cycle ended less than
 //! `2 × interval + timeout` ago. A role that has not completed a cycle yet is healthy for that
@@ -588,6 +590,36 @@ where
     out
 }
 
+/// The classic Prometheus text format (version 0.0.4) of an OpenMetrics body: a counter's
+/// `# HELP` and `# TYPE` name its `_total` series (OpenMetrics names the family without the
+/// suffix, which text-format parsers such as `promtool check metrics` read as a second family
+/// without help), and the `# UNIT` and `# EOF` lines, which that format does not have, go.
+/// Samples are unchanged.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].iter().find_map(|p| Some((*p, line.strip_prefix(p)?.split_once(' ')?)));
+        match described {
+            Some((prefix, (name, rest))) if counters.contains(name) => {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Why the telemetry listener could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("telemetry.listen `{address}`: {source}")]
@@ -614,11 +646,21 @@ pub async fn serve(address: &str, telemetry: Arc<Telemetry>) -> Result<SocketAdd
         .map_err(|source| ListenError { address: address.to_owned(), source })?;
     let metrics = {
         let t = telemetry.clone();
-        move || {
+        move |headers: axum::http::HeaderMap| {
             let t = t.clone();
             async move {
                 let body = t.encode().await;
-                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                // OpenMetrics for a scraper that asks for it (Prometheus does); the classic text
+                // format for anything else (promtool, curl, older agents).
+                let openmetrics = headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+                if openmetrics {
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                } else {
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&body))
+                }
             }
         }
     };
@@ -667,6 +709,18 @@ mod tests {
         let h = t.cycle_health();
         assert!(!h.healthy());
         assert!(h.roles[0].reason.as_deref().is_some_and(|r| r.contains("destination sealed")), "{h:?}");
+    }
+
+    #[test]
+    fn the_classic_text_format_names_counters_by_their_total_series() {
+        let om = "# HELP vsync_cycles Cycles.\n# TYPE vsync_cycles counter\nvsync_cycles_total{role=\"origin\"} 1\n\
+                  # HELP vsync_lag_seconds Lag.\n# TYPE vsync_lag_seconds gauge\n# UNIT vsync_lag_seconds seconds\n\
+                  vsync_lag_seconds{destination=\"eu\"} 0.0\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP vsync_cycles_total Cycles.\n# TYPE vsync_cycles_total counter\nvsync_cycles_total{role=\"origin\"} 1\n\
+             # HELP vsync_lag_seconds Lag.\n# TYPE vsync_lag_seconds gauge\nvsync_lag_seconds{destination=\"eu\"} 0.0\n"
+        );
     }
 
     #[tokio::test]

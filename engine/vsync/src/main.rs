@@ -5,6 +5,7 @@
 //! 3 a `--once` cycle that completed with per-secret failures.
 
 mod compose;
+mod kit;
 mod plugins;
 mod progress;
 
@@ -104,6 +105,29 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         max_lag: Option<Duration>,
     },
+    /// Print a commented starter config for the given Vaults (tokens from the files it names).
+    Init {
+        /// Origin Vault address, like https://vault-a.example:8200.
+        #[arg(long, value_name = "URL")]
+        origin: String,
+        /// A destination, as NAME=URL; repeat for each.
+        #[arg(long = "destination", value_name = "NAME=URL", required = true)]
+        destinations: Vec<String>,
+        /// A KV mount to replicate to the same mount everywhere; repeat for each (default secret/).
+        #[arg(long = "mount", value_name = "MOUNT")]
+        mounts: Vec<String>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the vsync(1) man page (roff), or write every page into --dir.
+    Man {
+        /// Write vsync.1 and one page per subcommand (vsync-run.1, ...) into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +200,9 @@ fn fatal(e: impl Into<anyhow::Error>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(code) = kit::without_config(&cli.command) {
+        return code;
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => Some(c),
         // `plugin validate` works without a config file.
@@ -258,6 +285,7 @@ async fn dispatch(command: Command, config: Option<Config>) -> Outcome {
         Command::Validate => validate(&config),
         Command::Status { format, max_lag } => status(&config, &format, max_lag).await,
         Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(Some(&config), &dir, &format),
+        Command::Init { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(ExitCode::SUCCESS), // run before the config is read: kit::without_config
     }
 }
 

@@ -10,8 +10,10 @@
 
 mod http_proxy;
 pub mod jwt;
+mod prometheus;
 mod proxy;
 pub use http_proxy::HttpProxy;
+pub use prometheus::{Prometheus, prometheus_tool, url_encode};
 pub use jwt::JwtIssuer;
 pub use proxy::Proxy;
 use std::io::{Read, Write};
