@@ -97,8 +97,10 @@ impl ConcurrencyFamilies {
         let labels = SideLabels { side: side.to_owned() };
         self.limit.get_or_create(&labels).set(now.limit as i64);
         self.in_flight.get_or_create(&labels).set(now.in_flight as i64);
+        // The series exists from the first scrape (at 0), so rules and dashboards can name it.
+        let throttled = self.throttled.get_or_create(&labels);
         if now.throttled > *seen {
-            self.throttled.get_or_create(&labels).inc_by(now.throttled - *seen);
+            throttled.inc_by(now.throttled - *seen);
             *seen = now.throttled;
         }
     }

@@ -120,6 +120,19 @@ pub fn failed_secrets(output: &str) -> Option<u64> {
     output
         .lines()
         .filter(|l| l.contains(" failed") && l.contains("added"))
-        .filter_map(|l| l.split(", ").find(|p| p.ends_with(" failed")).and_then(|p| p.split_whitespace().next()?.parse().ok()))
+        .filter_map(|l| {
+            let counts = l.split(';').next()?;
+            counts.split(", ").find(|p| p.ends_with(" failed")).and_then(|p| p.split_whitespace().rev().nth(1)?.parse().ok())
+        })
         .next_back()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn failed_secrets_reads_the_destination_line() {
+        let out = "origin: 300 secrets in 1 buckets, published\ndestination bench: 300 added, 0 updated, 0 deleted, 0 unchanged, 0 checked equal, 0 skipped, 2 failed; vault requests: 300 origin data reads\n";
+        assert_eq!(super::failed_secrets(out), Some(2));
+        assert_eq!(super::failed_secrets("nothing"), None);
+    }
 }
