@@ -390,11 +390,21 @@ impl Bao {
         http_request(self.port, method, &format!("/v1/{api_path}"), token, body)
     }
 
-    /// Root-token request; panics unless the status is 2xx.
+    /// Root-token request; panics unless the status is 2xx. A KV v2 mount still upgrading its
+    /// storage (a new dev server's `secret/` on a busy machine) answers 400 for a while: that
+    /// answer is retried for up to 30 s.
     pub fn root(&self, method: &str, api_path: &str, body: Option<&Value>) -> Value {
-        let (status, resp) = self.http(method, api_path, Some(&self.root_token), body);
-        assert!((200..300).contains(&status), "{method} {api_path}: {status} {resp}");
-        resp
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, resp) = self.http(method, api_path, Some(&self.root_token), body);
+            let upgrading = status == 400 && resp.to_string().contains("Upgrading from non-versioned to versioned data");
+            if upgrading && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            assert!((200..300).contains(&status), "{method} {api_path}: {status} {resp}");
+            return resp;
+        }
     }
 
     /// Creates a policy and a token holding only it (no default policy); returns the token.
