@@ -145,6 +145,12 @@ async fn one_destination_down_at_start_up_does_not_hold_up_the_others() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(child.try_wait().unwrap().is_none(), "vsync run keeps running with one destination down");
     assert!(keys(&cc).await.is_empty());
+    // `status` shows the side that cannot run, and that the other one did.
+    let status = text(&vsync(&cfg, &["status"]));
+    let late = status.lines().find(|l| l.starts_with("destination late")).unwrap_or_default();
+    assert!(late.contains("unavailable") && late.contains("last success never"), "{status}");
+    let eu = status.lines().find(|l| l.starts_with("destination eu")).unwrap_or_default();
+    assert!(!eu.contains("last success never"), "{status}");
     proxy.set_cut(false);
     let deadline = Instant::now() + Duration::from_secs(30);
     while keys(&cc).await.len() < 5 && Instant::now() < deadline {
