@@ -446,6 +446,8 @@ impl AuditFeed {
         match TcpListener::bind(addr).await {
             Ok(listener) => {
                 self.addr = listener.local_addr().map_err(|source| AuditError::Bind { addr, source })?;
+                // A configured port 0 got a port: binding again after a release takes the same.
+                self.settings.listen = self.addr;
                 info!(listen = %self.addr, max_line = shared.max_line, "audit feed: listening for a socket audit device");
                 self.task = Some(tokio::spawn(accept_loop(listener, shared)));
                 Ok(())
