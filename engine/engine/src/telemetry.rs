@@ -156,7 +156,7 @@ pub struct VaultVerdict {
     pub side: String,
     /// `ok`, `sealed` or `unreachable`.
     pub state: &'static str,
-    /// For `unreachable`: `timeout`, `connection` or `http NNN` (details go to the logs).
+    /// For `unreachable`: `timeout`, `connection`, `http NNN` or `error` (details go to the logs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -641,7 +641,13 @@ async fn probe(side: String, client: &VaultClient) -> VaultVerdict {
         Ok(Ok((status, _))) => ("unreachable", Some(format!("http {status}"))),
         Ok(Err(e)) => {
             warn!(side, error = %e, "health probe: sys/seal-status failed");
-            ("unreachable", Some("connection".to_owned()))
+            let why = match &e {
+                vsync_vault::VaultError::Sealed { .. } => return VaultVerdict { side, state: "sealed", reason: None },
+                vsync_vault::VaultError::Server { status, .. } => format!("http {status}"),
+                vsync_vault::VaultError::Connection { .. } => "connection".to_owned(),
+                _ => "error".to_owned(),
+            };
+            ("unreachable", Some(why))
         }
         Err(_) => ("unreachable", Some("timeout".to_owned())),
     };
