@@ -22,7 +22,9 @@
 //! One writer per side: the roles come with their sides' locks held. A cycle whose lock is lost
 //! (a Consul session that ended) is abandoned with nothing committed, and before the next round
 //! the role waits as a hot standby until the lock is its own again. When [`run`] returns, the
-//! locks are released, so a standby takes over at once.
+//! locks are released, so a standby takes over at once. A standby origin does not listen for
+//! the audit device: losing the origin's lock (even between rounds) releases the feed's port,
+//! so the new writer, maybe on this host, can bind it; taking the lock back binds it again.
 
 use std::future::Future;
 use std::sync::Arc;
