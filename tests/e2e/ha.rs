@@ -367,3 +367,41 @@ async fn a_second_origin_on_the_file_store_fails_at_once_naming_the_lock_file() 
     assert!(text(&out).contains("origin.lock") && text(&out).contains("locked by another vsync process"), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(20), "at once (start-up checks only): {:?}", started.elapsed());
 }
+
+/// Two `vsync origin` processes on one host with the same `audit_listen`: only the writer
+/// listens; when its session ends behind its back it releases the port at once, and whichever
+/// process becomes the writer binds it (before issue 19 the demoted one kept it and a standby
+/// that took over failed to bind, which was fatal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_origin_releases_the_audit_listener_for_the_new_writer() {
+    let emu = emulator();
+    let (a, b) = servers();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ha_config(dir.path(), &emu, &a, &b);
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen("interval = \"1s\"", &format!("interval = \"1s\"\naudit_listen = \"{listen}\""), 1);
+    std::fs::write(&cfg, text).unwrap();
+    let lock_key = "vsync-e2e/origin/lock";
+
+    let t0 = Instant::now();
+    let mut first = Proc::spawn(&cfg, &["origin"]);
+    first.wait_for("listening for a socket audit device", t0, Duration::from_secs(60));
+    let mut second = Proc::spawn(&cfg, &["origin"]);
+    second.wait_for("standby", t0, Duration::from_secs(60));
+    assert_eq!(second.count_since("audit feed", t0), 0, "a standby does not listen:\n{}", second.text());
+
+    let tags = [first.holder_tag(), second.holder_tag()];
+    let session = emu.lock_holder(lock_key).unwrap();
+    let ended = Instant::now();
+    destroy_session(&emu, &session).await;
+    first.wait_for("released the listener", ended, takeover_bound());
+    let writer_tag = wait_for_holder(&emu, lock_key, &tags, takeover_bound());
+    let writer = if writer_tag == first.holder_tag() { &mut first } else { &mut second };
+    writer.wait_for("listening for a socket audit device", ended, takeover_bound());
+    println!("the new writer ({writer_tag}) listens {:?} after the old one's session ended", ended.elapsed());
+    assert!(std::net::TcpStream::connect(listen).is_ok(), "the new writer accepts the device");
+    for p in [&mut first, &mut second] {
+        assert!(p.child.try_wait().unwrap().is_none(), "no process stopped:\n{}", p.text());
+        assert!(!p.text().contains("address is in use") || p.text().contains("listening for a socket audit device"), "{}", p.text());
+    }
+}

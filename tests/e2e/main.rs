@@ -13,6 +13,7 @@ use vsync_vault::{DataRead, SecretData, Token, VaultClient, VaultConfig};
 mod audit;
 mod examples;
 mod ha;
+mod hostile;
 mod jwt;
 mod kit;
 mod leaks;

@@ -159,3 +159,136 @@ async fn cb_has(b: &Bao, mount: &str, path: &str) -> bool {
     matches!(c.read_latest(mount, path).await.unwrap(), vsync_vault::DataRead::Live(..))
 }
 
+
+/// `vsync run` from `a` to `b` behind `proxy`, with `extra` destination keys and the telemetry
+/// listener; returns the process and the telemetry port.
+fn run_behind_proxy(dir: &std::path::Path, a: &Bao, b: &Bao, proxy: &vsync_test_harness::HttpProxy, extra: &str) -> (std::process::Child, u16) {
+    let port = vsync_test_harness::free_port_pair();
+    let cfg = super::config(dir, a, b, &format!("{extra}\n[telemetry]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(&b.addr(), &proxy.addr());
+    std::fs::write(&cfg, text).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vsync"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("VSYNC_LOG", "info")
+        .env("VSYNC_E2E_DEST_TOKEN", &b.root_token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+fn timed_healthz(port: u16) -> Duration {
+    let started = Instant::now();
+    assert!(http_get(port, "/healthz").is_some(), "/healthz answers");
+    started.elapsed()
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_under_1000_requests_a_second_answers_as_fast_and_probes_each_vault_once_per_cache_period() {
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let proxy = vsync_test_harness::HttpProxy::start(b.port);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = run_behind_proxy(dir.path(), &a, &b, &proxy, "");
+    eventually(Duration::from_secs(60), "/healthz 200", || http_get(port, "/healthz").is_some_and(|(c, _)| c == 200));
+    let mut quiet: Vec<Duration> = (0..50).map(|_| timed_healthz(port)).collect();
+    let (quiet_p50, quiet_p95) = (percentile(&mut quiet, 0.5), percentile(&mut quiet, 0.95));
+
+    // 1,000 requests a second for 5 s: 10 paced threads, a new connection per request.
+    let probes_before = proxy.seen("GET", "/v1/sys/seal-status");
+    let load = Duration::from_secs(5);
+    let started = Instant::now();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                let mut next = Instant::now();
+                while started.elapsed() < load {
+                    let _ = http_get(port, "/healthz");
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    next += Duration::from_millis(10);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            })
+        })
+        .collect();
+    let mut loaded = Vec::new();
+    while started.elapsed() < load {
+        loaded.push(timed_healthz(port));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    let probes = proxy.seen("GET", "/v1/sys/seal-status") - probes_before;
+    let rate = sent.load(std::sync::atomic::Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
+    let (loaded_p50, loaded_p95) = (percentile(&mut loaded, 0.5), percentile(&mut loaded, 0.95));
+    println!(
+        "/healthz quiet p50 {quiet_p50:?} p95 {quiet_p95:?}; under {rate:.0} req/s p50 {loaded_p50:?} p95 {loaded_p95:?}; \
+         {probes} seal probes of the destination in {elapsed:?}"
+    );
+    assert!(rate >= 800.0, "the load reached {rate:.0} req/s only");
+    let periods = (elapsed.as_secs_f64() / vsync_engine::telemetry::PROBE_CACHE.as_secs_f64()).ceil() as u64;
+    assert!(probes <= periods + 1, "{probes} probes in {elapsed:?}: more than one per {:?}", vsync_engine::telemetry::PROBE_CACHE);
+    assert!(loaded_p50 <= quiet_p50 * 4 + Duration::from_millis(20), "p50 {loaded_p50:?} under load vs {quiet_p50:?}");
+
+    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", output_of(child));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_bodies_never_carry_the_paths_or_addresses_of_the_injected_faults() {
+    let (a, b) = (Bao::dev(), Bao::dev());
+    a.enable_kv("kv1", 1);
+    b.enable_kv("kv1", 1);
+    let ca = client(&a);
+    ca.write_version("secret/", "leak-marker-7/db", &data(json!({"v": 1})), 0).await.unwrap();
+    let proxy = vsync_test_harness::HttpProxy::start(b.port);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = run_behind_proxy(dir.path(), &a, &b, &proxy, "interval = \"1s\"\ntimeout = \"2s\"");
+    eventually(Duration::from_secs(60), "/healthz 200", || http_get(port, "/healthz").is_some_and(|(c, _)| c == 200));
+    // Every destination request now fails with a body naming a path and an address.
+    let body = r#"{"errors":["storage at 10.77.0.9:8200 failed on secret/data/leak-marker-7/db"]}"#;
+    for method in ["GET", "POST", "PUT", "LIST", "DELETE"] {
+        proxy.respond(method, "/v1/*", 500, body);
+    }
+    ca.write_version("secret/", "leak-marker-7/db", &data(json!({"v": 2})), 1).await.unwrap();
+    let mut bodies = Vec::new();
+    eventually(Duration::from_secs(30), "the destination role stale with a reason", || {
+        let (code, text) = http_get(port, "/healthz").unwrap();
+        let stale = code == 503 && text.contains("stale: ");
+        bodies.push(text);
+        stale
+    });
+    for _ in 0..10 {
+        bodies.push(http_get(port, "/healthz").unwrap().1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("{}", bodies.last().unwrap());
+    let proxy_port = proxy.port().to_string();
+    for text in &bodies {
+        for leak in ["leak-marker", "10.77.0.9", "127.0.0.1", &proxy_port, "http://", "secret/", "storage at"] {
+            assert!(!text.contains(leak), "`{leak}` in a /healthz body: {text}");
+        }
+    }
+    let last: Value = serde_json::from_str(bodies.last().unwrap()).unwrap();
+    let eu = last["vaults"].as_array().unwrap().iter().find(|v| v["side"] == "eu").unwrap().clone();
+    assert_eq!((eu["state"].as_str(), eu["reason"].as_str()), (Some("unreachable"), Some("http 500")), "{last}");
+
+    assert!(Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap().success());
+    let _ = wait_exit(&mut child, Duration::from_secs(10)).expect("exits after SIGTERM");
+    let out = output_of(child);
+    assert!(out.contains("leak-marker-7"), "the details are in the logs: {out}");
+}

@@ -137,6 +137,27 @@ pub struct Origin {
     /// Socket audit device feed address (`IP:port`): the origin publishes each change at once.
     #[serde(default)]
     pub audit_listen: Option<String>,
+    /// Source addresses allowed to connect to `audit_listen`: IP addresses or CIDR ranges,
+    /// like `["127.0.0.1", "10.0.4.0/24"]`. Default: loopback only. Required when
+    /// `audit_listen` is not a loopback address.
+    #[serde(default)]
+    pub audit_allow: Option<Vec<String>>,
+}
+
+impl Origin {
+    /// `audit_allow` parsed (an address is a one-address range); `None` when not set (the
+    /// feed then allows loopback only). Entries that do not parse are left out: validation
+    /// reports them.
+    pub fn audit_allow(&self) -> Option<Vec<ipnet::IpNet>> {
+        self.audit_allow.as_ref().map(|list| list.iter().filter_map(|a| parse_net(a)).collect())
+    }
+}
+
+/// An IP address or a CIDR range.
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// Connection settings of one Vault (either side).
@@ -691,6 +712,7 @@ impl Config {
         {
             bad("origin.audit_listen".into(), format!("`{listen}` is not an IP:port address ({e}), e.g. `127.0.0.1:9400`"));
         }
+        check_audit_allow(&self.origin, &mut bad);
         if let Some(listen) = &self.telemetry.listen
             && listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -861,6 +883,35 @@ pub const MAX_WORKERS: usize = 1024;
 /// Largest bucket count accepted (the root keeps the bucket list in index parts, so any count
 /// stores; more buckets than this only cost reads).
 pub const MAX_BUCKETS: u32 = 1 << 16;
+
+/// `audit_allow`: every entry parses, the list is not empty, and a listener that other
+/// hosts can reach says who may feed it.
+fn check_audit_allow(origin: &Origin, bad: &mut impl FnMut(String, String)) {
+    if let Some(list) = &origin.audit_allow {
+        if list.is_empty() {
+            bad("origin.audit_allow".into(), "is empty, so no audit device could connect; leave it out for loopback only".into());
+        }
+        for (i, a) in list.iter().enumerate() {
+            if parse_net(a).is_none() {
+                bad(format!("origin.audit_allow[{i}]"), format!("`{a}` is not an IP address or a CIDR range, like `10.0.4.7` or `10.0.4.0/24`"));
+            }
+        }
+    }
+    let listen = origin.audit_listen.as_deref().and_then(|l| l.parse::<std::net::SocketAddr>().ok());
+    if let Some(listen) = listen
+        && !listen.ip().is_loopback()
+        && origin.audit_allow.is_none()
+    {
+        bad(
+            "origin.audit_listen".into(),
+            format!(
+                "`{listen}` is reachable from other hosts, and anyone who can connect can forge audit events and force \
+                 full origin scans: list the audit device's source addresses in origin.audit_allow (like \
+                 `audit_allow = [\"10.0.4.7\"]`), or listen on a loopback address"
+            ),
+        );
+    }
+}
 
 fn check_workers(problems: &mut Problems, key: &str, workers: Workers) {
     let Workers::Fixed(n) = workers else { return };

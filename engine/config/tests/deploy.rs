@@ -62,6 +62,17 @@ fn kubernetes_manifest_parses_and_wires_probes_account_and_config() {
         assert_eq!(jwt["mount"].as_str(), Some("kubernetes"));
     }
     assert_eq!(table["telemetry"]["listen"].as_str(), Some("0.0.0.0:9464"));
+    // Both listeners are routable, so a NetworkPolicy admits only their peers, and the audit
+    // feed's allow list matches the policy's range.
+    assert_eq!(table["origin"]["audit_listen"].as_str(), Some("0.0.0.0:9400"));
+    let policy = kind(&docs, "NetworkPolicy");
+    assert_eq!(policy["spec"]["podSelector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"]);
+    let rules = policy["spec"]["ingress"].as_sequence().unwrap();
+    let port_rule = |port: u64| rules.iter().find(|r| r["ports"][0]["port"].as_u64() == Some(port)).unwrap_or_else(|| panic!("no rule for {port}"));
+    let allowed = table["origin"]["audit_allow"].as_array().unwrap();
+    assert_eq!(allowed.len(), 1);
+    assert_eq!(port_rule(9400)["from"][0]["ipBlock"]["cidr"].as_str(), allowed[0].as_str());
+    assert!(port_rule(9464)["from"][0]["namespaceSelector"].is_mapping());
 }
 
 

@@ -110,12 +110,29 @@ pub struct Fault {
     pub class: FaultClass,
     /// The error with its context, outermost first.
     pub message: String,
+    /// A finer kind than the class gives (`sealed`, `unreachable`), for [`Fault::kind`].
+    detail: Option<&'static str>,
 }
 
 impl Fault {
     /// A fault of `class`.
     pub fn new(class: FaultClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into() }
+        Self { class, message: message.into(), detail: None }
+    }
+
+    /// What kind of fault this is, from a fixed vocabulary that never carries a path or an
+    /// address (for `/healthz`; the message, with its details, goes to the logs): the fatal
+    /// cause's [`FatalCause::kind`], `sealed`, `unreachable`, `unavailable`, `state-store`,
+    /// `lock-lost` or `transient`.
+    pub fn kind(&self) -> &'static str {
+        match (self.class, self.detail) {
+            (FaultClass::Fatal(cause), _) => cause.kind(),
+            (_, Some(detail)) => detail,
+            (FaultClass::Unavailable, None) => "unavailable",
+            (FaultClass::StateStore, None) => "state-store",
+            (FaultClass::LockLost, None) => "lock-lost",
+            (FaultClass::Transient, None) => "transient",
+        }
     }
 
     /// A fatal fault.
@@ -143,7 +160,12 @@ impl Fault {
             VaultError::Sealed { .. } | VaultError::Connection { .. } => FaultClass::Unavailable,
             _ => FaultClass::Transient,
         };
-        Self::new(class, format!("{context}: {e}"))
+        let detail = match &e {
+            VaultError::Sealed { .. } => Some("sealed"),
+            VaultError::Connection { .. } => Some("unreachable"),
+            _ => None,
+        };
+        Self { detail, ..Self::new(class, format!("{context}: {e}")) }
     }
 
     /// A state-store error, classified: a format, corruption, conflict, lock or access problem
@@ -211,6 +233,7 @@ mod tests {
         let sealed = VaultError::Sealed { request: "GET".into(), address: "http://127.0.0.1:1".into() };
         let f = Fault::vault("read", sealed);
         assert_eq!(f.class, FaultClass::Unavailable);
+        assert_eq!(f.clone().context("destination `eu`").kind(), "sealed", "the kind names no address");
         assert!(f.stops_cycle());
         let other = VaultError::Server { request: "GET".into(), status: 500, message: "boom".into() };
         let f = Fault::vault("read", other);

@@ -22,7 +22,9 @@
 //! One writer per side: the roles come with their sides' locks held. A cycle whose lock is lost
 //! (a Consul session that ended) is abandoned with nothing committed, and before the next round
 //! the role waits as a hot standby until the lock is its own again. When [`run`] returns, the
-//! locks are released, so a standby takes over at once.
+//! locks are released, so a standby takes over at once. A standby origin does not listen for
+//! the audit device: losing the origin's lock (even between rounds) releases the feed's port,
+//! so the new writer, maybe on this host, can bind it; taking the lock back binds it again.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -300,6 +302,15 @@ async fn release_locks(engine: Engine) {
 /// Transient store failures are retried while waiting; anything else stops the role.
 async fn regain_locks(engine: &mut Engine) -> Result<(), Stop> {
     let telemetry = engine.telemetry.clone();
+    // A standby does not listen for the audit device: the origin's new writer (maybe on this
+    // host) binds the port.
+    let mut released = false;
+    if let Some(p) = engine.publisher.as_mut().filter(|p| !p.lock.is_held())
+        && let Some(feed) = p.audit.as_mut()
+    {
+        feed.release().await;
+        released = true;
+    }
     let publisher = engine.publisher.iter_mut().map(|p| (None, &mut p.lock));
     let destinations = engine.destinations.iter_mut().map(|d| (Some(d.spec.name.clone()), &mut d.lock));
     for (destination, lock) in publisher.chain(destinations) {
@@ -318,6 +329,11 @@ async fn regain_locks(engine: &mut Engine) -> Result<(), Stop> {
             return Err(Stop { destination, fault });
         }
         info!(side, lock = %name, "took over side `{side}`: this process is its writer again");
+    }
+    if let Some(feed) = engine.publisher.as_mut().and_then(|p| p.audit.as_mut()).filter(|_| released)
+        && let Err(e) = feed.resume().await
+    {
+        return Err(Stop { destination: None, fault: Fault::fatal(FatalCause::Config, e.to_string()) });
     }
     Ok(())
 }
@@ -353,7 +369,7 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
     loop {
         if let (Pass::Full, Some(feed)) = (&pass, engine.publisher.as_ref().and_then(|p| p.audit.as_ref())) {
             // The scan that starts now sees every write whose event arrived before it.
-            drop(feed.take());
+            feed.scan_started();
         }
         let full = matches!(pass, Pass::Full);
         let result = tokio::select! {
@@ -394,6 +410,14 @@ async fn run_loop(engine: &mut Engine, options: RunOptions, shutdown: impl Futur
                 fault = tripwire.tripped() => return fail(&alerter, role, Stop { destination: None, fault }).await,
                 _ = tokio::time::sleep_until(full_due.into()) => break Pass::Full,
                 _ = trigger.notified() => break Pass::Full,
+                // A lost origin lock releases the audit listener at once (the next round's
+                // standby wait), not at the next round the clock brings.
+                () = async {
+                    match engine.publisher.as_ref().filter(|p| p.audit.is_some()) {
+                        Some(p) => p.lock.lost().await,
+                        None => std::future::pending().await,
+                    }
+                } => break Pass::Full,
                 _ = async {
                     match feed {
                         Some(f) => f.changed().await,
@@ -418,6 +442,9 @@ fn register_telemetry(engine: &Engine) {
     t.watch_origin_store(&engine.origin_store);
     if let Some(p) = &engine.publisher {
         t.add_role("origin", None, p.spec.interval, p.spec.timeout);
+        if let Some(feed) = &p.audit {
+            t.watch_audit(feed.stats_source());
+        }
     }
     for d in &engine.destinations {
         t.add_role("destination", Some(&d.spec.name), d.spec.interval, d.spec.timeout);
@@ -567,7 +594,7 @@ async fn round(
                     (info, generation)
                 }
                 Err(fault) => {
-                    engine.telemetry.origin_cycle(elapsed, Err(&fault.message));
+                    engine.telemetry.origin_cycle(elapsed, Err(&fault));
                     *view = OriginView::default();
                     done.scanned = true;
                     statuses.origin.origin_cycle(started, Err(&fault.message));
@@ -663,7 +690,7 @@ async fn round(
                 Err(fault) => record.destination_cycle(started, generation, Err(&fault.message)),
             }
             let elapsed = started.elapsed().unwrap_or_default();
-            telemetry.destination_cycle(&name, elapsed, result.as_ref().map_err(|f| f.message.as_str()), record);
+            telemetry.destination_cycle(&name, elapsed, result.as_ref(), record);
             // A process that lost the side's lock is no longer its writer: its record would
             // land over the new holder's.
             if d.lock.is_held() {

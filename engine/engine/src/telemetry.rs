@@ -12,6 +12,14 @@
 //! `2 × interval + timeout` ago. A role that has not completed a cycle yet is healthy for that
 //! long after it started (the first sync of a large mount may take a while), and a hot standby
 //! that waits on another process's lock is healthy (it is doing its job: waiting).
+//!
+//! `/healthz` is network-facing (DESIGN §9): its reasons come from a fixed vocabulary (`stale:
+//! last success 312 s ago`, the last fault's [`Fault::kind`], a Vault's `sealed` or
+//! `unreachable`), never a path, an address or an error text, which go to the logs. Each Vault's
+//! `sys/seal-status` probe is cached for [`PROBE_CACHE`] and at most one runs per Vault at a time,
+//! so a scraper or an attacker hammering `/healthz` does not multiply the Vaults' load. The server
+//! bounds what a client costs: [`MAX_HTTP_CONNECTIONS`], [`MAX_HEADER_BYTES`] of request head,
+//! [`HEADER_TIMEOUT`] to send it, [`REQUEST_TIMEOUT`] per answer; request bodies are never read.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +38,9 @@ use tracing::{info, warn};
 use vsync_state::StateStore;
 use vsync_vault::VaultClient;
 
+use crate::audit::{FeedStats, FeedStatsSource, RescanReason};
 use crate::destination::CycleReport;
+use crate::fault::Fault;
 use crate::status::{self, RoleStatus};
 
 /// Labels of a role's series (`destination` is empty for the origin).
@@ -127,6 +137,16 @@ struct DestinationLabels {
     destination: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn cycle_histogram() -> Histogram {
@@ -148,7 +168,8 @@ struct RoleHealth {
     limit: Duration,
     started: Instant,
     last_success: Option<Instant>,
-    last_error: Option<String>,
+    /// The last cycle's fault kind, when it failed ([`Fault::kind`]).
+    last_fault: Option<&'static str>,
     standby: bool,
 }
 
@@ -169,7 +190,8 @@ pub struct RoleVerdict {
     pub last_success_seconds_ago: Option<f64>,
     /// The limit (`2 × interval + timeout`) in seconds.
     pub limit_seconds: f64,
-    /// Why it is unhealthy (and the last cycle's error, when it failed).
+    /// Why it is unhealthy: `stale: last success N s ago` (or `stale: no success since the
+    /// start N s ago`), then `; last cycle: KIND` when it failed ([`Fault::kind`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -181,7 +203,7 @@ pub struct VaultVerdict {
     pub side: String,
     /// `ok`, `sealed` or `unreachable`.
     pub state: &'static str,
-    /// What went wrong, for `unreachable`.
+    /// For `unreachable`: `timeout`, `connection`, `http NNN` or `error` (details go to the logs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -193,9 +215,9 @@ pub struct Health {
     pub status: &'static str,
     /// Every role of this process.
     pub roles: Vec<RoleVerdict>,
-    /// Every Vault this process talks to, probed with `sys/seal-status` at each `/healthz`
-    /// (a no-change cycle sends the destination nothing, so a sealed destination shows here
-    /// before any cycle fails on it).
+    /// Every Vault this process talks to, probed with `sys/seal-status` (cached for
+    /// [`PROBE_CACHE`]; a no-change cycle sends the destination nothing, so a sealed
+    /// destination shows here before any cycle fails on it).
     pub vaults: Vec<VaultVerdict>,
 }
 
@@ -220,8 +242,82 @@ pub struct Telemetry {
     secrets: Family<DestinationLabels, Gauge>,
     lag: Family<DestinationLabels, Gauge<f64, AtomicU64>>,
     concurrency: ConcurrencyFamilies,
+    audit: AuditMetrics,
     sources: Mutex<Sources>,
     roles: Mutex<Vec<RoleHealth>>,
+    /// The last seal probe of each Vault, by side; its lock is held while a probe runs.
+    probes: Mutex<HashMap<String, ProbeCell>>,
+}
+
+/// One Vault's cached probe: when it ran and what it found.
+type ProbeCell = Arc<tokio::sync::Mutex<Option<(Instant, VaultVerdict)>>>;
+
+/// The audit feed's series, filled from its counters at scrape time.
+#[derive(Debug, Default)]
+struct AuditMetrics {
+    connections: Family<KindLabels, Counter>,
+    lines: Family<KindLabels, Counter>,
+    rescans: Family<ReasonLabels, Counter>,
+    forced_scans: Counter,
+    listening: Gauge,
+}
+
+impl AuditMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "vsync_audit_connections",
+            "Audit feed connections by outcome (accepted, refused: source outside audit_allow, evicted: dropped for a new one, timed_out)",
+            self.connections.clone(),
+        );
+        registry.register(
+            "vsync_audit_lines",
+            "Audit feed lines by kind (all, change, garbage, oversize, invalid: a path that cannot be a key)",
+            self.lines.clone(),
+        );
+        registry.register(
+            "vsync_audit_rescans",
+            "Full origin scans the audit feed asked for, by reason (at most one is queued)",
+            self.rescans.clone(),
+        );
+        registry.register(
+            "vsync_audit_forced_scans",
+            "Full origin scans the audit feed's rescans caused (at most one per 15 s)",
+            self.forced_scans.clone(),
+        );
+        registry.register("vsync_audit_listening", "1 while the audit feed's listener is bound", self.listening.clone());
+    }
+
+    /// Adds what the feed counted since `seen` and remembers `now`.
+    fn update(&self, seen: &mut FeedStats, now: FeedStats) {
+        let inc = |c: &Counter, before: u64, after: u64| {
+            c.inc_by(after.saturating_sub(before));
+        };
+        let kind = |k: &str| KindLabels { kind: k.into() };
+        for (k, before, after) in [
+            ("accepted", seen.connections, now.connections),
+            ("refused", seen.refused, now.refused),
+            ("evicted", seen.evicted, now.evicted),
+            ("timed_out", seen.timed_out, now.timed_out),
+        ] {
+            inc(&self.connections.get_or_create(&kind(k)), before, after);
+        }
+        for (k, before, after) in [
+            ("all", seen.lines, now.lines),
+            ("change", seen.changes, now.changes),
+            ("garbage", seen.garbage, now.garbage),
+            ("oversize", seen.oversize, now.oversize),
+            ("invalid", seen.invalid, now.invalid),
+        ] {
+            inc(&self.lines.get_or_create(&kind(k)), before, after);
+        }
+        for (i, reason) in RescanReason::ALL.iter().enumerate() {
+            let labels = ReasonLabels { reason: reason.name().into() };
+            inc(&self.rescans.get_or_create(&labels), seen.rescans[i], now.rescans[i]);
+        }
+        inc(&self.forced_scans, seen.forced_scans, now.forced_scans);
+        self.listening.set(i64::from(now.listening));
+        *seen = now;
+    }
 }
 
 /// Where scrape-time figures come from.
@@ -237,6 +333,8 @@ struct Sources {
     /// last status of each destination this process runs, for `vsync_lag_seconds`.
     origin_store: Option<StateStore>,
     destinations: Vec<(String, RoleStatus)>,
+    /// The audit feed's counters and what was exported last.
+    audit: Option<(FeedStatsSource, FeedStats)>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -273,6 +371,8 @@ impl Telemetry {
         let last_success = Family::<RoleLabels, Gauge<f64, AtomicU64>>::default();
         let secrets = Family::<DestinationLabels, Gauge>::default();
         let lag = Family::<DestinationLabels, Gauge<f64, AtomicU64>>::default();
+        let audit = AuditMetrics::default();
+        audit.register(&mut registry);
         registry.register("vsync_cycles", "Cycles by role, destination and outcome (ok, secret-failures, failed)", cycles.clone());
         registry.register_with_unit("vsync_cycle_duration", "Cycle duration", Unit::Seconds, cycle_duration.clone());
         registry.register(
@@ -315,9 +415,16 @@ impl Telemetry {
             last_success,
             secrets,
             lag,
+            audit,
             sources: Mutex::new(Sources::default()),
             roles: Mutex::new(Vec::new()),
+            probes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Exports the audit feed's counters (`vsync_audit_*`).
+    pub fn watch_audit(&self, source: FeedStatsSource) {
+        lock(&self.sources).audit = Some((source, FeedStats::default()));
     }
 
     /// Exports the request counters of a Vault client as `side` (`origin`, `destination eu`
@@ -353,7 +460,7 @@ impl Telemetry {
             limit: interval * 2 + timeout,
             started: Instant::now(),
             last_success: None,
-            last_error: None,
+            last_fault: None,
             standby: false,
         });
     }
@@ -371,7 +478,7 @@ impl Telemetry {
     }
 
     /// Records an origin cycle: its duration and outcome.
-    pub fn origin_cycle(&self, elapsed: Duration, result: Result<usize, &str>) {
+    pub fn origin_cycle(&self, elapsed: Duration, result: Result<usize, &Fault>) {
         let labels = RoleLabels { role: "origin".into(), destination: String::new() };
         self.cycle_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
         let outcome = if result.is_ok() { "ok" } else { "failed" };
@@ -383,16 +490,16 @@ impl Telemetry {
                 self.last_success.get_or_create(&labels).set(unix_seconds(SystemTime::now()));
                 self.with_role("origin", None, |r| {
                     r.last_success = Some(Instant::now());
-                    r.last_error = None;
+                    r.last_fault = None;
                 });
             }
-            Err(e) => self.with_role("origin", None, |r| r.last_error = Some(e.to_owned())),
+            Err(f) => self.with_role("origin", None, |r| r.last_fault = Some(f.kind())),
         }
     }
 
     /// Records a destination cycle: duration, outcome, tasks, the secrets it records and its
     /// status record (for the lag).
-    pub fn destination_cycle(&self, name: &str, elapsed: Duration, result: Result<&CycleReport, &str>, record: &RoleStatus) {
+    pub fn destination_cycle(&self, name: &str, elapsed: Duration, result: Result<&CycleReport, &Fault>, record: &RoleStatus) {
         let labels = RoleLabels { role: "destination".into(), destination: name.to_owned() };
         self.cycle_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
         let outcome = match &result {
@@ -420,10 +527,10 @@ impl Telemetry {
                 self.last_success.get_or_create(&labels).set(unix_seconds(SystemTime::now()));
                 self.with_role("destination", Some(name), |r| {
                     r.last_success = Some(Instant::now());
-                    r.last_error = None;
+                    r.last_fault = None;
                 });
             }
-            Err(e) => self.with_role("destination", Some(name), |r| r.last_error = Some(e.to_owned())),
+            Err(f) => self.with_role("destination", Some(name), |r| r.last_fault = Some(f.kind())),
         }
         let mut sources = lock(&self.sources);
         match sources.destinations.iter_mut().find(|(n, _)| n == name) {
@@ -433,20 +540,25 @@ impl Telemetry {
     }
 
     /// The health verdict now: the roles' cycles, and a `sys/seal-status` probe of every
-    /// Vault (bounded by [`PROBE_TIMEOUT`]).
+    /// Vault (cached for [`PROBE_CACHE`], one at a time per Vault, each bounded by
+    /// [`PROBE_TIMEOUT`]).
     pub async fn health(&self) -> Health {
         let mut health = self.cycle_health();
         let vaults: Vec<(String, VaultClient)> = lock(&self.sources).vaults.clone();
-        let probes = vaults.into_iter().map(|(side, client)| async move {
-            let probe = tokio::time::timeout(PROBE_TIMEOUT, client.sys("GET", "sys/seal-status", None)).await;
-            let (state, reason) = match probe {
-                Ok(Ok((200, Some(body)))) if body["sealed"] == serde_json::Value::Bool(false) => ("ok", None),
-                Ok(Ok((200, Some(body)))) if body["sealed"] == serde_json::Value::Bool(true) => ("sealed", None),
-                Ok(Ok((status, _))) => ("unreachable", Some(format!("sys/seal-status answered HTTP {status}"))),
-                Ok(Err(e)) => ("unreachable", Some(e.to_string())),
-                Err(_) => ("unreachable", Some(format!("sys/seal-status did not answer within {PROBE_TIMEOUT:?}"))),
-            };
-            VaultVerdict { side, state, reason }
+        let probes = vaults.into_iter().map(|(side, client)| {
+            let cell = lock(&self.probes).entry(side.clone()).or_default().clone();
+            async move {
+                // Held while probing: concurrent requests wait for this probe's answer.
+                let mut cached = cell.lock().await;
+                if let Some((at, verdict)) = cached.as_ref()
+                    && at.elapsed() < PROBE_CACHE
+                {
+                    return verdict.clone();
+                }
+                let verdict = probe(side, &client).await;
+                *cached = Some((Instant::now(), verdict.clone()));
+                verdict
+            }
         });
         health.vaults = futures_join_all(probes).await;
         if health.vaults.iter().any(|v| v.state != "ok") {
@@ -462,34 +574,23 @@ impl Telemetry {
             .iter()
             .map(|r| {
                 let since_success = r.last_success.map(|t| now.duration_since(t));
+                // Numbers and fixed words only: the fault's details are in the logs.
                 let (healthy, state, reason) = if r.standby {
                     (true, "standby", None)
                 } else {
                     match since_success {
                         Some(ago) if ago < r.limit => (true, "ok", None),
-                        Some(ago) => (
-                            false,
-                            "stale",
-                            Some(format!(
-                                "no successful cycle for {}s (limit {}s = 2 × interval + timeout)",
-                                ago.as_secs(),
-                                r.limit.as_secs()
-                            )),
-                        ),
+                        Some(ago) => (false, "stale", Some(format!("stale: last success {} s ago", ago.as_secs()))),
                         None if now.duration_since(r.started) < r.limit => (true, "starting", None),
                         None => (
                             false,
                             "stale",
-                            Some(format!(
-                                "no successful cycle since the start {}s ago (limit {}s = 2 × interval + timeout)",
-                                now.duration_since(r.started).as_secs(),
-                                r.limit.as_secs()
-                            )),
+                            Some(format!("stale: no success since the start {} s ago", now.duration_since(r.started).as_secs())),
                         ),
                     }
                 };
-                let reason = match (reason, &r.last_error) {
-                    (Some(why), Some(e)) => Some(format!("{why}; last cycle failed: {e}")),
+                let reason = match (reason, r.last_fault) {
+                    (Some(why), Some(kind)) => Some(format!("{why}; last cycle: {kind}")),
                     (why, _) => why,
                 };
                 RoleVerdict {
@@ -546,6 +647,9 @@ impl Telemetry {
                     *seen = total;
                 }
             }
+            if let Some((source, seen)) = &mut sources.audit {
+                self.audit.update(seen, source.get());
+            }
             (sources.origin_store.clone(), sources.destinations.clone())
         };
         let Some(store) = origin_store.filter(|_| !destinations.is_empty()) else {
@@ -575,6 +679,32 @@ impl vsync_core::PluginCallObserver for Telemetry {
 
 /// How long `/healthz` waits for a Vault's `sys/seal-status`.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a Vault's `sys/seal-status` answer serves `/healthz`: at most one probe per Vault
+/// per this, however often `/healthz` is asked (a Kubernetes probe period is 10-15 s).
+pub const PROBE_CACHE: Duration = Duration::from_secs(5);
+
+/// Probes one Vault. The verdict carries fixed words only; what went wrong is logged.
+async fn probe(side: String, client: &VaultClient) -> VaultVerdict {
+    let answer = tokio::time::timeout(PROBE_TIMEOUT, client.sys("GET", "sys/seal-status", None)).await;
+    let (state, reason) = match answer {
+        Ok(Ok((200, Some(body)))) if body["sealed"] == serde_json::Value::Bool(false) => ("ok", None),
+        Ok(Ok((200, Some(body)))) if body["sealed"] == serde_json::Value::Bool(true) => ("sealed", None),
+        Ok(Ok((status, _))) => ("unreachable", Some(format!("http {status}"))),
+        Ok(Err(e)) => {
+            warn!(side, error = %e, "health probe: sys/seal-status failed");
+            let why = match &e {
+                vsync_vault::VaultError::Sealed { .. } => return VaultVerdict { side, state: "sealed", reason: None },
+                vsync_vault::VaultError::Server { status, .. } => format!("http {status}"),
+                vsync_vault::VaultError::Connection { .. } => "connection".to_owned(),
+                _ => "error".to_owned(),
+            };
+            ("unreachable", Some(why))
+        }
+        Err(_) => ("unreachable", Some("timeout".to_owned())),
+    };
+    VaultVerdict { side, state, reason }
+}
 
 /// Runs the futures concurrently and collects their outputs in order.
 async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
@@ -633,25 +763,73 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
-/// Binds `address` and serves `/metrics` and `/healthz` in a background task for the life of
-/// the process. Returns the bound address (useful with port 0).
-pub async fn serve(address: &str, telemetry: Arc<Telemetry>) -> Result<SocketAddr, ListenError> {
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
-    use axum::routing::get;
+/// Most telemetry connections served at once; more are closed at accept.
+pub const MAX_HTTP_CONNECTIONS: usize = 128;
 
+/// Most bytes of a request head (request line and headers) the server buffers.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// A client has this long to send a request head (an idle keep-alive connection too).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest time a request is worked on; past it the answer is 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `address` and serves `/metrics` and `/healthz` in a background task for the life of
+/// the process, within the bounds above. Returns the bound address (useful with port 0).
+pub async fn serve(address: &str, telemetry: Arc<Telemetry>) -> Result<SocketAddr, ListenError> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|source| ListenError { address: address.to_owned(), source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| ListenError { address: address.to_owned(), source })?;
+    let app = router(telemetry);
+    tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "telemetry: accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_HEADER_BYTES)
+                    .max_headers(64);
+                // A client that breaks the rules is simply disconnected.
+                let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    info!(address = %bound, "serving /metrics and /healthz");
+    Ok(bound)
+}
+
+/// `/metrics` and `/healthz`, each bounded by [`REQUEST_TIMEOUT`].
+fn router(telemetry: Arc<Telemetry>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
     let metrics = {
         let t = telemetry.clone();
         move |headers: axum::http::HeaderMap| {
             let t = t.clone();
             async move {
-                let body = t.encode().await;
+                let Ok(body) = tokio::time::timeout(REQUEST_TIMEOUT, t.encode()).await else {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "timeout\n").into_response();
+                };
                 // OpenMetrics for a scraper that asks for it (Prometheus does); the classic text
                 // format for anything else (promtool, curl, older agents).
                 let openmetrics = headers
@@ -659,9 +837,9 @@ pub async fn serve(address: &str, telemetry: Arc<Telemetry>) -> Result<SocketAdd
                     .iter()
                     .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
                 if openmetrics {
-                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
                 } else {
-                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&body))
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&body)).into_response()
                 }
             }
         }
@@ -669,19 +847,16 @@ pub async fn serve(address: &str, telemetry: Arc<Telemetry>) -> Result<SocketAdd
     let healthz = move || {
         let t = telemetry.clone();
         async move {
-            let health = t.health().await;
-            let code = if health.healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            (code, axum::Json(health)).into_response()
+            match tokio::time::timeout(REQUEST_TIMEOUT, t.health()).await {
+                Ok(health) => {
+                    let code = if health.healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    (code, axum::Json(health)).into_response()
+                }
+                Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout\n").into_response(),
+            }
         }
     };
-    let app = axum::Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "the telemetry listener stopped");
-        }
-    });
-    info!(address = %bound, "serving /metrics and /healthz");
-    Ok(bound)
+    axum::Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz))
 }
 
 #[cfg(test)]
@@ -697,7 +872,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         let h = t.cycle_health();
         assert!(!h.healthy(), "{h:?}");
-        assert!(h.roles[0].reason.as_deref().is_some_and(|r| r.contains("since the start")), "{h:?}");
+        assert!(h.roles[0].reason.as_deref().is_some_and(|r| r.starts_with("stale: no success since the start ")), "{h:?}");
         t.standby("destination", Some("eu"), true);
         assert_eq!(t.cycle_health().roles[0].state, "standby");
         assert!(t.cycle_health().healthy());
@@ -706,11 +881,17 @@ mod tests {
         t.destination_cycle("eu", Duration::from_millis(5), Ok(&report), &RoleStatus::default());
         assert!(t.cycle_health().healthy());
         assert_eq!(t.cycle_health().roles[0].state, "ok");
-        t.destination_cycle("eu", Duration::from_millis(5), Err("destination sealed"), &RoleStatus::default());
+        let sealed = Fault::vault(
+            "destination `eu`: writing `secret/prod/db`",
+            vsync_vault::VaultError::Sealed { request: "PUT secret/data/prod/db".into(), address: "http://10.0.0.7:8200".into() },
+        );
+        t.destination_cycle("eu", Duration::from_millis(5), Err(&sealed), &RoleStatus::default());
         std::thread::sleep(Duration::from_millis(60));
         let h = t.cycle_health();
         assert!(!h.healthy());
-        assert!(h.roles[0].reason.as_deref().is_some_and(|r| r.contains("destination sealed")), "{h:?}");
+        let reason = h.roles[0].reason.clone().unwrap_or_default();
+        assert!(reason.starts_with("stale: last success ") && reason.ends_with(" s ago; last cycle: sealed"), "{reason}");
+        assert!(!reason.contains("prod") && !reason.contains("10.0.0.7"), "{reason}");
     }
 
     #[test]

@@ -424,9 +424,13 @@ async fn run_role(
             let audit = match (&config.origin.audit_listen, options.once) {
                 (Some(listen), false) => {
                     let addr: std::net::SocketAddr = listen.parse().map_err(|e| config_error(anyhow::anyhow!("origin.audit_listen `{listen}`: {e}")))?;
-                    let feed = vsync_engine::audit::AuditFeed::bind(addr, parts.origin_spec.mounts.clone(), config.origin.vault.namespace.clone())
-                        .await
-                        .map_err(|e| fatal(anyhow::anyhow!(e)))?;
+                    let settings = vsync_engine::audit::AuditSettings {
+                        listen: addr,
+                        mounts: parts.origin_spec.mounts.clone(),
+                        namespace: config.origin.vault.namespace.clone(),
+                        allow: config.origin.audit_allow().unwrap_or_else(vsync_engine::audit::loopback),
+                    };
+                    let feed = vsync_engine::audit::AuditFeed::bind_with(settings).await.map_err(|e| fatal(anyhow::anyhow!(e)))?;
                     Some(feed)
                 }
                 _ => None,

@@ -44,6 +44,8 @@ struct Control {
     /// its connection ends, so a long test does not pile up file descriptors.
     open: Mutex<HashMap<u64, TcpStream>>,
     next_id: AtomicU64,
+    /// Requests seen (forwarded or rewritten) by `METHOD path`, so a test can count one kind.
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 impl Control {
@@ -142,6 +144,13 @@ impl HttpProxy {
     /// Requests forwarded to the server so far.
     pub fn forwarded(&self) -> u64 {
         self.control.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Requests with this method (upper case) and exactly this path (before `?`) seen so far,
+    /// forwarded or rewritten: `seen("GET", "/v1/sys/seal-status")` counts health probes.
+    pub fn seen(&self, method: &str, path: &str) -> u64 {
+        let seen = self.control.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&format!("{} {path}", method.to_ascii_uppercase())).copied().unwrap_or(0)
     }
 }
 
@@ -287,6 +296,11 @@ fn serve(client: TcpStream, target: u16, c: &Control) {
         let method = parts.next().unwrap_or("").to_owned();
         let target_path = parts.next().unwrap_or("").to_owned();
         let path = target_path.split('?').next().unwrap_or("");
+        *c.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(format!("{} {path}", method.to_ascii_uppercase()))
+            .or_default() += 1;
         let reply = match c.rule_for(&method, path) {
             Some(rule) => {
                 c.rewritten.fetch_add(1, Ordering::SeqCst);

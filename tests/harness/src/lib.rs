@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)] // a test harness: failing loudly is the point
 
+pub mod hostile;
 mod http_proxy;
 pub mod jwt;
 mod prometheus;
