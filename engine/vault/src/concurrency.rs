@@ -17,8 +17,9 @@
 //!   busy server is not a reason to go slower than a fixed default would.
 //! - Back-pressure (429, a 503 that is not "sealed", other 5xx, timeouts, connection errors)
 //!   halves it, at most once per epoch, down to 1.
-//! - The baseline is the lowest round trip of the last [`BASELINE_WINDOW`], so it follows a
-//!   path that gets slower for good.
+//! - The baseline is the lowest round trip seen; it may rise by a tenth per
+//!   [`BASELINE_WINDOW`], so it follows a path that gets slower for good without ratcheting up
+//!   with the queueing this side causes itself.
 //!
 //! LIST and SCAN requests pass the gate but are not sampled: their answer time is the size of
 //! the listing, not the path.
@@ -37,8 +38,8 @@ pub const INITIAL_LIMIT: usize = 4;
 pub const MAX_LIMIT: usize = vsync_core::AUTO_WORKERS_MAX;
 
 /// Absolute latency slack over twice the baseline before latency counts as growth: loopback
-/// round trips of a fraction of a millisecond jitter by more than their own size.
-pub const LATENCY_SLACK: Duration = Duration::from_millis(2);
+/// round trips of a fraction of a millisecond jitter by about their own size.
+pub const LATENCY_SLACK: Duration = Duration::from_millis(1);
 
 /// How long the lowest observed round trip stands as the path's baseline.
 pub const BASELINE_WINDOW: Duration = Duration::from_secs(10);
@@ -242,10 +243,16 @@ impl State {
         self.limit > before
     }
 
-    /// The baseline: the lowest round trip of the previous window, or of this one if lower.
+    /// The baseline: the lowest round trip seen, which may rise by at most a tenth per
+    /// [`BASELINE_WINDOW`] to follow a path that got slower for good. Under sustained load
+    /// every round trip carries the queueing this side itself causes; a baseline taken from
+    /// them alone would ratchet up with the limit.
     fn note_low(&mut self, now: Instant, rtt: Duration) {
         if now.duration_since(self.window_start) >= BASELINE_WINDOW {
-            self.baseline = self.window_low.or(self.baseline);
+            self.baseline = match (self.window_low, self.baseline) {
+                (Some(low), Some(base)) => Some(low.min(base.mul_f64(1.1))),
+                (low, base) => low.or(base),
+            };
             self.window_low = None;
             self.window_start = now;
         }
@@ -374,5 +381,31 @@ mod tests {
             out.push(l.acquire().await);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod baseline_tests {
+    use super::*;
+
+    #[test]
+    fn the_baseline_rises_a_tenth_per_window_at_most() {
+        let now = Instant::now();
+        let mut s = State {
+            limit: 8.0,
+            in_flight: 0,
+            slow_start: false,
+            baseline: None,
+            window_low: None,
+            window_start: now,
+            epoch: Epoch::new(now),
+            mean: Duration::ZERO,
+        };
+        s.note_low(now, Duration::from_millis(10));
+        // A whole window of round trips inflated by queueing.
+        let later = now + BASELINE_WINDOW;
+        s.note_low(later, Duration::from_millis(50));
+        s.note_low(later + BASELINE_WINDOW, Duration::from_millis(50));
+        assert_eq!(s.baseline, Some(Duration::from_millis(11)), "one window's rise: 10%");
     }
 }
