@@ -90,6 +90,16 @@ pub fn loopback(h: &mut Harness, n: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// `e2e-rss`: one full sync (`latest`, defaults) of every seeded secret by the binary, for its
+/// peak RSS (the 1,000,000-secret figure; not in `all`).
+pub fn rss(h: &mut Harness, n: usize) -> Result<(), Error> {
+    let (a, b) = (h.a.addr(), h.b.addr());
+    let v = sync_once(h, &a, &b, "secret/", "latest", None)?;
+    println!("e2e-rss: full sync of {n} secrets, latest, vsync binary with defaults");
+    line("vsync", v.secs, n, v.rss_mb);
+    Ok(())
+}
+
 /// `wan`: full syncs across a link of `rtt`, the far side the destination and then the origin.
 pub fn wan(h: &mut Harness, rt: &tokio::runtime::Runtime, n: usize, rtt: Duration) -> Result<(), Error> {
     let ms = rtt.as_millis();

@@ -22,6 +22,7 @@
 //! | `wan`         | full sync with the destination, then the origin, behind a proxy adding `--rtt-ms` (default 100) per round trip; `latest` and `all`, defaults; then 5 versions a key in `all` mode | raw copy through the same proxy at 4 and at 64 in flight (4 only up to 2,000 secrets); 5 versions: a raw copier writing each key's versions in order, 64 keys at a time |
 //! | `throttled`   | full sync of 300 secrets into a destination mount under a rate-limit quota of 40 requests/s | the quota's own rate |
 //! | `e2e`         | loopback full sync (`latest`, `all`) with the defaults and with `workers = 4`; a no-change run | raw copy at 4 in flight; one bare SCAN |
+//! | `e2e-rss`     | one loopback full sync (`latest`, defaults), for the process's peak RSS (not in `all`) | none |
 //!
 //! `all` (the default) runs every scenario but `scale`. Every measured run is a process of its
 //! own (this executable, re-run as a child), since peak RSS is a high-water mark; each copy goes
@@ -45,7 +46,7 @@ use vsync_vault::{DataRead, RequestCounts, SecretData, Token, VaultClient, Vault
 
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const SCENARIOS: [&str; 11] = ["all", "full-latest", "full-all", "no-change", "incremental", "scan", "propagation", "scale", "wan", "throttled", "e2e"];
+const SCENARIOS: [&str; 12] = ["all", "full-latest", "full-all", "no-change", "incremental", "scan", "propagation", "scale", "wan", "throttled", "e2e", "e2e-rss"];
 
 mod binary;
 mod endtoend;
@@ -566,7 +567,7 @@ fn main() -> Result<(), Error> {
     let runs = value("--runs", if scenario == "scale" { 1 } else { 3 })?.max(1);
     let samples = value("--samples", 30)?.max(1);
     let rtt = Duration::from_millis(value("--rtt-ms", 100)? as u64);
-    let run = |s: &str| scenario == s || (scenario == "all" && s != "scale");
+    let run = |s: &str| scenario == s || (scenario == "all" && s != "scale" && s != "e2e-rss");
 
     let mut h = Harness {
         a: Bao::dev(),
@@ -667,6 +668,9 @@ fn main() -> Result<(), Error> {
     }
     if run("e2e") {
         endtoend::loopback(&mut h, n)?;
+    }
+    if run("e2e-rss") {
+        endtoend::rss(&mut h, n)?;
     }
     if run("wan") {
         endtoend::wan(&mut h, &rt, n, rtt)?;
