@@ -74,7 +74,8 @@ pub fn run_once(exe: &Path, config: &Path) -> Result<BinaryRun, Error> {
         .arg("--config")
         .arg(config)
         .args(["run", "--once"])
-        .env("VSYNC_LOG", "warn")
+        // VSYNC_BENCH_LOG=info shows where a run spends its time (printed to stderr).
+        .env("VSYNC_LOG", std::env::var("VSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -95,6 +96,9 @@ pub fn run_once(exe: &Path, config: &Path) -> Result<BinaryRun, Error> {
     let (code, rss_kb) = wait_with_rusage(child.id())?;
     let secs = started.elapsed().as_secs_f64();
     let output = readers.into_iter().map(|r| r.join().unwrap_or_default()).collect::<Vec<_>>().join("");
+    if std::env::var_os("VSYNC_BENCH_LOG").is_some() {
+        eprintln!("{output}");
+    }
     Ok(BinaryRun { secs, rss_mb: rss_kb as f64 / 1024.0, code, output })
 }
 
