@@ -383,6 +383,8 @@ pub(crate) struct Harness {
     pub(crate) mounts: usize,
     /// The `multi/` mount of 5-version keys exists at the origin (the `wan` scenario).
     pub(crate) versions_seeded: bool,
+    /// Destination mounts are disabled after each run (not in `e2e-rss`: see `endtoend::sync_once`).
+    pub(crate) mounts_droppable: bool,
 }
 
 impl Harness {
@@ -583,6 +585,7 @@ fn main() -> Result<(), Error> {
         samples,
         mounts: 0,
         versions_seeded: false,
+        mounts_droppable: true,
     };
     let origin = client(&h.a.addr(), DEV_ROOT_TOKEN)?;
     let started = Instant::now();
