@@ -356,39 +356,7 @@ impl Destination {
         };
         let plan = &planned.plan;
 
-        // Destination mount kinds decide the write API (a KV v1 origin may feed a KV v2 mount).
-        // A missing or non-KV mount is fatal, for writes and removals alike.
-        let mounts_needed: BTreeSet<&str> = plan
-            .writes
-            .iter()
-            .chain(plan.removals.iter())
-            .filter_map(|a| match a {
-                Action::CopyV2 { target, .. }
-                | Action::ExactV2 { target, .. }
-                | Action::SyncV1 { target, .. }
-                | Action::Delete { target, .. }
-                | Action::SoftDelete { target, .. } => Some(target.mount.as_str()),
-                Action::Record { .. } | Action::Forget { .. } => None,
-            })
-            .collect();
-        let mut kinds: HashMap<String, KvVersion> = HashMap::new();
-        for m in mounts_needed {
-            let info = self
-                .vault
-                .mount_info(m)
-                .await
-                .map_err(|e| Fault::vault(format!("destination `{name}` mount `{m}`"), e))?;
-            if self.spec.versions == VersionsMode::All && info.kind == KvVersion::V2 {
-                exact::check_mount(&self.vault, m)
-                    .await
-                    .map_err(|e| Fault::fatal(FatalCause::Config, format!("destination `{name}` mount `{m}`: {e}")))?;
-            }
-            kinds.insert(m.to_owned(), info.kind);
-        }
-        if self.spec.versions == VersionsMode::All {
-            refuse_mixed_kinds(&name, plan, &kinds)?;
-        }
-        let kinds = Arc::new(kinds);
+        let kinds = Arc::new(self.mount_kinds(plan).await?);
 
         // `versions = "all"`: read both metadata documents of every key to replicate, before
         // any write, so rebuilds count for the mass-delete guard.
@@ -520,6 +488,45 @@ impl Destination {
             tasks,
             secrets: dest.entries.len(),
         })
+    }
+
+    /// The KV version of every destination mount the plan writes or removes at: it decides the
+    /// write API (a KV v1 origin may feed a KV v2 mount). A missing or non-KV mount is fatal, for
+    /// writes and removals alike; `versions = "all"` also checks each KV v2 mount's
+    /// preconditions and refuses mixed KV versions.
+    async fn mount_kinds(&self, plan: &vsync_core::Plan) -> Result<HashMap<String, KvVersion>, Fault> {
+        let name = &self.spec.name;
+        let mounts_needed: BTreeSet<&str> = plan
+            .writes
+            .iter()
+            .chain(plan.removals.iter())
+            .filter_map(|a| match a {
+                Action::CopyV2 { target, .. }
+                | Action::ExactV2 { target, .. }
+                | Action::SyncV1 { target, .. }
+                | Action::Delete { target, .. }
+                | Action::SoftDelete { target, .. } => Some(target.mount.as_str()),
+                Action::Record { .. } | Action::Forget { .. } => None,
+            })
+            .collect();
+        let mut kinds: HashMap<String, KvVersion> = HashMap::new();
+        for m in mounts_needed {
+            let info = self
+                .vault
+                .mount_info(m)
+                .await
+                .map_err(|e| Fault::vault(format!("destination `{name}` mount `{m}`"), e))?;
+            if self.spec.versions == VersionsMode::All && info.kind == KvVersion::V2 {
+                exact::check_mount(&self.vault, m)
+                    .await
+                    .map_err(|e| Fault::fatal(FatalCause::Config, format!("destination `{name}` mount `{m}`: {e}")))?;
+            }
+            kinds.insert(m.to_owned(), info.kind);
+        }
+        if self.spec.versions == VersionsMode::All {
+            refuse_mixed_kinds(name, plan, &kinds)?;
+        }
+        Ok(kinds)
     }
 
     /// Commits the loaded info (its root settings unchanged) with orphans at `targets`, before

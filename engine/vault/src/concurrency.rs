@@ -133,16 +133,7 @@ impl Limiter {
         };
         Self {
             max,
-            state: Mutex::new(State {
-                limit: INITIAL_LIMIT.min(max.unwrap_or(INITIAL_LIMIT)) as f64,
-                in_flight: 0,
-                slow_start: true,
-                baseline: None,
-                window_low: None,
-                window_start: now,
-                epoch: Epoch::new(now),
-                mean: Duration::ZERO,
-            }),
+            state: Mutex::new(State::new(INITIAL_LIMIT.min(max.unwrap_or(INITIAL_LIMIT)) as f64, now)),
             freed: Notify::new(),
             throttled: AtomicU64::new(0),
         }
@@ -201,6 +192,20 @@ impl Limiter {
 }
 
 impl State {
+    /// A controller at `limit`, in slow start, with no round trip seen yet.
+    fn new(limit: f64, now: Instant) -> Self {
+        Self {
+            limit,
+            in_flight: 0,
+            slow_start: true,
+            baseline: None,
+            window_low: None,
+            window_start: now,
+            epoch: Epoch::new(now),
+            mean: Duration::ZERO,
+        }
+    }
+
     /// Takes one answer (of a request sent at `started`) into the epoch; at the epoch's end, or
     /// on back-pressure, adjusts the limit. Returns whether it grew (every waiter may go).
     fn observe(&mut self, now: Instant, started: Instant, signal: Signal, max: usize) -> bool {
@@ -291,17 +296,7 @@ mod tests {
     use super::*;
 
     fn state(limit: f64) -> State {
-        let now = Instant::now();
-        State {
-            limit,
-            in_flight: 0,
-            slow_start: true,
-            baseline: None,
-            window_low: None,
-            window_start: now,
-            epoch: Epoch::new(now),
-            mean: Duration::ZERO,
-        }
+        State::new(limit, Instant::now())
     }
 
     /// One epoch: as many answers as the limit, each sent `rtt` before it came, the limit
@@ -391,16 +386,8 @@ mod baseline_tests {
     #[test]
     fn the_baseline_rises_a_tenth_per_window_at_most() {
         let now = Instant::now();
-        let mut s = State {
-            limit: 8.0,
-            in_flight: 0,
-            slow_start: false,
-            baseline: None,
-            window_low: None,
-            window_start: now,
-            epoch: Epoch::new(now),
-            mean: Duration::ZERO,
-        };
+        let mut s = State::new(8.0, now);
+        s.slow_start = false;
         s.note_low(now, Duration::from_millis(10));
         // A whole window of round trips inflated by queueing.
         let later = now + BASELINE_WINDOW;
