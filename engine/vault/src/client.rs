@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use crate::concurrency::{Concurrency, ConcurrencySnapshot, Limiter, Signal};
 use crate::error::{Result, VaultError};
+use crate::transport::{ReqwestTransport, Request, Response, Transport};
 
 /// Everything except RFC 3986 unreserved characters is percent-encoded in a path segment, so
 /// `?`, `#`, `%`, `+` and spaces reach the server as part of the name.
@@ -298,7 +299,7 @@ impl RequestCounters {
 /// An async Vault client. Cheap to clone; clones share the connection pool and counters.
 #[derive(Clone)]
 pub struct VaultClient {
-    pub(crate) http: reqwest::Client,
+    pub(crate) transport: Arc<dyn Transport>,
     pub(crate) address: String,
     pub(crate) retry: RetryPolicy,
     pub(crate) counters: Arc<RequestCounters>,
@@ -329,7 +330,7 @@ pub(crate) struct Answer {
 /// listing of any size is decoded as it arrives), or any other answer read whole.
 pub(crate) enum Reply {
     /// A 2xx answer, body unread.
-    Streamed(reqwest::Response),
+    Streamed(Response),
     /// A 404, read whole.
     Whole(Answer),
 }
@@ -418,15 +419,31 @@ impl VaultClient {
         let http = builder
             .build()
             .map_err(|e| VaultError::Config(format!("cannot build HTTP client: {e}")))?;
+        let transport = Arc::new(ReqwestTransport::new(http, address.clone()));
+        Self::over(config, address, transport, token_header)
+    }
+
+    /// Builds a client that sends its requests through `transport` (an in-memory Vault in
+    /// tests and the simulator); TLS settings of `config` are not used.
+    pub fn with_transport(config: VaultConfig, transport: Arc<dyn Transport>) -> Result<Self> {
+        let address = config.address.trim_end_matches('/').to_owned();
+        if config.list_page_size == 0 {
+            return Err(VaultError::Config("list_page_size must be at least 1".into()));
+        }
+        let token_header = config.token.header()?;
+        Self::over(config, address, transport, token_header)
+    }
+
+    fn over(config: VaultConfig, address: String, transport: Arc<dyn Transport>, token: HeaderValue) -> Result<Self> {
         Ok(Self {
-            http,
+            transport,
             address,
             retry: config.retry,
             counters: Arc::new(RequestCounters::default()),
             list_timeout: config.list_timeout,
             list_page_size: config.list_page_size,
             scan_unsupported: Default::default(),
-            token: Arc::new(std::sync::RwLock::new(token_header)),
+            token: Arc::new(std::sync::RwLock::new(token)),
             limiter: Arc::new(Limiter::new(config.concurrency)),
             backpressure_budget: config.backpressure_budget,
         })
@@ -527,30 +544,18 @@ impl VaultClient {
         stream: bool,
     ) -> Result<Reply> {
         let request = format!("{method} {api_path}");
-        let url = format!("{}/v1/{api_path}", self.address);
+        let timeout = (kind == RequestKind::List).then_some(self.list_timeout);
         let mut attempt = 0u32;
         let began = std::time::Instant::now();
         loop {
             let permit = self.limiter.acquire().await;
             self.counters.bump(kind);
-            let mut req = self.http.request(method.clone(), &url);
-            if kind == RequestKind::List {
-                req = req.timeout(self.list_timeout);
-            }
             let token = self.token_header();
-            if !token.is_empty() {
-                req = req.header("X-Vault-Token", token);
-            }
-            if !query.is_empty() {
-                req = req.query(query);
-            }
-            if let Some((bytes, content_type)) = &body {
-                req = req.header("Content-Type", *content_type).body(bytes.clone());
-            }
             debug!(%request, attempt, "vault request");
-            let outcome = match req.send().await {
+            let exchange = Request { method: &method, api_path, query, token: &token, body: body.as_ref(), timeout };
+            let outcome = match self.transport.send(exchange).await {
                 Ok(resp) => {
-                    let ended = match resp.status() {
+                    let ended = match resp.status {
                         s if s.is_success() => RequestOutcome::Ok,
                         StatusCode::NOT_FOUND => RequestOutcome::NotFound,
                         _ => RequestOutcome::Error,
@@ -563,11 +568,7 @@ impl VaultClient {
                 }
                 Err(source) => Err(Attempt::Retry({
                     self.counters.ended(kind, RequestOutcome::Transport);
-                    VaultError::Connection {
-                        request: request.clone(),
-                        address: self.address.clone(),
-                        source: source.without_url(),
-                    }
+                    VaultError::Connection { request: request.clone(), address: self.address.clone(), source }
                 }, None)),
             };
             permit.done(signal_of(kind, &outcome));
@@ -602,28 +603,24 @@ impl VaultClient {
         }
     }
 
-    async fn classify(&self, request: &str, resp: reqwest::Response) -> Result<Answer, Attempt> {
-        let status = resp.status();
+    async fn classify(&self, request: &str, resp: Response) -> Result<Answer, Attempt> {
+        let status = resp.status;
         let retry_after = resp
-            .headers()
+            .headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let location = resp
-            .headers()
+            .headers
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = match resp.bytes().await {
-            Ok(b) => b.to_vec(),
+        let body = match resp.body.bytes().await {
+            Ok(b) => b,
             Err(source) => {
                 return Err(Attempt::Retry(
-                    VaultError::Connection {
-                        request: request.to_owned(),
-                        address: self.address.clone(),
-                        source: source.without_url(),
-                    },
+                    VaultError::Connection { request: request.to_owned(), address: self.address.clone(), source },
                     None,
                 ));
             }

@@ -124,7 +124,7 @@ pub enum VaultError {
         address: String,
         /// The transport error (its text holds the URL, never the token).
         #[source]
-        source: reqwest::Error,
+        source: crate::transport::TransportError,
     },
     /// A 404 that is not KV's "nothing here". KV answers a missing key, version or folder with
     /// exactly `{"errors":[]}` (and a deleted version with its metadata); any other 404 (an

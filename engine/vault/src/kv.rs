@@ -457,7 +457,7 @@ impl VaultClient {
 
     /// Pumps a listing body to a decoding thread and hands its secrets to `each` in batches;
     /// bounded channels keep at most a few chunks and batches in flight.
-    async fn decode_streamed<F>(&self, request: &str, kind: KvVersion, mut resp: reqwest::Response, each: &mut F) -> Result<()>
+    async fn decode_streamed<F>(&self, request: &str, kind: KvVersion, mut resp: crate::transport::Response, each: &mut F) -> Result<()>
     where
         F: FnMut(ListedSecret) -> Result<()> + Send,
     {
@@ -481,9 +481,9 @@ impl VaultClient {
         });
         let pump = async move {
             loop {
-                match resp.chunk().await {
+                match resp.body.chunk().await {
                     Ok(Some(chunk)) => {
-                        if chunk_tx.send(Ok(chunk.to_vec())).await.is_err() {
+                        if chunk_tx.send(Ok(chunk)).await.is_err() {
                             return Ok(()); // the decoder stopped; it says why
                         }
                     }
@@ -493,7 +493,7 @@ impl VaultClient {
                         return Err(VaultError::Connection {
                             request: request.to_owned(),
                             address: self.address.clone(),
-                            source: source.without_url(),
+                            source,
                         });
                     }
                 }

@@ -12,6 +12,7 @@ pub mod concurrency;
 mod error;
 mod kv;
 mod listing;
+pub mod transport;
 mod types;
 
 pub use auth::{Login, TokenLease};

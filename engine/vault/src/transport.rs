@@ -1,0 +1,150 @@
+//! The seam between [`crate::VaultClient`] and the wire.
+//!
+//! Everything the client knows about Vault (path encoding, error classes, retries, back-pressure,
+//! paging, 404 shapes) sits above this seam; below it is one HTTP exchange. Production uses
+//! [`ReqwestTransport`] (TLS, connection reuse, HTTP/2 when offered). Tests and the simulator
+//! plug in an in-memory Vault that answers the same requests, so the whole client runs over it
+//! unchanged: a fault injected there takes the path a real server's would.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+
+/// A boxed future of one exchange (the trait is object safe, so a client holds `Arc<dyn _>`).
+pub type Exchange<'a> = Pin<Box<dyn Future<Output = Result<Response, TransportError>> + Send + 'a>>;
+
+/// One HTTP exchange with a Vault server.
+pub trait Transport: Send + Sync {
+    /// Sends `request` and returns the answer's status, headers and (unread) body. An error
+    /// means no answer arrived (refused, reset, timed out); any status is an answer.
+    fn send<'a>(&'a self, request: Request<'a>) -> Exchange<'a>;
+}
+
+/// One request, as the client composed it.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The HTTP method (`LIST` and `SCAN` included).
+    pub method: &'a Method,
+    /// The API path after `/v1/`, every segment already percent-encoded.
+    pub api_path: &'a str,
+    /// Query parameters (unencoded).
+    pub query: &'a [(&'a str, String)],
+    /// The `X-Vault-Token` value; empty when the client has no token (a login).
+    pub token: &'a HeaderValue,
+    /// The body and its content type.
+    pub body: Option<&'a (Vec<u8>, &'static str)>,
+    /// A deadline for this exchange shorter than the transport's own (listings have their own).
+    pub timeout: Option<Duration>,
+}
+
+/// An answer: status, headers, and a body that may still be arriving.
+#[derive(Debug)]
+pub struct Response {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The answer's headers (`Retry-After`, `Location`).
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Body,
+}
+
+impl Response {
+    /// An answer whose body is all here (what an in-memory server sends).
+    pub fn buffered(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Self {
+        Self { status, headers, body: Body(BodyInner::Buffered(Some(body))) }
+    }
+}
+
+/// An answer's body: read in chunks as it arrives, or whole.
+#[derive(Debug)]
+pub struct Body(BodyInner);
+
+#[derive(Debug)]
+enum BodyInner {
+    Buffered(Option<Vec<u8>>),
+    Streaming(reqwest::Response),
+}
+
+impl Body {
+    /// The next chunk, `None` at the end. An error means the body was cut off.
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        match &mut self.0 {
+            BodyInner::Buffered(rest) => Ok(rest.take()),
+            BodyInner::Streaming(resp) => match resp.chunk().await {
+                Ok(chunk) => Ok(chunk.map(|c| c.to_vec())),
+                Err(e) => Err(TransportError::new(e.without_url())),
+            },
+        }
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Vec<u8>, TransportError> {
+        match self.0 {
+            BodyInner::Buffered(rest) => Ok(rest.unwrap_or_default()),
+            BodyInner::Streaming(resp) => match resp.bytes().await {
+                Ok(b) => Ok(b.to_vec()),
+                Err(e) => Err(TransportError::new(e.without_url())),
+            },
+        }
+    }
+}
+
+/// No answer arrived: the connection was refused, reset or timed out, or the body was cut off.
+/// Its text never holds the token (requests carry it in a header, never in the URL).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TransportError(Box<dyn std::error::Error + Send + Sync>);
+
+impl TransportError {
+    /// Wraps the underlying cause.
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(source.into())
+    }
+}
+
+/// The production transport: a `reqwest` client (rustls, pooled connections, HTTP/2 over TLS
+/// when the server offers it) aimed at one server.
+#[derive(Debug, Clone)]
+pub struct ReqwestTransport {
+    http: reqwest::Client,
+    address: String,
+}
+
+impl ReqwestTransport {
+    /// A transport for `address` (`https://host:port`, no trailing slash) over `http`.
+    pub fn new(http: reqwest::Client, address: String) -> Self {
+        Self { http, address }
+    }
+}
+
+impl Transport for ReqwestTransport {
+    fn send<'a>(&'a self, request: Request<'a>) -> Exchange<'a> {
+        Box::pin(async move {
+            let url = format!("{}/v1/{}", self.address, request.api_path);
+            let mut req = self.http.request(request.method.clone(), &url);
+            if let Some(timeout) = request.timeout {
+                req = req.timeout(timeout);
+            }
+            if !request.token.is_empty() {
+                req = req.header("X-Vault-Token", request.token.clone());
+            }
+            if !request.query.is_empty() {
+                req = req.query(request.query);
+            }
+            if let Some((bytes, content_type)) = request.body {
+                req = req.header("Content-Type", *content_type).body(bytes.clone());
+            }
+            match req.send().await {
+                Ok(resp) => Ok(Response {
+                    status: resp.status(),
+                    headers: resp.headers().clone(),
+                    body: Body(BodyInner::Streaming(resp)),
+                }),
+                Err(e) => Err(TransportError::new(e.without_url())),
+            }
+        })
+    }
+}
