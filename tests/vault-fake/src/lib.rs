@@ -44,6 +44,23 @@ pub struct RequestView {
     pub is_write: bool,
 }
 
+/// What a non-root token's policy allows. Every accepted token may read, write, list and
+/// delete on every KV mount; this sets the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// The policy's `pagination_limit` (see [`FakeVault::set_pagination_limit`]).
+    pub pagination_limit: Option<usize>,
+    /// The `scan` capability: without it SCAN (and `?scan=true`) is refused with 403.
+    pub scan: bool,
+}
+
+impl TokenPolicy {
+    /// No limit, SCAN allowed.
+    pub fn full() -> Self {
+        Self { pagination_limit: None, scan: true }
+    }
+}
+
 /// A fault to inject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Injected {
@@ -114,8 +131,8 @@ pub(crate) struct Inner {
     pub hook: Option<FaultHook>,
     /// Mounts by path (`secret/`, `team/kv/`).
     pub mounts: BTreeMap<String, Mount>,
-    /// Accepted tokens and their policy's `pagination_limit` (`root` has none).
-    pub tokens: BTreeMap<String, Option<usize>>,
+    /// Accepted tokens and what their policies allow (`root`: everything, no limit).
+    pub tokens: BTreeMap<String, TokenPolicy>,
     pub requests: u64,
     /// Counter for request ids and mount UUIDs.
     pub next_id: u64,
@@ -157,7 +174,7 @@ impl FakeVault {
             sealed: false,
             hook: None,
             mounts: BTreeMap::new(),
-            tokens: BTreeMap::from([("root".to_owned(), None)]),
+            tokens: BTreeMap::from([("root".to_owned(), TokenPolicy::full())]),
             requests: 0,
             next_id: 0,
         };
@@ -196,12 +213,23 @@ impl FakeVault {
     /// answers with the first `limit` entries, a `limit` above it is refused (403), SCAN is
     /// not limited, KV v1 ignores it with a warning.
     pub fn set_pagination_limit(&self, token: &str, limit: usize) {
-        self.lock().tokens.insert(token.to_owned(), Some(limit));
+        self.set_token_policy(token, TokenPolicy { pagination_limit: Some(limit), scan: true });
     }
 
     /// Accepts `token` with full rights and no pagination limit.
     pub fn add_token(&self, token: &str) {
-        self.lock().tokens.insert(token.to_owned(), None);
+        self.set_token_policy(token, TokenPolicy::full());
+    }
+
+    /// Accepts `token` with `policy` (for example without `scan`, so the client walks with
+    /// paged LIST requests).
+    pub fn set_token_policy(&self, token: &str, policy: TokenPolicy) {
+        self.lock().tokens.insert(token.to_owned(), policy);
+    }
+
+    /// Disables a mount (its keys are gone; enabling it again gives a new UUID).
+    pub fn disable(&self, mount: &str) {
+        self.lock().mounts.remove(&router::normalize_mount(mount));
     }
 
     /// Revokes `token` (later requests with it get 403 `permission denied`).

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use vsync_vault::transport::Request;
 
 use crate::error::ApiError;
-use crate::kv2::{Kv2, uint_field};
+use crate::kv2::Kv2;
 use crate::listing::{children, folder_of, page, scan};
 use crate::time::parse_duration_secs;
 use crate::{Inner, Mount, RequestView};
@@ -126,11 +126,14 @@ pub(crate) fn handle(inner: &mut Inner, request: &Request<'_>) -> Reply {
     if inner.sealed {
         return Reply::error(ApiError::new(503, "Vault is sealed"));
     }
-    let Some(limit) = inner.tokens.get(&req.token).copied() else {
+    let Some(policy) = inner.tokens.get(&req.token).copied() else {
         return Reply::error(ApiError::bad_token());
     };
+    if req.method == "SCAN" && !policy.scan {
+        return Reply::error(ApiError::acl_denied());
+    }
     let root = req.token == "root";
-    match route(inner, &req, limit, root) {
+    match route(inner, &req, policy.pagination_limit, root) {
         Ok(Out::NoContent) => Reply::no_content(),
         Ok(Out::Data { status, data, warnings, lease_duration }) => {
             let id = inner.next_id();
@@ -441,8 +444,8 @@ fn kv1(values: &mut BTreeMap<String, Value>, path: &str, req: &Req, policy: Opti
 /// reaches it as `limit`) are ignored with a warning. A `limit` above the policy's is refused.
 fn list_v1(values: &BTreeMap<String, Value>, path: &str, req: &Req, policy: Option<usize>) -> Result<Out, ApiError> {
     if let (Some(max), Some(asked)) = (policy, req.query.get("limit")) {
-        let asked = asked.trim().parse::<i64>().map(|n| uint_field("limit", &json!(n)).unwrap_or(0)).unwrap_or(0);
-        if usize::try_from(asked).unwrap_or(usize::MAX) > max {
+        let asked = usize::try_from(asked.trim().parse::<i64>().unwrap_or(0)).unwrap_or(0);
+        if asked > max {
             return Err(ApiError::acl_denied());
         }
     }

@@ -41,6 +41,7 @@ contract!(
     scan_detailed_metadata,
     paged_list,
     pagination_limit,
+    list_walk_without_scan,
     kv1_values,
     wrong_flavour_and_missing_mount,
     tokens,
@@ -511,6 +512,38 @@ async fn pagination_limit(b: Backend) {
     let listed = lc.list_secrets(&lc.mount_info("kv2/").await.unwrap()).await.unwrap();
     assert_eq!(listed.len(), 5);
     assert_eq!(lc.list_secrets(&lc.mount_info("kv1/").await.unwrap()).await.unwrap().len(), 5);
+}
+
+async fn list_walk_without_scan(b: Backend) {
+    b.enable_kv("kv2/", 2);
+    b.enable_kv("kv1/", 1);
+    let c = b.client();
+    let paths = ["a", "b/c", "f/k1", "f/k2", "f/k3", "f/k4", "f/k5"];
+    for p in paths {
+        write_n(&b, "kv2/", p, 1).await;
+        c.write_v1("kv1/", p, &data(json!({"p": p}))).await.unwrap();
+    }
+    let t = b.policy_token(2, false);
+    for (path, query) in [("kv2/detailed-metadata/", &[][..]), ("kv2/metadata/", &[("scan", "true")][..]), ("kv1/", &[][..])] {
+        let method = if query.is_empty() { "SCAN" } else { "GET" };
+        let (status, _, body) = b.raw_as(&t, method, path, query, None).await;
+        assert_eq!((status, errors(&body)), (403, vec!["1 error occurred:\n\t* permission denied\n\n".to_owned()]), "{path}");
+    }
+    // Without scan the client walks with paged LIST: pages within the limit read every key.
+    let mut cfg = common::config(&b.address(), &t);
+    cfg.list_page_size = 2;
+    let walker = b.client_with(cfg);
+    for mount in ["kv2/", "kv1/"] {
+        let listed = walker.list_secrets(&walker.mount_info(mount).await.unwrap()).await.unwrap();
+        assert_eq!(listed.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(), paths, "{mount}");
+        assert!(listed.iter().all(|s| s.metadata.is_none()));
+    }
+    // Pages above the limit are refused, and the client says why.
+    let mut cfg = common::config(&b.address(), &t);
+    cfg.list_page_size = 3;
+    let walker = b.client_with(cfg);
+    let result = walker.list_secrets(&walker.mount_info("kv2/").await.unwrap()).await;
+    assert!(matches!(result, Err(VaultError::PaginationLimited { page_size: 3, .. })), "{result:?}");
 }
 
 async fn kv1_values(b: Backend) {

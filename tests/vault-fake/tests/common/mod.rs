@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use vsync_test_harness::Bao;
 use vsync_vault::transport::{ReqwestTransport, Request, Transport};
 use vsync_vault::{RetryPolicy, Token, VaultClient, VaultConfig};
-use vsync_vault_fake::{FakeVault, Injected};
+use vsync_vault_fake::{FakeVault, Injected, TokenPolicy};
 
 pub struct Backend {
     pub fake: Option<FakeVault>,
@@ -44,6 +44,11 @@ impl Backend {
         let address = bao.addr();
         let transport = Arc::new(ReqwestTransport::new(reqwest::Client::new(), address.clone()));
         Self { fake: None, bao: Some(bao), transport, address, offset: Arc::new(Mutex::new(Duration::ZERO)) }
+    }
+
+    /// The address clients are configured with.
+    pub fn address(&self) -> String {
+        self.address.clone()
     }
 
     pub fn is_fake(&self) -> bool {
@@ -86,17 +91,25 @@ impl Backend {
     /// A token whose policy sets `pagination_limit = limit` (with read, list and scan on
     /// `kv2/` and `kv1/`, no default policy).
     pub fn limited_token(&self, limit: usize) -> String {
+        self.policy_token(limit, true)
+    }
+
+    /// A token with `pagination_limit = limit` on `kv2/` and `kv1/`, read and list, and `scan`
+    /// if asked for.
+    pub fn policy_token(&self, limit: usize, scan: bool) -> String {
+        let name = if scan { "limited" } else { "limited-noscan" };
         match (&self.fake, &self.bao) {
             (Some(fake), _) => {
-                fake.set_pagination_limit("limited", limit);
-                "limited".into()
+                fake.set_token_policy(name, TokenPolicy { pagination_limit: Some(limit), scan });
+                name.into()
             }
             (None, Some(bao)) => {
+                let caps = if scan { r#"["read", "list", "scan"]"# } else { r#"["read", "list"]"# };
                 let hcl = format!(
-                    "path \"kv2/*\" {{\n capabilities = [\"read\", \"list\", \"scan\"]\n pagination_limit = {limit}\n}}\n\
-                     path \"kv1/*\" {{\n capabilities = [\"read\", \"list\", \"scan\"]\n pagination_limit = {limit}\n}}\n"
+                    "path \"kv2/*\" {{\n capabilities = {caps}\n pagination_limit = {limit}\n}}\n\
+                     path \"kv1/*\" {{\n capabilities = {caps}\n pagination_limit = {limit}\n}}\n"
                 );
-                bao.token_with_policy("limited", &hcl)
+                bao.token_with_policy(name, &hcl)
             }
             _ => unreachable!(),
         }
