@@ -123,6 +123,10 @@ pub(crate) fn handle(inner: &mut Inner, request: &Request<'_>) -> Reply {
     if req.path == "sys/seal-status" {
         return Reply { status: 200, body: Some(seal_status(inner.sealed)), retry_after: None };
     }
+    if req.path == "sys/health" {
+        let status = if inner.sealed { 503 } else { 200 };
+        return Reply { status, body: Some(health(inner.sealed, inner.now())), retry_after: None };
+    }
     if inner.sealed {
         return Reply::error(ApiError::new(503, "Vault is sealed"));
     }
@@ -168,6 +172,22 @@ fn seal_status(sealed: bool) -> Value {
         "nonce": "", "recovery_seal": false, "version": "2.7.2", "migration": false,
         "cluster_name": "vault-fake", "cluster_id": "00000000-0000-0000-0000-000000000000",
         "storage_type": "inmem",
+    })
+}
+
+/// `sys/health` (unauthenticated; 503 while sealed).
+fn health(sealed: bool, now: std::time::SystemTime) -> Value {
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if sealed {
+        return json!({
+            "initialized": true, "sealed": true, "standby": true, "replication_performance_mode": "unknown",
+            "replication_dr_mode": "unknown", "server_time_utc": secs, "version": "2.7.2",
+        });
+    }
+    json!({
+        "initialized": true, "sealed": false, "standby": false, "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled", "server_time_utc": secs, "version": "2.7.2",
+        "cluster_name": "vault-fake", "cluster_id": "00000000-0000-0000-0000-000000000000",
     })
 }
 
@@ -292,7 +312,8 @@ fn sys_mounts(inner: &mut Inner, rest: &str, req: &Req) -> Result<Out, ApiError>
 fn lookup_self() -> Value {
     json!({
         "accessor": "fakeaccessor", "creation_time": 0, "creation_ttl": 0, "display_name": "token",
-        "entity_id": "", "expire_time": null, "explicit_max_ttl": 0, "id": "root", "meta": null,
+        "entity_id": "", "expire_time": null, "explicit_max_ttl": 0, "id": "root",
+        "issue_time": "1970-01-01T00:00:00Z", "meta": null,
         "num_uses": 0, "orphan": true, "path": "auth/token/create", "policies": ["root"],
         "renewable": false, "ttl": 0, "type": "service",
     })

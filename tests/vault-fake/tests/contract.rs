@@ -47,6 +47,7 @@ contract!(
     tokens,
     sealed,
     rate_limited,
+    response_shapes,
 );
 
 fn settings(max: u64, cas: bool, dva: &str, custom: &[(&str, &str)]) -> MetadataSettings {
@@ -628,6 +629,8 @@ async fn sealed(b: Backend) {
     let (status, _, body) = b.raw("GET", "sys/seal-status", &[], None).await;
     assert_eq!((status, body["sealed"].as_bool()), (200, Some(true)));
     assert!(matches!(b.client().read_metadata("kv2/", "x").await, Err(VaultError::Sealed { .. })));
+    let (status, _, body) = b.raw("GET", "sys/health", &[], None).await;
+    assert_eq!((status, body["sealed"].as_bool(), body["standby"].as_bool()), (503, Some(true), Some(true)));
 }
 
 async fn rate_limited(b: Backend) {
@@ -649,4 +652,64 @@ async fn rate_limited(b: Backend) {
         Err(VaultError::RateLimited { retry_after, .. }) => assert!(retry_after.is_some()),
         other => panic!("{other:?}"),
     }
+}
+
+/// Whole answers, compared field by field after [`common::shape`].
+async fn response_shapes(b: Backend) {
+    b.enable_kv("kv2/", 2);
+    b.enable_kv("kv1/", 1);
+    let c = b.client();
+    let env = |data: Value| json!({"request_id": "<request_id>", "lease_id": "", "renewable": false, "lease_duration": 0,
+        "data": data, "wrap_info": null, "warnings": null, "auth": null});
+    let vmeta = |v: u64, deleted: bool| json!({"created_time": "<time>", "custom_metadata": null,
+        "deletion_time": if deleted { "<time>" } else { "" }, "destroyed": false, "version": v});
+    let (s, _, body) = b.raw("POST", "kv2/data/a/b", &[], Some(json!({"options": {"cas": 0}, "data": {"z": {"b": 1, "a": [1, "x"]}}}))).await;
+    assert_eq!((s, common::shape(&body)), (200, env(vmeta(1, false))));
+    let (s, _, body) = b.raw("GET", "kv2/data/a/b", &[], None).await;
+    assert_eq!((s, common::shape(&body)), (200, env(json!({"data": {"z": {"a": [1, "x"], "b": 1}}, "metadata": vmeta(1, false)}))));
+    c.delete_versions("kv2/", "a/b", &[1]).await.unwrap();
+    let (s, _, body) = b.raw("GET", "kv2/data/a/b", &[], None).await;
+    assert_eq!((s, common::shape(&body)), (404, env(json!({"data": null, "metadata": vmeta(1, true)}))));
+    let meta = json!({"cas_required": false, "created_time": "<time>", "current_metadata_version": 0, "current_version": 1,
+        "custom_metadata": null, "delete_version_after": "0s", "max_versions": 0, "metadata_cas_required": false,
+        "oldest_version": 0, "updated_time": "<time>",
+        "versions": {"1": {"created_time": "<time>", "deletion_time": "<time>", "destroyed": false}}});
+    let (s, _, body) = b.raw("GET", "kv2/metadata/a/b", &[], None).await;
+    assert_eq!((s, common::shape(&body)), (200, env(meta.clone())));
+    let (s, _, body) = b.raw("LIST", "kv2/detailed-metadata/a/", &[], None).await;
+    assert_eq!((s, common::shape(&body)), (200, env(json!({"key_info": {"b": meta.clone()}, "keys": ["b"]}))));
+    let (s, _, body) = b.raw("SCAN", "kv2/detailed-metadata/", &[], None).await;
+    assert_eq!((s, common::shape(&body)), (200, env(json!({"key_info": {"a/b": meta}, "keys": ["a/b"]}))));
+    let (s, _, body) = b.raw("LIST", "kv2/metadata/", &[], None).await;
+    assert_eq!((s, common::shape(&body)), (200, env(json!({"keys": ["a/"]}))));
+    let (s, _, body) = b.raw("GET", "kv2/config", &[], None).await;
+    let config = json!({"cas_required": false, "delete_version_after": "0s", "max_versions": 0, "metadata_cas_required": false});
+    assert_eq!((s, common::shape(&body)), (200, env(config)));
+    c.write_v1("kv1/", "v", &data(json!({"k": "v"}))).await.unwrap();
+    let (s, _, body) = b.raw("GET", "kv1/v", &[], None).await;
+    let mut v1 = env(json!({"k": "v"}));
+    v1["lease_duration"] = json!(2_764_800);
+    assert_eq!((s, common::shape(&body)), (200, v1));
+    let mount = json!({"accessor": "<accessor>", "config": {"default_lease_ttl": 0, "force_no_cache": false, "max_lease_ttl": 0},
+        "deprecation_status": "supported", "description": "", "external_entropy_access": false, "local": false,
+        "options": {"version": "2"}, "plugin_version": "", "running_plugin_version": "v2.7.2+builtin.bao",
+        "running_sha256": "", "seal_wrap": false, "type": "kv", "uuid": "<uuid>"});
+    let (s, _, body) = b.raw("GET", "sys/mounts/kv2", &[], None).await;
+    let mut top = env(mount.clone());
+    for (k, v) in mount.as_object().unwrap() {
+        top[k] = v.clone();
+    }
+    assert_eq!((s, common::shape(&body)), (200, top));
+    let mut ui = mount;
+    ui["path"] = json!("kv2/");
+    let (s, _, body) = b.raw("GET", "sys/internal/ui/mounts/kv2", &[], None).await;
+    assert_eq!((s, common::shape(&body)), (200, env(ui)));
+    let (s, _, body) = b.raw("GET", "sys/health", &[], None).await;
+    let health = json!({"initialized": true, "sealed": false, "standby": false, "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled", "server_time_utc": "<time>", "version": "2.7.2",
+        "cluster_name": "<cluster_name>", "cluster_id": "<cluster_id>"});
+    assert_eq!((s, common::shape(&body)), (200, health));
+    let (s, _, body) = b.raw("GET", "auth/token/lookup-self", &[], None).await;
+    let d = &body["data"];
+    assert_eq!((s, &d["policies"], &d["ttl"], &d["renewable"], &d["id"]), (200, &json!(["root"]), &json!(0), &json!(false), &json!("root")));
 }

@@ -186,3 +186,25 @@ pub fn keys(body: &Value) -> Vec<String> {
     k.sort();
     k
 }
+
+/// A body with what differs between servers and runs replaced: ids, UUIDs, accessors, cluster
+/// names and every non-empty `*_time` (`<time>`), so the rest compares exactly.
+pub fn shape(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let placeholder = match (k.as_str(), v) {
+                        ("request_id" | "uuid" | "accessor" | "cluster_id" | "cluster_name" | "id", Value::String(_)) => Some(format!("<{k}>")),
+                        (k, Value::String(s)) if k.ends_with("_time") && !s.is_empty() => Some("<time>".into()),
+                        (k, Value::Number(_)) if k.ends_with("_time") || k == "server_time_utc" => Some("<time>".into()),
+                        _ => None,
+                    };
+                    (k.clone(), placeholder.map_or_else(|| shape(v), Value::String))
+                })
+                .collect(),
+        ),
+        Value::Array(list) => Value::Array(list.iter().map(shape).collect()),
+        other => other.clone(),
+    }
+}
