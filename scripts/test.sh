@@ -14,8 +14,8 @@ echo "==> test: promtool check rules and promtool test rules on examples/monitor
 command -v promtool >/dev/null || { echo "error: promtool is missing: apt-get install prometheus (Debian)" >&2; exit 1; }
 (cd examples/monitoring && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
 
-echo "==> test: cargo test --workspace --locked (starts and stops its own OpenBao servers on 127.0.0.1)"
-cargo test --workspace --locked "$@"
+echo "==> test: cargo test --workspace --locked --features vsync-engine/bao-tests (starts and stops its own OpenBao servers on 127.0.0.1)"
+cargo test --workspace --locked --features vsync-engine/bao-tests "$@"
 
 echo "==> test: the default plugin pack's own unit tests (native)"
 cargo test --manifest-path plugins/Cargo.toml --locked --quiet

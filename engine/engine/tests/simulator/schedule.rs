@@ -1,0 +1,332 @@
+//! One schedule: a seeded sequence of origin operations, engine cycles (clean, faulty, or cut
+//! short by a crash) and time passing, then quiescence and the final invariants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vsync_core::{DeletePolicy, VersionsMode};
+use vsync_engine::origin;
+use vsync_vault::{MetadataSettings, SecretData, VaultError};
+
+use crate::check;
+use crate::world::{DIGEST_KEY, FaultPlan, Setup, World};
+
+/// Paths a schedule picks from: folders, neighbours and characters that need encoding.
+const PATHS: [&str; 8] = ["app/db", "app/api", "web", "a b/c%d", "x/y/z", "k1", "k2", "deep/er/key"];
+
+/// Steps per schedule before quiescence.
+const STEPS: usize = 28;
+
+/// A failed schedule: the invariant broken and the trace that led there.
+#[derive(Debug)]
+pub struct Failure {
+    pub what: String,
+    pub trace: Vec<String>,
+}
+
+impl Failure {
+    /// The message a failing run prints: the seed, how to replay it, the schedule's trace.
+    pub fn report(&self, seed: u64) -> String {
+        let tail: Vec<&String> = self.trace.iter().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+        format!(
+            "simulator seed {seed} broke an invariant: {}\nreplay: VSYNC_SIM_SEED={seed} cargo test -p vsync-engine --test simulator -- --nocapture\ntrace (last {} of {} steps):\n  {}",
+            self.what,
+            tail.len(),
+            self.trace.len(),
+            tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")
+        )
+    }
+}
+
+/// What a batch of schedules did, for the summary line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub cycles: u64,
+    pub faulty_cycles: u64,
+    pub crashes: u64,
+    pub failed_cycles: u64,
+    pub origin_ops: u64,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} cycles ({} with faults, {} crashed, {} failed), {} origin operations",
+            self.cycles, self.faulty_cycles, self.crashes, self.failed_cycles, self.origin_ops
+        )
+    }
+}
+
+pub fn run_seed(seed: u64) -> Result<Vec<String>, Failure> {
+    run_seed_counted(seed, &mut Stats::default())
+}
+
+pub fn run_seed_counted(seed: u64, stats: &mut Stats) -> Result<Vec<String>, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+    // The client's backoff jitter draws from fastrand's thread-local generator.
+    fastrand::seed(seed);
+    let logs = check::LogCapture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(async {
+            let mut sim = Sim::new(seed).await;
+            let outcome = sim.run(stats).await;
+            (outcome, sim.trace)
+        })
+    });
+    let (outcome, mut trace) = result;
+    if std::env::var_os("VSYNC_SIM_LOG").is_some() {
+        eprintln!("{}", logs.text());
+    }
+    let outcome = outcome.and_then(|()| check::no_secret_in_logs(&logs));
+    match outcome {
+        Ok(()) => Ok(trace),
+        Err(what) => {
+            trace.push(format!("FAILED: {what}"));
+            Err(Failure { what, trace })
+        }
+    }
+}
+
+pub struct Sim {
+    pub rng: fastrand::Rng,
+    pub world: World,
+    pub trace: Vec<String>,
+    seed: u64,
+    values: u64,
+    /// Paths the destination held before the first cycle (their versions are foreign until
+    /// rebuilt, so I3 leaves them to I1).
+    pub preloaded: std::collections::BTreeSet<&'static str>,
+    /// Every value each path has held at the origin (I3 in `latest` mode).
+    pub history: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+/// How a cycle ended.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    /// Committed; the destination now matches the scan (failed secrets aside).
+    Clean { failed: usize, changed: usize },
+    /// Failed with a fault (nothing promised).
+    Failed,
+    /// The process died mid-cycle.
+    Crashed,
+}
+
+impl Sim {
+    async fn new(seed: u64) -> Sim {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let setup = Setup {
+            versions: if rng.bool() { VersionsMode::All } else { VersionsMode::Latest },
+            deletes: match rng.u8(0..6) {
+                0 => DeletePolicy::Ignore,
+                1 => DeletePolicy::Soft,
+                _ => DeletePolicy::Mirror,
+            },
+            workers: [1, 2, 4][rng.usize(0..3)],
+        };
+        let world = World::new(setup.clone()).await;
+        Sim { rng, world, trace: vec![format!("setup {setup:?}")], seed, values: 0, preloaded: Default::default(), history: Default::default() }
+    }
+
+    async fn run(&mut self, stats: &mut Stats) -> Result<(), String> {
+        if self.rng.u8(0..4) == 0 {
+            // Adopted by the first cycle; a key the origin drops before any cycle saw it would
+            // be a foreign key, which vsync leaves alone and verify reports, by design.
+            self.preload_destination().await;
+            self.cycle(None).await?;
+        }
+        for step in 0..STEPS {
+            match self.rng.u8(0..20) {
+                0..=10 => {
+                    stats.origin_ops += 1;
+                    self.origin_op().await;
+                }
+                11..=17 => {
+                    let plan = self.fault_plan();
+                    let ended = self.cycle(plan).await?;
+                    stats.cycles += 1;
+                    stats.faulty_cycles += u64::from(plan.is_some());
+                    stats.crashes += u64::from(ended == Ended::Crashed);
+                    stats.failed_cycles += u64::from(ended == Ended::Failed);
+                }
+                _ => {
+                    let secs = [1, 5, 30, 61, 600][self.rng.usize(0..5)];
+                    self.trace.push(format!("step {step}: {secs} s pass"));
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                }
+            }
+        }
+        self.quiesce().await?;
+        check::no_secret_in_store(self.world.state_dir.path())?;
+        check::verify_detects_injected_drift(self).await
+    }
+
+    /// A unique secret value; the marker lets I4 find it anywhere it must not be.
+    pub fn value(&mut self) -> SecretData {
+        self.values += 1;
+        let marker = format!("{}{}-{}", check::SECRET_MARKER, self.seed, self.values);
+        SecretData::from_json(&serde_json::json!({ "v": marker, "n": self.values }).to_string()).unwrap()
+    }
+
+    /// A unique value the origin is about to hold at `key` (`mount` + path), remembered for I3.
+    fn origin_value(&mut self, key: String) -> SecretData {
+        let data = self.value();
+        let json: serde_json::Value = serde_json::from_str(data.as_json()).unwrap();
+        self.history.entry(key).or_default().push(json);
+        data
+    }
+
+    fn path(&mut self) -> &'static str {
+        PATHS[self.rng.usize(0..PATHS.len())]
+    }
+
+    /// A destination that already holds the origin's keys, with other values and history.
+    async fn preload_destination(&mut self) {
+        for _ in 0..self.rng.usize(1..4) {
+            let path = self.path();
+            let (ours, theirs) = (self.rng.u64(1..3), self.rng.u64(1..4));
+            for cas in 0..ours {
+                let data = self.origin_value(format!("secret/{path}"));
+                let _ = self.world.origin_admin.write_version("secret/", path, &data, cas).await;
+            }
+            for cas in 0..theirs {
+                let data = self.value();
+                let _ = self.world.dest_admin.write_version("secret/", path, &data, cas).await;
+            }
+            self.preloaded.insert(path);
+            self.trace.push(format!("origin writes secret/{path} {ours}x; the destination already holds it with {theirs} versions"));
+        }
+    }
+
+    fn fault_plan(&mut self) -> Option<FaultPlan> {
+        if self.rng.bool() {
+            return None;
+        }
+        let odds = |rng: &mut fastrand::Rng, most: u32| if rng.bool() { rng.u32(0..=most) } else { 0 };
+        Some(FaultPlan {
+            salt: self.rng.u64(..),
+            connection: odds(&mut self.rng, 150),
+            server: odds(&mut self.rng, 150),
+            throttled: odds(&mut self.rng, 200),
+            lost_answer: odds(&mut self.rng, 150),
+            crash: odds(&mut self.rng, 60),
+        })
+    }
+
+    /// One origin scan and one destination cycle, as one engine round.
+    pub async fn cycle(&mut self, plan: Option<FaultPlan>) -> Result<Ended, String> {
+        let real = std::time::Instant::now();
+        let before = self.world.dest.snapshot("secret/");
+        let crash = Arc::new(tokio::sync::Notify::new());
+        self.world.faults(plan, &crash);
+        let origin_client = self.world.engine_origin();
+        let spec = self.world.origin_spec();
+        let round = async {
+            let info = origin::scan(&origin_client, &spec, Some(DIGEST_KEY)).await.map_err(|e| e.to_string())?;
+            let role = self.world.role().await;
+            role.cycle(&origin_client, &info, World::flags()).await.map_err(|e| e.to_string())
+        };
+        let outcome = tokio::select! {
+            biased;
+            _ = crash.notified() => None,
+            r = round => Some(r),
+        };
+        self.world.clear_faults();
+        let ended = match outcome {
+            None => {
+                self.world.role = None;
+                Ended::Crashed
+            }
+            Some(Err(_)) => Ended::Failed,
+            Some(Ok(report)) => {
+                let c = &report.counts;
+                Ended::Clean { failed: c.failed, changed: c.added + c.updated + c.deleted + c.rebuilt + c.adopted }
+            }
+        };
+        self.trace.push(format!("cycle {plan:?}: {ended:?} [{:?} real]", real.elapsed()));
+        if let Ended::Clean { failed: 0, .. } = ended {
+            check::live_origin_keys_are_present(self).await?;
+        }
+        check::writes_hold_origin_data(self, &before)?;
+        Ok(ended)
+    }
+
+    /// Clean cycles until one changes nothing, then the destination must equal the origin.
+    async fn quiesce(&mut self) -> Result<(), String> {
+        for _ in 0..4 {
+            if let Ended::Clean { failed: 0, changed: 0 } = self.cycle(None).await? {
+                return check::destination_equals_origin(self).await;
+            }
+        }
+        Err("four clean cycles did not settle".into())
+    }
+
+    async fn origin_op(&mut self) {
+        // A real request takes time: two operations never share a timestamp (a key deleted and
+        // re-created within one clock tick would read back identical, which no server does).
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let admin = self.world.origin_admin.clone();
+        let path = self.path();
+        let current = admin.read_metadata("secret/", path).await.ok().flatten();
+        let versions: Vec<u64> = current.as_ref().map(|m| m.versions.keys().copied().collect()).unwrap_or_default();
+        let pick = |rng: &mut fastrand::Rng| -> Vec<u64> {
+            if versions.is_empty() {
+                return vec![1];
+            }
+            let n = rng.usize(1..=versions.len().min(3));
+            (0..n).map(|_| versions[rng.usize(0..versions.len())]).collect()
+        };
+        let op = self.rng.u8(0..14);
+        let (what, result): (String, Result<(), VaultError>) = match op {
+            0..=4 => {
+                let data = self.origin_value(format!("secret/{path}"));
+                let cas = current.as_ref().map_or(0, |m| m.current_version);
+                ("write".into(), admin.write_version("secret/", path, &data, cas).await.map(|_| ()))
+            }
+            5 => ("delete latest".into(), admin.soft_delete_latest("secret/", path).await),
+            6 => {
+                let v = pick(&mut self.rng);
+                (format!("delete {v:?}"), admin.delete_versions("secret/", path, &v).await)
+            }
+            7 => {
+                let v = pick(&mut self.rng);
+                (format!("undelete {v:?}"), admin.undelete_versions("secret/", path, &v).await)
+            }
+            8 => {
+                let v = pick(&mut self.rng);
+                (format!("destroy {v:?}"), admin.destroy_versions("secret/", path, &v).await)
+            }
+            9 => {
+                let settings = self.settings();
+                (format!("metadata {settings:?}"), admin.write_metadata("secret/", path, &settings).await)
+            }
+            10 => ("delete metadata".into(), admin.delete_metadata("secret/", path).await),
+            11 | 12 => {
+                let data = self.origin_value(format!("kv1/{path}"));
+                ("kv1 write".into(), admin.write_v1("kv1/", path, &data).await)
+            }
+            _ => ("kv1 delete".into(), admin.delete_v1("kv1/", path).await),
+        };
+        let mount = if op >= 11 { "kv1/" } else { "secret/" };
+        self.trace.push(format!("origin {what} {mount}{path}: {}", result.map_or_else(|e| format!("refused ({e})"), |()| "ok".into())));
+    }
+
+    fn settings(&mut self) -> MetadataSettings {
+        let mut custom = std::collections::BTreeMap::new();
+        if self.rng.bool() {
+            custom.insert("owner".to_owned(), format!("team-{}", self.rng.u8(0..3)));
+        }
+        MetadataSettings {
+            max_versions: [0, 1, 2, 3, 5][self.rng.usize(0..5)],
+            cas_required: self.rng.u8(0..4) == 0,
+            // TEMPORARY: expiries need the engine on the simulated clock.
+            delete_version_after: "0s".to_owned(),
+            custom_metadata: custom,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The simulated world: an origin and a destination in-memory Vault, the clients the engine
+//! uses (fault-injecting) and the ones the schedule uses (clean), the state store, and the
+//! destination role the engine runs. A crash drops the destination with its clients and lock;
+//! the restart builds new ones from the persisted state only.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, OriginSpec, VersionsMode};
+use vsync_engine::Destination;
+use vsync_state::{FileStore, StateStore};
+use vsync_vault::{RetryPolicy, Token, VaultClient, VaultConfig};
+use vsync_vault_fake::{FakeVault, FaultHook, Injected, RequestView};
+
+/// The mounts every schedule replicates: one of each KV version.
+pub const MOUNTS: [(&str, u8); 2] = [("secret/", 2), ("kv1/", 1)];
+
+/// The origin's KV v1 digest key.
+pub const DIGEST_KEY: &[u8] = b"simulated digest key, 32 bytes!!";
+
+/// How one schedule's engine is configured.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub versions: VersionsMode,
+    pub deletes: DeletePolicy,
+    pub workers: usize,
+}
+
+/// Faults of one cycle: each request is hit with these odds, decided from the request itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultPlan {
+    /// Seed of the per-request decisions.
+    pub salt: u64,
+    /// Odds (per mille) that a request gets no answer.
+    pub connection: u32,
+    /// Odds that a request is answered 500.
+    pub server: u32,
+    /// Odds that a request is answered 429 with `Retry-After`.
+    pub throttled: u32,
+    /// Odds that a write is applied and its answer lost.
+    pub lost_answer: u32,
+    /// Odds that the process dies at this request (only the first one counts).
+    pub crash: u32,
+}
+
+/// A hook that decides faults for the engine's requests and raises the crash flag.
+pub fn hook(plan: FaultPlan, side: &'static str, crash: Arc<tokio::sync::Notify>, seen: Arc<Mutex<BTreeMap<String, u64>>>) -> FaultHook {
+    Arc::new(move |req: &RequestView| {
+        let id = format!("{side} {} {}", req.method, req.api_path);
+        let nth = {
+            let mut seen = seen.lock().unwrap();
+            let n = seen.entry(id.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let roll = |what: u64| (hash((plan.salt, what, &id, nth)) % 1000) as u32;
+        if roll(1) < plan.crash {
+            crash.notify_one();
+        }
+        if roll(2) < plan.connection {
+            return Some(Injected::Connection);
+        }
+        if roll(3) < plan.server {
+            return Some(Injected::Status { status: 500, retry_after: None, message: "simulated server fault".into() });
+        }
+        if roll(4) < plan.throttled {
+            return Some(Injected::Status { status: 429, retry_after: Some(1), message: "request path \"x\": rate limit quota exceeded".into() });
+        }
+        if req.is_write && roll(5) < plan.lost_answer {
+            return Some(Injected::LostAnswer);
+        }
+        None
+    })
+}
+
+/// A stable hash (std's `DefaultHasher::new()` has fixed keys).
+pub fn hash(value: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// The simulated wall clock: a fixed epoch plus tokio's (paused) time since the schedule began.
+pub fn clock() -> Arc<dyn Fn() -> SystemTime + Send + Sync> {
+    let start = tokio::time::Instant::now();
+    // TEMPORARY until the engine takes its clock from a port: two days behind the real clock,
+    // so the engine (on the real clock) sees every simulated timestamp as past.
+    let epoch = SystemTime::now() - Duration::from_secs(2 * 86_400);
+    Arc::new(move || epoch + start.elapsed())
+}
+
+fn client(vault: &FakeVault) -> VaultClient {
+    let mut config = VaultConfig::new("http://simulated.invalid", Token::new("root"));
+    config.retry = RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(5) };
+    config.backpressure_budget = Duration::from_secs(60);
+    VaultClient::with_transport(config, vault.transport()).expect("client over the fake")
+}
+
+/// Everything one schedule runs against.
+pub struct World {
+    pub origin: FakeVault,
+    pub dest: FakeVault,
+    /// The schedule's own clients (no faults: the hook is off while they run).
+    pub origin_admin: VaultClient,
+    pub dest_admin: VaultClient,
+    pub state_dir: tempfile::TempDir,
+    pub setup: Setup,
+    /// The running destination role; `None` after a crash until it restarts.
+    pub role: Option<Destination>,
+    clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+}
+
+impl World {
+    pub async fn new(setup: Setup) -> World {
+        let clock = clock();
+        let (origin, dest) = (FakeVault::new(clock.clone()), FakeVault::new(clock.clone()));
+        for (mount, version) in MOUNTS {
+            origin.enable_kv(mount, version);
+            dest.enable_kv(mount, version);
+        }
+        let (origin_admin, dest_admin) = (client(&origin), client(&dest));
+        // In memory where the system offers it: the file store syncs every commit to disk.
+        let shm = std::path::Path::new("/dev/shm");
+        let state_dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
+        World { origin, dest, origin_admin, dest_admin, state_dir, setup, role: None, clock }
+    }
+
+    /// The simulated wall time (what the fakes stamp).
+    pub fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
+    pub fn origin_spec(&self) -> OriginSpec {
+        OriginSpec {
+            mounts: MOUNTS.iter().map(|(m, _)| (*m).to_owned()).collect(),
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(600),
+            workers: self.setup.workers,
+            buckets: None,
+        }
+    }
+
+    pub fn spec(&self) -> DestinationSpec {
+        DestinationSpec {
+            name: "sim".into(),
+            labels: BTreeMap::new(),
+            mounts: MOUNTS.iter().map(|(m, _)| ((*m).to_owned(), (*m).to_owned())).collect(),
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(600),
+            workers: self.setup.workers,
+            versions: self.setup.versions,
+            deletes: self.setup.deletes,
+            max_delete_ratio: 1.0,
+            config_hash: "simulator".into(),
+            uses_plugins: false,
+        }
+    }
+
+    pub fn store(&self) -> StateStore {
+        StateStore::File(FileStore::open(self.state_dir.path()).unwrap())
+    }
+
+    /// The destination role, started from the persisted state if it is not running.
+    pub async fn role(&mut self) -> &mut Destination {
+        if self.role.is_none() {
+            let store = self.store();
+            let lock = store.lock_side("destination-sim").await.expect("the lock of a dead process is free");
+            self.role = Some(Destination {
+                spec: self.spec(),
+                vault: client(&self.dest),
+                store,
+                lock,
+                mapper: None,
+                digest_key: Some(Arc::new(DIGEST_KEY.to_vec())),
+                progress: None,
+            });
+        }
+        self.role.as_mut().unwrap()
+    }
+
+    /// The engine's origin client for one cycle (fresh, as a restarted process would have).
+    pub fn engine_origin(&self) -> VaultClient {
+        client(&self.origin)
+    }
+
+    pub fn faults(&self, plan: Option<FaultPlan>, crash: &Arc<tokio::sync::Notify>) {
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        self.origin.set_fault_hook(plan.map(|p| hook(p, "origin", crash.clone(), seen.clone())));
+        self.dest.set_fault_hook(plan.map(|p| hook(p, "destination", crash.clone(), seen)));
+    }
+
+    pub fn clear_faults(&self) {
+        self.origin.set_fault_hook(None);
+        self.dest.set_fault_hook(None);
+    }
+
+    pub fn flags() -> CycleFlags {
+        CycleFlags::default()
+    }
+}
