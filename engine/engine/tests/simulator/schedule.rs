@@ -215,6 +215,11 @@ impl Sim {
             throttled: odds(&mut self.rng, 200),
             lost_answer: odds(&mut self.rng, 150),
             crash: odds(&mut self.rng, 60),
+            sealed: match self.rng.u8(0..12) {
+                0 => Some("origin"),
+                1 => Some("destination"),
+                _ => None,
+            },
         })
     }
 
@@ -243,6 +248,14 @@ impl Sim {
                 Ended::Crashed
             }
             Some(Err(_)) => Ended::Failed,
+            // The scan reads the origin, so it cannot pass sealed; a destination is only touched
+            // when there is something to write (health probes report its seal).
+            Some(Ok(_)) if plan.is_some_and(|p| p.sealed == Some("origin")) => {
+                return Err("a cycle ended as if it had worked against a sealed origin".into());
+            }
+            Some(Ok(r)) if plan.is_some_and(|p| p.sealed == Some("destination")) && r.counts.added + r.counts.updated + r.counts.deleted + r.counts.rebuilt > 0 => {
+                return Err(format!("a cycle reported changes at a sealed destination: {:?}", r.counts));
+            }
             Some(Ok(report)) => {
                 let c = &report.counts;
                 Ended::Clean { failed: c.failed, changed: c.added + c.updated + c.deleted + c.rebuilt + c.adopted }

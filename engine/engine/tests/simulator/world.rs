@@ -42,6 +42,8 @@ pub struct FaultPlan {
     pub lost_answer: u32,
     /// Odds that the process dies at this request (only the first one counts).
     pub crash: u32,
+    /// A side sealed for the whole cycle (`origin` or `destination`).
+    pub sealed: Option<&'static str>,
 }
 
 /// A hook that decides faults for the engine's requests and raises the crash flag.
@@ -186,12 +188,17 @@ impl World {
     }
 
     pub fn faults(&self, plan: Option<FaultPlan>, crash: &Arc<tokio::sync::Notify>) {
+        let sealed = plan.and_then(|p| p.sealed);
+        self.origin.set_sealed(sealed == Some("origin"));
+        self.dest.set_sealed(sealed == Some("destination"));
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         self.origin.set_fault_hook(plan.map(|p| hook(p, "origin", crash.clone(), seen.clone())));
         self.dest.set_fault_hook(plan.map(|p| hook(p, "destination", crash.clone(), seen)));
     }
 
     pub fn clear_faults(&self) {
+        self.origin.set_sealed(false);
+        self.dest.set_sealed(false);
         self.origin.set_fault_hook(None);
         self.dest.set_fault_hook(None);
     }
