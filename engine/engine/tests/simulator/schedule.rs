@@ -128,6 +128,8 @@ impl Sim {
                 _ => DeletePolicy::Mirror,
             },
             workers: [1, 2, 4][rng.usize(0..3)],
+            scan: rng.u8(0..3) != 0,
+            page_size: [1, 2, 1000][rng.usize(0..3)],
         };
         let world = World::new(setup.clone()).await;
         Sim { rng, world, trace: vec![format!("setup {setup:?}")], seed, values: 0, preloaded: Default::default(), history: Default::default() }

@@ -11,7 +11,7 @@ use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, OriginSpec, Versions
 use vsync_engine::Destination;
 use vsync_state::{FileStore, StateStore};
 use vsync_vault::{RetryPolicy, Token, VaultClient, VaultConfig};
-use vsync_vault_fake::{FakeVault, FaultHook, Injected, RequestView};
+use vsync_vault_fake::{FakeVault, FaultHook, Injected, RequestView, TokenPolicy};
 
 /// The mounts every schedule replicates: one of each KV version.
 pub const MOUNTS: [(&str, u8); 2] = [("secret/", 2), ("kv1/", 1)];
@@ -25,6 +25,10 @@ pub struct Setup {
     pub versions: VersionsMode,
     pub deletes: DeletePolicy,
     pub workers: usize,
+    /// Whether the engine's tokens may SCAN; without it listings walk folders with paged LISTs.
+    pub scan: bool,
+    /// Keys per LIST page (small pages make every folder take several).
+    pub page_size: usize,
 }
 
 /// Faults of one cycle: each request is hit with these odds, decided from the request itself.
@@ -93,8 +97,17 @@ pub fn clock() -> Arc<dyn Fn() -> SystemTime + Send + Sync> {
     Arc::new(move || epoch + start.elapsed())
 }
 
+/// The token the engine's clients use (its policy per [`Setup::scan`]); the schedule's own
+/// clients use `root`.
+const ENGINE_TOKEN: &str = "engine";
+
 fn client(vault: &FakeVault) -> VaultClient {
-    let mut config = VaultConfig::new("http://simulated.invalid", Token::new("root"));
+    client_as(vault, "root", vsync_vault::DEFAULT_LIST_PAGE_SIZE)
+}
+
+fn client_as(vault: &FakeVault, token: &str, page_size: usize) -> VaultClient {
+    let mut config = VaultConfig::new("http://simulated.invalid", Token::new(token));
+    config.list_page_size = page_size;
     config.retry = RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(5) };
     config.backpressure_budget = Duration::from_secs(60);
     VaultClient::with_transport(config, vault.transport()).expect("client over the fake")
@@ -122,6 +135,9 @@ impl World {
             origin.enable_kv(mount, version);
             dest.enable_kv(mount, version);
         }
+        let policy = TokenPolicy { pagination_limit: None, scan: setup.scan };
+        origin.set_token_policy(ENGINE_TOKEN, policy.clone());
+        dest.set_token_policy(ENGINE_TOKEN, policy);
         let (origin_admin, dest_admin) = (client(&origin), client(&dest));
         // In memory where the system offers it: the file store syncs every commit to disk.
         let shm = std::path::Path::new("/dev/shm");
@@ -171,7 +187,7 @@ impl World {
             let lock = store.lock_side("destination-sim").await.expect("the lock of a dead process is free");
             self.role = Some(Destination {
                 spec: self.spec(),
-                vault: client(&self.dest),
+                vault: client_as(&self.dest, ENGINE_TOKEN, self.setup.page_size),
                 store,
                 lock,
                 mapper: None,
@@ -184,7 +200,7 @@ impl World {
 
     /// The engine's origin client for one cycle (fresh, as a restarted process would have).
     pub fn engine_origin(&self) -> VaultClient {
-        client(&self.origin)
+        client_as(&self.origin, ENGINE_TOKEN, self.setup.page_size)
     }
 
     pub fn faults(&self, plan: Option<FaultPlan>, crash: &Arc<tokio::sync::Notify>) {
