@@ -20,8 +20,8 @@
 //!   the holder's [`StoreLock::lost`] resolves, its writes are refused, a standby takes over;
 //! - garbage collection: [`MemoryStore::removed_parts`] records every part removed through the
 //!   store, [`MemoryStore::remove_part`] removes one behind the writer's back, and
-//!   [`MemoryStore::pause`] / [`MemoryStore::resume`] hold operations of a kind where they are
-//!   ([`MemoryStore::parked`] counts them), so a test can stop a reader between reading a root
+//!   [`MemoryStore::pause`] / [`MemoryStore::resume`] (or `pause_side` / `resume_side`, for one
+//!   side) hold operations of a kind where they are ([`MemoryStore::parked`] counts them), so a test can stop a reader between reading a root
 //!   and fetching its parts, commit and collect meanwhile, then let the reader go on.
 
 use std::any::Any;
@@ -99,7 +99,8 @@ struct State {
     index: u64,
     sides: BTreeMap<String, Side>,
     failures: BTreeMap<MemoryOp, Failures>,
-    paused: BTreeSet<MemoryOp>,
+    /// Paused kinds, on every side (`None`) or on one.
+    paused: BTreeSet<(MemoryOp, Option<String>)>,
     parked: BTreeMap<MemoryOp, usize>,
     ops: BTreeMap<MemoryOp, u64>,
     removed: Vec<(String, String)>,
@@ -231,18 +232,32 @@ impl MemoryStore {
         self.state().removed.clone()
     }
 
-    /// Holds every later operation of kind `op` before it does anything, until [`Self::resume`].
+    /// Holds every later operation of kind `op`, on any side, before it does anything, until
+    /// [`Self::resume`].
     pub fn pause(&self, op: MemoryOp) {
-        self.state().paused.insert(op);
+        self.state().paused.insert((op, None));
     }
 
-    /// Lets the operations held by [`Self::pause`] go on.
+    /// Holds every later operation of kind `op` on `side` only (a reader of one side while
+    /// another side's writer goes on), until [`Self::resume_side`].
+    pub fn pause_side(&self, op: MemoryOp, side: &str) {
+        self.state().paused.insert((op, Some(side.to_owned())));
+    }
+
+    /// Lets the operations held by [`Self::pause`] go on (those held by
+    /// [`Self::pause_side`] stay held).
     pub fn resume(&self, op: MemoryOp) {
-        self.state().paused.remove(&op);
+        self.state().paused.remove(&(op, None));
         self.wake();
     }
 
-    /// How many operations of kind `op` are held by [`Self::pause`] now.
+    /// Lets the operations held by [`Self::pause_side`] for `side` go on.
+    pub fn resume_side(&self, op: MemoryOp, side: &str) {
+        self.state().paused.remove(&(op, Some(side.to_owned())));
+        self.wake();
+    }
+
+    /// How many operations of kind `op` are held by a pause now.
     pub fn parked(&self, op: MemoryOp) -> usize {
         self.state().parked.get(&op).copied().unwrap_or(0)
     }
@@ -250,16 +265,17 @@ impl MemoryStore {
 
 /// The steps every operation goes through.
 impl MemoryStore {
-    /// Counts the operation, waits while its kind is paused, then applies a pending
-    /// fail-before.
-    async fn enter(&self, op: MemoryOp) -> Result<()> {
+    /// Counts the operation on `side`, waits while its kind is paused (on every side or on
+    /// this one), then applies a pending fail-before.
+    async fn enter(&self, op: MemoryOp, side: &str) -> Result<()> {
         *self.state().ops.entry(op).or_default() += 1;
         let mut parked = false;
         loop {
             let mut tick = self.shared.tick.subscribe();
             {
                 let mut state = self.state();
-                if !state.paused.contains(&op) {
+                let paused = state.paused.contains(&(op, None)) || state.paused.contains(&(op, Some(side.to_owned())));
+                if !paused {
                     if parked && let Some(n) = state.parked.get_mut(&op) {
                         *n = n.saturating_sub(1);
                     }
@@ -427,7 +443,7 @@ impl BackendLock for MemoryLock {
             if self.is_held() {
                 return Ok(());
             }
-            self.store.enter(MemoryOp::Lock).await?;
+            self.store.enter(MemoryOp::Lock, &self.side).await?;
             let fresh = self.store.acquire(&self.side, &self.options, on_wait).await?;
             // The old holding is gone already; dropping it frees nothing.
             *self = fresh;
@@ -444,7 +460,7 @@ impl BackendLock for MemoryLock {
 /// Root swaps and watches.
 impl MemoryStore {
     async fn swap(&self, lock: &StoreLock, bytes: &[u8], expected: Option<u64>) -> Result<()> {
-        self.enter(MemoryOp::SwapRoot).await?;
+        self.enter(MemoryOp::SwapRoot, lock.side()).await?;
         let id = self.lock_id(lock)?;
         {
             let mut state = self.state();
@@ -461,7 +477,7 @@ impl MemoryStore {
 
     /// Returns once the root's version is above `cursor` (0: at once) or `wait` passed.
     async fn watch(&self, side: &str, cursor: u64, wait: Duration) -> Result<(u64, u64)> {
-        self.enter(MemoryOp::WatchRoot).await?;
+        self.enter(MemoryOp::WatchRoot, side).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut tick = self.shared.tick.subscribe();
@@ -482,21 +498,21 @@ impl MemoryStore {
 /// Documents and parts.
 impl MemoryStore {
     async fn read_with<T: Send>(&self, op: MemoryOp, side: &str, read: impl FnOnce(&Side) -> T + Send) -> Result<Option<T>> {
-        self.enter(op).await?;
+        self.enter(op, side).await?;
         let out = self.state().sides.get(side).map(read);
         self.leave(op)?;
         Ok(out)
     }
 
     async fn write_with(&self, op: MemoryOp, side: &str, write: impl FnOnce(&mut Side) + Send) -> Result<()> {
-        self.enter(op).await?;
+        self.enter(op, side).await?;
         write(self.state().side(side));
         self.leave(op)
     }
 
     /// A write only the holder of `lock` may make.
     async fn write_locked(&self, op: MemoryOp, lock: &StoreLock, write: impl FnOnce(&mut State) + Send) -> Result<()> {
-        self.enter(op).await?;
+        self.enter(op, lock.side()).await?;
         let id = self.lock_id(lock)?;
         {
             let mut state = self.state();
@@ -518,7 +534,7 @@ impl StoreBackend for MemoryStore {
 
     fn lock_side<'a>(&'a self, side: &'a str, options: &'a LockOptions, on_wait: OnWait<'a>) -> BoxFuture<'a, Result<StoreLock>> {
         Box::pin(async move {
-            self.enter(MemoryOp::Lock).await?;
+            self.enter(MemoryOp::Lock, side).await?;
             let lock = self.acquire(side, options, on_wait).await?;
             Ok(StoreLock::new(lock))
         })
