@@ -2,7 +2,7 @@
 //!
 //! One interface ([`StateStore`], module [`store`]) over backends implementing
 //! [`StoreBackend`]:
-//! - the embedded **file store** ([`FileStore`], module [`file`]): one directory that may hold
+//! - the embedded **file store** ([`FileStore`], module [`mod@file`]): one directory that may hold
 //!   the origin side and several destination sides. Each side is locked on its own (an OS file
 //!   lock held for the life of the process), so an origin process and destination processes can
 //!   share the directory while two writers of the same side cannot. Documents are written
