@@ -414,7 +414,7 @@ pub async fn commit_at<T: HasOrigin + Serialize>(
         Some(Err(_)) | None => None,
     };
     if !lock.is_held() {
-        return Err(lock.lost_error(store));
+        return Err(lock.lost_error(&store.describe()));
     }
     let (refs, mut batch, mut stored) = stage_parts(store, lock, &side, previous.as_ref(), buckets, digests).await?;
     let mut root = InfoRoot {
@@ -449,7 +449,7 @@ pub async fn commit_at<T: HasOrigin + Serialize>(
         ));
     }
     if !lock.is_held() {
-        return Err(lock.lost_error(store));
+        return Err(lock.lost_error(&store.describe()));
     }
     store.write_new_parts(lock, batch).await?;
     store.swap_root(lock, &root_bytes, base).await?;

@@ -1,7 +1,8 @@
-//! One writer per side: the lock a side's writer holds while it writes (DESIGN section 2).
+//! One writer per side: the lock a side's writer holds while it writes.
 //!
 //! - **File store**: an OS lock on `<dir>/<side>.lock` ([`crate::SideLock`]), held for the life
 //!   of the process; a second process on that side fails at once, naming the file.
+//! - **Memory store**: an in-process lock ([`crate::MemoryLock`]) that a test can make lost.
 //! - **Consul**: a session lock on `<prefix><side>/lock`. The writer creates a TTL session (no
 //!   health checks, behaviour "release"), acquires the key with its holder description as the
 //!   value, and renews the session every TTL/2 in the background. A second instance is a hot
@@ -18,6 +19,7 @@
 //! writing, though: every root swap runs in one txn with a `check-session` on the lock key, so
 //! a writer whose session ended commits nothing whatever it believes.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::consul::{ConsulClient, ConsulError, SessionSpec};
+use crate::store::{BackendLock, BoxFuture};
 use crate::{Result, StateError};
 
 /// TTL of a side's session. The renewal runs every TTL/2; Consul invalidates an unrenewed session
@@ -306,6 +309,36 @@ impl ConsulLock {
         if let Some(task) = self.renewer.take() {
             task.abort();
         }
+    }
+}
+
+impl BackendLock for ConsulLock {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn side(&self) -> &str {
+        &self.side
+    }
+
+    fn is_held(&self) -> bool {
+        ConsulLock::is_held(self)
+    }
+
+    fn lost(&self) -> Lost {
+        ConsulLock::lost(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("consul key `{}`", self.key)
+    }
+
+    fn regain<'a>(&'a mut self, on_wait: OnWait<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(ConsulLock::regain(self, on_wait))
+    }
+
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(ConsulLock::release(*self))
     }
 }
 

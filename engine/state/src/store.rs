@@ -1,111 +1,227 @@
-//! The state-store interface in sync-info terms, over either backend.
+//! The state-store interface in sync-info terms: [`StateStore`], a cheap handle over any
+//! [`StoreBackend`] (the file store, Consul, the in-memory store).
 //!
 //! A side (`origin`, `destination-eu`) owns one small **root** document, replaced atomically,
 //! and immutable content-addressed **parts**. Everything a side writes lives under its own name,
 //! so one side's garbage collection never touches another's.
 //!
-//! | | file store | Consul |
-//! |---|---|---|
-//! | root | `<dir>/<side>.json` | `<prefix><side>/root` |
-//! | part | `<dir>/<side>.buckets/<sha256>.json` | `<prefix><side>/parts/<sha256>` |
-//! | lock | `<dir>/<side>.lock` | `<prefix><side>/lock` |
-//! | retired parts ([`crate::info`]) | `<dir>/<side>.retired.json` | `<prefix><side>/retired` |
-//! | root swap | temp file + fsync + rename | txn: `cas` on the root + `check-session` on the lock |
-//! | one writer per side | OS file lock: a second process fails at once | session lock: a second process waits as a hot standby ([`crate::lock`]) |
-//! | root version | file modification time (ns) | `ModifyIndex` |
-//! | change notification | short poll of the root's version | blocking query on the root |
+//! | | file store | Consul | memory |
+//! |---|---|---|---|
+//! | root | `<dir>/<side>.json` | `<prefix><side>/root` | per side |
+//! | part | `<dir>/<side>.buckets/<sha256>.json` | `<prefix><side>/parts/<sha256>` | per side |
+//! | lock | `<dir>/<side>.lock` | `<prefix><side>/lock` | per side |
+//! | retired parts ([`crate::info`]) | `<dir>/<side>.retired.json` | `<prefix><side>/retired` | a document |
+//! | root swap | temp file + fsync + rename | txn: `cas` on the root + `check-session` on the lock | version compare + holder check |
+//! | one writer per side | OS file lock: a second process fails at once | session lock: a second process waits as a hot standby ([`crate::lock`]) | held lock: a second taker waits |
+//! | root version | file modification time (ns) | `ModifyIndex` | store-wide counter |
+//! | change notification | short poll of the root's version | blocking query on the root | in-process wake-up |
+//!
+//! The backends implement only the primitive operations ([`StoreBackend`], [`BackendLock`]);
+//! what is common (side-name checks, skipping parts already stored, the probe) lives here once.
 
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::any::Any;
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::consul::{ConsulClient, ConsulError, MAX_VALUE_SIZE, TXN_MAX_OPS, TxnOp, TxnOutcome};
 use crate::lock::{ConsulLock, Holder, LockOptions, Lost, OnWait};
-use crate::{FileStore, Result, SideLock, StateError};
+use crate::memory::{MemoryLock, MemoryStore};
+use crate::{ConsulStore, FileStore, Result, SideLock, StateError};
 
-/// A state store of either kind.
-#[derive(Debug, Clone)]
-pub enum StateStore {
-    /// Embedded directory (one machine).
-    File(FileStore),
-    /// Consul KV.
-    Consul(ConsulStore),
+/// A boxed, sendable future: what the object-safe backend traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The primitive operations of one kind of state store. Side names reaching a backend are
+/// already checked ([`StateStore`] does it), and a lock handed to it was taken from it.
+///
+/// Object safe: [`StateStore`] holds an `Arc<dyn StoreBackend>`.
+pub trait StoreBackend: Debug + Send + Sync + 'static {
+    /// The backend itself, for tests that reach behind the interface.
+    fn as_any(&self) -> &dyn Any;
+
+    /// Where this store is, for messages (never a credential).
+    fn describe(&self) -> String;
+
+    /// Requests sent so far by outcome, for metrics; `None` when the backend sends none.
+    fn request_outcomes(&self) -> Option<[(&'static str, u64); 3]> {
+        None
+    }
+
+    /// Identifies the counters of [`StoreBackend::request_outcomes`] (equal for stores sharing
+    /// them); `None` when there are none.
+    fn counters_id(&self) -> Option<usize> {
+        None
+    }
+
+    /// Takes write access to `side`, waiting (reporting the holder to `on_wait`) or failing at
+    /// once while another holds it, as the backend does.
+    fn lock_side<'a>(&'a self, side: &'a str, options: &'a LockOptions, on_wait: OnWait<'a>) -> BoxFuture<'a, Result<StoreLock>>;
+
+    /// Who holds `side`'s lock, when the backend can tell.
+    fn lock_holder<'a>(&'a self, side: &'a str) -> BoxFuture<'a, Result<Option<String>>>;
+
+    /// Reads document `name` of `side`; `None` if there is none.
+    fn read_doc<'a>(&'a self, side: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
+
+    /// Writes document `name` of `side` without a lock.
+    fn write_doc<'a>(&'a self, side: &'a str, name: &'a str, bytes: &'a [u8]) -> BoxFuture<'a, Result<()>>;
+
+    /// Removes document `name` of `side`; a missing one is fine.
+    fn delete_doc<'a>(&'a self, side: &'a str, name: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Writes document `name` of the lock's side only while the lock is held
+    /// ([`StateError::LockLost`] otherwise, where the backend can tell).
+    fn write_locked_doc<'a>(&'a self, lock: &'a StoreLock, name: &'a str, bytes: &'a [u8]) -> BoxFuture<'a, Result<()>>;
+
+    /// Reads a side's root and its version; `None` if the side never committed.
+    fn read_root<'a>(&'a self, side: &'a str) -> BoxFuture<'a, Result<Option<RootRead>>>;
+
+    /// Reads one part; `None` if it is gone.
+    fn read_part<'a>(&'a self, side: &'a str, hash: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>>;
+
+    /// Hashes of the parts a side holds.
+    fn list_parts<'a>(&'a self, side: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
+
+    /// Writes parts of the lock's side (not empty; the caller skips stored ones).
+    fn write_new_parts<'a>(&'a self, lock: &'a StoreLock, parts: Vec<(String, Vec<u8>)>) -> BoxFuture<'a, Result<()>>;
+
+    /// Removes parts of the lock's side while the lock is held; missing ones are fine.
+    fn remove_parts<'a>(&'a self, lock: &'a StoreLock, hashes: Vec<String>) -> BoxFuture<'a, Result<()>>;
+
+    /// Replaces the lock's side's root if its version is still `expected` (`None`: absent),
+    /// else [`StateError::Conflict`]; [`StateError::LockLost`] if the lock is gone.
+    fn swap_root<'a>(&'a self, lock: &'a StoreLock, bytes: &'a [u8], expected: Option<u64>) -> BoxFuture<'a, Result<()>>;
+
+    /// Waits until `side`'s root may have changed since `cursor` (0: at once) or `wait`
+    /// passed; returns the root's version (0: absent) and the next cursor.
+    fn watch_root<'a>(&'a self, side: &'a str, cursor: u64, wait: Duration) -> BoxFuture<'a, Result<(u64, u64)>>;
+
+    /// Checks that this process can write, read, update and delete a document under `side`,
+    /// through the document operations (a probe with a unique name, removed afterwards).
+    fn probe<'a>(&'a self, side: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let name = format!("probe-{}-{}", std::process::id(), fastrand::u32(..));
+            for (value, what) in [(&b"1"[..], "write"), (&b"2"[..], "update")] {
+                self.write_doc(side, &name, value).await?;
+                if self.read_doc(side, &name).await?.as_deref() != Some(value) {
+                    return Err(StateError::Corrupt {
+                        path: format!("{}: {side} probe", self.describe()).into(),
+                        message: format!("the probe read back different content after {what}"),
+                    });
+                }
+            }
+            self.delete_doc(side, &name).await
+        })
+    }
 }
 
-/// Consul backend: a client and the key prefix (ends with `/`).
-#[derive(Debug, Clone)]
-pub struct ConsulStore {
-    client: ConsulClient,
-    prefix: String,
+/// A held side lock of one backend ([`StoreLock`] wraps it).
+pub trait BackendLock: Debug + Send + Sync + 'static {
+    /// The lock itself, so its backend can reach its own kind ([`StoreLock::downcast_ref`]).
+    fn as_any(&self) -> &dyn Any;
+
+    /// The side this lock is for.
+    fn side(&self) -> &str;
+
+    /// Whether this process still holds it, as far as it knows.
+    fn is_held(&self) -> bool;
+
+    /// Resolves once the lock is lost (never, for a lock that cannot be).
+    fn lost(&self) -> Lost;
+
+    /// The lock, for messages.
+    fn describe(&self) -> String;
+
+    /// After a loss: waits until the lock is held again (a held lock returns at once).
+    fn regain<'a>(&'a mut self, on_wait: OnWait<'a>) -> BoxFuture<'a, Result<()>>;
+
+    /// Gives the lock up (bounded, best effort).
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
 /// Write access to one side ([`crate::lock`]): the file store's OS lock, held for the life of
-/// the process, or a Consul session lock, which can be lost (and regained).
+/// the process, a Consul session lock, which can be lost (and regained), or a memory lock.
 #[derive(Debug)]
-pub enum StoreLock {
-    /// File store: the OS lock.
-    File(SideLock),
-    /// Consul: the session lock on `<prefix><side>/lock` (boxed: it is several times the
-    /// size of the file lock).
-    Consul(Box<ConsulLock>),
+pub struct StoreLock {
+    inner: Box<dyn BackendLock>,
 }
 
 impl StoreLock {
+    /// Wraps a backend's lock.
+    pub fn new(lock: impl BackendLock) -> Self {
+        Self { inner: Box::new(lock) }
+    }
+
     /// The side this lock is for.
     pub fn side(&self) -> &str {
-        match self {
-            StoreLock::File(l) => l.side(),
-            StoreLock::Consul(l) => l.side(),
-        }
+        self.inner.side()
     }
 
     /// Whether this process still holds the lock (a file lock always does).
     pub fn is_held(&self) -> bool {
-        match self {
-            StoreLock::File(_) => true,
-            StoreLock::Consul(l) => l.is_held(),
-        }
+        self.inner.is_held()
     }
 
     /// Resolves once the lock is lost: abandon the cycle, it cannot commit. Never, for a file
     /// lock. The future owns what it needs, so it can race a cycle that borrows the lock.
     pub fn lost(&self) -> Lost {
-        match self {
-            StoreLock::File(_) => Box::pin(std::future::pending()),
-            StoreLock::Consul(l) => l.lost(),
-        }
+        self.inner.lost()
     }
 
     /// The lock, for messages (`consul key `vsync/origin/lock``, `file /state/origin.lock`).
     pub fn describe(&self) -> String {
-        match self {
-            StoreLock::File(l) => format!("file {}", l.path().display()),
-            StoreLock::Consul(l) => format!("consul key `{}`", l.key()),
-        }
+        self.inner.describe()
     }
 
     /// After the lock was lost: waits as a standby until it is held again, reporting the
     /// holder to `on_wait` as it changes. A held lock (and any file lock) returns at once.
     pub async fn regain(&mut self, on_wait: OnWait<'_>) -> Result<()> {
-        match self {
-            StoreLock::File(_) => Ok(()),
-            StoreLock::Consul(l) => l.regain(on_wait).await,
-        }
+        self.inner.regain(on_wait).await
     }
 
     /// Gives the lock up (Consul: releases the key, so a standby takes over at once, and ends
     /// the session; bounded, best effort). Dropping a lock releases it too, in the background.
     pub async fn release(self) {
-        match self {
-            StoreLock::File(l) => drop(l),
-            StoreLock::Consul(l) => (*l).release().await,
-        }
+        self.inner.release().await
     }
 
-    pub(crate) fn lost_error(&self, store: &StateStore) -> StateError {
+    /// The backend's own lock, if it is of kind `T`.
+    pub fn downcast_ref<T: BackendLock>(&self) -> Option<&T> {
+        self.inner.as_any().downcast_ref()
+    }
+
+    /// The Consul session lock, if this is one.
+    pub fn as_consul(&self) -> Option<&ConsulLock> {
+        self.downcast_ref()
+    }
+
+    /// The file store's OS lock, if this is one.
+    pub fn as_file(&self) -> Option<&SideLock> {
+        self.downcast_ref()
+    }
+
+    /// The memory store's lock, if this is one.
+    pub fn as_memory(&self) -> Option<&MemoryLock> {
+        self.downcast_ref()
+    }
+
+    /// [`StateError::LockLost`] for this lock in store `store` (its description).
+    pub fn lost_error(&self, store: &str) -> StateError {
         StateError::LockLost {
             side: self.side().to_owned(),
-            lock: format!("{}: {}", store.describe(), self.describe()),
+            lock: format!("{store}: {}", self.describe()),
         }
     }
+}
+
+/// The backend's own kind of `lock`, or an error: a lock of one store used with another.
+pub(crate) fn lock_as<T: BackendLock>(lock: &StoreLock) -> Result<&T> {
+    lock.downcast_ref().ok_or_else(|| StateError::Corrupt {
+        path: lock.side().into(),
+        message: "a lock of one kind of store was used with another kind".into(),
+    })
 }
 
 /// A root as read, with the version a later swap must find.
@@ -117,35 +233,10 @@ pub struct RootRead {
     pub version: u64,
 }
 
-impl ConsulStore {
-    /// A Consul store under `prefix` (a trailing `/` is added when missing).
-    pub fn new(client: ConsulClient, prefix: &str) -> Result<Self> {
-        let mut prefix = prefix.trim_start_matches('/').to_owned();
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            prefix.push('/');
-        }
-        if !prefix.is_empty() {
-            crate::consul::validate_key(&prefix, true)?;
-        }
-        Ok(Self { client, prefix })
-    }
-
-    fn root_key(&self, side: &str) -> String {
-        format!("{}{side}/root", self.prefix)
-    }
-
-    fn parts_prefix(&self, side: &str) -> String {
-        format!("{}{side}/parts/", self.prefix)
-    }
-
-    fn lock_key(&self, side: &str) -> String {
-        format!("{}{side}/lock", self.prefix)
-    }
-
-    /// The client (for checks and tests).
-    pub fn client(&self) -> &ConsulClient {
-        &self.client
-    }
+/// A state store of any kind; cheap to clone (clones share the backend).
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    backend: Arc<dyn StoreBackend>,
 }
 
 fn valid_side(side: &str) -> Result<()> {
@@ -158,36 +249,78 @@ fn valid_side(side: &str) -> Result<()> {
     Ok(())
 }
 
-fn file_version(meta: &std::fs::Metadata) -> u64 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(1, |d| d.as_nanos() as u64)
-}
-
+/// Constructors and access to the backend.
 impl StateStore {
-    /// Consul attempts so far by outcome (`None` for the file store); for metrics.
-    pub fn consul_request_outcomes(&self) -> Option<[(&'static str, u64); 3]> {
-        match self {
-            StateStore::File(_) => None,
-            StateStore::Consul(c) => Some(c.client.request_outcomes()),
-        }
+    /// A store over any backend.
+    pub fn from_backend(backend: Arc<dyn StoreBackend>) -> Self {
+        Self { backend }
     }
 
-    /// Identifies the Consul counters (equal for stores sharing a client); `None` for files.
+    /// The embedded file store.
+    pub fn file(store: FileStore) -> Self {
+        Self::from_backend(Arc::new(store))
+    }
+
+    /// Consul KV.
+    pub fn consul(store: ConsulStore) -> Self {
+        Self::from_backend(Arc::new(store))
+    }
+
+    /// The in-memory store; `store` stays a handle on the same state (its fault hooks).
+    pub fn memory(store: MemoryStore) -> Self {
+        Self::from_backend(Arc::new(store))
+    }
+
+    /// [`StateStore::file`], spelled as the variant of the former enum so call sites written
+    /// against it (`StateStore::File(FileStore::open(..)?)`) keep compiling.
+    #[allow(non_snake_case)]
+    pub fn File(store: FileStore) -> Self {
+        Self::file(store)
+    }
+
+    /// [`StateStore::consul`], spelled as the variant of the former enum (see
+    /// [`StateStore::File`]).
+    #[allow(non_snake_case)]
+    pub fn Consul(store: ConsulStore) -> Self {
+        Self::consul(store)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn StoreBackend {
+        &*self.backend
+    }
+
+    /// The file store, if this is one.
+    pub fn as_file(&self) -> Option<&FileStore> {
+        self.backend.as_any().downcast_ref()
+    }
+
+    /// The Consul store, if this is one.
+    pub fn as_consul(&self) -> Option<&ConsulStore> {
+        self.backend.as_any().downcast_ref()
+    }
+
+    /// The memory store, if this is one.
+    pub fn as_memory(&self) -> Option<&MemoryStore> {
+        self.backend.as_any().downcast_ref()
+    }
+}
+
+/// The operations, in sync-info terms.
+impl StateStore {
+    /// Consul attempts so far by outcome (`None` for the other stores); for metrics.
+    pub fn consul_request_outcomes(&self) -> Option<[(&'static str, u64); 3]> {
+        self.backend.request_outcomes()
+    }
+
+    /// Identifies the Consul counters (equal for stores sharing a client); `None` otherwise.
     pub fn consul_counters_id(&self) -> Option<usize> {
-        match self {
-            StateStore::File(_) => None,
-            StateStore::Consul(c) => Some(c.client.counters_id()),
-        }
+        self.backend.counters_id()
     }
 
     /// Where this store is, for messages (no token).
     pub fn describe(&self) -> String {
-        match self {
-            StateStore::File(f) => format!("file store {}", f.dir().display()),
-            StateStore::Consul(c) => format!("consul {} prefix `{}`", c.client.address(), c.prefix),
-        }
+        self.backend.describe()
     }
 
     /// Takes write access to `side` with the default [`LockOptions`], waiting while another
@@ -202,12 +335,7 @@ impl StateStore {
     /// a signal) to stop waiting; the waiting session is then destroyed.
     pub async fn lock_side_with(&self, side: &str, options: &LockOptions, on_wait: OnWait<'_>) -> Result<StoreLock> {
         valid_side(side)?;
-        match self {
-            StateStore::File(f) => f.lock_side(side).map(StoreLock::File),
-            StateStore::Consul(c) => ConsulLock::acquire(&c.client, side, c.lock_key(side), options.clone(), on_wait)
-                .await
-                .map(|l| StoreLock::Consul(Box::new(l))),
-        }
+        self.backend.lock_side(side, options, on_wait).await
     }
 
     /// Checks that this process can write, read, update and delete a document under `side`
@@ -215,83 +343,28 @@ impl StateStore {
     /// and no lock is needed, so it also works while the side's role is running).
     pub async fn probe(&self, side: &str) -> Result<()> {
         valid_side(side)?;
-        let name = format!("probe-{}-{}", std::process::id(), fastrand::u32(..));
-        let mismatch = |what: &str| StateError::Corrupt {
-            path: format!("{}: {side} probe", self.describe()).into(),
-            message: format!("the probe read back different content after {what}"),
-        };
-        match self {
-            StateStore::File(f) => {
-                let doc = format!("{side}.{name}");
-                f.write_atomic(&doc, b"1")?;
-                let back = std::fs::read(f.doc_path(&doc)).map_err(crate::io(&f.doc_path(&doc), "read"))?;
-                if back != b"1" {
-                    return Err(mismatch("write"));
-                }
-                f.write_atomic(&doc, b"2")?;
-                let back = std::fs::read(f.doc_path(&doc)).map_err(crate::io(&f.doc_path(&doc), "read"))?;
-                if back != b"2" {
-                    return Err(mismatch("update"));
-                }
-                f.remove(&doc)
-            }
-            StateStore::Consul(c) => {
-                let key = format!("{}{side}/{name}", c.prefix);
-                c.client.put(&key, b"1").await?;
-                if c.client.get(&key).await?.data.map(|e| e.value) != Some(b"1".to_vec()) {
-                    return Err(mismatch("write"));
-                }
-                c.client.put(&key, b"2").await?;
-                if c.client.get(&key).await?.data.map(|e| e.value) != Some(b"2".to_vec()) {
-                    return Err(mismatch("update"));
-                }
-                c.client.delete(&key).await?;
-                Ok(())
-            }
-        }
+        self.backend.probe(side).await
     }
 
     /// Who holds `side`'s Consul lock (`<host> pid <pid>`), `None` when nobody does. The file
     /// store's OS lock is only visible on its machine: always `None`.
     pub async fn lock_holder(&self, side: &str) -> Result<Option<String>> {
         valid_side(side)?;
-        match self {
-            StateStore::File(_) => Ok(None),
-            StateStore::Consul(c) => Ok(c
-                .client
-                .get(&c.lock_key(side))
-                .await?
-                .data
-                .filter(|e| e.session.is_some())
-                .map(|e| String::from_utf8_lossy(&e.value).into_owned())),
-        }
+        self.backend.lock_holder(side).await
     }
 
     /// Reads a small document `name` of `side` outside the sync info (e.g. `repair`), `None`
     /// if there is none. File store: `<dir>/<side>.<name>.json`; Consul: `<prefix><side>/<name>`.
     pub async fn read_doc(&self, side: &str, name: &str) -> Result<Option<Vec<u8>>> {
         valid_side(side)?;
-        match self {
-            StateStore::File(f) => {
-                let path = f.doc_path(&format!("{side}.{name}"));
-                match std::fs::read(&path) {
-                    Ok(b) => Ok(Some(b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(crate::io(&path, "read")(e)),
-                }
-            }
-            StateStore::Consul(c) => Ok(c.client.get(&format!("{}{side}/{name}", c.prefix)).await?.data.map(|e| e.value)),
-        }
+        self.backend.read_doc(side, name).await
     }
 
     /// Writes a small document `name` of `side` outside the sync info. It needs no lock: a
     /// request to a side (`vsync verify --repair`) is written by another process.
     pub async fn write_doc(&self, side: &str, name: &str, bytes: &[u8]) -> Result<()> {
         valid_side(side)?;
-        match self {
-            StateStore::File(f) => f.write_atomic(&format!("{side}.{name}"), bytes),
-            StateStore::Consul(c) => Ok(c.client.put(&format!("{}{side}/{name}", c.prefix), bytes).await?),
-        }
+        self.backend.write_doc(side, name, bytes).await
     }
 
     /// Writes a small document `name` of the lock's side that only the lock's holder writes
@@ -299,112 +372,29 @@ impl StateStore {
     /// `check-session` on the lock, so a writer that lost its lock never overwrites its
     /// successor's document ([`StateError::LockLost`]).
     pub async fn write_locked_doc(&self, lock: &StoreLock, name: &str, bytes: &[u8]) -> Result<()> {
-        let side = lock.side();
-        match (self, lock) {
-            (StateStore::File(f), StoreLock::File(_)) => f.write_atomic(&format!("{side}.{name}"), bytes),
-            (StateStore::Consul(c), StoreLock::Consul(l)) => {
-                let key = format!("{}{side}/{name}", c.prefix);
-                let ops = [
-                    TxnOp::Set {
-                        key: key.clone(),
-                        value: bytes.to_vec(),
-                    },
-                    TxnOp::CheckSession {
-                        key: c.lock_key(side),
-                        session: l.session().to_owned(),
-                    },
-                ];
-                if ops.iter().map(TxnOp::body_cost).sum::<usize>() > MAX_VALUE_SIZE - 16 * 1024 {
-                    return Err(StateError::Consul(ConsulError::TooLarge {
-                        op: "txn",
-                        key,
-                        message: format!("{} bytes do not fit a transaction once base64-encoded", bytes.len()),
-                    }));
-                }
-                match c.client.txn(&ops).await? {
-                    TxnOutcome::Committed(_) => Ok(()),
-                    TxnOutcome::RolledBack(errors) => Err(permission_denied(c, &errors).unwrap_or_else(|| {
-                        if errors.iter().any(|(i, _)| *i == 1) { lock.lost_error(self) } else { rolled_back(c, &errors) }
-                    })),
-                }
-            }
-            _ => Err(mismatched(side)),
-        }
+        self.backend.write_locked_doc(lock, name, bytes).await
     }
 
     /// Removes a document written by [`StateStore::write_doc`]; no error if it is missing.
     pub async fn delete_doc(&self, side: &str, name: &str) -> Result<()> {
         valid_side(side)?;
-        match self {
-            StateStore::File(f) => {
-                let doc = format!("{side}.{name}");
-                if f.exists(&doc) { f.remove(&doc) } else { Ok(()) }
-            }
-            StateStore::Consul(c) => Ok(c.client.delete(&format!("{}{side}/{name}", c.prefix)).await?),
-        }
+        self.backend.delete_doc(side, name).await
     }
 
     /// Reads a side's root; `None` if the side never committed.
     pub async fn read_root(&self, side: &str) -> Result<Option<RootRead>> {
         valid_side(side)?;
-        match self {
-            StateStore::File(f) => {
-                let path = f.doc_path(side);
-                let file = match std::fs::File::open(&path) {
-                    Ok(file) => file,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(crate::io(&path, "open")(e)),
-                };
-                // Version and bytes from the same open file: a rename in between cannot mix them.
-                let meta = file.metadata().map_err(crate::io(&path, "stat"))?;
-                let bytes = std::io::read_to_string(file).map_err(crate::io(&path, "read"))?;
-                Ok(Some(RootRead {
-                    bytes: bytes.into_bytes(),
-                    version: file_version(&meta),
-                }))
-            }
-            StateStore::Consul(c) => {
-                let read = c.client.get(&c.root_key(side)).await?;
-                Ok(read.data.map(|e| RootRead {
-                    bytes: e.value,
-                    version: e.modify_index,
-                }))
-            }
-        }
+        self.backend.read_root(side).await
     }
 
     /// Reads one part of a side; `None` if it is gone.
     pub async fn read_part(&self, side: &str, hash: &str) -> Result<Option<Vec<u8>>> {
-        match self {
-            StateStore::File(f) => {
-                let path = f.doc_path(&part_name(side, hash));
-                match std::fs::read(&path) {
-                    Ok(b) => Ok(Some(b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(crate::io(&path, "read")(e)),
-                }
-            }
-            StateStore::Consul(c) => {
-                let key = format!("{}{hash}", c.parts_prefix(side));
-                Ok(c.client.get(&key).await?.data.map(|e| e.value))
-            }
-        }
+        self.backend.read_part(side, hash).await
     }
 
     /// Hashes of the parts a side holds.
     pub async fn list_parts(&self, side: &str) -> Result<Vec<String>> {
-        match self {
-            StateStore::File(f) => f.list(&format!("{side}.buckets")),
-            StateStore::Consul(c) => {
-                let prefix = c.parts_prefix(side);
-                let keys = c.client.keys(&prefix).await?.data;
-                Ok(keys
-                    .into_iter()
-                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
-                    .filter(|k| !k.contains('/'))
-                    .collect())
-            }
-        }
+        self.backend.list_parts(side).await
     }
 
     /// Writes parts that are not stored yet (they are immutable: same hash, same bytes).
@@ -417,46 +407,9 @@ impl StateStore {
 
     /// Writes parts the caller knows are not stored yet (no listing first); returns how many.
     pub async fn write_new_parts(&self, lock: &StoreLock, missing: Vec<(String, Vec<u8>)>) -> Result<usize> {
-        let side = lock.side();
         let written = missing.len();
-        if written == 0 {
-            return Ok(0);
-        }
-        match (self, lock) {
-            (StateStore::File(f), StoreLock::File(l)) => {
-                for (hash, bytes) in missing {
-                    f.write_raw(l, &part_name(side, &hash), &bytes)?;
-                }
-            }
-            (StateStore::Consul(c), _) => {
-                let prefix = c.parts_prefix(side);
-                // Leave headroom under the body limit for the JSON around the ops.
-                let budget = MAX_VALUE_SIZE - 16 * 1024;
-                let mut batch: Vec<TxnOp> = Vec::new();
-                let mut cost = 0;
-                for (hash, bytes) in missing {
-                    let op = TxnOp::Set {
-                        key: format!("{prefix}{hash}"),
-                        value: bytes,
-                    };
-                    if op.body_cost() > budget {
-                        // Too big for a txn body once base64-encoded; a plain PUT takes up to
-                        // the value limit itself.
-                        if let TxnOp::Set { key, value } = &op {
-                            c.client.put(key, value).await?;
-                        }
-                        continue;
-                    }
-                    if batch.len() == TXN_MAX_OPS || cost + op.body_cost() > budget {
-                        commit_batch(c, std::mem::take(&mut batch)).await?;
-                        cost = 0;
-                    }
-                    cost += op.body_cost();
-                    batch.push(op);
-                }
-                commit_batch(c, batch).await?;
-            }
-            (StateStore::File(_), StoreLock::Consul(_)) => return Err(mismatched(side)),
+        if written > 0 {
+            self.backend.write_new_parts(lock, missing).await?;
         }
         Ok(written)
     }
@@ -466,88 +419,14 @@ impl StateStore {
     /// a `check-session` on the lock, so a writer whose lock is gone commits nothing
     /// ([`StateError::LockLost`]). File store: the version is compared under the OS lock.
     pub async fn swap_root(&self, lock: &StoreLock, bytes: &[u8], expected: Option<u64>) -> Result<()> {
-        let side = lock.side();
-        let conflict = || StateError::Conflict {
-            side: side.to_owned(),
-            store: self.describe(),
-        };
-        match (self, lock) {
-            (StateStore::File(f), StoreLock::File(l)) => {
-                let now = std::fs::metadata(f.doc_path(side)).ok().map(|m| file_version(&m));
-                if now != expected {
-                    return Err(conflict());
-                }
-                f.write_raw(l, side, bytes)
-            }
-            (StateStore::Consul(c), StoreLock::Consul(l)) => {
-                if !l.is_held() {
-                    return Err(lock.lost_error(self));
-                }
-                let key = c.root_key(side);
-                let ops = [
-                    TxnOp::Cas {
-                        key: key.clone(),
-                        value: bytes.to_vec(),
-                        index: expected.unwrap_or(0),
-                    },
-                    TxnOp::CheckSession {
-                        key: c.lock_key(side),
-                        session: l.session().to_owned(),
-                    },
-                ];
-                let errors = match c.client.txn(&ops).await? {
-                    TxnOutcome::Committed(_) => return Ok(()),
-                    TxnOutcome::RolledBack(errors) => errors,
-                };
-                if let Some(denied) = permission_denied(c, &errors) {
-                    return Err(denied);
-                }
-                // A retried txn whose first attempt landed reads as a failed CAS: accept it
-                // when the stored root is exactly ours.
-                if c.client.get(&key).await?.data.is_some_and(|e| e.value == bytes) {
-                    return Ok(());
-                }
-                if errors.iter().any(|(i, _)| *i == 1) {
-                    return Err(lock.lost_error(self));
-                }
-                Err(conflict())
-            }
-            _ => Err(mismatched(side)),
-        }
+        self.backend.swap_root(lock, bytes, expected).await
     }
 
     /// Removes parts of a side (missing ones are fine). Consul: each batch carries a
     /// `check-session` on the lock, so a writer that lost its lock never deletes parts its
     /// successor may already reference ([`StateError::LockLost`]).
     pub async fn remove_parts(&self, lock: &StoreLock, hashes: Vec<String>) -> Result<()> {
-        let side = lock.side();
-        match (self, lock) {
-            (StateStore::File(f), StoreLock::File(_)) => {
-                for h in hashes {
-                    f.remove(&part_name(side, &h))?;
-                }
-            }
-            (StateStore::Consul(c), StoreLock::Consul(l)) => {
-                let prefix = c.parts_prefix(side);
-                for chunk in hashes.chunks(TXN_MAX_OPS - 1) {
-                    let mut ops = vec![TxnOp::CheckSession {
-                        key: c.lock_key(side),
-                        session: l.session().to_owned(),
-                    }];
-                    ops.extend(chunk.iter().map(|h| TxnOp::Delete {
-                        key: format!("{prefix}{h}"),
-                    }));
-                    if let TxnOutcome::RolledBack(errors) = c.client.txn(&ops).await? {
-                        if let Some(denied) = permission_denied(c, &errors) {
-                            return Err(denied);
-                        }
-                        return Err(if errors.iter().any(|(i, _)| *i == 0) { lock.lost_error(self) } else { rolled_back(c, &errors) });
-                    }
-                }
-            }
-            _ => return Err(mismatched(side)),
-        }
-        Ok(())
+        self.backend.remove_parts(lock, hashes).await
     }
 
     /// Waits until the root of `side` may have changed since `cursor` (0: return at once) or
@@ -556,78 +435,6 @@ impl StateStore {
     /// versions. A Consul index that went backwards (snapshot restore) resets the cursor.
     pub async fn watch_root(&self, side: &str, cursor: u64, wait: Duration) -> Result<(u64, u64)> {
         valid_side(side)?;
-        match self {
-            StateStore::File(f) => {
-                let path = f.doc_path(side);
-                let deadline = Instant::now() + wait;
-                loop {
-                    let now = std::fs::metadata(&path).map(|m| file_version(&m)).unwrap_or(0);
-                    if cursor == 0 || now != cursor || Instant::now() >= deadline {
-                        return Ok((now, now.max(1)));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100).min(wait)).await;
-                }
-            }
-            StateStore::Consul(c) => {
-                let read = if cursor == 0 {
-                    c.client.get(&c.root_key(side)).await?
-                } else {
-                    c.client.get_blocking(&c.root_key(side), cursor, wait).await?
-                };
-                let next = if read.index < cursor { 0 } else { read.index.max(1) };
-                Ok((read.data.map_or(0, |e| e.modify_index), next))
-            }
-        }
+        self.backend.watch_root(side, cursor, wait).await
     }
-}
-
-async fn commit_batch(c: &ConsulStore, ops: Vec<TxnOp>) -> Result<()> {
-    if ops.is_empty() {
-        return Ok(());
-    }
-    match c.client.txn(&ops).await? {
-        TxnOutcome::Committed(_) => Ok(()),
-        TxnOutcome::RolledBack(errors) => Err(permission_denied(c, &errors).unwrap_or_else(|| rolled_back(c, &errors))),
-    }
-}
-
-fn txn_message(errors: &[(usize, String)]) -> String {
-    errors
-        .iter()
-        .take(3)
-        .map(|(i, w)| format!("op {i}: {w}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// Inside a txn an ACL denial is a per-op error (409), not a 403.
-fn permission_denied(c: &ConsulStore, errors: &[(usize, String)]) -> Option<StateError> {
-    errors.iter().any(|(_, w)| w.contains("Permission denied")).then(|| {
-        StateError::Consul(ConsulError::Forbidden {
-            op: "txn",
-            key: c.prefix.clone(),
-            message: txn_message(errors),
-        })
-    })
-}
-
-fn rolled_back(c: &ConsulStore, errors: &[(usize, String)]) -> StateError {
-    StateError::Consul(ConsulError::Status {
-        op: "txn",
-        key: c.prefix.clone(),
-        status: 409,
-        message: txn_message(errors),
-    })
-}
-
-fn mismatched(side: &str) -> StateError {
-    StateError::Corrupt {
-        path: side.into(),
-        message: "a lock of one kind of store was used with the other kind".into(),
-    }
-}
-
-/// File-store name of a part.
-pub(crate) fn part_name(side: &str, hash: &str) -> String {
-    format!("{side}.buckets/{hash}")
 }

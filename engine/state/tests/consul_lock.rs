@@ -52,10 +52,7 @@ async fn generation(store: &StateStore) -> u64 {
 }
 
 fn session_of(lock: &StoreLock) -> String {
-    match lock {
-        StoreLock::Consul(l) => l.session().to_owned(),
-        StoreLock::File(_) => panic!("a Consul lock"),
-    }
+    lock.as_consul().expect("a Consul lock").session().to_owned()
 }
 
 /// A standby's lock and when it got it.

@@ -1,9 +1,9 @@
-//! Readers of a side racing its writer's garbage collection (issue 18, item 7), on both the file
-//! store and Consul (the in-process emulator, real HTTP on loopback): a reader holding an old
-//! root still finds its parts for `PART_GRACE` after newer commits; after the grace they are
-//! collected; a loader racing a writer that commits every few milliseconds never sees
-//! `Corrupt`; a part missing under an unchanged root still is `Corrupt`; a broken
-//! retired-parts document never fails a commit.
+//! Readers of a side racing its writer's garbage collection (issue 18, item 7), on the file
+//! store, Consul (the in-process emulator, real HTTP on loopback) and the memory store: a
+//! reader holding an old root still finds its parts for `PART_GRACE` after newer commits;
+//! after the grace they are collected; a loader racing a writer that commits every few
+//! milliseconds never sees `Corrupt`; a part missing under an unchanged root still is
+//! `Corrupt`; a broken retired-parts document never fails a commit.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashSet};
@@ -15,7 +15,11 @@ use vsync_consul_emulator::Emulator;
 use vsync_core::{KvVersion, OriginEntry, SecretPath, SyncInfo};
 use vsync_state::consul::{ConsulClient, ConsulConfig};
 use vsync_state::info::{InfoRoot, LoadedInfo, PART_GRACE, RETIRED_DOC, commit_at, load};
-use vsync_state::{ConsulStore, FileStore, StateError, StateStore};
+use vsync_state::{ConsulStore, FileStore, MemoryStore, StateError, StateStore};
+
+fn memory_backend() -> Backend {
+    Backend { store: StateStore::memory(MemoryStore::new("part-grace")), _dir: None, emu: None }
+}
 
 /// A store of one kind, with what keeps it alive.
 struct Backend {
@@ -84,9 +88,12 @@ async fn present(store: &StateStore, parts: &[String]) -> usize {
 
 /// Removes one part behind the writer's back.
 async fn remove_part(store: &StateStore, part: &str) {
-    match store {
-        StateStore::File(f) => std::fs::remove_file(f.dir().join("origin.buckets").join(format!("{part}.json"))).unwrap(),
-        StateStore::Consul(c) => c.client().delete(&format!("vsync/origin/parts/{part}")).await.unwrap(),
+    if let Some(f) = store.as_file() {
+        std::fs::remove_file(f.dir().join("origin.buckets").join(format!("{part}.json"))).unwrap();
+    } else if let Some(c) = store.as_consul() {
+        c.client().delete(&format!("vsync/origin/parts/{part}")).await.unwrap();
+    } else {
+        assert!(store.as_memory().unwrap().remove_part("origin", part));
     }
 }
 
@@ -129,6 +136,11 @@ async fn file_store_reader_keeps_its_parts_for_the_grace_then_they_go() {
 #[tokio::test]
 async fn consul_reader_keeps_its_parts_for_the_grace_then_they_go() {
     reader_keeps_its_parts_for_the_grace_then_they_go(&consul_backend().store).await;
+}
+
+#[tokio::test]
+async fn memory_reader_keeps_its_parts_for_the_grace_then_they_go() {
+    reader_keeps_its_parts_for_the_grace_then_they_go(&memory_backend().store).await;
 }
 
 /// How the racing writer's clock moves.
@@ -232,6 +244,13 @@ async fn consul_loaders_racing_a_fast_writer_never_see_corrupt() {
     race(&backend.store, WriterClock::GraceEachCommit, Duration::from_secs(2)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_loaders_racing_a_fast_writer_never_see_corrupt() {
+    let o = race(&memory_backend().store, WriterClock::Real, Duration::from_secs(1)).await;
+    assert!(o.loads.load(Ordering::Relaxed) > 0 && o.churn.load(Ordering::Relaxed) == 0, "{o:?}");
+    race(&memory_backend().store, WriterClock::GraceEachCommit, Duration::from_secs(1)).await;
+}
+
 async fn missing_part_under_an_unchanged_root_is_corrupt(store: &StateStore) {
     let lock = store.lock_side("origin").await.unwrap();
     let first = info(4, 200, 0);
@@ -253,6 +272,11 @@ async fn file_store_missing_part_under_an_unchanged_root_is_corrupt() {
 #[tokio::test]
 async fn consul_missing_part_under_an_unchanged_root_is_corrupt() {
     missing_part_under_an_unchanged_root_is_corrupt(&consul_backend().store).await;
+}
+
+#[tokio::test]
+async fn memory_missing_part_under_an_unchanged_root_is_corrupt() {
+    missing_part_under_an_unchanged_root_is_corrupt(&memory_backend().store).await;
 }
 
 async fn a_broken_retired_doc_never_fails_a_commit(store: &StateStore) {
@@ -291,5 +315,10 @@ async fn file_store_a_broken_retired_doc_never_fails_a_commit() {
 #[tokio::test]
 async fn consul_a_broken_retired_doc_never_fails_a_commit() {
     a_broken_retired_doc_never_fails_a_commit(&consul_backend().store).await;
+}
+
+#[tokio::test]
+async fn memory_a_broken_retired_doc_never_fails_a_commit() {
+    a_broken_retired_doc_never_fails_a_commit(&memory_backend().store).await;
 }
 
