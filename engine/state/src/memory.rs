@@ -186,6 +186,21 @@ impl MemoryStore {
         self.state().ops.get(&op).copied().unwrap_or(0)
     }
 
+    /// Everything stored, labelled (`<side>/root`, `<side>/part/<hash>`, `<side>/doc/<name>`):
+    /// what a test searches for bytes that must never be stored.
+    pub fn stored(&self) -> Vec<(String, Vec<u8>)> {
+        let state = self.state();
+        let mut out = Vec::new();
+        for (name, side) in &state.sides {
+            if let Some(root) = &side.root {
+                out.push((format!("{name}/root"), root.bytes.clone()));
+            }
+            out.extend(side.parts.iter().map(|(h, b)| (format!("{name}/part/{h}"), b.clone())));
+            out.extend(side.docs.iter().map(|(d, b)| (format!("{name}/doc/{d}"), b.clone())));
+        }
+        out
+    }
+
     /// The store-wide change counter (every root version is one of its values).
     pub fn index(&self) -> u64 {
         self.state().index

@@ -1,7 +1,6 @@
 //! The invariants, checked on the fakes' full state (not through the engine's eyes).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::SystemTime;
 use std::sync::{Arc, Mutex};
 
@@ -52,28 +51,14 @@ pub fn no_secret_in_logs(logs: &LogCapture) -> Result<(), String> {
     }
 }
 
-/// I4 (state store): no secret value in any file of the state store.
-pub fn no_secret_in_store(dir: &Path) -> Result<(), String> {
-    for entry in walk(dir) {
-        let bytes = std::fs::read(&entry).unwrap_or_default();
+/// I4 (state store): no secret value in anything the state store holds.
+pub fn no_secret_in_store(store: &vsync_state::MemoryStore) -> Result<(), String> {
+    for (name, bytes) in store.stored() {
         if bytes.windows(SECRET_MARKER.len()).any(|w| w == SECRET_MARKER.as_bytes()) {
-            return Err(format!("I4: a secret value reached the state store in {}", entry.display()));
+            return Err(format!("I4: a secret value reached the state store in {name}"));
         }
     }
     Ok(())
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// The live data of a key's current version (KV v2) as of the fake's clock, if any.

@@ -9,7 +9,7 @@ use vsync_engine::origin;
 use vsync_vault::{MetadataSettings, SecretData, VaultError};
 
 use crate::check;
-use crate::world::{DIGEST_KEY, FaultPlan, Setup, World};
+use crate::world::{DIGEST_KEY, DEST_SIDE, FaultPlan, STORE_OPS, Setup, World};
 
 /// Paths a schedule picks from: folders, neighbours and characters that need encoding.
 const PATHS: [&str; 8] = ["app/db", "app/api", "web", "a b/c%d", "x/y/z", "k1", "k2", "deep/er/key"];
@@ -164,7 +164,7 @@ impl Sim {
             }
         }
         self.quiesce().await?;
-        check::no_secret_in_store(self.world.state_dir.path())?;
+        check::no_secret_in_store(&self.world.memory)?;
         check::verify_detects_injected_drift(self).await
     }
 
@@ -222,6 +222,10 @@ impl Sim {
                 1 => Some("destination"),
                 _ => None,
             },
+            store: self.rng.bool().then(|| {
+                (STORE_OPS[self.rng.usize(0..STORE_OPS.len())], self.rng.u64(1..4), self.rng.bool())
+            }),
+            lose_lock: odds(&mut self.rng, 40),
         })
     }
 
@@ -244,6 +248,12 @@ impl Sim {
             r = round => Some(r),
         };
         self.world.clear_faults();
+        // A role whose lock was lost stops; its process restarts and takes the lock again.
+        let lock_lost = self.world.role.as_ref().is_some_and(|r| !r.lock.is_held());
+        if lock_lost {
+            self.world.role = None;
+            self.trace.push(format!("the lock of {DEST_SIDE} was lost"));
+        }
         let ended = match outcome {
             None => {
                 self.world.role = None;

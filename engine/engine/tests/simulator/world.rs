@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, OriginSpec, VersionsMode};
 use vsync_engine::Destination;
-use vsync_state::{FileStore, StateStore};
+use vsync_state::{MemoryOp, MemoryStore, StateStore};
 use vsync_vault::{RetryPolicy, Token, VaultClient, VaultConfig};
 use vsync_vault_fake::{FakeVault, FaultHook, Injected, RequestView, TokenPolicy};
 
@@ -48,10 +48,28 @@ pub struct FaultPlan {
     pub crash: u32,
     /// A side sealed for the whole cycle (`origin` or `destination`).
     pub sealed: Option<&'static str>,
+    /// State-store operations that fail: which, how many, and whether they apply first.
+    pub store: Option<(MemoryOp, u64, bool)>,
+    /// Odds that the destination's lock is lost at this request (a session invalidated).
+    pub lose_lock: u32,
 }
 
+/// The state-store operations a cycle's faults pick from.
+pub const STORE_OPS: [MemoryOp; 7] = [
+    MemoryOp::ReadRoot,
+    MemoryOp::ReadPart,
+    MemoryOp::WriteParts,
+    MemoryOp::SwapRoot,
+    MemoryOp::RemoveParts,
+    MemoryOp::WriteDoc,
+    MemoryOp::WriteLockedDoc,
+];
+
+/// The destination's side in the state store.
+pub const DEST_SIDE: &str = "destination-sim";
+
 /// A hook that decides faults for the engine's requests and raises the crash flag.
-pub fn hook(plan: FaultPlan, side: &'static str, crash: Arc<tokio::sync::Notify>, seen: Arc<Mutex<BTreeMap<String, u64>>>) -> FaultHook {
+pub fn hook(plan: FaultPlan, side: &'static str, crash: Arc<tokio::sync::Notify>, seen: Arc<Mutex<BTreeMap<String, u64>>>, store: MemoryStore) -> FaultHook {
     Arc::new(move |req: &RequestView| {
         let id = format!("{side} {} {}", req.method, req.api_path);
         let nth = {
@@ -63,6 +81,9 @@ pub fn hook(plan: FaultPlan, side: &'static str, crash: Arc<tokio::sync::Notify>
         let roll = |what: u64| (hash((plan.salt, what, &id, nth)) % 1000) as u32;
         if roll(1) < plan.crash {
             crash.notify_one();
+        }
+        if roll(6) < plan.lose_lock {
+            store.lose_lock(DEST_SIDE);
         }
         if roll(2) < plan.connection {
             return Some(Injected::Connection);
@@ -120,7 +141,8 @@ pub struct World {
     /// The schedule's own clients (no faults: the hook is off while they run).
     pub origin_admin: VaultClient,
     pub dest_admin: VaultClient,
-    pub state_dir: tempfile::TempDir,
+    /// The state store (what survives a crash).
+    pub memory: MemoryStore,
     pub setup: Setup,
     /// The running destination role; `None` after a crash until it restarts.
     pub role: Option<Destination>,
@@ -139,10 +161,7 @@ impl World {
         origin.set_token_policy(ENGINE_TOKEN, policy.clone());
         dest.set_token_policy(ENGINE_TOKEN, policy);
         let (origin_admin, dest_admin) = (client(&origin), client(&dest));
-        // In memory where the system offers it: the file store syncs every commit to disk.
-        let shm = std::path::Path::new("/dev/shm");
-        let state_dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
-        World { origin, dest, origin_admin, dest_admin, state_dir, setup, role: None, clock }
+        World { origin, dest, origin_admin, dest_admin, memory: MemoryStore::new("simulated"), setup, role: None, clock }
     }
 
     /// The simulated wall time (what the fakes stamp).
@@ -177,14 +196,14 @@ impl World {
     }
 
     pub fn store(&self) -> StateStore {
-        StateStore::File(FileStore::open(self.state_dir.path()).unwrap())
+        StateStore::memory(self.memory.clone())
     }
 
     /// The destination role, started from the persisted state if it is not running.
     pub async fn role(&mut self) -> &mut Destination {
         if self.role.is_none() {
             let store = self.store();
-            let lock = store.lock_side("destination-sim").await.expect("the lock of a dead process is free");
+            let lock = store.lock_side(DEST_SIDE).await.expect("the lock of a dead process is free");
             self.role = Some(Destination {
                 spec: self.spec(),
                 vault: client_as(&self.dest, ENGINE_TOKEN, self.setup.page_size),
@@ -205,14 +224,29 @@ impl World {
 
     pub fn faults(&self, plan: Option<FaultPlan>, crash: &Arc<tokio::sync::Notify>) {
         let sealed = plan.and_then(|p| p.sealed);
+        for op in STORE_OPS {
+            self.memory.fail_next(op, 0);
+            self.memory.fail_next_after_applying(op, 0);
+        }
+        if let Some((op, n, applied)) = plan.and_then(|p| p.store) {
+            match applied {
+                true => self.memory.fail_next_after_applying(op, n),
+                false => self.memory.fail_next(op, n),
+            }
+        }
         self.origin.set_sealed(sealed == Some("origin"));
         self.dest.set_sealed(sealed == Some("destination"));
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
-        self.origin.set_fault_hook(plan.map(|p| hook(p, "origin", crash.clone(), seen.clone())));
-        self.dest.set_fault_hook(plan.map(|p| hook(p, "destination", crash.clone(), seen)));
+        let m = &self.memory;
+        self.origin.set_fault_hook(plan.map(|p| hook(p, "origin", crash.clone(), seen.clone(), m.clone())));
+        self.dest.set_fault_hook(plan.map(|p| hook(p, "destination", crash.clone(), seen, m.clone())));
     }
 
     pub fn clear_faults(&self) {
+        for op in STORE_OPS {
+            self.memory.fail_next(op, 0);
+            self.memory.fail_next_after_applying(op, 0);
+        }
         self.origin.set_sealed(false);
         self.dest.set_sealed(false);
         self.origin.set_fault_hook(None);
