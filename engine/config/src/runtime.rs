@@ -248,16 +248,16 @@ impl Config {
     /// cannot; every problem is reported at once.
     pub fn runtime(&self) -> Result<Runtime, Problems> {
         let mut p = Problems::default();
-        let origin = origin(&self.origin, &mut p);
-        let origin_mounts = origin.as_ref().map(|o| o.spec.mounts.clone()).unwrap_or_default();
+        let origin_mounts = origin_mounts(&self.origin.mounts, &mut p);
+        let origin = origin(&self.origin, origin_mounts.clone(), &mut p);
         let mut names: Vec<&str> = Vec::new();
         let mut destinations = Some(Vec::new());
         for (i, d) in self.destinations.iter().enumerate() {
+            let converted = destination(i, d, &origin_mounts, &mut p);
             if names.contains(&d.name.as_str()) {
                 p.bad(format!("destination[{i}].name"), format!("destination `{}` is defined twice", d.name));
             }
             names.push(&d.name);
-            let converted = destination(i, d, &origin_mounts, &mut p);
             destinations = destinations.zip(converted).map(|(mut all, d)| {
                 all.push(d);
                 all
@@ -290,9 +290,8 @@ impl Config {
     }
 }
 
-/// `[origin]`.
-fn origin(o: &Origin, p: &mut Problems) -> Option<OriginRuntime> {
-    let mounts = origin_mounts(&o.mounts, p);
+/// `[origin]`; `mounts` are its mounts, checked and normalised.
+fn origin(o: &Origin, mounts: Vec<String>, p: &mut Problems) -> Option<OriginRuntime> {
     check_workers(p, "origin.workers", o.workers);
     check_durations(p, "origin", o.interval, o.timeout);
     let buckets = match &o.state {

@@ -37,8 +37,8 @@ impl fmt::Debug for Inline {
     }
 }
 
-/// Where a credential comes from.
-#[derive(Clone, PartialEq, Eq)]
+/// Where a credential comes from (an inline value prints as `<redacted>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// Written in the config file.
     Inline(Inline),
