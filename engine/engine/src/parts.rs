@@ -269,7 +269,8 @@ impl DestinationParts {
     /// would have been at start-up.
     pub fn start_gate(&self, origin: &VaultClient, origin_mounts: &[String], tripwire: &Tripwire) -> Option<StartGate> {
         let (Ok(vault), Ok(store)) = (&self.vault, &self.store) else { return None };
-        let login = vault.login_pending.as_ref().map(|_| Arc::new(vault.login_later(&self.side(), tripwire)));
+        let side = self.side();
+        let login = vault.login_pending.as_ref().map(|_| Arc::new(vault.login_later(&side, tripwire)));
         let logged_in = Arc::new(AtomicBool::new(login.is_none()));
         let (client, store, origin, origin_mounts) = (vault.client.clone(), store.clone(), origin.clone(), origin_mounts.to_vec());
         let (name, mounts, exact) = (self.spec.name.clone(), self.spec.mounts.clone(), self.spec.versions == VersionsMode::All);

@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::error;
 use vsync_config::{Config, DestinationRuntime, LogFormat, Runtime};
