@@ -56,7 +56,7 @@ fn a_new_config_hash_replans_without_writing_or_removing() {
         let spec = &rt.destinations[0].spec;
         let old = legacy_hash(&c);
         assert_ne!(old, spec.config_hash, "the encoding changed, so the hash does");
-        let keys: Vec<(SecretPath, OriginEntry)> = (1..=40).map(|i| (SecretPath::new("secret/", &format!("app/k{i}")), entry(i))).collect();
+        let keys: Vec<(SecretPath, OriginEntry)> = (1..=40).map(|i| (SecretPath::new("secret/", format!("app/k{i}")), entry(i))).collect();
         let origin = OriginInfo::new(SyncInfo::from_entries(4, keys.clone()), [("secret/".to_owned(), "uuid-1".to_owned())].into());
         let copies = Buckets::from_entries(
             4,

@@ -176,7 +176,7 @@ impl<S> std::fmt::Debug for Locking<'_, S> {
 }
 
 /// A built part for a role; the binary has reported a part that could not be built already.
-fn role_part<'p, T>(part: &'p Built<T>) -> Result<&'p T, Fault> {
+fn role_part<T>(part: &Built<T>) -> Result<&T, Fault> {
     part.as_ref().map_err(|e| Fault::fatal(FatalCause::Config, e.clone()))
 }
 
