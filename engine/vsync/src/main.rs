@@ -343,15 +343,10 @@ async fn run_role(rt: &Runtime, role: Role, dests: Vec<&DestinationRuntime>, plu
     let parts = compose::parts(rt, dests).await;
     let origin_vault = built(&parts.origin_vault, fatal)?;
     let origin_store = built(&parts.origin_store, config_error)?;
-    // Checks before the locks: a standby reports a broken configuration now, not at takeover.
+    // Checks before the locks: a standby reports a broken configuration now, not at takeover
+    // (a destination part that could not be built is one of the problems).
     let unavailable = vsync_engine::parts::startup_verdict(&parts.check(publishes).await).map_err(fault)?;
     let tripwire = Tripwire::new();
-    // Every part a role needs was built (a Vault that cannot be reached fails, a store that
-    // cannot be opened is a config error).
-    for d in &parts.destinations {
-        built(&d.vault, fatal)?;
-        built(&d.store, config_error)?;
-    }
     let mut locking = Locking { options: &lock_options, once: options.once, shutdown: &mut shutdown };
     let audit = rt.origin.audit.as_ref().map(|a| vsync_engine::audit::AuditSettings {
         listen: a.listen,
