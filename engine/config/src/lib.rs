@@ -16,9 +16,14 @@
 //!   list, ...) is reported.
 //!
 //! Durations and sizes are strings with units (`"1m"`, `"50ms"`, `"32MiB"`). Relative paths in
-//! the file resolve against the file's directory ([`Config::load`]). This crate describes
-//! configuration and builds the runtime specifications (`vsync_core::spec`) the engine takes,
-//! so no runtime crate depends on the file's schema.
+//! the file resolve against the file's directory ([`Config::load`]).
+//!
+//! This crate describes configuration and converts it, in one place ([`Config::runtime`], whose
+//! problems are the semantic problems above), into what the runtime takes: the specifications
+//! of `vsync_core::spec`, each side's Vault and state-store settings, each destination's plugin
+//! stack and its [`config_hash`] (over a canonical encoding). Credentials stay references
+//! ([`SecretRef`]: inline, file or environment variable, checked once, read once where used,
+//! never printed). No runtime crate depends on the file's schema.
 
 mod diag;
 mod hash;
