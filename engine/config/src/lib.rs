@@ -16,12 +16,20 @@
 //!   list, ...) is reported.
 //!
 //! Durations and sizes are strings with units (`"1m"`, `"50ms"`, `"32MiB"`). Relative paths in
-//! the file resolve against the file's directory ([`Config::load`]). This crate describes
-//! configuration and builds the runtime specifications (`vsync_core::spec`) the engine takes,
-//! so no runtime crate depends on the file's schema.
+//! the file resolve against the file's directory ([`Config::load`]).
+//!
+//! This crate describes configuration and converts it, in one place ([`Config::runtime`], whose
+//! problems are the semantic problems above), into what the runtime takes: the specifications
+//! of `vsync_core::spec`, each side's Vault and state-store settings, each destination's plugin
+//! stack and its [`config_hash`] (over a canonical encoding). Credentials stay references
+//! ([`SecretRef`]: inline, file or environment variable, checked once, read once where used,
+//! never printed). No runtime crate depends on the file's schema.
 
 mod diag;
+mod hash;
+mod runtime;
 mod schema;
+pub mod secret;
 pub mod starter;
 
 use std::collections::BTreeMap;
@@ -30,12 +38,16 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
-use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 pub use vsync_core::{DeletePolicy, VersionsMode};
-use vsync_core::{DestinationSpec, OriginSpec, normalize_mount};
 
 pub use diag::{KeyPath, Seg};
+pub use hash::{CONFIG_HASH_FORMAT, PluginConfig, canonical_json, config_hash};
+pub use runtime::{
+    AuditSpec, DIGEST_KEY_MIN, DestinationRuntime, MAX_BUCKETS, MAX_WORKERS, OriginRuntime, PluginLimits, Problem, Problems,
+    Runtime, StackConfig, StoreSpec, VaultAuth, VaultSpec,
+};
+pub use secret::{Inline, SecretError, SecretRef, SecretSource, SecretValue};
 pub use schema::{DURATION_PATTERN, SIZE_PATTERN, json_schema, json_schema_text};
 
 /// A configuration problem. Every variant names the file; all but `Read` also the line and
@@ -168,7 +180,8 @@ pub struct VaultSettings {
     pub address: String,
     /// Inline token (dev only; prefer `token_file` or `token_env`).
     #[serde(default)]
-    pub token: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub token: Option<Inline>,
     /// File holding the token.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
@@ -206,7 +219,8 @@ pub struct AppRole {
     pub role_id: String,
     /// Inline secret ID (dev only).
     #[serde(default)]
-    pub secret_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub secret_id: Option<Inline>,
     /// File holding the secret ID.
     #[serde(default)]
     pub secret_id_file: Option<PathBuf>,
@@ -254,7 +268,8 @@ pub enum StateSettings {
         prefix: String,
         /// Inline ACL token (dev only).
         #[serde(default)]
-        token: Option<String>,
+        #[schemars(with = "Option<String>")]
+        token: Option<Inline>,
         /// File holding the ACL token.
         #[serde(default)]
         token_file: Option<PathBuf>,
@@ -535,25 +550,6 @@ fn plain_types(message: &str) -> String {
     m
 }
 
-/// Semantic problems found by [`Config::validate`], keyed by their display path.
-#[derive(Debug, Default)]
-struct Problems(Vec<(String, String, Option<String>)>);
-
-impl Problems {
-    fn bad(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push((key.into(), message.into(), None));
-    }
-
-    fn hint(
-        &mut self,
-        key: impl Into<String>,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) {
-        self.0.push((key.into(), message.into(), Some(hint.into())));
-    }
-}
-
 impl Config {
     /// Reads, parses and validates a config file, then resolves the relative paths in it
     /// against the file's directory (see [`Config::resolve_paths`]).
@@ -591,7 +587,7 @@ impl Config {
         let mut found = diag::unknown_keys(schema::cached(), doc.get_mut());
         let config = match Config::deserialize(toml::de::Deserializer::from(doc.clone())) {
             Ok(config) => {
-                for (key, message, hint) in config.validate().0 {
+                for Problem { key, message, hint } in config.validate() {
                     let key = KeyPath::parse(&key);
                     let span = diag::locate(doc.get_ref(), whole.clone(), &key);
                     found.push(diag::Found {
@@ -666,319 +662,15 @@ impl Config {
         resolve_opt(base, &mut self.plugins.dir);
     }
 
-    /// Checks everything the schema cannot, and collects every problem.
-    fn validate(&self) -> Problems {
-        let mut problems = Problems::default();
-        let mut bad = |key: String, message: String| problems.bad(key, message);
-        if let Err((k, m)) = check_vault(&self.origin.vault, "origin.vault") {
-            bad(k, m);
-        }
-        let mut origin_mounts: Vec<String> = Vec::new();
-        for (i, m) in self.origin.mounts.iter().enumerate() {
-            let at = format!("origin.mounts[{i}]");
-            match vsync_core::normalize_mount(m) {
-                Err(e) => bad(at, format!("mount `{m}`: {e}")),
-                Ok(n) if origin_mounts.contains(&n) => {
-                    bad(at, format!("mount `{m}` is listed twice"))
-                }
-                Ok(n) => {
-                    if let Some(other) = origin_mounts
-                        .iter()
-                        .find(|o| n.starts_with(o.as_str()) || o.starts_with(n.as_str()))
-                    {
-                        bad(
-                            at,
-                            format!(
-                                "mounts `{other}` and `{n}` overlap: one is inside the other, so its keys would be scanned twice"
-                            ),
-                        );
-                    }
-                    origin_mounts.push(n);
-                }
-            }
-        }
-        if let StateSettings::Consul {
-            buckets: Some(n), ..
-        } = &self.origin.state
-            && (*n == 0 || *n > MAX_BUCKETS)
-        {
-            bad(
-                "origin.state.buckets".into(),
-                format!("{n} is out of range (1 to {MAX_BUCKETS})"),
-            );
-        }
-        if let Some(listen) = &self.origin.audit_listen
-            && let Err(e) = listen.parse::<std::net::SocketAddr>()
-        {
-            bad("origin.audit_listen".into(), format!("`{listen}` is not an IP:port address ({e}), e.g. `127.0.0.1:9400`"));
-        }
-        check_audit_allow(&self.origin, &mut bad);
-        if let Some(listen) = &self.telemetry.listen
-            && listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            bad(
-                "telemetry.listen".into(),
-                format!("`{listen}` is not an address with a port, like \"127.0.0.1:9464\" or \"[::1]:9464\""),
-            );
-        }
-        let mut names = Vec::new();
-        for (i, d) in self.destinations.iter().enumerate() {
-            let at = |k: &str| format!("destination[{i}].{k}");
-            let usable = !d.name.is_empty()
-                && d.name.len() <= 100
-                && d.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if !usable {
-                bad(
-                    at("name"),
-                    format!(
-                        "`{}` is not a usable name: use 1 to 100 letters, digits, `-`, `_` or `.`",
-                        d.name
-                    ),
-                );
-            }
-            if names.contains(&&d.name) {
-                bad(
-                    at("name"),
-                    format!("destination `{}` is defined twice", d.name),
-                );
-            }
-            names.push(&d.name);
-            if let Err((k, m)) = check_vault(&d.vault, &at("vault")) {
-                bad(k, m);
-            }
-            let mut seen_from: Vec<String> = Vec::new();
-            for (from, to) in &d.mounts {
-                let key = KeyPath::parse(&at("mounts")).key(from).to_string();
-                match vsync_core::normalize_mount(from) {
-                    Err(e) => bad(key.clone(), format!("origin mount `{from}`: {e}")),
-                    Ok(n) if seen_from.contains(&n) => bad(
-                        key.clone(),
-                        format!(
-                            "origin mount `{n}` is mapped twice (`{n}` and `{}` are one mount)",
-                            n.trim_end_matches('/')
-                        ),
-                    ),
-                    Ok(n) => {
-                        if !origin_mounts.contains(&n) {
-                            bad(
-                                key.clone(),
-                                format!(
-                                    "origin mount `{from}` is not in origin.mounts ({})",
-                                    origin_mounts.join(", ")
-                                ),
-                            );
-                        }
-                        seen_from.push(n);
-                    }
-                }
-                if let Err(e) = vsync_core::normalize_mount(to) {
-                    bad(key, format!("destination mount `{to}`: {e}"));
-                }
-            }
-            if !(0.0..=1.0).contains(&d.max_delete_ratio) {
-                bad(at("max_delete_ratio"), "must be between 0 and 1".into());
-            }
-        }
-        // Checks with a hint of their own.
-        if self.origin.mounts.is_empty() {
-            problems.hint(
-                "origin.mounts",
-                "no mount listed",
-                "list at least one, like [\"secret/\"]",
-            );
-        }
-        check_workers(&mut problems, "origin.workers", self.origin.workers);
-        check_durations(
-            &mut problems,
-            "origin",
-            self.origin.interval,
-            self.origin.timeout,
-        );
-        if self.plugins.call_timeout.is_zero() {
-            problems.hint(
-                "plugins.call_timeout",
-                "must be longer than 0",
-                "like \"50ms\"",
-            );
-        }
-        for (i, d) in self.destinations.iter().enumerate() {
-            let at = format!("destination[{i}]");
-            if d.mounts.is_empty() {
-                problems.hint(
-                    format!("{at}.mounts"),
-                    "no mount mapped",
-                    "map at least one origin mount to a destination mount, like { \"secret/\" = \"secret/\" }",
-                );
-            }
-            check_workers(&mut problems, &format!("{at}.workers"), d.workers);
-            check_durations(&mut problems, &at, d.interval, d.timeout);
-        }
-        problems
+    /// Checks everything the schema cannot, and collects every problem (the converter's).
+    fn validate(&self) -> Vec<Problem> {
+        self.runtime().err().map(|p| p.0).unwrap_or_default()
     }
 
     /// The destination called `name`.
     pub fn destination(&self, name: &str) -> Option<&Destination> {
         self.destinations.iter().find(|d| d.name == name)
     }
-
-    /// The origin role's runtime spec (the config was validated, so mounts normalise).
-    pub fn origin_spec(&self) -> OriginSpec {
-        let o = &self.origin;
-        OriginSpec {
-            mounts: o.mounts.iter().map(|m| normalize_mount(m).unwrap_or_else(|_| m.clone())).collect(),
-            interval: o.interval,
-            timeout: o.timeout,
-            workers: o.workers.tasks(),
-            buckets: match &o.state {
-                StateSettings::Consul { buckets, .. } => *buckets,
-                StateSettings::File { .. } => None,
-            },
-        }
-    }
-}
-
-impl Destination {
-    /// Whether transforms or filters are configured.
-    pub fn uses_plugins(&self) -> bool {
-        !self.transforms.is_empty() || !self.filters.is_empty()
-    }
-
-    /// Hash of what decides where this destination writes (mount map, transforms, filters):
-    /// when it changes, every target is re-checked.
-    pub fn config_hash(&self) -> String {
-        // Debug of these ordered maps is deterministic; this hash only ever meets itself.
-        let mut text = format!("{:?}|{:?}|{:?}", self.mounts, self.transforms, self.filters);
-        // A switch to `all` re-checks every key (adopting exact ones); `latest` keeps the hash
-        // it always had.
-        if self.versions == VersionsMode::All {
-            text.push_str("|versions=all");
-        }
-        vsync_core::Digest(Sha256::digest(text.as_bytes()).into()).to_hex()
-    }
-
-    /// This destination's runtime spec (the config was validated, so mounts normalise).
-    pub fn spec(&self) -> DestinationSpec {
-        let norm = |m: &String| normalize_mount(m).unwrap_or_else(|_| m.clone());
-        DestinationSpec {
-            name: self.name.clone(),
-            labels: self.labels.clone(),
-            mounts: self.mounts.iter().map(|(from, to)| (norm(from), norm(to))).collect(),
-            interval: self.interval,
-            timeout: self.timeout,
-            workers: self.workers.tasks(),
-            versions: self.versions,
-            deletes: self.deletes,
-            max_delete_ratio: self.max_delete_ratio,
-            config_hash: self.config_hash(),
-            uses_plugins: self.uses_plugins(),
-        }
-    }
-}
-
-/// Requests in flight above this are refused (a typo, not a setting).
-pub const MAX_WORKERS: usize = 1024;
-
-/// Largest bucket count accepted (the root keeps the bucket list in index parts, so any count
-/// stores; more buckets than this only cost reads).
-pub const MAX_BUCKETS: u32 = 1 << 16;
-
-/// `audit_allow`: every entry parses, the list is not empty, and a listener that other
-/// hosts can reach says who may feed it.
-fn check_audit_allow(origin: &Origin, bad: &mut impl FnMut(String, String)) {
-    if let Some(list) = &origin.audit_allow {
-        if list.is_empty() {
-            bad("origin.audit_allow".into(), "is empty, so no audit device could connect; leave it out for loopback only".into());
-        }
-        for (i, a) in list.iter().enumerate() {
-            if parse_net(a).is_none() {
-                bad(format!("origin.audit_allow[{i}]"), format!("`{a}` is not an IP address or a CIDR range, like `10.0.4.7` or `10.0.4.0/24`"));
-            }
-        }
-    }
-    let listen = origin.audit_listen.as_deref().and_then(|l| l.parse::<std::net::SocketAddr>().ok());
-    if let Some(listen) = listen
-        && !listen.ip().is_loopback()
-        && origin.audit_allow.is_none()
-    {
-        bad(
-            "origin.audit_listen".into(),
-            format!(
-                "`{listen}` is reachable from other hosts, and anyone who can connect can forge audit events and force \
-                 full origin scans: list the audit device's source addresses in origin.audit_allow (like \
-                 `audit_allow = [\"10.0.4.7\"]`), or listen on a loopback address"
-            ),
-        );
-    }
-}
-
-fn check_workers(problems: &mut Problems, key: &str, workers: Workers) {
-    let Workers::Fixed(n) = workers else { return };
-    if n == 0 || n > MAX_WORKERS {
-        problems.hint(
-            key,
-            format!("{n} is out of range"),
-            format!("use 1 to {MAX_WORKERS}, or \"auto\" for adaptive, the default"),
-        );
-    }
-}
-
-fn check_durations(problems: &mut Problems, at: &str, interval: Duration, timeout: Duration) {
-    if interval.is_zero() {
-        problems.hint(
-            format!("{at}.interval"),
-            "must be longer than 0",
-            "like \"1m\"",
-        );
-    }
-    if timeout.is_zero() {
-        problems.hint(
-            format!("{at}.timeout"),
-            "must be longer than 0",
-            "like \"5m\"",
-        );
-    }
-}
-
-fn check_vault(v: &VaultSettings, key: &str) -> Result<(), (String, String)> {
-    let sources = [v.token.is_some(), v.token_file.is_some(), v.token_env.is_some(), v.approle.is_some(), v.jwt.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
-    if sources != 1 {
-        return Err((
-            key.to_owned(),
-            "set exactly one of `token`, `token_file`, `token_env`, `approle` or `jwt`".into(),
-        ));
-    }
-    if !(v.address.starts_with("http://") || v.address.starts_with("https://")) {
-        return Err((format!("{key}.address"), format!("`{}` must start with http:// or https://", v.address)));
-    }
-    if v.client_cert.is_some() != v.client_key.is_some() {
-        return Err((key.to_owned(), "`client_cert` and `client_key` go together".into()));
-    }
-    if let Some(a) = &v.approle {
-        let n = [a.secret_id.is_some(), a.secret_id_file.is_some(), a.secret_id_env.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
-        if n != 1 {
-            return Err((
-                format!("{key}.approle"),
-                "set exactly one of `secret_id`, `secret_id_file` or `secret_id_env`".into(),
-            ));
-        }
-    }
-    if let Some(j) = &v.jwt {
-        if j.jwt_file.is_some() == j.jwt_env.is_some() {
-            return Err((format!("{key}.jwt"), "set exactly one of `jwt_file` or `jwt_env`".into()));
-        }
-        if j.role.trim().is_empty() {
-            return Err((format!("{key}.jwt.role"), "must not be empty".into()));
-        }
-    }
-    Ok(())
 }
 
 impl VaultSettings {
@@ -1078,9 +770,9 @@ memory_limit = "32MiB"
         let with = |w: &str| Config::parse(&GOOD.replace("interval = \"30s\"", &format!("interval = \"30s\"\nworkers = {w}")), Path::new("vsync.toml"));
         let fixed = with("8").unwrap();
         assert_eq!(fixed.destination("eu").unwrap().workers, Workers::Fixed(8));
-        assert_eq!(fixed.destination("eu").unwrap().spec().workers, 8);
+        assert_eq!(fixed.runtime().unwrap().destination("eu").unwrap().spec.workers, 8);
         let auto = with("\"auto\"").unwrap();
-        assert_eq!(auto.destination("eu").unwrap().spec().workers, vsync_core::AUTO_WORKERS_MAX);
+        assert_eq!(auto.runtime().unwrap().destination("eu").unwrap().spec.workers, vsync_core::AUTO_WORKERS_MAX);
         for bad in ["\"fast\"", "0", "100000"] {
             let e = with(bad).unwrap_err().to_string();
             assert!(e.contains("workers"), "{bad}: {e}");
@@ -1243,6 +935,89 @@ memory_limit = "32MiB"
             let err = Config::parse(&text, Path::new("vsync.toml")).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn two_consul_token_sources_are_an_error_naming_both_keys() {
+        let consul = |extra: &str| {
+            GOOD.replacen(
+                "state = { backend = \"file\", path = \"./vsync-state\" }",
+                &format!("state = {{ backend = \"consul\", address = \"http://127.0.0.1:8500\"{extra} }}"),
+                1,
+            )
+        };
+        assert!(Config::parse(&consul(", token_file = \"/t\""), Path::new("vsync.toml")).is_ok());
+        let err = Config::parse(&consul(", token = \"s3cr3t\", token_env = \"CONSUL_HTTP_TOKEN\""), Path::new("vsync.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "vsync.toml:5:1: origin.state: `token` and `token_env` are both set; set only one");
+        let err = Config::parse(&consul(", client_cert = \"c.pem\""), Path::new("vsync.toml")).unwrap_err().to_string();
+        assert!(err.contains("origin.state: `client_cert` and `client_key` go together"), "{err}");
+    }
+
+    #[test]
+    fn two_vault_token_sources_name_both_and_values_never_show() {
+        let bad = GOOD.replace("token = \"root\"", "token = \"root\", token_file = \"/t\"");
+        let err = Config::parse(&bad, Path::new("vsync.toml")).unwrap_err().to_string();
+        assert!(err.contains("origin.vault: set exactly one of `token`, `token_file`, `token_env`, `approle` or `jwt` (`token` and `token_file` are both set)"), "{err}");
+        let c = Config::parse(GOOD, Path::new("vsync.toml")).unwrap();
+        let text = format!("{c:?} {:?}", c.runtime().unwrap());
+        assert!(!text.contains("\"root\""), "an inline token in a Debug print: {text}");
+    }
+
+    #[test]
+    fn the_converter_reports_every_problem_at_once_each_naming_its_key() {
+        let mut c = Config::parse(GOOD, Path::new("vsync.toml")).unwrap();
+        c.origin.vault.token_env = Some("T".into());
+        c.origin.mounts.push("a/../b".into());
+        c.destinations[0].name = "eu west".into();
+        c.destinations[0].vault.address = "vault:8300".into();
+        c.destinations[0].state = StateSettings::Consul {
+            address: "http://127.0.0.1:8500".into(),
+            prefix: "vsync/".into(),
+            token: None,
+            token_file: Some("/t".into()),
+            token_env: Some("C".into()),
+            datacenter: None,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            buckets: None,
+        };
+        c.destinations[0].max_delete_ratio = 2.0;
+        c.telemetry.listen = Some("nowhere".into());
+        let keys: Vec<String> = c.runtime().unwrap_err().0.into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "origin.mounts[2]",
+                "origin.vault",
+                "destination[0].name",
+                "destination[0].vault.address",
+                "destination[0].state",
+                "destination[0].max_delete_ratio",
+                "telemetry.listen",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_runtime_carries_normalised_mounts_credentials_and_stacks() {
+        let rt = Config::parse(GOOD, Path::new("vsync.toml")).unwrap().runtime().unwrap();
+        assert_eq!(rt.origin.spec.mounts, ["secret/", "kv1/"]);
+        let VaultAuth::Token(t) = &rt.origin.vault.auth else { panic!("a token") };
+        assert_eq!(t.key(), "origin.vault.token");
+        let eu = rt.destination("eu").unwrap();
+        let VaultAuth::Token(t) = &eu.vault.auth else { panic!("a token") };
+        assert_eq!((t.key(), t.source()), ("destination[0].vault.token_env", &SecretSource::Env("EU_TOKEN".into())));
+        let stack = eu.stack.as_ref().unwrap();
+        assert_eq!(stack.transforms, [("regex".to_owned(), serde_json::json!({ "from": "^a$", "to": "b" }))]);
+        assert!(stack.filters.is_empty());
+        assert_eq!(eu.spec.config_hash, config_hash(&eu.spec.mounts, &stack.transforms, &[], VersionsMode::Latest));
+        // `secret` and `secret/` are one mount: the same hash.
+        let spelled = GOOD.replace("mounts = { \"secret/\" = \"secret/\"", "mounts = { \"secret\" = \"secret\"");
+        let other = Config::parse(&spelled, Path::new("vsync.toml")).unwrap().runtime().unwrap();
+        assert_eq!(other.destinations[0].spec.config_hash, eu.spec.config_hash);
     }
 
     #[test]

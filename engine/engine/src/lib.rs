@@ -7,10 +7,12 @@
 //! - [`roles`]: ONE loop for the origin, destination and `run` roles, with triggers
 //!   ([`triggers`]), per-cycle timeouts and an injected shutdown future;
 //! - [`fault`]: typed fault classes, decided where an error is created;
-//! - [`check`]: start-up checks on the parts the roles use;
+//! - [`check`]: start-up checks on the parts the roles use; [`parts`]: those parts (Vault
+//!   sides logged in once, state stores), the checks' verdict and deferred starts;
 //! - [`exact`]: executing `versions = "all"` per key; [`verify`]: `vsync verify`;
 //! - [`locks`]: one writer per side (hot standby on Consul); [`tripwire`]: background fatal
 //!   faults; [`signals`]: the SIGINT/SIGTERM shutdown future;
+//! - [`render`]: the human text of `verify` and `check`;
 //! - [`status`]: per-cycle status records and lag; [`policy`]: least-privilege Vault policies;
 //! - [`tokens`]: token renewal and AppRole or JWT re-login; [`alert`]: the fatal-error webhook;
 //! - [`progress`]: progress of long cycles (a log line every few seconds, or the binary's bar);
@@ -27,8 +29,10 @@ pub mod exact;
 pub mod fault;
 pub mod locks;
 pub mod origin;
+pub mod parts;
 pub mod policy;
 pub mod progress;
+pub mod render;
 pub mod roles;
 pub mod signals;
 pub mod status;

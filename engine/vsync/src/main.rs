@@ -1,5 +1,6 @@
-//! The `vsync` binary: the command line, logging, printing and exit codes; the runtime lives
-//! in `vsync-engine` and the parts are built in [`compose`].
+//! The `vsync` binary: the command line, logging, printing and exit codes. The config is
+//! checked and converted in `vsync-config` (`Config::runtime`), the parts are built from it in
+//! [`compose`], and the runtime lives in `vsync-engine`.
 //!
 //! Exit codes (DESIGN section 7): 0 ok, 1 fatal error or failed check, 2 usage or config error,
 //! 3 a `--once` cycle that completed with per-secret failures.
@@ -14,14 +15,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tracing::{error, info};
-use vsync_config::{Config, LogFormat};
+use tracing::error;
+use vsync_config::{Config, DestinationRuntime, LogFormat, Runtime};
 use vsync_core::{CycleFlags, PathMapper, PluginCallObserver};
-use vsync_engine::{Alerter, Destination, Ended, Engine, Event, Publisher, Role, RunOptions, Telemetry, Tripwire};
+use vsync_engine::{Alerter, Ended, Engine, Event, Role, RunOptions, Telemetry, Tripwire};
 
-use crate::compose::Parts;
+use vsync_engine::parts::{Locking, Parts};
 
 #[derive(Debug, Parser)]
 #[command(name = "vsync", version, about = "Replicates secrets one way from an origin Vault to destination Vaults")]
@@ -198,6 +198,16 @@ fn fatal(e: impl Into<anyhow::Error>) -> Failure {
     Failure::Fatal(e.into())
 }
 
+/// A fault's message as a fatal failure.
+fn fault(f: vsync_engine::Fault) -> Failure {
+    fatal(anyhow::anyhow!(f.message))
+}
+
+/// A part that could not be built (its error is text).
+fn built<T>(part: &Result<T, String>, fail: fn(anyhow::Error) -> Failure) -> Result<&T, Failure> {
+    part.as_ref().map_err(|e| fail(anyhow::anyhow!("{e}")))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(code) = kit::without_config(&cli.command) {
@@ -259,229 +269,110 @@ fn init_logging(flag: Option<&str>, config: Option<&Config>) {
 }
 
 async fn dispatch(command: Command, config: Option<Config>) -> Outcome {
-    let Some(config) = config else {
-        return match command {
-            Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(None, &dir, &format),
-            _ => Err(config_error(anyhow::anyhow!("no configuration"))),
-        };
+    let rt = match config.as_ref().map(Config::runtime).transpose() {
+        Ok(Some(rt)) => rt,
+        Ok(None) => {
+            return match command {
+                Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(None, &dir, &format),
+                _ => Err(config_error(anyhow::anyhow!("no configuration"))),
+            };
+        }
+        Err(problems) => return Err(config_error(problems)),
     };
     match command {
         Command::Run { plugins, cycle } => {
-            let dests: Vec<_> = config.destinations.iter().collect();
+            let dests: Vec<_> = rt.destinations.iter().collect();
             if dests.is_empty() {
                 return Err(config_error(anyhow::anyhow!("`vsync run` needs at least one [[destination]]")));
             }
-            run_role(&config, Role::Run, dests, plugins.as_deref(), cycle.options()).await
+            run_role(&rt, Role::Run, dests, plugins.as_deref(), cycle.options()).await
         }
-        Command::Origin { once } => run_role(&config, Role::Origin, Vec::new(), None, RunOptions { once, ..Default::default() }).await,
+        Command::Origin { once } => run_role(&rt, Role::Origin, Vec::new(), None, RunOptions { once, ..Default::default() }).await,
         Command::Destination { name, cycle } => {
-            let d = destination(&config, &name)?;
-            run_role(&config, Role::Destination, vec![d], None, cycle.options()).await
+            let d = destination(&rt, &name)?;
+            run_role(&rt, Role::Destination, vec![d], None, cycle.options()).await
         }
-        Command::Plan { name, format } => plan(&config, &name, &format).await,
-        Command::Check => check(&config).await,
-        Command::Policy { role } => policy(&config, role).await,
-        Command::Verify { name, repair, data } => verify(&config, &name, repair, data).await,
-        Command::Validate => validate(&config),
-        Command::Status { format, max_lag } => status(&config, &format, max_lag).await,
-        Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(Some(&config), &dir, &format),
+        Command::Plan { name, format } => plan(&rt, &name, &format).await,
+        Command::Check => check(&rt).await,
+        Command::Policy { role } => policy(&rt, role).await,
+        Command::Verify { name, repair, data } => verify(&rt, &name, repair, data).await,
+        Command::Validate => validate(&rt),
+        Command::Status { format, max_lag } => status(&rt, &format, max_lag).await,
+        Command::Plugin { command: PluginCommand::Validate { dir, format } } => plugin_validate(Some(&rt.plugins), &dir, &format),
         Command::Init { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(ExitCode::SUCCESS), // run before the config is read: kit::without_config
     }
 }
 
-fn destination<'c>(config: &'c Config, name: &str) -> Result<&'c vsync_config::Destination, Failure> {
-    config
-        .destination(name)
+fn destination<'r>(rt: &'r Runtime, name: &str) -> Result<&'r DestinationRuntime, Failure> {
+    rt.destination(name)
         .ok_or_else(|| config_error(anyhow::anyhow!("no destination named `{name}` in the config")))
 }
 
-/// Reads the origin's KV v1 digest key, if configured.
-fn digest_key(config: &Config) -> Result<Option<Vec<u8>>, Failure> {
-    let Some(path) = &config.origin.digest_key_file else {
-        return Ok(None);
-    };
-    let key = std::fs::read(path)
-        .with_context(|| format!("cannot read digest_key_file {}", path.display()))
-        .map_err(config_error)?;
-    if key.len() < 16 {
-        return Err(config_error(anyhow::anyhow!(
-            "digest_key_file {} holds {} bytes; use at least 16 random bytes",
-            path.display(),
-            key.len()
-        )));
-    }
-    Ok(Some(key))
-}
-
-/// The plugin stack of each destination that configures one (one host for all of them);
-/// `observer` receives every plugin call (metrics).
-fn mappers(
-    config: &Config,
-    dests: &[&vsync_config::Destination],
-    dir: Option<&Path>,
-    observer: Option<Arc<dyn PluginCallObserver>>,
-) -> Result<Vec<Option<Box<dyn PathMapper>>>, Failure> {
-    if !dests.iter().any(|d| d.uses_plugins()) {
-        return Ok(dests.iter().map(|_| None).collect());
-    }
-    let host = plugins::host(config, dir).map_err(config_error)?;
-    dests
-        .iter()
-        .map(|d| {
-            if !d.uses_plugins() {
-                return Ok(None);
-            }
-            let mut stack = plugins::stack(&host, d).map_err(config_error)?;
-            if let Some(o) = &observer {
-                stack.observe(o.clone());
-            }
-            Ok(Some(Box::new(stack) as Box<dyn PathMapper>))
-        })
-        .collect()
-}
-
-/// Prints the findings; the number of problems.
-fn print_findings(findings: &[vsync_engine::check::Finding]) -> usize {
-    for f in findings {
-        println!("{f}");
-    }
-    findings.iter().filter(|f| f.problem.is_some()).count()
-}
-
 /// `vsync check`: every start-up check, all problems reported at once; exit 1 if any.
-async fn check(config: &Config) -> Outcome {
-    let parts = Parts::build(config, &config.destinations).await;
-    let findings = parts.check(true).await;
-    let problems = print_findings(&findings);
-    if problems == 0 {
-        println!("all {} checks passed", findings.len());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("{problems} of {} checks failed", findings.len());
-        Ok(ExitCode::from(1))
-    }
+async fn check(rt: &Runtime) -> Outcome {
+    let parts = compose::parts(rt, &rt.destinations).await;
+    let (text, passed) = vsync_engine::render::findings_human(&parts.check(true).await);
+    print!("{text}");
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `vsync origin`, `vsync destination`, `vsync run`: builds the parts once, checks them, takes
 /// the sides' locks (waiting as a standby on Consul while another instance holds one), and
 /// hands them to the engine's role loop.
-async fn run_role(
-    config: &Config,
-    role: Role,
-    dests: Vec<&vsync_config::Destination>,
-    plugins_dir: Option<&Path>,
-    options: RunOptions,
-) -> Outcome {
+async fn run_role(rt: &Runtime, role: Role, dests: Vec<&DestinationRuntime>, plugins_dir: Option<&Path>, options: RunOptions) -> Outcome {
     let mut shutdown = Box::pin(vsync_engine::signals::shutdown());
     let lock_options = vsync_engine::locks::options_from_env().map_err(|f| config_error(anyhow::anyhow!(f.message)))?;
     let publishes = role != Role::Destination;
     let digest_key = match publishes {
-        true => digest_key(config)?,
+        true => rt.origin.read_digest_key().map_err(config_error)?,
         // A destination uses the key only to check KV v1 values against the scan; without
         // it those values are compared each cycle (slower, never wrong).
-        false => digest_key(config).unwrap_or_else(|_| {
+        false => rt.origin.read_digest_key().unwrap_or_else(|_| {
             tracing::warn!("digest_key_file is not readable here; KV v1 values are compared each cycle");
             None
         }),
     };
-    let shared_key = digest_key.clone().map(std::sync::Arc::new);
+    let shared_key = digest_key.clone().map(Arc::new);
     let telemetry = Arc::new(Telemetry::new());
     let observer: Arc<dyn PluginCallObserver> = telemetry.clone();
-    let mut mappers = mappers(config, &dests, plugins_dir, Some(observer))?;
-    if let Some(address) = &config.telemetry.listen {
+    let mappers = plugins::mappers(&rt.plugins, &dests, plugins_dir, Some(observer)).map_err(config_error)?;
+    if let Some(address) = &rt.telemetry_listen {
         // Before the checks and locks: a standby answers /healthz too.
-        vsync_engine::telemetry::serve(address, telemetry.clone()).await.map_err(fatal)?;
+        vsync_engine::telemetry::serve(&address.to_string(), telemetry.clone()).await.map_err(fatal)?;
     }
-    let parts = Parts::build(config, dests).await;
-    let origin_vault = parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
-    let origin_store = parts.origin_store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
-    // Checks before the locks: a standby reports a broken configuration now, not at takeover.
-    let findings = parts.check(publishes).await;
-    // A destination that is unreachable or sealed is a fault of that side alone: it starts
-    // when it is back, the others start now. Anything else stops the process.
-    let problems: Vec<String> = findings.iter().filter(|f| f.problem.is_some() && !f.transient).map(ToString::to_string).collect();
-    if !problems.is_empty() {
-        return Err(fatal(anyhow::anyhow!(
-            "start-up checks failed (run `vsync check` for the full report):\n{}",
-            problems.join("\n")
-        )));
-    }
-    let unavailable: std::collections::BTreeSet<&str> = findings.iter().filter(|f| f.transient).map(|f| f.side.as_str()).collect();
-    for f in findings.iter().filter(|f| f.transient) {
-        tracing::error!("{f}; this destination is retried on its own schedule, the other sides start now");
-    }
-    info!(checks = findings.len(), unavailable = unavailable.len(), "start-up checks passed");
+    let parts = compose::parts(rt, dests).await;
+    let origin_vault = built(&parts.origin_vault, fatal)?;
+    let origin_store = built(&parts.origin_store, config_error)?;
+    // Checks before the locks: a standby reports a broken configuration now, not at takeover
+    // (a destination part that could not be built is one of the problems).
+    let unavailable = vsync_engine::parts::startup_verdict(&parts.check(publishes).await).map_err(fault)?;
     let tripwire = Tripwire::new();
-    let once_limit = |timeout: Duration| options.once.then_some(timeout);
+    let mut locking = Locking { options: &lock_options, once: options.once, shutdown: &mut shutdown };
+    let audit = rt.origin.audit.as_ref().map(|a| vsync_engine::audit::AuditSettings {
+        listen: a.listen,
+        mounts: parts.origin_spec.mounts.clone(),
+        namespace: rt.origin.vault.namespace.clone(),
+        allow: a.allow.clone().unwrap_or_else(vsync_engine::audit::loopback),
+    });
     let publisher = match publishes {
-        true => {
-            let limit = once_limit(parts.origin_spec.timeout);
-            let Some(lock) = vsync_engine::locks::take(origin_store, vsync_engine::ORIGIN_SIDE, &lock_options, limit, &mut shutdown).await.map_err(|f| fatal(anyhow::anyhow!(f.message)))? else {
-                return Ok(ExitCode::SUCCESS);
-            };
-            // Listening only once this process is the origin's writer: a standby on the same
-            // host would otherwise hold the port the device reports to.
-            let audit = match (&config.origin.audit_listen, options.once) {
-                (Some(listen), false) => {
-                    let addr: std::net::SocketAddr = listen.parse().map_err(|e| config_error(anyhow::anyhow!("origin.audit_listen `{listen}`: {e}")))?;
-                    let settings = vsync_engine::audit::AuditSettings {
-                        listen: addr,
-                        mounts: parts.origin_spec.mounts.clone(),
-                        namespace: config.origin.vault.namespace.clone(),
-                        allow: config.origin.audit_allow().unwrap_or_else(vsync_engine::audit::loopback),
-                    };
-                    let feed = vsync_engine::audit::AuditFeed::bind_with(settings).await.map_err(|e| fatal(anyhow::anyhow!(e)))?;
-                    Some(feed)
-                }
-                _ => None,
-            };
-            Some(Publisher { spec: parts.origin_spec.clone(), lock, digest_key, audit })
-        }
+        true => match parts.publisher(digest_key, audit, &mut locking).await.map_err(fault)? {
+            Some(p) => Some(p),
+            None => return Ok(ExitCode::SUCCESS),
+        },
         false => None,
     };
-    let mut destinations = Vec::new();
-    for (d, mapper) in parts.destinations.iter().zip(mappers.drain(..)) {
-        let vault = d.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
-        let store = d.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
-        let side = vsync_engine::side_name(&d.spec.name);
-        let Some(lock) = vsync_engine::locks::take(store, &side, &lock_options, once_limit(d.spec.timeout), &mut shutdown).await.map_err(|f| fatal(anyhow::anyhow!(f.message)))? else {
-            // Stopped while waiting: give up what is held already, so its standby takes over now.
-            for l in publisher.map(|p| p.lock).into_iter().chain(destinations.into_iter().map(|d: Destination| d.lock)) {
-                l.release().await;
-            }
-            return Ok(ExitCode::SUCCESS);
-        };
-        destinations.push(Destination {
-            spec: d.spec.clone(),
-            vault: vault.client.clone(),
-            store: store.clone(),
-            lock,
-            mapper: mapper.map(vsync_engine::destination::share),
-            digest_key: shared_key.clone(),
-            progress: Some(progress::for_cycles(options.once)),
-        });
-    }
-    origin_vault.keep_token("origin", &tripwire);
-    let mut deferred = std::collections::HashMap::new();
-    for d in &parts.destinations {
-        let side = format!("destination {}", d.spec.name);
-        if unavailable.contains(side.as_str())
-            && let Some(gate) = d.start_gate(&origin_vault.client, &parts.origin_spec.mounts, &tripwire)
-        {
-            deferred.insert(d.spec.name.clone(), gate);
-        }
-        // A deferred login keeps its token from the moment it succeeds.
-        if let Some(v) = d.vault.as_ref().ok().filter(|v| v.login_pending.is_none()) {
-            v.keep_token(&side, &tripwire);
-        }
-    }
+    let bar = || progress::for_cycles(options.once);
+    let Some((publisher, destinations)) = parts.destinations(publisher, mappers, shared_key, &bar, &mut locking).await.map_err(fault)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let deferred = parts.start(origin_vault, &unavailable, &tripwire);
     let engine = Engine {
         role,
         origin_vault: origin_vault.client.clone(),
         origin_store: origin_store.clone(),
         publisher,
         destinations,
-        alerter: Alerter::new(config.alert.as_ref().map(|a| a.webhook.clone())),
+        alerter: Alerter::new(rt.alert_webhook.clone()),
         tripwire,
         reporter: Box::new(print_event),
         telemetry,
@@ -490,7 +381,7 @@ async fn run_role(
     match vsync_engine::run(engine, options, shutdown).await {
         Ok(Ended::Stopped) | Ok(Ended::Once { per_secret_failures: false }) => Ok(ExitCode::SUCCESS),
         Ok(Ended::Once { per_secret_failures: true }) => Ok(ExitCode::from(3)),
-        Err(fault) => Err(fatal(anyhow::anyhow!(fault.message))),
+        Err(f) => Err(fault(f)),
     }
 }
 
@@ -511,14 +402,13 @@ fn print_event(event: &Event<'_>) {
     }
 }
 
-
 /// `vsync status`: the records each role writes per cycle, and each destination's lag.
-async fn status(config: &Config, format: &str, max_lag: Option<Duration>) -> Outcome {
+async fn status(rt: &Runtime, format: &str, max_lag: Option<Duration>) -> Outcome {
     use vsync_engine::status;
-    let origin_store = compose::state_store("origin", &config.origin.state).map_err(config_error)?;
+    let origin_store = compose::state_store("origin", &rt.origin.store).map_err(config_error)?;
     let mut stores = Vec::new();
-    for d in &config.destinations {
-        stores.push((d.name.clone(), compose::state_store(&format!("destination {}", d.name), &d.state).map_err(config_error)?));
+    for d in &rt.destinations {
+        stores.push((d.spec.name.clone(), compose::state_store(&d.side(), &d.store).map_err(config_error)?));
     }
     let report = status::report(&origin_store, &stores, max_lag, std::time::SystemTime::now()).await;
     if format == "json" {
@@ -535,25 +425,29 @@ async fn status(config: &Config, format: &str, max_lag: Option<Duration>) -> Out
 }
 
 /// `vsync policy origin|destination --name NAME`: mount kinds are read from the Vault.
-async fn policy(config: &Config, role: PolicyRole) -> Outcome {
-    let kinds = |side: String, settings: vsync_config::VaultSettings, mounts: Vec<String>| async move {
-        let client = compose::vault_login(&side, &settings, vsync_config::Workers::Fixed(1)).await.map_err(fatal)?.0;
-        let kinds = vsync_engine::policy::mount_kinds(&client, mounts).await.map_err(|f| fatal(anyhow::anyhow!("{side}: {}", f.message)))?;
-        let scans = match kinds.first() {
-            Some((m, kind)) => vsync_engine::policy::server_scans(&client, m, *kind).await,
-            None => false,
-        };
-        Ok::<_, Failure>((kinds, scans))
+async fn policy(rt: &Runtime, role: PolicyRole) -> Outcome {
+    let kinds = |side: String, vault: &vsync_config::VaultSpec, mounts: Vec<String>| {
+        // One request at a time: a handful of mount lookups.
+        let vault = vsync_config::VaultSpec { adaptive: false, ..vault.clone() };
+        async move {
+            let client = compose::login(&side, &vault).await.map_err(fatal)?;
+            let kinds = vsync_engine::policy::mount_kinds(&client, mounts).await.map_err(|f| fatal(anyhow::anyhow!("{side}: {}", f.message)))?;
+            let scans = match kinds.first() {
+                Some((m, kind)) => vsync_engine::policy::server_scans(&client, m, *kind).await,
+                None => false,
+            };
+            Ok::<_, Failure>((kinds, scans))
+        }
     };
     let text = match role {
         PolicyRole::Origin => {
-            let (kinds, scans) = kinds("origin".into(), config.origin.vault.clone(), config.origin_spec().mounts).await?;
+            let (kinds, scans) = kinds("origin".into(), &rt.origin.vault, rt.origin.spec.mounts.clone()).await?;
             vsync_engine::policy::origin(&kinds, scans)
         }
         PolicyRole::Destination { name } => {
-            let d = destination(config, &name)?;
-            let mounts = d.spec().mounts.into_values().collect();
-            vsync_engine::policy::destination(&kinds(format!("destination {name}"), d.vault.clone(), mounts).await?.0, d.versions)
+            let d = destination(rt, &name)?;
+            let mounts = d.spec.mounts.values().cloned().collect();
+            vsync_engine::policy::destination(&kinds(d.side(), &d.vault, mounts).await?.0, d.spec.versions)
         }
     };
     print!("{text}");
@@ -568,58 +462,36 @@ struct OneDestination {
 }
 
 impl OneDestination {
-    async fn build(config: &Config, name: &str) -> Result<Self, Failure> {
-        let d = destination(config, name)?;
-        let mapper = mappers(config, &[d], None, None)?.pop().flatten();
-        Ok(Self { parts: Parts::build(config, [d]).await, mapper })
+    async fn build(rt: &Runtime, name: &str) -> Result<Self, Failure> {
+        let d = destination(rt, name)?;
+        let mapper = plugins::mappers(&rt.plugins, &[d], None, None).map_err(config_error)?.pop().flatten();
+        Ok(Self { parts: compose::parts(rt, [d]).await, mapper })
     }
 
     /// The origin Vault, the destination Vault and the destination's store.
     fn parts(&self) -> Result<(vsync_vault::VaultClient, vsync_vault::VaultClient, vsync_state::StateStore), Failure> {
-        let origin = self.parts.origin_vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+        let origin = built(&self.parts.origin_vault, fatal)?;
         let part = &self.parts.destinations[0];
-        let store = part.store.as_ref().map_err(|e| config_error(anyhow::anyhow!("{e:#}")))?;
-        let vault = part.vault.as_ref().map_err(|e| fatal(anyhow::anyhow!("{e:#}")))?;
+        let store = built(&part.store, config_error)?;
+        let vault = built(&part.vault, fatal)?;
         Ok((origin.client.clone(), vault.client.clone(), store.clone()))
     }
 }
 
 /// `vsync verify --name NAME [--repair] [--data]`: reads both Vaults, never writes to them.
-async fn verify(config: &Config, name: &str, repair: bool, data: bool) -> Outcome {
-    let mut one = OneDestination::build(config, name).await?;
+async fn verify(rt: &Runtime, name: &str, repair: bool, data: bool) -> Outcome {
+    let mut one = OneDestination::build(rt, name).await?;
     let (origin_vault, vault, store) = one.parts()?;
     let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
     let (spec, mounts) = (&one.parts.destinations[0].spec, &one.parts.origin_spec.mounts);
-    let report = vsync_engine::verify::verify(&origin_vault, mounts, spec, &vault, &store, paths, data)
-        .await
-        .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
-    for drift in &report.drifted {
-        println!("DRIFT   {} -> {}: {}", drift.key, drift.target, drift.what);
-    }
-    for target in &report.extra {
-        println!("DRIFT   {target}: at the destination only (no origin key maps to it)");
-    }
-    for key in &report.pending {
-        println!("pending {key}: changed at the origin since the last cycle");
-    }
-    for target in &report.pending_removals {
-        println!("pending {target}: removed by the next cycle (its origin key is gone)");
-    }
-    println!(
-        "verify `{name}`: {} checked, {} drifted ({} at the destination only), {} pending",
-        report.checked,
-        report.drifted.len() + report.extra.len(),
-        report.extra.len(),
-        report.pending.len() + report.pending_removals.len()
-    );
+    let report = vsync_engine::verify::verify(&origin_vault, mounts, spec, &vault, &store, paths, data).await.map_err(fault)?;
+    print!("{}", vsync_engine::render::verify_human(name, &report));
     if !report.has_drift() {
         return Ok(ExitCode::SUCCESS);
     }
     if repair {
         let keys = report.drifted.iter().map(|d| d.key.clone()).collect();
-        vsync_engine::verify::request_repair(&store, name, keys, report.extra.clone())
-            .await
-            .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
+        vsync_engine::verify::request_repair(&store, name, keys, report.extra.clone()).await.map_err(fault)?;
         println!(
             "repair requested: the next cycle of `{name}` rebuilds {} key(s) and removes {} (under the mass-delete guard)",
             report.drifted.len(),
@@ -629,47 +501,45 @@ async fn verify(config: &Config, name: &str, repair: bool, data: bool) -> Outcom
     Ok(ExitCode::from(1))
 }
 
-fn validate(config: &Config) -> Outcome {
+fn validate(rt: &Runtime) -> Outcome {
     // Every plugin a destination names is loaded, its kind checked and its config applied.
-    let dests: Vec<_> = config.destinations.iter().collect();
-    let stacks = if config.plugins.dir.is_some() && !dests.iter().any(|d| d.uses_plugins()) {
-        plugins::host(config, None).map_err(config_error)?;
+    let dests: Vec<_> = rt.destinations.iter().collect();
+    let stacks = if rt.plugins.dir.is_some() && dests.iter().all(|d| d.stack.is_none()) {
+        plugins::host(&rt.plugins, None).map_err(config_error)?;
         0
     } else {
-        mappers(config, &dests, None, None)?.iter().filter(|m| m.is_some()).count()
+        plugins::mappers(&rt.plugins, &dests, None, None).map_err(config_error)?.iter().filter(|m| m.is_some()).count()
     };
     println!(
         "config OK: origin with {} mount(s), {} destination(s), {stacks} plugin stack(s) loaded and configured",
-        config.origin.mounts.len(),
-        config.destinations.len()
+        rt.origin.spec.mounts.len(),
+        rt.destinations.len()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 /// `vsync plugin validate DIR`: loads every component, runs its vectors; exit 0 only if all pass.
-fn plugin_validate(config: Option<&Config>, dir: &Path, format: &str) -> Outcome {
+fn plugin_validate(limits: Option<&vsync_config::PluginLimits>, dir: &Path, format: &str) -> Outcome {
     if !dir.is_dir() {
         return Err(config_error(anyhow::anyhow!("plugin validate: {} is not a directory", dir.display())));
     }
-    let passed = plugins::validate_dir(config, dir, format == "json").map_err(config_error)?;
+    let passed = plugins::validate_dir(limits, dir, format == "json").map_err(config_error)?;
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `vsync plan --name NAME`: what a cycle would do, touching neither Vault.
-async fn plan(config: &Config, name: &str, format: &str) -> Outcome {
-    let key = digest_key(config)?;
-    let mut one = OneDestination::build(config, name).await?;
+async fn plan(rt: &Runtime, name: &str, format: &str) -> Outcome {
+    let key = rt.origin.read_digest_key().map_err(config_error)?;
+    let mut one = OneDestination::build(rt, name).await?;
     let (origin_vault, vault, store) = one.parts()?;
-    let info = vsync_engine::origin::scan(&origin_vault, &one.parts.origin_spec, key.as_deref())
-        .await
-        .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
+    let info = vsync_engine::origin::scan(&origin_vault, &one.parts.origin_spec, key.as_deref()).await.map_err(fault)?;
     // `plan` only reads: the destination's side is not locked, so it runs beside the role.
     let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
     // The bar only with human output on a terminal; JSON goes to stdout, the bar to stderr.
     let bar = progress::for_cycles(format == "human");
     let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info, Some(&*bar))
         .await
-        .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
+        .map_err(fault)?;
     if format == "json" {
         println!("{}", serde_json::to_string_pretty(&preview.json(name)).map_err(fatal)?);
     } else {
