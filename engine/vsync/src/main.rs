@@ -18,7 +18,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info};
 use vsync_config::{Config, LogFormat};
+use vsync_core::clock::system_clock;
 use vsync_core::{CycleFlags, PathMapper, PluginCallObserver};
+use vsync_engine::exact::Vaults;
 use vsync_engine::{Alerter, Destination, Ended, Engine, Event, Publisher, Role, RunOptions, Telemetry, Tripwire};
 
 use crate::compose::Parts;
@@ -459,6 +461,7 @@ async fn run_role(
             mapper: mapper.map(vsync_engine::destination::share),
             digest_key: shared_key.clone(),
             progress: Some(progress::for_cycles(options.once)),
+            clock: system_clock(),
         });
     }
     origin_vault.keep_token("origin", &tripwire);
@@ -486,6 +489,7 @@ async fn run_role(
         reporter: Box::new(print_event),
         telemetry,
         deferred,
+        clock: system_clock(),
     };
     match vsync_engine::run(engine, options, shutdown).await {
         Ok(Ended::Stopped) | Ok(Ended::Once { per_secret_failures: false }) => Ok(ExitCode::SUCCESS),
@@ -590,7 +594,8 @@ async fn verify(config: &Config, name: &str, repair: bool, data: bool) -> Outcom
     let (origin_vault, vault, store) = one.parts()?;
     let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
     let (spec, mounts) = (&one.parts.destinations[0].spec, &one.parts.origin_spec.mounts);
-    let report = vsync_engine::verify::verify(&origin_vault, mounts, spec, &vault, &store, paths, data)
+    let vaults = Vaults { origin: origin_vault.clone(), dest: vault.clone(), clock: system_clock() };
+    let report = vsync_engine::verify::verify(&vaults, mounts, spec, &store, paths, data)
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     for drift in &report.drifted {
@@ -667,7 +672,7 @@ async fn plan(config: &Config, name: &str, format: &str) -> Outcome {
     let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
     // The bar only with human output on a terminal; JSON goes to stdout, the bar to stderr.
     let bar = progress::for_cycles(format == "human");
-    let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info, Some(&*bar))
+    let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info, Some(&*bar), system_clock())
         .await
         .map_err(|f| fatal(anyhow::anyhow!(f.message)))?;
     if format == "json" {
