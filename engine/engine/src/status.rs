@@ -381,4 +381,37 @@ mod tests {
         assert_eq!(s.last_cycle.as_ref().map(|c| c.outcome.as_str()), Some("failed"));
         assert!(s.last_success.is_some());
     }
+
+    /// The status records are an observer: each settled cycle lands in its side's record once,
+    /// and a process that is no longer the side's writer leaves the stored record alone.
+    #[tokio::test]
+    async fn status_records_observe_settled_cycles() {
+        #![allow(clippy::unwrap_used)]
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::File(vsync_state::FileStore::open(dir.path()).unwrap());
+        let records = StatusRecords::read(None, &[("eu".to_owned(), store.clone())]).await;
+        let side = Side::Destination("eu".into());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let report = CycleReport::default();
+        let ok = Settled {
+            side: &side,
+            started: t0,
+            ended: t0 + Duration::from_secs(2),
+            generation: Some(7),
+            writer: true,
+            outcome: Ok(Event::DestinationCycle { name: "eu", report: &report }),
+        };
+        records.settled(&ok).await;
+        let stored = read(&store, "destination-eu").await.unwrap();
+        assert_eq!(stored.generation, Some(7));
+        assert_eq!(stored.last_cycle.as_ref().map(|c| c.outcome.as_str()), Some("ok"));
+        assert_eq!(stored.last_success.as_deref(), Some(rfc3339(t0 + Duration::from_secs(2)).as_str()));
+        assert_eq!(records.generation(&side), Some(7));
+
+        let fault = crate::fault::Fault::transient("lost the lock");
+        let failed = Settled { writer: false, generation: Some(7), outcome: Err(&fault), ..ok };
+        records.settled(&failed).await;
+        let stored = read(&store, "destination-eu").await.unwrap();
+        assert_eq!(stored.last_cycle.as_ref().map(|c| c.outcome.as_str()), Some("ok"), "not the writer: the stored record stays");
+    }
 }
