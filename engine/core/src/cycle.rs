@@ -13,7 +13,7 @@ use crate::digest::Digest;
 use crate::info::{Buckets, SyncInfo};
 use crate::mapping::DestinationMapper;
 use crate::plan::{Action, Plan, PlanOptions, plan_buckets};
-use crate::types::{DeletePolicy, DestEntry, DestPath, ExactState, KvVersion, SecretPath, VersionsMode};
+use crate::types::{DeletePolicy, DestEntry, DestPath, ExactState, KvVersion, OriginEntry, SecretPath, VersionsMode};
 
 /// What the origin published (or a scan produced).
 #[derive(Debug, Clone)]
@@ -484,6 +484,20 @@ pub fn settle(
         failed: cycle.plan.failed.len(),
         ..CycleCounts::default()
     };
+    settle_writes(cycle, origin, dest, writes, records, &mut counts);
+    settle_removals(cycle, origin, dest, removals, &mut counts);
+    counts
+}
+
+/// The writes' part of [`settle`].
+fn settle_writes(
+    cycle: &CyclePlan,
+    origin: &OriginInfo,
+    dest: &mut Buckets<DestEntry>,
+    writes: &HashMap<SecretPath, WriteOutcome>,
+    records: &Records,
+    counts: &mut CycleCounts,
+) {
     for action in &cycle.plan.writes {
         let key = action.key();
         let (Some(outcome), Some(entry)) = (writes.get(key), origin.entries.get(key)) else {
@@ -497,44 +511,45 @@ pub fn settle(
             _ => continue,
         };
         let is_new = !dest.get(key).is_some_and(DestEntry::has_copy);
-        match outcome {
-            WriteOutcome::Skipped => {
-                counts.skipped += 1;
-                continue;
-            }
-            WriteOutcome::Failed => {
-                counts.failed += 1;
-                continue;
-            }
-            WriteOutcome::Written if is_new => counts.added += 1,
-            WriteOutcome::Written => counts.updated += 1,
-            WriteOutcome::Rebuilt => {
-                counts.updated += 1;
-                counts.rebuilt += 1;
-            }
-            WriteOutcome::Adopted => counts.adopted += 1,
-            WriteOutcome::Equal => counts.checked_equal += 1,
-            WriteOutcome::Recorded => {}
+        if !counts.count_write(*outcome, is_new) {
+            continue;
         }
-        let mut next = DestEntry::new(entry.clone(), target.clone());
-        if matches!(action, Action::ExactV2 { .. }) {
-            next.exact = Some(records.exact.get(key).cloned().unwrap_or_default());
-        }
-        match action {
-            Action::CopyV2 { .. } => next.dest_version = records.dest_versions.get(key).copied(),
-            // Nothing was written: the copy vsync left is still the one it recorded.
-            Action::Record { .. } => {
-                next.dest_version = dest.get(key).filter(|e| e.target == *target).and_then(|e| e.dest_version);
-            }
-            _ => {}
-        }
-        if records.unverified.contains(key) {
-            // The value written could not be tied to the scan's keyed digest: record none, so
-            // the next cycle compares the values again instead of trusting a digest.
-            next.origin.digest = None;
-        }
+        let next = settled_entry(action, entry, target, dest.get(key), records);
         dest.insert(key.clone(), next);
     }
+}
+
+/// The entry a successful write leaves for its key; `previous` is what was recorded.
+fn settled_entry(action: &Action, entry: &OriginEntry, target: &DestPath, previous: Option<&DestEntry>, records: &Records) -> DestEntry {
+    let key = action.key();
+    let mut next = DestEntry::new(entry.clone(), target.clone());
+    if matches!(action, Action::ExactV2 { .. }) {
+        next.exact = Some(records.exact.get(key).cloned().unwrap_or_default());
+    }
+    match action {
+        Action::CopyV2 { .. } => next.dest_version = records.dest_versions.get(key).copied(),
+        // Nothing was written: the copy vsync left is still the one it recorded.
+        Action::Record { .. } => {
+            next.dest_version = previous.filter(|e| e.target == *target).and_then(|e| e.dest_version);
+        }
+        _ => {}
+    }
+    if records.unverified.contains(key) {
+        // The value written could not be tied to the scan's keyed digest: record none, so
+        // the next cycle compares the values again instead of trusting a digest.
+        next.origin.digest = None;
+    }
+    next
+}
+
+/// The removals' part of [`settle`].
+fn settle_removals(
+    cycle: &CyclePlan,
+    origin: &OriginInfo,
+    dest: &mut Buckets<DestEntry>,
+    removals: &HashMap<SecretPath, RemovalOutcome>,
+    counts: &mut CycleCounts,
+) {
     for action in &cycle.plan.removals {
         let key = action.key();
         let Some(outcome) = removals.get(key) else {
@@ -565,7 +580,33 @@ pub fn settle(
             }
         }
     }
-    counts
+}
+
+impl CycleCounts {
+    /// Counts one write's outcome; whether its key's entry is settled (skipped and failed
+    /// keys keep their old entries).
+    fn count_write(&mut self, outcome: WriteOutcome, is_new: bool) -> bool {
+        match outcome {
+            WriteOutcome::Skipped => {
+                self.skipped += 1;
+                return false;
+            }
+            WriteOutcome::Failed => {
+                self.failed += 1;
+                return false;
+            }
+            WriteOutcome::Written if is_new => self.added += 1,
+            WriteOutcome::Written => self.updated += 1,
+            WriteOutcome::Rebuilt => {
+                self.updated += 1;
+                self.rebuilt += 1;
+            }
+            WriteOutcome::Adopted => self.adopted += 1,
+            WriteOutcome::Equal => self.checked_equal += 1,
+            WriteOutcome::Recorded => {}
+        }
+        true
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,18 @@
 //! `vsync-core`: the domain types shared by every vsync crate and the I/O-free sync planner.
 //!
-//! Nothing in this crate talks to a network, a disk or a clock: it turns what the origin looks
+//! Nothing in this crate talks to a network or a disk, or reads a clock (the [`clock`] port is
+//! the seam through which the engine does): it turns what the origin looks
 //! like (an [`OriginInfo`]) and what a destination remembers having copied (a [`DestInfo`])
 //! into a [`CyclePlan`], and the per-secret outcomes of executing it into the next destination
 //! info ([`cycle::settle`]). That keeps every rule of replication testable with plain unit
 //! tests and keeps the crate fast to compile.
 //!
-//! Modules, from the bottom up: [`types`] (keys, entries, policies), [`digest`] (metadata and
+//! Modules, from the bottom up: [`clock`] (the wall-time port), [`types`] (keys, entries, policies), [`digest`] (metadata and
 //! keyed value digests), [`exact`] (per-key decisions of `versions = "all"`), [`info`] (buckets and their canonical encoding), [`path`] (path
 //! rules), [`mapping`] (mount map and the plugin seam), [`plan`] (per-key decisions),
 //! [`cycle`] (a whole cycle's decisions), [`spec`] (runtime specifications).
 
+pub mod clock;
 pub mod cycle;
 pub mod digest;
 pub mod exact;
@@ -22,6 +24,7 @@ pub mod plan;
 pub mod spec;
 pub mod types;
 
+pub use clock::{Clock, SystemClock};
 pub use cycle::{CycleCounts, CycleFlags, CyclePlan, CycleRules, DestInfo, OriginInfo, Records, Refusal, RemovalOutcome, WriteOutcome};
 pub use digest::Digest;
 pub use info::{Buckets, SyncInfo};

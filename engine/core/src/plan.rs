@@ -257,73 +257,108 @@ fn plan_keys<M: Into<Mapping>>(
                 continue;
             }
         };
+        let one = KeyToPlan { key, entry, known, target, deletes: options.deletes };
         if exact {
-            let moved_from = known.filter(|old| old.target != target && old.has_copy());
-            if let Some(old) = moved_from {
-                plan.removals.push(removal(key, old, options.deletes, true));
-            }
-            let reason = match known {
-                None => Some(CopyReason::Add),
-                Some(k) if k.exact.is_none() || k.origin.kind != KvVersion::V2 => Some(CopyReason::Update),
-                Some(k) if k.target != target => Some(CopyReason::Move),
-                Some(k) if k.origin.created_time != entry.created_time => Some(CopyReason::Recreated),
-                Some(k) if k.origin != *entry => Some(CopyReason::Update),
-                Some(_) => None,
-            };
-            match reason {
-                Some(reason) => plan.writes.push(Action::ExactV2 { key: key.clone(), target, reason }),
-                None => plan.unchanged += 1,
-            }
-            continue;
+            one.plan_exact(&mut plan);
+        } else if entry.is_gone() {
+            one.plan_gone(&mut plan);
+        } else {
+            one.plan_latest(&mut plan);
         }
-        if entry.is_gone() {
-            // Nothing to copy. The destination records the entry as a tombstone (no copy at
-            // the target) so both infos agree bucket by bucket; a copy it still has goes.
-            match known {
-                Some(k) if k.origin == *entry && k.target == target => plan.unchanged += 1,
-                Some(k) if k.has_copy() => plan.removals.push(removal(key, k, options.deletes, false)),
-                _ => plan.writes.push(Action::Record {
-                    key: key.clone(),
-                    target,
-                }),
-            }
-            continue;
+    }
+    plan_departed(&mut plan, origin, dest, &mut target_of, options.deletes, trust_targets);
+    plan
+}
+
+/// One origin key in scope, with what the destination recorded for it and where it goes now.
+struct KeyToPlan<'a> {
+    key: &'a SecretPath,
+    entry: &'a OriginEntry,
+    known: Option<&'a DestEntry>,
+    target: DestPath,
+    deletes: DeletePolicy,
+}
+
+impl KeyToPlan<'_> {
+    /// A copy that moved leaves its old place behind.
+    fn remove_moved(&self, plan: &mut Plan) {
+        if let Some(old) = self.known.filter(|old| old.target != self.target && old.has_copy()) {
+            plan.removals.push(removal(self.key, old, self.deletes, true));
         }
-        // A copy that moved leaves its old place behind.
-        let moved_from = known.filter(|old| old.target != target && old.has_copy());
-        if let Some(old) = moved_from {
-            plan.removals.push(removal(key, old, options.deletes, true));
+    }
+
+    /// `versions = "all"`, a KV v2 key: replicate it exactly unless the recorded replica is
+    /// the origin's entry at the same target.
+    fn plan_exact(self, plan: &mut Plan) {
+        self.remove_moved(plan);
+        let (entry, target) = (self.entry, &self.target);
+        let reason = match self.known {
+            None => Some(CopyReason::Add),
+            Some(k) if k.exact.is_none() || k.origin.kind != KvVersion::V2 => Some(CopyReason::Update),
+            Some(k) if k.target != *target => Some(CopyReason::Move),
+            Some(k) if k.origin.created_time != entry.created_time => Some(CopyReason::Recreated),
+            Some(k) if k.origin != *entry => Some(CopyReason::Update),
+            Some(_) => None,
+        };
+        match reason {
+            Some(reason) => plan.writes.push(Action::ExactV2 { key: self.key.clone(), target: self.target, reason }),
+            None => plan.unchanged += 1,
         }
+    }
+
+    /// `latest`, a key with no live version: nothing to copy. The destination records the
+    /// entry as a tombstone (no copy at the target) so both infos agree bucket by bucket; a
+    /// copy it still has goes.
+    fn plan_gone(self, plan: &mut Plan) {
+        match self.known {
+            Some(k) if k.origin == *self.entry && k.target == self.target => plan.unchanged += 1,
+            Some(k) if k.has_copy() => plan.removals.push(removal(self.key, k, self.deletes, false)),
+            _ => plan.writes.push(Action::Record { key: self.key.clone(), target: self.target }),
+        }
+    }
+
+    /// `latest`, a live key: copy its current version (KV v2) or sync its value (KV v1).
+    fn plan_latest(self, plan: &mut Plan) {
+        self.remove_moved(plan);
+        let (key, entry, known) = (self.key, self.entry, self.known);
         match entry.kind {
-            KvVersion::V2 => match copy_reason(entry, known, &target) {
+            KvVersion::V2 => match copy_reason(entry, known, &self.target) {
                 Some(reason) => plan.writes.push(Action::CopyV2 {
                     key: key.clone(),
                     version: entry.current_version,
-                    target,
+                    target: self.target,
                     reason,
                 }),
                 None if known.is_some_and(|k| k.origin != *entry) => plan.writes.push(Action::Record {
                     key: key.clone(),
-                    target,
+                    target: self.target,
                 }),
                 None => plan.unchanged += 1,
             },
             // A keyed value digest that matches what was copied proves the value is unchanged;
             // without one the executor compares the values.
             KvVersion::V1 => {
-                let same = entry.digest.is_some()
-                    && known.is_some_and(|k| k.origin == *entry && k.target == target);
+                let same = entry.digest.is_some() && known.is_some_and(|k| k.origin == *entry && k.target == self.target);
                 if same {
                     plan.unchanged += 1;
                 } else {
-                    plan.writes.push(Action::SyncV1 {
-                        key: key.clone(),
-                        target,
-                    });
+                    plan.writes.push(Action::SyncV1 { key: key.clone(), target: self.target });
                 }
             }
         }
     }
+}
+
+/// Recorded keys that left the origin or the destination's scope: their copies are removed
+/// (under `deletes`), and entries without a copy are forgotten.
+fn plan_departed<M: Into<Mapping>>(
+    plan: &mut Plan,
+    origin: &OriginSnapshot,
+    dest: &DestinationState,
+    target_of: &mut impl FnMut(&SecretPath) -> M,
+    deletes: DeletePolicy,
+    trust_targets: bool,
+) {
     let mut current = origin.keys().peekable();
     for (key, old) in dest {
         while current.next_if(|k| *k < key).is_some() {}
@@ -333,13 +368,12 @@ fn plan_keys<M: Into<Mapping>>(
         let in_scope = at_origin && (trust_targets || target_of(key).into() != Mapping::OutOfScope);
         if !in_scope {
             plan.removals.push(if old.has_copy() {
-                removal(key, old, options.deletes, false)
+                removal(key, old, deletes, false)
             } else {
                 Action::Forget { key: key.clone() }
             });
         }
     }
-    plan
 }
 
 /// Plans a cycle bucket by bucket: a bucket whose digest equals the destination's is skipped

@@ -15,8 +15,7 @@ use vsync_core::KvVersion;
 use vsync_state::StateStore;
 use vsync_vault::{DataRead, SecretData, VaultClient, VaultError};
 
-use crate::destination::side_name;
-use crate::origin::ORIGIN_SIDE;
+use crate::sides::{ORIGIN_SIDE, side_name};
 
 /// The reserved destination folder for probe secrets.
 pub const PROBE_FOLDER: &str = ".vsync-check";

@@ -3,15 +3,35 @@
 //! §2.2). Reading happens in [`inspect`], before any write of the cycle, so rebuilds count for
 //! the mass-delete guard; writing in [`apply`].
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tracing::{info, warn};
 use vsync_core::exact::{self, KeyMeta, KeyPlan, KeySettings, KeyState, PLACEHOLDER, RebuildReason, VersionFlags, VersionSource};
-use vsync_core::{DestEntry, DestPath, ExactState, OriginEntry, SecretPath, WriteOutcome};
+use vsync_core::{Clock, DestEntry, DestPath, ExactState, OriginEntry, SecretPath, WriteOutcome};
 use vsync_vault::{DataRead, KvMetadata, MetadataSettings, SecretData, VaultClient, VaultError};
 
 use crate::fault::Fault;
 use crate::origin::v2_entry;
+
+/// The two Vaults a key is replicated between, and the clock that tells which of their
+/// versions are deleted (a version whose `deletion_time` has passed). Cheap to clone: each
+/// inspect or write task holds one.
+#[derive(Clone)]
+pub struct Vaults {
+    /// The origin Vault.
+    pub origin: VaultClient,
+    /// The destination Vault.
+    pub dest: VaultClient,
+    /// The wall time.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Vaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vaults").field("origin", &self.origin.address()).field("dest", &self.dest.address()).finish_non_exhaustive()
+    }
+}
 
 /// The reproducible part of a server's metadata document, as of `now`.
 pub fn key_meta(meta: &KvMetadata, now: SystemTime) -> KeyMeta {
@@ -108,8 +128,7 @@ pub enum Presence {
 /// does (a rebuild wipes its history). `scanned` is the origin entry the plan was made from;
 /// `known` what the destination recorded.
 pub async fn inspect(
-    origin: &VaultClient,
-    dest: &VaultClient,
+    vaults: &Vaults,
     key: &SecretPath,
     target: &DestPath,
     scanned: &OriginEntry,
@@ -120,7 +139,8 @@ pub async fn inspect(
         let absent = match presence {
             Presence::Unlisted => true,
             Presence::Listed => false,
-            Presence::Unknown => dest
+            Presence::Unknown => vaults
+                .dest
                 .read_metadata(&target.mount, &target.path)
                 .await
                 .map_err(|e| Fault::vault(format!("reading destination metadata of {target}"), e))?
@@ -130,19 +150,19 @@ pub async fn inspect(
             return Ok(Inspected::Fresh(scanned.clone()));
         }
     }
-    inspect_metadata(origin, dest, key, target, scanned, known).await
+    inspect_metadata(vaults, key, target, scanned, known).await
 }
 
 /// Reads the origin and destination metadata of one key and decides its steps.
 pub async fn inspect_metadata(
-    origin: &VaultClient,
-    dest: &VaultClient,
+    vaults: &Vaults,
     key: &SecretPath,
     target: &DestPath,
     scanned: &OriginEntry,
     known: Option<&DestEntry>,
 ) -> Result<Inspected, Fault> {
-    let now = SystemTime::now();
+    let (origin, dest) = (&vaults.origin, &vaults.dest);
+    let now = vaults.clock.now();
     let Some(om) = origin
         .read_metadata(&key.mount, &key.path)
         .await
@@ -206,40 +226,59 @@ fn settings(s: &KeySettings) -> MetadataSettings {
 /// Runs one key's steps. Every data write carries `cas` = version - 1 and checks the version
 /// the server returns, so a destination changed by someone else fails the write (and the key
 /// is rebuilt next cycle) instead of being overwritten.
-pub async fn apply(
-    origin: &VaultClient,
-    dest: &VaultClient,
-    key: &SecretPath,
-    target: &DestPath,
-    inspected: Inspected,
-) -> Result<(WriteOutcome, ExactState), Fault> {
+pub async fn apply(vaults: &Vaults, key: &SecretPath, target: &DestPath, inspected: Inspected) -> Result<(WriteOutcome, ExactState), Fault> {
     let (plan, origin_settings, dest_exists) = match inspected {
         Inspected::Plan { plan, origin_settings, dest_exists } => (plan, origin_settings, dest_exists),
         Inspected::Skipped => return Ok((WriteOutcome::Skipped, ExactState::default())),
         Inspected::Fresh(scanned) => {
-            let (done, foreign) = write_fresh(origin, dest, key, target).await?;
+            let (done, foreign) = write_fresh(&vaults.origin, &vaults.dest, key, target).await?;
             if !foreign {
                 return Ok(done);
             }
             // Version 1 is ours, but the key existed with metadata only (created between the
             // inspection and the write): its settings are someone else's. The full path
             // writes the origin's (no rebuild: the versions are exact).
-            let full = inspect_metadata(origin, dest, key, target, &scanned, None).await?;
-            return Box::pin(apply(origin, dest, key, target, full)).await;
+            let full = inspect_metadata(vaults, key, target, &scanned, None).await?;
+            return Box::pin(apply(vaults, key, target, full)).await;
         }
     };
-    let (mount, path) = (target.mount.as_str(), target.path.as_str());
-    let at = |what: &str| format!("{what} {target}");
     if plan.adopt_if_equal.is_some() {
         info!(secret = %key, target = %target, "destination key already exact; adopted");
         return Ok((WriteOutcome::Adopted, ExactState { placeholders: plan.placeholders }));
     }
+    let dest = &vaults.dest;
+    prepare_target(dest, key, target, &plan, &origin_settings, dest_exists).await?;
+    let late = write_versions(&vaults.origin, dest, key, target, &plan).await?;
+    let placeholders = set_flags(dest, target, &plan, late).await?;
+    if let Some(s) = &plan.settings {
+        dest.write_metadata(&target.mount, &target.path, &settings(s))
+            .await
+            .map_err(|e| Fault::vault(format!("writing the settings of {target}"), e))?;
+    }
+    info!(secret = %key, target = %target, versions = plan.writes.len(), "replicated exactly");
+    let outcome = if plan.rebuild.is_some() && dest_exists { WriteOutcome::Rebuilt } else { WriteOutcome::Written };
+    Ok((outcome, ExactState { placeholders }))
+}
+
+/// Before the version writes: a rebuild deletes the existing key, and a catch-up window
+/// lets the key keep the versions about to be written.
+async fn prepare_target(
+    dest: &VaultClient,
+    key: &SecretPath,
+    target: &DestPath,
+    plan: &KeyPlan,
+    origin_settings: &KeySettings,
+    dest_exists: bool,
+) -> Result<(), Fault> {
+    let (mount, path) = (target.mount.as_str(), target.path.as_str());
     if let Some(reason) = plan.rebuild
         && dest_exists
     {
         // The key is missing (or incomplete) at the destination until the writes below end.
         warn!(secret = %key, target = %target, ?reason, "rebuilding the destination key");
-        dest.delete_metadata(mount, path).await.map_err(|e| Fault::vault(at("rebuild: deleting"), e))?;
+        dest.delete_metadata(mount, path)
+            .await
+            .map_err(|e| Fault::vault(format!("rebuild: deleting {target}"), e))?;
     }
     if let Some(window) = plan.window {
         let catch_up = MetadataSettings {
@@ -250,10 +289,15 @@ pub async fn apply(
         };
         dest.write_metadata(mount, path, &catch_up)
             .await
-            .map_err(|e| Fault::vault(at("setting the retention window of"), e))?;
+            .map_err(|e| Fault::vault(format!("setting the retention window of {target}"), e))?;
     }
+    Ok(())
+}
+
+/// Writes the plan's versions in order, each with `cas` = version - 1. Returns the versions
+/// that were deleted or destroyed at the origin since the inspection: they got a placeholder.
+async fn write_versions(origin: &VaultClient, dest: &VaultClient, key: &SecretPath, target: &DestPath, plan: &KeyPlan) -> Result<Vec<u64>, Fault> {
     let placeholder = SecretData::from_json(PLACEHOLDER).map_err(|e| Fault::transient(format!("placeholder: {e}")))?;
-    let mut placeholders = plan.placeholders.clone();
     let mut late = Vec::new();
     for (v, source) in &plan.writes {
         let data = match source {
@@ -272,10 +316,16 @@ pub async fn apply(
                 }
             },
         };
-        dest.write_version(mount, path, data.as_ref().unwrap_or(&placeholder), v - 1)
+        dest.write_version(&target.mount, &target.path, data.as_ref().unwrap_or(&placeholder), v - 1)
             .await
             .map_err(|e| Fault::vault(format!("writing {target} v{v}"), e))?;
     }
+    Ok(late)
+}
+
+/// Sets the versions' flags, the `late` ones soft-deleted too; returns the key's placeholders.
+async fn set_flags(dest: &VaultClient, target: &DestPath, plan: &KeyPlan, late: Vec<u64>) -> Result<Vec<u64>, Fault> {
+    let mut placeholders = plan.placeholders.clone();
     let mut delete = plan.delete.clone();
     for v in late {
         placeholders.push(v);
@@ -291,14 +341,7 @@ pub async fn apply(
     flag(dest, target, "undeleting versions of", &plan.undelete, VaultClient::undelete_versions).await?;
     flag(dest, target, "deleting versions of", &delete, VaultClient::delete_versions).await?;
     flag(dest, target, "destroying versions of", &plan.destroy, VaultClient::destroy_versions).await?;
-    if let Some(s) = &plan.settings {
-        dest.write_metadata(mount, path, &settings(s))
-            .await
-            .map_err(|e| Fault::vault(at("writing the settings of"), e))?;
-    }
-    info!(secret = %key, target = %target, versions = plan.writes.len(), "replicated exactly");
-    let outcome = if plan.rebuild.is_some() && dest_exists { WriteOutcome::Rebuilt } else { WriteOutcome::Written };
-    Ok((outcome, ExactState { placeholders }))
+    Ok(placeholders)
 }
 
 /// Version 1 of a [`Inspected::Fresh`] key: read at the origin, written create-only (`cas` 0)

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use tracing::info;
 use vsync_core::digest::{MetadataDigest, value_hmac};
 use vsync_core::info::{BucketsBuilder, auto_bucket_count};
-use vsync_core::{Digest, KvVersion, OriginEntry, OriginInfo, OriginSpec, SecretPath};
+use vsync_core::{Clock, Digest, KvVersion, OriginEntry, OriginInfo, OriginSpec, SecretPath, SystemClock};
 use vsync_state::info as state_info;
 use vsync_state::{StateStore, StoreLock};
 use vsync_vault::{SecretData, VaultClient};
@@ -24,14 +24,19 @@ use crate::audit::Change;
 use crate::fault::Fault;
 
 /// The origin's side name in a state store.
-pub const ORIGIN_SIDE: &str = "origin";
+pub use crate::sides::ORIGIN_SIDE;
 
 /// Scans every origin mount completely, bounded by the spec's timeout.
 ///
 /// With `digest_key`, every KV v1 value is read and its HMAC recorded; without, KV v1 entries
 /// carry no digest and destinations compare values themselves.
 pub async fn scan(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<Arc<OriginInfo>, Fault> {
-    let info = tokio::time::timeout(spec.timeout, scan_mounts(origin, spec, digest_key))
+    scan_with(origin, spec, digest_key, &SystemClock).await
+}
+
+/// [`scan`], dating versions (which are deleted) by `clock`.
+pub async fn scan_with(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>, clock: &dyn Clock) -> Result<Arc<OriginInfo>, Fault> {
+    let info = tokio::time::timeout(spec.timeout, scan_mounts(origin, spec, digest_key, clock.now()))
         .await
         .map_err(|_| Fault::transient(format!("origin scan timed out after {:?}", spec.timeout)))?
         .map_err(|f| f.context("origin scan"))?;
@@ -44,11 +49,10 @@ pub async fn scan(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[
 /// down ([`BucketsBuilder::finish`]) at the end.
 const PROVISIONAL_BUCKETS: u32 = 1024;
 
-async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>) -> Result<OriginInfo, Fault> {
+async fn scan_mounts(origin: &VaultClient, spec: &OriginSpec, digest_key: Option<&[u8]>, now: SystemTime) -> Result<OriginInfo, Fault> {
     // Entries go into buckets as the listing arrives: no listing is ever held whole.
     let mut entries: BucketsBuilder<OriginEntry> = BucketsBuilder::new(spec.buckets.unwrap_or(PROVISIONAL_BUCKETS));
     let mut uuids = BTreeMap::new();
-    let now = SystemTime::now();
     let key: Option<Arc<Vec<u8>>> = digest_key.map(|k| Arc::new(k.to_vec()));
     for mount in &spec.mounts {
         let info = origin
@@ -184,8 +188,9 @@ pub async fn update(
     digest_key: Option<&[u8]>,
     info: &mut OriginInfo,
     changes: &[Change],
+    clock: &dyn Clock,
 ) -> Result<Option<usize>, Fault> {
-    let Some(found) = read_changes(origin, spec, digest_key, &info.mounts, changes).await? else {
+    let Some(found) = read_changes(origin, spec, digest_key, &info.mounts, changes, clock).await? else {
         return Ok(None);
     };
     Ok(Some(apply_found(info, found)))
@@ -204,6 +209,7 @@ pub async fn read_changes(
     digest_key: Option<&[u8]>,
     mounts: &BTreeMap<String, String>,
     changes: &[Change],
+    clock: &dyn Clock,
 ) -> Result<Option<FoundChanges>, Fault> {
     let read = async {
         let mut kinds = BTreeMap::new();
@@ -219,7 +225,7 @@ pub async fn read_changes(
             kinds.insert(mount.clone(), found.kind);
         }
         let keys = changed_keys(changes, &kinds);
-        let now = SystemTime::now();
+        let now = clock.now();
         let key: Option<Arc<Vec<u8>>> = digest_key.map(|k| Arc::new(k.to_vec()));
         let limit = Arc::new(Semaphore::new(spec.workers.max(1)));
         let mut reads: JoinSet<Result<(SecretPath, Option<OriginEntry>), Fault>> = JoinSet::new();

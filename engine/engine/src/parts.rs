@@ -236,6 +236,7 @@ impl Parts {
                 mapper: mapper.map(share),
                 digest_key: digest_key.clone(),
                 progress: Some(progress()),
+                clock: vsync_core::clock::system_clock(),
             });
         }
         Ok(Some((publisher, out)))

@@ -4,17 +4,24 @@
 //! publish time of its recent generations, so a destination's lag is computable: 0 when its
 //! last commit applied the origin's current generation, otherwise now minus the publish time of
 //! the oldest generation it has not applied.
+//!
+//! The role loop does not write the records itself: [`StatusRecords`] is one of its
+//! [`CycleObserver`]s, so each settled cycle lands in its side's record once.
 
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use vsync_state::StateStore;
 
-use crate::destination::CycleReport;
+use crate::observer::{CycleObserver, Event, Observing, Settled};
+use crate::report::CycleReport;
+use crate::sides::{self, ORIGIN_SIDE, Side, side_name};
 
 /// The status document's name in a side.
-pub const STATUS_DOC: &str = "status";
+pub use crate::sides::STATUS_DOC;
 
 /// Publish times kept in the origin's record.
 pub const PUBLISHED_KEPT: usize = 64;
@@ -110,9 +117,8 @@ impl RoleStatus {
         }
     }
 
-    /// Records an origin cycle.
-    pub fn origin_cycle(&mut self, started: SystemTime, result: Result<(usize, Option<u64>, bool), &str>) {
-        let ended = SystemTime::now();
+    /// Records an origin cycle that ran from `started` to `ended`.
+    pub fn origin_cycle(&mut self, started: SystemTime, ended: SystemTime, result: Result<(usize, Option<u64>, bool), &str>) {
         let mut cycle = CycleStatus { started: rfc3339(started), ended: rfc3339(ended), ..CycleStatus::default() };
         match result {
             Ok((secrets, generation, published)) => {
@@ -136,9 +142,9 @@ impl RoleStatus {
         self.last_cycle = Some(cycle);
     }
 
-    /// Records a destination cycle; `generation` is the origin generation it worked from.
-    pub fn destination_cycle(&mut self, started: SystemTime, generation: Option<u64>, result: Result<&CycleReport, &str>) {
-        let ended = SystemTime::now();
+    /// Records a destination cycle that ran from `started` to `ended`; `generation` is the
+    /// origin generation it worked from.
+    pub fn destination_cycle(&mut self, started: SystemTime, ended: SystemTime, generation: Option<u64>, result: Result<&CycleReport, &str>) {
         let mut cycle = CycleStatus { started: rfc3339(started), ended: rfc3339(ended), ..CycleStatus::default() };
         match result {
             Ok(report) => {
@@ -237,11 +243,11 @@ pub struct DestinationStatus {
 /// Reads every role's record and computes each destination's lag at `now`; with `max_lag`,
 /// names the destinations over it (a destination that never recorded a cycle is over it).
 pub async fn report(origin_store: &StateStore, destinations: &[(String, StateStore)], max_lag: Option<Duration>, now: SystemTime) -> StatusReport {
-    let origin = read(origin_store, crate::origin::ORIGIN_SIDE).await;
-    let origin_lock_holder = origin_store.lock_holder(crate::origin::ORIGIN_SIDE).await.ok().flatten();
+    let origin = read(origin_store, ORIGIN_SIDE).await;
+    let origin_lock_holder = origin_store.lock_holder(ORIGIN_SIDE).await.ok().flatten();
     let mut out = StatusReport { origin, origin_lock_holder, destinations: Vec::new(), lagging: Vec::new() };
     for (name, store) in destinations {
-        let status = read(store, &crate::destination::side_name(name)).await;
+        let status = read(store, &side_name(name)).await;
         let lag = match (&status, &out.origin) {
             (Some(r), Some(o)) => r.lag(o, now),
             _ => None,
@@ -249,7 +255,7 @@ pub async fn report(origin_store: &StateStore, destinations: &[(String, StateSto
         if max_lag.is_some_and(|max| lag.is_none_or(|l| l > max)) {
             out.lagging.push(name.clone());
         }
-        let side = crate::destination::side_name(name);
+        let side = side_name(name);
         let lock_holder = store.lock_holder(&side).await.ok().flatten();
         out.destinations.push(DestinationStatus { name: name.clone(), status, lag_seconds: lag.map(|l| l.as_secs_f64()), lock_holder });
     }
@@ -258,18 +264,83 @@ pub async fn report(origin_store: &StateStore, destinations: &[(String, StateSto
 
 /// Reads a side's status record.
 pub async fn read(store: &StateStore, side: &str) -> Option<RoleStatus> {
-    let bytes = store.read_doc(side, STATUS_DOC).await.ok()??;
-    serde_json::from_slice(&bytes).ok()
+    sides::read_status(store, side).await
 }
 
 /// Writes a side's status record; a failure is logged, never fatal (status is observability).
 pub async fn write(store: &StateStore, side: &str, status: &RoleStatus) {
-    let bytes = match serde_json::to_vec(status) {
-        Ok(b) => b,
-        Err(e) => return warn!(side, error = %e, "cannot encode the status record"),
-    };
-    if let Err(e) = store.write_doc(side, STATUS_DOC, &bytes).await {
-        warn!(side, error = %e, "cannot write the status record");
+    sides::write_status(store, side, status).await;
+}
+
+/// The status records this process writes, carried across cycles: one per side it runs.
+#[derive(Debug, Default)]
+pub struct StatusRecords {
+    sides: Mutex<HashMap<Side, (StateStore, RoleStatus)>>,
+}
+
+impl StatusRecords {
+    /// Starts each side's record from what its store holds, so the origin's publish history,
+    /// the last success and the applied generation survive a restart.
+    pub async fn read(origin: Option<&StateStore>, destinations: &[(String, StateStore)]) -> Self {
+        let mut sides = HashMap::new();
+        if let Some(store) = origin {
+            let mut record = RoleStatus::new("origin", None);
+            if let Some(previous) = read(store, ORIGIN_SIDE).await {
+                record.published = previous.published;
+                record.last_success = previous.last_success;
+                record.generation = previous.generation;
+            }
+            sides.insert(Side::Origin, (store.clone(), record));
+        }
+        for (name, store) in destinations {
+            let mut record = RoleStatus::new("destination", Some(name));
+            if let Some(previous) = read(store, &side_name(name)).await {
+                record.last_success = previous.last_success;
+                record.generation = previous.generation;
+            }
+            sides.insert(Side::Destination(name.clone()), (store.clone(), record));
+        }
+        Self { sides: Mutex::new(sides) }
+    }
+
+    /// The origin generation a side's record says it applied (or published) last.
+    pub fn generation(&self, side: &Side) -> Option<u64> {
+        self.lock().get(side).and_then(|(_, r)| r.generation)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Side, (StateStore, RoleStatus)>> {
+        self.sides.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies a settled cycle to its side's record; the record to write, if this process
+    /// may write it.
+    fn apply(&self, cycle: &Settled<'_>) -> Option<(StateStore, RoleStatus)> {
+        let mut sides = self.lock();
+        let (store, record) = sides.get_mut(cycle.side)?;
+        let (started, ended) = (cycle.started, cycle.ended);
+        match (&cycle.side, &cycle.outcome) {
+            (Side::Origin, Ok(Event::OriginScanned { info, published } | Event::OriginUpdated { info, published, .. })) => {
+                record.origin_cycle(started, ended, Ok((info.entries.len(), cycle.generation, *published)));
+            }
+            (Side::Destination(_), Ok(Event::DestinationCycle { report, .. })) => {
+                record.destination_cycle(started, ended, cycle.generation, Ok(report));
+            }
+            (Side::Origin, Err(fault)) => record.origin_cycle(started, ended, Err(&fault.message)),
+            (Side::Destination(_), Err(fault)) => record.destination_cycle(started, ended, cycle.generation, Err(&fault.message)),
+            _ => return None,
+        }
+        cycle.writer.then(|| (store.clone(), record.clone()))
+    }
+}
+
+impl CycleObserver for StatusRecords {
+    fn settled<'a>(&'a self, cycle: &'a Settled<'a>) -> Observing<'a> {
+        let record = self.apply(cycle);
+        Box::pin(async move {
+            if let Some((store, record)) = record {
+                write(&store, &cycle.side.name(), &record).await;
+            }
+        })
     }
 }
 
@@ -301,13 +372,46 @@ mod tests {
     fn the_origin_keeps_recent_publish_times() {
         let mut s = RoleStatus::new("origin", None);
         for g in 1..=100 {
-            s.origin_cycle(SystemTime::now(), Ok((10, Some(g), true)));
+            s.origin_cycle(SystemTime::now(), SystemTime::now(), Ok((10, Some(g), true)));
         }
-        s.origin_cycle(SystemTime::now(), Ok((10, Some(100), false)));
+        s.origin_cycle(SystemTime::now(), SystemTime::now(), Ok((10, Some(100), false)));
         assert_eq!(s.published.len(), PUBLISHED_KEPT);
         assert_eq!(s.published.last().map(|p| p.generation), Some(100));
-        s.origin_cycle(SystemTime::now(), Err("listing failed"));
+        s.origin_cycle(SystemTime::now(), SystemTime::now(), Err("listing failed"));
         assert_eq!(s.last_cycle.as_ref().map(|c| c.outcome.as_str()), Some("failed"));
         assert!(s.last_success.is_some());
+    }
+
+    /// The status records are an observer: each settled cycle lands in its side's record once,
+    /// and a process that is no longer the side's writer leaves the stored record alone.
+    #[tokio::test]
+    async fn status_records_observe_settled_cycles() {
+        #![allow(clippy::unwrap_used)]
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::File(vsync_state::FileStore::open(dir.path()).unwrap());
+        let records = StatusRecords::read(None, &[("eu".to_owned(), store.clone())]).await;
+        let side = Side::Destination("eu".into());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let report = CycleReport::default();
+        let ok = Settled {
+            side: &side,
+            started: t0,
+            ended: t0 + Duration::from_secs(2),
+            generation: Some(7),
+            writer: true,
+            outcome: Ok(Event::DestinationCycle { name: "eu", report: &report }),
+        };
+        records.settled(&ok).await;
+        let stored = read(&store, "destination-eu").await.unwrap();
+        assert_eq!(stored.generation, Some(7));
+        assert_eq!(stored.last_cycle.as_ref().map(|c| c.outcome.as_str()), Some("ok"));
+        assert_eq!(stored.last_success.as_deref(), Some(rfc3339(t0 + Duration::from_secs(2)).as_str()));
+        assert_eq!(records.generation(&side), Some(7));
+
+        let fault = crate::fault::Fault::transient("lost the lock");
+        let failed = Settled { writer: false, generation: Some(7), outcome: Err(&fault), ..ok };
+        records.settled(&failed).await;
+        let stored = read(&store, "destination-eu").await.unwrap();
+        assert_eq!(stored.last_cycle.as_ref().map(|c| c.outcome.as_str()), Some("ok"), "not the writer: the stored record stays");
     }
 }

@@ -39,7 +39,9 @@ use vsync_state::StateStore;
 use vsync_vault::VaultClient;
 
 use crate::audit::{FeedStats, FeedStatsSource, RescanReason};
-use crate::destination::CycleReport;
+use crate::observer::{CycleObserver, Event, Observing, Settled};
+use crate::report::CycleReport;
+use crate::sides::Side;
 use crate::fault::Fault;
 use crate::status::{self, RoleStatus};
 
@@ -477,8 +479,8 @@ impl Telemetry {
         self.with_role(role, destination, |r| r.standby = waiting);
     }
 
-    /// Records an origin cycle: its duration and outcome.
-    pub fn origin_cycle(&self, elapsed: Duration, result: Result<usize, &Fault>) {
+    /// Records an origin cycle that ended at `ended`: its duration and outcome.
+    pub fn origin_cycle(&self, elapsed: Duration, ended: SystemTime, result: Result<usize, &Fault>) {
         let labels = RoleLabels { role: "origin".into(), destination: String::new() };
         self.cycle_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
         let outcome = if result.is_ok() { "ok" } else { "failed" };
@@ -487,7 +489,7 @@ impl Telemetry {
             .inc();
         match result {
             Ok(_) => {
-                self.last_success.get_or_create(&labels).set(unix_seconds(SystemTime::now()));
+                self.last_success.get_or_create(&labels).set(unix_seconds(ended));
                 self.with_role("origin", None, |r| {
                     r.last_success = Some(Instant::now());
                     r.last_fault = None;
@@ -497,9 +499,9 @@ impl Telemetry {
         }
     }
 
-    /// Records a destination cycle: duration, outcome, tasks, the secrets it records and its
-    /// status record (for the lag).
-    pub fn destination_cycle(&self, name: &str, elapsed: Duration, result: Result<&CycleReport, &Fault>, record: &RoleStatus) {
+    /// Records a destination cycle that ended at `ended`: duration, outcome, tasks, the secrets
+    /// it records and the origin generation its info reflects (`applied`, for the lag).
+    pub fn destination_cycle(&self, name: &str, elapsed: Duration, ended: SystemTime, result: Result<&CycleReport, &Fault>, applied: Option<u64>) {
         let labels = RoleLabels { role: "destination".into(), destination: name.to_owned() };
         self.cycle_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
         let outcome = match &result {
@@ -524,7 +526,7 @@ impl Telemetry {
                 self.secrets
                     .get_or_create(&DestinationLabels { destination: name.to_owned() })
                     .set(i64::try_from(report.secrets).unwrap_or(i64::MAX));
-                self.last_success.get_or_create(&labels).set(unix_seconds(SystemTime::now()));
+                self.last_success.get_or_create(&labels).set(unix_seconds(ended));
                 self.with_role("destination", Some(name), |r| {
                     r.last_success = Some(Instant::now());
                     r.last_fault = None;
@@ -532,10 +534,12 @@ impl Telemetry {
             }
             Err(f) => self.with_role("destination", Some(name), |r| r.last_fault = Some(f.kind())),
         }
+        // The lag is computed from the applied generation alone (`RoleStatus::lag`).
+        let record = RoleStatus { generation: applied, ..RoleStatus::default() };
         let mut sources = lock(&self.sources);
         match sources.destinations.iter_mut().find(|(n, _)| n == name) {
-            Some((_, r)) => *r = record.clone(),
-            None => sources.destinations.push((name.to_owned(), record.clone())),
+            Some((_, r)) => *r = record,
+            None => sources.destinations.push((name.to_owned(), record)),
         }
     }
 
@@ -655,7 +659,7 @@ impl Telemetry {
         let Some(store) = origin_store.filter(|_| !destinations.is_empty()) else {
             return;
         };
-        let Some(origin) = status::read(&store, crate::origin::ORIGIN_SIDE).await else {
+        let Some(origin) = status::read(&store, crate::sides::ORIGIN_SIDE).await else {
             return;
         };
         let now = SystemTime::now();
@@ -664,6 +668,25 @@ impl Telemetry {
                 self.lag.get_or_create(&DestinationLabels { destination: name }).set(lag.as_secs_f64());
             }
         }
+    }
+}
+
+/// Telemetry records every settled cycle: durations, outcomes, tasks and health.
+impl CycleObserver for Telemetry {
+    fn settled<'a>(&'a self, cycle: &'a Settled<'a>) -> Observing<'a> {
+        let (elapsed, ended) = (cycle.elapsed(), cycle.ended);
+        match (cycle.side, &cycle.outcome) {
+            (Side::Origin, Ok(Event::OriginScanned { info, .. } | Event::OriginUpdated { info, .. })) => {
+                self.origin_cycle(elapsed, ended, Ok(info.entries.len()));
+            }
+            (Side::Origin, Err(fault)) => self.origin_cycle(elapsed, ended, Err(fault)),
+            (Side::Destination(name), Ok(Event::DestinationCycle { report, .. })) => {
+                self.destination_cycle(name, elapsed, ended, Ok(report), cycle.generation);
+            }
+            (Side::Destination(name), Err(fault)) => self.destination_cycle(name, elapsed, ended, Err(fault), cycle.generation),
+            _ => {}
+        }
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -878,14 +901,14 @@ mod tests {
         assert!(t.cycle_health().healthy());
         t.standby("destination", Some("eu"), false);
         let report = CycleReport::default();
-        t.destination_cycle("eu", Duration::from_millis(5), Ok(&report), &RoleStatus::default());
+        t.destination_cycle("eu", Duration::from_millis(5), SystemTime::now(), Ok(&report), None);
         assert!(t.cycle_health().healthy());
         assert_eq!(t.cycle_health().roles[0].state, "ok");
         let sealed = Fault::vault(
             "destination `eu`: writing `secret/prod/db`",
             vsync_vault::VaultError::Sealed { request: "PUT secret/data/prod/db".into(), address: "http://10.0.0.7:8200".into() },
         );
-        t.destination_cycle("eu", Duration::from_millis(5), Err(&sealed), &RoleStatus::default());
+        t.destination_cycle("eu", Duration::from_millis(5), SystemTime::now(), Err(&sealed), None);
         std::thread::sleep(Duration::from_millis(60));
         let h = t.cycle_health();
         assert!(!h.healthy());
@@ -910,13 +933,13 @@ mod tests {
     async fn metrics_name_the_series_the_issue_lists() {
         let t = Telemetry::new();
         t.add_role("origin", None, Duration::from_secs(1), Duration::from_secs(1));
-        t.origin_cycle(Duration::from_millis(30), Ok(10));
+        t.origin_cycle(Duration::from_millis(30), SystemTime::now(), Ok(10));
         let report = CycleReport {
             tasks: vec![vsync_core::cycle::TaskCount { kind: "copy", outcome: "written", count: 7 }],
             secrets: 7,
             ..CycleReport::default()
         };
-        t.destination_cycle("eu", Duration::from_millis(30), Ok(&report), &RoleStatus::default());
+        t.destination_cycle("eu", Duration::from_millis(30), SystemTime::now(), Ok(&report), None);
         vsync_core::PluginCallObserver::plugin_call(&t, "regex", true, Duration::from_micros(3));
         let text = t.encode().await;
         for needle in [

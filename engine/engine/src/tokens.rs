@@ -120,98 +120,119 @@ pub async fn login(client: &VaultClient, side: &str, source: &TokenSource) -> Re
 /// Spawns the keeper of one client's token. On a token that can no longer be renewed or
 /// re-obtained, it trips `tripwire` with a fatal fault naming the side.
 pub fn spawn_keeper(side: String, client: VaultClient, source: TokenSource, first: Option<TokenLease>, tripwire: Tripwire) {
-    tokio::spawn(async move {
-        let mut lease = match first {
-            Some(l) => l,
-            None => match client.lookup_self().await {
-                Ok(l) => l,
-                Err(e) => {
-                    // Not fatal by itself: a token without lookup-self permission still works;
-                    // if it expires, requests fail with 403 and that is fatal then.
-                    warn!(side, error = %e, "cannot look up the token's TTL; it will not be renewed");
-                    return;
-                }
-            },
-        };
-        // What a full renewal grants: the TTL the token started with.
-        let mut full = lease.ttl;
-        loop {
-            if lease.ttl.is_zero() {
-                return; // never expires (root or periodic-free service token without TTL)
-            }
-            // Act at half the TTL: servers report TTLs in whole seconds and cap renewals by the
-            // max TTL loosely, so leave room for a renewal that turns out shorter than reported.
-            tokio::time::sleep(lease.ttl / 2).await;
-            let remaining = lease.ttl / 2;
-            if lease.renewable {
-                match client.renew_self(full).await {
-                    Ok(new) if new.ttl >= full => {
-                        debug!(side = %side, ttl = ?new.ttl, "token renewed");
-                        lease = new;
-                        continue;
-                    }
-                    // Capped by the max TTL: a static token lives on until it ends; a logged-in
-                    // one (AppRole, JWT) is replaced by a fresh login now, while it is still valid.
-                    Ok(new) if matches!(source, TokenSource::Static) && !new.ttl.is_zero() => {
-                        warn!(side = %side, ttl = ?new.ttl, "the token is near its max TTL and cannot be extended further");
-                        lease = new;
-                        continue;
-                    }
-                    Ok(new) => debug!(side = %side, ttl = ?new.ttl, "renewal capped by the max TTL"),
-                    // A static token has half its TTL left: one failed renewal (a Vault that
-                    // is briefly unreachable) is retried with backoff until it is close to
-                    // expiry. A revoked token is not retried.
-                    Err(e) if matches!(source, TokenSource::Static) && !matches!(e, VaultError::PermissionDenied { .. }) => {
-                        warn!(side = %side, error = %e, "token renewal failed; retrying until the token is close to expiry");
-                        if let Some(new) = retry_renewal(&client, &side, full, remaining).await {
-                            lease = new;
-                            continue;
-                        }
-                    }
-                    Err(e) => warn!(side = %side, error = %e, "token renewal failed"),
-                }
-            }
-            let Some(method) = source.method() else {
-                tripwire.trip(Fault::fatal(
-                    FatalCause::Token,
-                    format!(
-                        "{side} vault: the token expires in about {remaining:?} and cannot be renewed; \
-                         give vsync a renewable token or use AppRole or JWT login"
-                    ),
-                ));
+    tokio::spawn(keep(side, client, source, first, tripwire));
+}
+
+/// The keeper: renews the token at half its TTL, or logs in again when it cannot.
+async fn keep(side: String, client: VaultClient, source: TokenSource, first: Option<TokenLease>, tripwire: Tripwire) {
+    let mut lease = match first {
+        Some(l) => l,
+        None => match client.lookup_self().await {
+            Ok(l) => l,
+            Err(e) => {
+                // Not fatal by itself: a token without lookup-self permission still works;
+                // if it expires, requests fail with 403 and that is fatal then.
+                warn!(side, error = %e, "cannot look up the token's TTL; it will not be renewed");
                 return;
-            };
-            let mut tries = 0;
-            loop {
-                match login(&client, &side, &source).await {
-                    Ok(Some(new)) => {
-                        info!(side = %side, ttl = ?new.ttl, "token renewed by a new {method} login");
-                        lease = new;
-                        break;
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        tries += 1;
-                        warn!(side = %side, error = %e.message, tries, "{method} login failed");
-                        if tries >= 3 {
-                            tripwire.trip(Fault::fatal(
-                                FatalCause::Token,
-                                format!(
-                                    "{side} vault: the token expires and {method} login failed 3 times: {}",
-                                    // The login's error already starts with the side.
-                                    e.message.strip_prefix(&format!("{side} vault: ")).unwrap_or(&e.message)
-                                ),
-                            ));
-                            return;
-                        }
-                        tokio::time::sleep((remaining / 4).max(Duration::from_millis(200))).await;
-                    }
-                }
             }
-            // What a full renewal grants from now on: the new token's TTL.
-            full = lease.ttl;
+        },
+    };
+    // What a full renewal grants: the TTL the token started with.
+    let mut full = lease.ttl;
+    loop {
+        if lease.ttl.is_zero() {
+            return; // never expires (root or periodic-free service token without TTL)
         }
-    });
+        // Act at half the TTL: servers report TTLs in whole seconds and cap renewals by the
+        // max TTL loosely, so leave room for a renewal that turns out shorter than reported.
+        tokio::time::sleep(lease.ttl / 2).await;
+        let remaining = lease.ttl / 2;
+        if lease.renewable
+            && let Some(new) = renew(&client, &side, &source, full, remaining).await
+        {
+            lease = new;
+            continue;
+        }
+        let Some(new) = relogin(&client, &side, &source, remaining, &tripwire).await else {
+            return;
+        };
+        lease = new;
+        // What a full renewal grants from now on: the new token's TTL.
+        full = lease.ttl;
+    }
+}
+
+/// Renews the token; the lease to keep going with, or `None` when only a new login helps
+/// (the renewal was capped by the max TTL, or failed).
+async fn renew(client: &VaultClient, side: &str, source: &TokenSource, full: Duration, remaining: Duration) -> Option<TokenLease> {
+    match client.renew_self(full).await {
+        Ok(new) if new.ttl >= full => {
+            debug!(side = %side, ttl = ?new.ttl, "token renewed");
+            Some(new)
+        }
+        // Capped by the max TTL: a static token lives on until it ends; a logged-in
+        // one (AppRole, JWT) is replaced by a fresh login now, while it is still valid.
+        Ok(new) if matches!(source, TokenSource::Static) && !new.ttl.is_zero() => {
+            warn!(side = %side, ttl = ?new.ttl, "the token is near its max TTL and cannot be extended further");
+            Some(new)
+        }
+        Ok(new) => {
+            debug!(side = %side, ttl = ?new.ttl, "renewal capped by the max TTL");
+            None
+        }
+        // A static token has half its TTL left: one failed renewal (a Vault that
+        // is briefly unreachable) is retried with backoff until it is close to
+        // expiry. A revoked token is not retried.
+        Err(e) if matches!(source, TokenSource::Static) && !matches!(e, VaultError::PermissionDenied { .. }) => {
+            warn!(side = %side, error = %e, "token renewal failed; retrying until the token is close to expiry");
+            retry_renewal(client, side, full, remaining).await
+        }
+        Err(e) => {
+            warn!(side = %side, error = %e, "token renewal failed");
+            None
+        }
+    }
+}
+
+/// Replaces an expiring token by a new login (3 tries); `None` when the keeper stops: a static
+/// token that cannot be renewed, or logins that keep failing, trip `tripwire`.
+async fn relogin(client: &VaultClient, side: &str, source: &TokenSource, remaining: Duration, tripwire: &Tripwire) -> Option<TokenLease> {
+    let Some(method) = source.method() else {
+        tripwire.trip(Fault::fatal(
+            FatalCause::Token,
+            format!(
+                "{side} vault: the token expires in about {remaining:?} and cannot be renewed; \
+                 give vsync a renewable token or use AppRole or JWT login"
+            ),
+        ));
+        return None;
+    };
+    let mut tries = 0;
+    loop {
+        match login(client, side, source).await {
+            Ok(Some(new)) => {
+                info!(side = %side, ttl = ?new.ttl, "token renewed by a new {method} login");
+                return Some(new);
+            }
+            Ok(None) => return None,
+            Err(e) => {
+                tries += 1;
+                warn!(side = %side, error = %e.message, tries, "{method} login failed");
+                if tries >= 3 {
+                    tripwire.trip(Fault::fatal(
+                        FatalCause::Token,
+                        format!(
+                            "{side} vault: the token expires and {method} login failed 3 times: {}",
+                            // The login's error already starts with the side.
+                            e.message.strip_prefix(&format!("{side} vault: ")).unwrap_or(&e.message)
+                        ),
+                    ));
+                    return None;
+                }
+                tokio::time::sleep((remaining / 4).max(Duration::from_millis(200))).await;
+            }
+        }
+    }
 }
 
 /// Retries a failed renewal with backoff (1 s, doubling, at most 30 s) while more than a tenth

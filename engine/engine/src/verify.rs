@@ -8,18 +8,19 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use vsync_core::{DeletePolicy, DestPath, DestinationMapper, DestinationSpec, KvVersion, Mapping, PathMapper, SecretPath, VersionsMode};
 use vsync_state::StateStore;
-use vsync_vault::{DataRead, KvMetadata, VaultClient};
+use vsync_vault::{DataRead, KvMetadata, VaultClient, VaultError};
 
-use crate::destination::{load_info, side_name};
-use crate::exact::key_meta;
+use crate::destination::load_info;
+use crate::exact::{Vaults, key_meta};
 use crate::fault::Fault;
 use crate::origin::v2_entry;
 
-/// The name of the repair request document in the destination's side of the state store.
-pub const REPAIR_DOC: &str = "repair";
+// The repair request's layout lives with the other documents of a side; `vsync verify
+// --repair` writes it, the destination's next cycle consumes it.
+pub use crate::sides::{REPAIR_DOC, RepairRequest, pending_repair, request_repair};
 
 /// A key that differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,17 +59,6 @@ impl VerifyReport {
     }
 }
 
-/// The request `--repair` leaves for the destination role.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RepairRequest {
-    /// Origin keys whose replicas the next cycle rebuilds.
-    pub keys: Vec<SecretPath>,
-    /// Destination keys that no origin key maps to, which the next cycle removes (under the
-    /// `deletes` policy and the mass-delete guard).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub remove: Vec<DestPath>,
-}
-
 async fn metadata_of(client: &VaultClient, mount: &str) -> Result<BTreeMap<String, Option<KvMetadata>>, Fault> {
     let info = client.mount_info(mount).await.map_err(|e| Fault::vault(format!("mount `{mount}`"), e))?;
     let listed = client.list_secrets(&info).await.map_err(|e| Fault::vault(format!("listing `{mount}`"), e))?;
@@ -87,30 +77,30 @@ async fn metadata_of(client: &VaultClient, mount: &str) -> Result<BTreeMap<Strin
     Ok(out)
 }
 
-/// Compares the destination of `spec` with the origin.
+/// Compares the destination of `spec` with the origin, dating versions by `vaults.clock`.
 pub async fn verify<'a>(
-    origin_vault: &VaultClient,
+    vaults: &Vaults,
     origin_mounts: &[String],
     spec: &'a DestinationSpec,
-    dest_vault: &VaultClient,
     store: &StateStore,
     paths: Option<&'a mut dyn PathMapper>,
     data: bool,
 ) -> Result<VerifyReport, Fault> {
-    let now = SystemTime::now();
+    let now = vaults.clock.now();
     let mut report = VerifyReport::default();
     let recorded = load_info(store, &spec.name, 1).await?;
     let mut mapper = DestinationMapper::new(&spec.name, &spec.labels, &spec.mounts, paths);
     let mut dest_side: HashMap<String, BTreeMap<String, Option<KvMetadata>>> = HashMap::new();
     for m in spec.mounts.values() {
         if !dest_side.contains_key(m) {
-            dest_side.insert(m.clone(), metadata_of(dest_vault, m).await?);
+            dest_side.insert(m.clone(), metadata_of(&vaults.dest, m).await?);
         }
     }
     let mut mapped: HashSet<DestPath> = HashSet::new();
+    let check = Check { vaults, versions: spec.versions, data, now };
     for mount in origin_mounts.iter().filter(|m| spec.mounts.contains_key(*m)) {
-        let kind = origin_vault.mount_info(mount).await.map_err(|e| Fault::vault(format!("origin mount `{mount}`"), e))?.kind;
-        for (path, om) in metadata_of(origin_vault, mount).await? {
+        let kind = vaults.origin.mount_info(mount).await.map_err(|e| Fault::vault(format!("origin mount `{mount}`"), e))?.kind;
+        for (path, om) in metadata_of(&vaults.origin, mount).await? {
             let key = SecretPath::new(mount.clone(), path);
             let Mapping::To(target) = mapper.map(&key, kind) else { continue };
             mapped.insert(target.clone());
@@ -126,7 +116,7 @@ pub async fn verify<'a>(
                 continue;
             }
             let dm = dest_side.get(&target.mount).and_then(|d| d.get(&target.path));
-            if let Some(what) = compare(origin_vault, dest_vault, &key, &target, om.as_ref(), dm, spec.versions, data, now).await? {
+            if let Some(what) = check.compare(&key, &target, om.as_ref(), dm).await? {
                 report.drifted.push(Drift { key, target, what });
             }
         }
@@ -165,88 +155,105 @@ fn destination_only(
     }
 }
 
-/// The first difference of one key, or `None`.
-#[allow(clippy::too_many_arguments)] // each is a distinct input of one comparison
-async fn compare(
-    origin: &VaultClient,
-    dest: &VaultClient,
-    key: &SecretPath,
-    target: &DestPath,
-    om: Option<&KvMetadata>,
-    dm: Option<&Option<KvMetadata>>,
+/// How keys are compared: the Vaults, the destination's `versions` mode, whether data is
+/// read too, and the time versions are dated at.
+struct Check<'v> {
+    vaults: &'v Vaults,
     versions: VersionsMode,
     data: bool,
     now: SystemTime,
-) -> Result<Option<String>, Fault> {
-    let Some(dm) = dm else {
-        // Gone at the destination. A `latest` copy of a key with no live version is absent
-        // on purpose.
-        let live = om.is_some_and(|m| m.current_is_live_at(now));
-        return Ok((om.is_none() || versions == VersionsMode::All || live).then(|| "missing at the destination".to_owned()));
-    };
-    let read = |c: &VaultClient, mount: &str, path: &str, v: u64| {
-        let (c, mount, path) = (c.clone(), mount.to_owned(), path.to_owned());
-        async move {
-            if v == 0 {
-                return c.read_v1(&mount, &path).await.map(|d| d.map(|d| d.as_json().to_owned()));
+}
+
+impl Check<'_> {
+    /// The first difference of one key, or `None`.
+    async fn compare(&self, key: &SecretPath, target: &DestPath, om: Option<&KvMetadata>, dm: Option<&Option<KvMetadata>>) -> Result<Option<String>, Fault> {
+        let Some(dm) = dm else {
+            // Gone at the destination. A `latest` copy of a key with no live version is absent
+            // on purpose.
+            let live = om.is_some_and(|m| m.current_is_live_at(self.now));
+            return Ok((om.is_none() || self.versions == VersionsMode::All || live).then(|| "missing at the destination".to_owned()));
+        };
+        match (om, dm) {
+            (Some(om), Some(dm)) if self.versions == VersionsMode::All => self.compare_exact(key, target, om, dm).await,
+            (Some(om), Some(dm)) => self.compare_latest(key, target, om, dm).await,
+            _ => {
+                // KV v1 on either side: compare values (always: there is no metadata).
+                let a = self.origin_data(key, om.map_or(0, |m| m.current_version)).await?;
+                let b = self.dest_data(target, dm.as_ref().map_or(0, |m| m.current_version)).await?;
+                Ok((!same_data(&a, &b)).then(|| "the value differs".to_owned()))
             }
-            c.read_version(&mount, &path, v).await.map(|r| match r {
-                DataRead::Live(d, _) => Some(d.as_json().to_owned()),
-                _ => None,
-            })
         }
-    };
-    let same_data = |a: &Option<String>, b: &Option<String>| match (a, b) {
+    }
+
+    /// `versions = "all"`: every reproducible field, and with `data` every live version's data.
+    async fn compare_exact(&self, key: &SecretPath, target: &DestPath, om: &KvMetadata, dm: &KvMetadata) -> Result<Option<String>, Fault> {
+        let (o, d) = (key_meta(om, self.now), key_meta(dm, self.now));
+        if !o.same_replica(&d) {
+            return Ok(Some(describe(&o, &d)));
+        }
+        if self.data {
+            for (v, f) in &o.versions {
+                if !f.live() {
+                    continue;
+                }
+                let a = self.origin_data(key, *v).await?;
+                let b = self.dest_data(target, *v).await?;
+                if !same_data(&a, &b) {
+                    return Ok(Some(format!("data of version {v} differs")));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// `latest`: the destination's current version holds the origin's current data.
+    async fn compare_latest(&self, key: &SecretPath, target: &DestPath, om: &KvMetadata, dm: &KvMetadata) -> Result<Option<String>, Fault> {
+        if !om.current_is_live_at(self.now) {
+            return Ok(None);
+        }
+        if !dm.current_is_live_at(self.now) {
+            return Ok(Some("the current version is not readable at the destination".into()));
+        }
+        if self.data {
+            let a = self.origin_data(key, om.current_version).await?;
+            let b = self.dest_data(target, dm.current_version).await?;
+            if !same_data(&a, &b) {
+                return Ok(Some("the current data differs".into()));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn origin_data(&self, key: &SecretPath, version: u64) -> Result<Option<String>, Fault> {
+        read_data(&self.vaults.origin, &key.mount, &key.path, version)
+            .await
+            .map_err(|e| Fault::vault("verify: reading origin", e))
+    }
+
+    async fn dest_data(&self, target: &DestPath, version: u64) -> Result<Option<String>, Fault> {
+        read_data(&self.vaults.dest, &target.mount, &target.path, version)
+            .await
+            .map_err(|e| Fault::vault("verify: reading destination", e))
+    }
+}
+
+/// The data of `version` (0: a KV v1 value), if live.
+async fn read_data(c: &VaultClient, mount: &str, path: &str, version: u64) -> Result<Option<String>, VaultError> {
+    if version == 0 {
+        return c.read_v1(mount, path).await.map(|d| d.map(|d| d.as_json().to_owned()));
+    }
+    c.read_version(mount, path, version).await.map(|r| match r {
+        DataRead::Live(d, _) => Some(d.as_json().to_owned()),
+        _ => None,
+    })
+}
+
+/// Whether two values are the same JSON (key order and spacing aside).
+fn same_data(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
         (Some(a), Some(b)) => serde_json::from_str::<serde_json::Value>(a).ok() == serde_json::from_str::<serde_json::Value>(b).ok(),
         (None, None) => true,
         _ => false,
-    };
-    let fault = |side: &str, e| Fault::vault(format!("verify: reading {side}"), e);
-    match (om, dm) {
-        (Some(om), Some(dm)) if versions == VersionsMode::All => {
-            let (o, d) = (key_meta(om, now), key_meta(dm, now));
-            if !o.same_replica(&d) {
-                return Ok(Some(describe(&o, &d)));
-            }
-            if data {
-                for (v, f) in &o.versions {
-                    if !f.live() {
-                        continue;
-                    }
-                    let a = read(origin, &key.mount, &key.path, *v).await.map_err(|e| fault("origin", e))?;
-                    let b = read(dest, &target.mount, &target.path, *v).await.map_err(|e| fault("destination", e))?;
-                    if !same_data(&a, &b) {
-                        return Ok(Some(format!("data of version {v} differs")));
-                    }
-                }
-            }
-            Ok(None)
-        }
-        (Some(om), Some(dm)) => {
-            // `latest`: the destination's current version holds the origin's current data.
-            if !om.current_is_live_at(now) {
-                return Ok(None);
-            }
-            if !dm.current_is_live_at(now) {
-                return Ok(Some("the current version is not readable at the destination".into()));
-            }
-            if data {
-                let a = read(origin, &key.mount, &key.path, om.current_version).await.map_err(|e| fault("origin", e))?;
-                let b = read(dest, &target.mount, &target.path, dm.current_version).await.map_err(|e| fault("destination", e))?;
-                if !same_data(&a, &b) {
-                    return Ok(Some("the current data differs".into()));
-                }
-            }
-            Ok(None)
-        }
-        _ => {
-            // KV v1 on either side: compare values (always: there is no metadata).
-            let a = read(origin, &key.mount, &key.path, om.map_or(0, |m| m.current_version)).await.map_err(|e| fault("origin", e))?;
-            let b = read(dest, &target.mount, &target.path, dm.as_ref().map_or(0, |m| m.current_version))
-                .await
-                .map_err(|e| fault("destination", e))?;
-            Ok((!same_data(&a, &b)).then(|| "the value differs".to_owned()))
-        }
     }
 }
 
@@ -269,28 +276,4 @@ fn describe(o: &vsync_core::exact::KeyMeta, d: &vsync_core::exact::KeyMeta) -> S
     }
     let extra: Vec<&u64> = d.versions.keys().filter(|v| !o.versions.contains_key(v)).collect();
     format!("versions {extra:?} exist here only")
-}
-
-/// Leaves a repair request for the destination's next cycle: `keys` to rebuild, destination-only
-/// targets to `remove`.
-pub async fn request_repair(store: &StateStore, destination: &str, keys: Vec<SecretPath>, remove: Vec<DestPath>) -> Result<(), Fault> {
-    let bytes = serde_json::to_vec(&RepairRequest { keys, remove }).map_err(|e| Fault::transient(format!("encoding the repair request: {e}")))?;
-    store
-        .write_doc(&side_name(destination), REPAIR_DOC, &bytes)
-        .await
-        .map_err(|e| Fault::state(format!("writing the repair request of destination `{destination}`"), e))
-}
-
-/// The pending repair request of a destination, if any.
-pub async fn pending_repair(store: &StateStore, destination: &str) -> Result<Option<RepairRequest>, Fault> {
-    let Some(bytes) = store
-        .read_doc(&side_name(destination), REPAIR_DOC)
-        .await
-        .map_err(|e| Fault::state(format!("reading the repair request of destination `{destination}`"), e))?
-    else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        Fault::fatal(crate::fault::FatalCause::StateCorrupt, format!("the repair request of destination `{destination}` is corrupt: {e}"))
-    })
 }

@@ -128,10 +128,12 @@ async fn start(w: &World, feed: AuditFeed, interval: Duration) -> Running {
             mapper: None,
             digest_key: None,
             progress: None,
+            clock: vsync_core::clock::system_clock(),
         }],
         alerter: Alerter::new(None),
         telemetry: Default::default(),
         deferred: Default::default(),
+        clock: vsync_core::clock::system_clock(),
         tripwire: Tripwire::new(),
         reporter: Box::new(move |e| match e {
             Event::OriginScanned { .. } => {

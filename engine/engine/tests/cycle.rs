@@ -35,7 +35,7 @@ fn dest_spec(mounts: &[(&str, &str)]) -> DestinationSpec {
 
 async fn destination(store: &StateStore, vault: VaultClient, spec: DestinationSpec) -> Destination {
     let lock = store.lock_side(&vsync_engine::side_name(&spec.name)).await.unwrap();
-    Destination { spec, vault, store: store.clone(), lock, mapper: None, digest_key: None, progress: None }
+    Destination { spec, vault, store: store.clone(), lock, mapper: None, digest_key: None, progress: None, clock: vsync_core::clock::system_clock() }
 }
 
 async fn live(c: &VaultClient, mount: &str, path: &str) -> Option<String> {
@@ -145,6 +145,7 @@ async fn the_role_loop_runs_one_shared_round_and_stops_on_shutdown() {
         reporter: Box::new(|_| {}),
         telemetry: Default::default(),
         deferred: Default::default(),
+        clock: vsync_core::clock::system_clock(),
     };
     let once = RunOptions { once: true, ..Default::default() };
     let ended = vsync_engine::run(engine(&store).await, once, std::future::pending()).await.unwrap();
@@ -312,6 +313,7 @@ async fn slow_planning_is_cut_by_the_cycle_timeout_and_by_shutdown() {
         reporter: Box::new(|_| {}),
         telemetry: Default::default(),
         deferred: Default::default(),
+        clock: vsync_core::clock::system_clock(),
     };
     // The destination role loads the origin's published info.
     let lock = store.lock_side(vsync_engine::ORIGIN_SIDE).await.unwrap();
@@ -424,6 +426,7 @@ async fn one_unreachable_destination_does_not_starve_the_others_in_run() {
         reporter: Box::new(|_| {}),
         telemetry: Default::default(),
         deferred: Default::default(),
+        clock: vsync_core::clock::system_clock(),
     };
     let once = RunOptions { once: true, ..Default::default() };
     let fault = vsync_engine::run(engine, once, std::future::pending()).await.unwrap_err();

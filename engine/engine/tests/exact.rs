@@ -52,7 +52,7 @@ async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::File(FileStore::open(dir.path()).unwrap());
     let lock = store.lock_side("destination-eu").await.unwrap();
-    let dest = Destination { spec: spec(), vault: cb.clone(), store, lock, mapper: None, digest_key: None, progress: None };
+    let dest = Destination { spec: spec(), vault: cb.clone(), store, lock, mapper: None, digest_key: None, progress: None, clock: vsync_core::clock::system_clock() };
     World { _a: a, _b: b, ca, cb, _dir: dir, dest }
 }
 
@@ -347,7 +347,7 @@ async fn verify_reports_drift_and_repair_rebuilds_it() {
     w.cycle().await;
     let run = |w: &World| {
         let (ca, cb, store, spec) = (w.ca.clone(), w.cb.clone(), w.dest.store.clone(), w.dest.spec.clone());
-        async move { verify(&ca, &["secret/".to_owned()], &spec, &cb, &store, None, true).await.unwrap() }
+        async move { verify(&vaults(&ca, &cb), &["secret/".to_owned()], &spec, &store, None, true).await.unwrap() }
     };
     let clean = run(&w).await;
     assert_eq!((clean.checked, clean.drifted.len(), clean.pending.len()), (4, 0, 0), "{clean:?}");
@@ -458,7 +458,7 @@ async fn rebuilds_count_for_the_mass_delete_guard_and_plan_shows_them() {
         w.put(&format!("k{i}"), json!({ "v": "new" })).await;
     }
     let info = origin::scan(&w.ca, &origin_spec(), None).await.unwrap();
-    let preview = vsync_engine::preview(&w.dest.spec, &w.dest.store, None, &w.ca, &w.cb, &info, None).await.unwrap();
+    let preview = vsync_engine::preview(&w.dest.spec, &w.dest.store, None, &w.ca, &w.cb, &info, None, vsync_core::clock::system_clock()).await.unwrap();
     let text = preview.human("eu");
     assert_eq!(text.matches("REBUILD").count(), 12, "{text}");
     assert!(text.contains("STOP") && text.contains("--allow-mass-delete"), "{text}");
@@ -517,7 +517,7 @@ async fn new_single_version_keys_take_one_write_and_keys_the_destination_holds_t
 
 /// Runs `vsync verify` for the world's destination.
 async fn verify_world(w: &World) -> vsync_engine::verify::VerifyReport {
-    vsync_engine::verify::verify(&w.ca, &["secret/".to_owned()], &w.dest.spec, &w.cb, &w.dest.store, None, true).await.unwrap()
+    vsync_engine::verify::verify(&vaults(&w.ca, &w.cb), &["secret/".to_owned()], &w.dest.spec, &w.dest.store, None, true).await.unwrap()
 }
 
 /// Issue 18 item 4: `v1` deleted and then destroyed at the origin between two cycles lost its
@@ -670,4 +670,9 @@ async fn a_repair_request_written_during_a_cycle_survives_it() {
     w.dest.vault = direct;
     let left = pending_repair(&w.dest.store, "eu").await.unwrap();
     assert_eq!(left.map(|r| r.keys), Some(vec![key("k5")]), "the request written during the cycle is left for the next one");
+}
+
+/// The two Vaults of a test world, on the machine's clock.
+fn vaults(origin: &VaultClient, dest: &VaultClient) -> vsync_engine::exact::Vaults {
+    vsync_engine::exact::Vaults { origin: origin.clone(), dest: dest.clone(), clock: vsync_core::clock::system_clock() }
 }

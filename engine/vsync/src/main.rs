@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tracing::error;
 use vsync_config::{Config, DestinationRuntime, LogFormat, Runtime};
+use vsync_core::clock::system_clock;
 use vsync_core::{CycleFlags, PathMapper, PluginCallObserver};
 use vsync_engine::{Alerter, Ended, Engine, Event, Role, RunOptions, Telemetry, Tripwire};
 
@@ -377,6 +378,7 @@ async fn run_role(rt: &Runtime, role: Role, dests: Vec<&DestinationRuntime>, plu
         reporter: Box::new(print_event),
         telemetry,
         deferred,
+        clock: system_clock(),
     };
     match vsync_engine::run(engine, options, shutdown).await {
         Ok(Ended::Stopped) | Ok(Ended::Once { per_secret_failures: false }) => Ok(ExitCode::SUCCESS),
@@ -484,7 +486,8 @@ async fn verify(rt: &Runtime, name: &str, repair: bool, data: bool) -> Outcome {
     let (origin_vault, vault, store) = one.parts()?;
     let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
     let (spec, mounts) = (&one.parts.destinations[0].spec, &one.parts.origin_spec.mounts);
-    let report = vsync_engine::verify::verify(&origin_vault, mounts, spec, &vault, &store, paths, data).await.map_err(fault)?;
+    let vaults = vsync_engine::exact::Vaults { origin: origin_vault.clone(), dest: vault.clone(), clock: system_clock() };
+    let report = vsync_engine::verify::verify(&vaults, mounts, spec, &store, paths, data).await.map_err(fault)?;
     print!("{}", vsync_engine::render::verify_human(name, &report));
     if !report.has_drift() {
         return Ok(ExitCode::SUCCESS);
@@ -537,7 +540,7 @@ async fn plan(rt: &Runtime, name: &str, format: &str) -> Outcome {
     let paths = one.mapper.as_deref_mut().map(|m| m as &mut dyn PathMapper);
     // The bar only with human output on a terminal; JSON goes to stdout, the bar to stderr.
     let bar = progress::for_cycles(format == "human");
-    let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info, Some(&*bar))
+    let preview = vsync_engine::preview(&one.parts.destinations[0].spec, &store, paths, &origin_vault, &vault, &info, Some(&*bar), system_clock())
         .await
         .map_err(fault)?;
     if format == "json" {

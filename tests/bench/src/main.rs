@@ -225,6 +225,7 @@ async fn destination(spec: &ChildSpec, dest: &VaultClient, store: &StateStore) -
         mapper: None,
         digest_key: None,
         progress: None,
+        clock: vsync_core::clock::system_clock(),
     })
 }
 
@@ -331,6 +332,7 @@ async fn propagation(spec: &ChildSpec, o: &VaultClient, d: &VaultClient) -> Resu
         reporter: Box::new(|_| {}),
         telemetry: Arc::new(Telemetry::new()),
         deferred: Default::default(),
+        clock: vsync_core::clock::system_clock(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(vsync_engine::run(engine, RunOptions::default(), async move {

@@ -233,7 +233,12 @@ async fn run_verify(sim: &mut Sim) -> Result<vsync_engine::verify::VerifyReport,
     let spec = sim.world.spec();
     let mounts: Vec<String> = sim.world.origin_spec().mounts;
     let store = sim.world.store();
-    vsync_engine::verify::verify(&sim.world.origin_admin, &mounts, &spec, &sim.world.dest_admin, &store, None, true)
+    let vaults = vsync_engine::exact::Vaults {
+        origin: sim.world.origin_admin.clone(),
+        dest: sim.world.dest_admin.clone(),
+        clock: std::sync::Arc::new(sim.world.clock),
+    };
+    vsync_engine::verify::verify(&vaults, &mounts, &spec, &store, None, true)
         .await
         .map_err(|e| format!("verify failed: {e}"))
 }

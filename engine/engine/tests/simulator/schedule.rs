@@ -238,7 +238,8 @@ impl Sim {
         let origin_client = self.world.engine_origin();
         let spec = self.world.origin_spec();
         let round = async {
-            let info = origin::scan(&origin_client, &spec, Some(DIGEST_KEY)).await.map_err(|e| e.to_string())?;
+            let clock = self.world.clock;
+            let info = origin::scan_with(&origin_client, &spec, Some(DIGEST_KEY), &clock).await.map_err(|e| e.to_string())?;
             let role = self.world.role().await;
             role.cycle(&origin_client, &info, World::flags()).await.map_err(|e| e.to_string())
         };
@@ -349,8 +350,7 @@ impl Sim {
         MetadataSettings {
             max_versions: [0, 1, 2, 3, 5][self.rng.usize(0..5)],
             cas_required: self.rng.u8(0..4) == 0,
-            // TEMPORARY: expiries need the engine on the simulated clock.
-            delete_version_after: "0s".to_owned(),
+            delete_version_after: ["0s", "0s", "45s", "10m"][self.rng.usize(0..4)].to_owned(),
             custom_metadata: custom,
         }
     }

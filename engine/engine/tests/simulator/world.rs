@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use vsync_core::clock::Clock;
 use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, OriginSpec, VersionsMode};
 use vsync_engine::Destination;
 use vsync_state::{MemoryOp, MemoryStore, StateStore};
@@ -109,13 +110,23 @@ pub fn hash(value: impl std::hash::Hash) -> u64 {
     h.finish()
 }
 
-/// The simulated wall clock: a fixed epoch plus tokio's (paused) time since the schedule began.
-pub fn clock() -> Arc<dyn Fn() -> SystemTime + Send + Sync> {
-    let start = tokio::time::Instant::now();
-    // TEMPORARY until the engine takes its clock from a port: two days behind the real clock,
-    // so the engine (on the real clock) sees every simulated timestamp as past.
-    let epoch = SystemTime::now() - Duration::from_secs(2 * 86_400);
-    Arc::new(move || epoch + start.elapsed())
+/// The simulated wall clock: a fixed epoch plus tokio's (paused) time since the schedule
+/// began. The fakes stamp versions with it and the engine judges them by it.
+#[derive(Clone, Copy)]
+pub struct SimClock {
+    start: tokio::time::Instant,
+}
+
+impl SimClock {
+    fn new() -> Self {
+        SimClock { start: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + self.start.elapsed()
+    }
 }
 
 /// The token the engine's clients use (its policy per [`Setup::scan`]); the schedule's own
@@ -146,13 +157,14 @@ pub struct World {
     pub setup: Setup,
     /// The running destination role; `None` after a crash until it restarts.
     pub role: Option<Destination>,
-    clock: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+    pub clock: SimClock,
 }
 
 impl World {
     pub async fn new(setup: Setup) -> World {
-        let clock = clock();
-        let (origin, dest) = (FakeVault::new(clock.clone()), FakeVault::new(clock.clone()));
+        let clock = SimClock::new();
+        let stamp: Arc<dyn Fn() -> SystemTime + Send + Sync> = Arc::new(move || clock.now());
+        let (origin, dest) = (FakeVault::new(stamp.clone()), FakeVault::new(stamp));
         for (mount, version) in MOUNTS {
             origin.enable_kv(mount, version);
             dest.enable_kv(mount, version);
@@ -166,7 +178,7 @@ impl World {
 
     /// The simulated wall time (what the fakes stamp).
     pub fn now(&self) -> SystemTime {
-        (self.clock)()
+        self.clock.now()
     }
 
     pub fn origin_spec(&self) -> OriginSpec {
@@ -212,6 +224,7 @@ impl World {
                 mapper: None,
                 digest_key: Some(Arc::new(DIGEST_KEY.to_vec())),
                 progress: None,
+                clock: Arc::new(self.clock),
             });
         }
         self.role.as_mut().unwrap()
