@@ -150,7 +150,12 @@ impl Sim {
                 }
                 11..=17 => {
                     let plan = self.fault_plan();
-                    let ended = self.cycle(plan).await?;
+                    // Half the rounds are library cycles of a long-lived role, half are whole
+                    // `vsync run --once` processes (publish, load, status, observers).
+                    let ended = match self.rng.bool() {
+                        true => self.cycle(plan).await?,
+                        false => self.process_run(plan).await?,
+                    };
                     stats.cycles += 1;
                     stats.faulty_cycles += u64::from(plan.is_some());
                     stats.crashes += u64::from(ended == Ended::Crashed);
@@ -275,6 +280,34 @@ impl Sim {
             }
         };
         self.trace.push(format!("cycle {plan:?}: {ended:?} [{:?} real]", real.elapsed()));
+        if let Ended::Clean { failed: 0, .. } = ended {
+            check::live_origin_keys_are_present(self).await?;
+        }
+        check::writes_hold_origin_data(self, &before)?;
+        Ok(ended)
+    }
+
+    /// One `vsync run --once` process: the origin and destination roles over the same store,
+    /// through the roles loop and its observers, started from the persisted state only.
+    pub async fn process_run(&mut self, plan: Option<FaultPlan>) -> Result<Ended, String> {
+        self.world.role = None; // the long-lived role's process ends first (its lock with it)
+        let before = self.world.dest.snapshot("secret/");
+        let crash = Arc::new(tokio::sync::Notify::new());
+        self.world.faults(plan, &crash);
+        let engine = self.world.engine().await;
+        let outcome = tokio::select! {
+            biased;
+            _ = crash.notified() => None,
+            r = vsync_engine::run(engine, vsync_engine::RunOptions { once: true, flags: World::flags() }, std::future::pending()) => Some(r),
+        };
+        self.world.clear_faults();
+        let ended = match outcome {
+            None => Ended::Crashed,
+            Some(Err(_)) => Ended::Failed,
+            Some(Ok(vsync_engine::Ended::Once { per_secret_failures })) => Ended::Clean { failed: usize::from(per_secret_failures), changed: 1 },
+            Some(Ok(other)) => return Err(format!("run --once ended with {other:?}")),
+        };
+        self.trace.push(format!("run --once {plan:?}: {ended:?}"));
         if let Ended::Clean { failed: 0, .. } = ended {
             check::live_origin_keys_are_present(self).await?;
         }

@@ -230,6 +230,33 @@ impl World {
         self.role.as_mut().unwrap()
     }
 
+    /// A whole `vsync run` process (both roles) as the binary composes it, from persisted state.
+    pub async fn engine(&mut self) -> vsync_engine::Engine {
+        let store = self.store();
+        let origin_lock = store.lock_side(vsync_engine::ORIGIN_SIDE).await.expect("the origin's lock is free");
+        let destination = self.role().await;
+        let _ = destination;
+        let destination = self.role.take().expect("just started");
+        vsync_engine::Engine {
+            role: vsync_engine::Role::Run,
+            origin_vault: self.engine_origin(),
+            origin_store: store,
+            publisher: Some(vsync_engine::Publisher {
+                spec: self.origin_spec(),
+                lock: origin_lock,
+                digest_key: Some(DIGEST_KEY.to_vec()),
+                audit: None,
+            }),
+            destinations: vec![destination],
+            alerter: vsync_engine::Alerter::new(None),
+            tripwire: vsync_engine::Tripwire::new(),
+            reporter: Box::new(|_| {}),
+            telemetry: Arc::new(vsync_engine::Telemetry::new()),
+            deferred: Default::default(),
+            clock: Arc::new(self.clock),
+        }
+    }
+
     /// The engine's origin client for one cycle (fresh, as a restarted process would have).
     pub fn engine_origin(&self) -> VaultClient {
         client_as(&self.origin, ENGINE_TOKEN, self.setup.page_size)
