@@ -248,10 +248,25 @@ impl Sim {
             let role = self.world.role().await;
             role.cycle(&origin_client, &info, World::flags()).await.map_err(|e| e.to_string())
         };
+        // A reader (`vsync verify`, a standby) loading the info while the cycle commits and
+        // collects parts must never see a corrupt info.
+        let store = self.world.store();
+        let racing = plan.is_some() && self.rng.bool();
+        let reader = async {
+            loop {
+                if let Err(f) = vsync_engine::destination::load_info(&store, "sim", 1).await
+                    && matches!(f.class, vsync_engine::FaultClass::Fatal(_))
+                {
+                    return f.to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
         let outcome = tokio::select! {
             biased;
             _ = crash.notified() => None,
             r = round => Some(r),
+            corrupt = reader, if racing => return Err(format!("a reader racing the cycle failed fatally: {corrupt}")),
         };
         self.world.clear_faults();
         // A role whose lock was lost stops; its process restarts and takes the lock again.
