@@ -1,7 +1,7 @@
 //! The `vsync` binary: the command line, logging, printing and exit codes; the runtime lives
 //! in `vsync-engine` and the parts are built in [`compose`].
 //!
-//! Exit codes (DESIGN section 7): 0 ok, 1 fatal error or failed check, 2 usage or config error,
+//! Exit codes (README "Exit codes"): 0 ok, 1 fatal error or failed check, 2 usage or config error,
 //! 3 a `--once` cycle that completed with per-secret failures.
 
 mod compose;
