@@ -1,4 +1,4 @@
-//! `vsync-config`: the `vsync.toml` schema (DESIGN section 6), parsing with errors that name
+//! `vsync-config`: the `vsync.toml` schema (README "Configuration reference"), parsing with errors that name
 //! the file, line, column and key, and semantic validation.
 //!
 //! Loading reports every problem at once, each as `file:line:col: key: message (hint)`:
@@ -97,7 +97,7 @@ pub enum ConfigError {
     },
 }
 
-/// The whole `vsync.toml` (DESIGN section 6).
+/// The whole `vsync.toml` (README "Configuration reference").
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(

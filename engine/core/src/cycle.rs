@@ -799,7 +799,11 @@ mod tests {
         let d = dest(&[("a", v2(1), "a")]);
         let (labels, m) = (BTreeMap::new(), mounts());
         let mut failing = |_: &str, _: &crate::mapping::PathContext| -> Result<Option<String>, crate::mapping::MapError> {
-            Err(crate::mapping::MapError("plugin `x` trapped".into()))
+            Err(crate::mapping::MapError::Trap {
+                plugin: "x".into(),
+                path: "p".into(),
+                message: "unreachable".into(),
+            })
         };
         let mut mapper = DestinationMapper::new("eu", &labels, &m, Some(&mut failing));
         let mut d2 = d.clone();

@@ -1,5 +1,5 @@
 //! `versions = "all"`: the per-key decisions that make a destination KV v2 key an exact
-//! replica of the origin's with the stock API (reference/vault-kv.md §2.2).
+//! replica of the origin's with the stock API (README "`versions = "all"`").
 //!
 //! The server numbers versions itself (a data write always creates `current_version + 1`), so
 //! the destination reaches the origin's numbers by writing every missing version in order:
@@ -391,7 +391,7 @@ mod tests {
             assert_eq!(*v, d.current_version + 1, "cas = v - 1 must hold");
             d.current_version = *v;
             d.versions.insert(*v, VersionFlags::default());
-            // reference/vault-kv.md §2.1: pruning happens only inside a data write.
+            // KV v2 prunes versions beyond `max_versions` only inside a data write.
             let eff = if d.settings.max_versions == 0 { 10 } else { d.settings.max_versions };
             if d.current_version - d.oldest_version >= eff {
                 let keep = d.current_version - eff + 1;

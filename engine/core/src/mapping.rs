@@ -6,6 +6,7 @@
 //! whose bucket did not change and the cycle's outcome needs the targets it did compute.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use crate::plan::Mapping;
 use crate::types::{DestPath, KvVersion, SecretPath};
@@ -27,10 +28,140 @@ pub struct PathContext {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Why a path could not be mapped (a plugin failed); the message names the plugin and the path.
+/// Why a path could not be mapped: which plugin failed (and on which mount-relative origin
+/// path), and how. The message names both.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct MapError(pub String);
+#[non_exhaustive]
+pub enum MapError {
+    /// The call ran past its time limit (the per-call deadline, or fuel).
+    #[error("path `{path}`: plugin `{plugin}`: call exceeded its time limit ({limit:?})")]
+    TimeExhausted {
+        /// Plugin name.
+        plugin: String,
+        /// The origin path.
+        path: String,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The plugin's instance hit its memory limit.
+    #[error("path `{path}`: plugin `{plugin}`: memory limit exceeded ({limit} bytes)")]
+    MemoryExhausted {
+        /// Plugin name.
+        plugin: String,
+        /// The origin path.
+        path: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The plugin trapped (a panic, an unreachable, a forbidden call).
+    #[error("path `{path}`: plugin `{plugin}`: trapped: {message}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The origin path.
+        path: String,
+        /// The trap, with the panic message when the plugin reported one.
+        message: String,
+    },
+    /// The plugin could not be restarted after an earlier trap.
+    #[error("path `{path}`: plugin `{plugin}`: could not be restarted: {message}")]
+    Unavailable {
+        /// Plugin name.
+        plugin: String,
+        /// The origin path.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The plugin returned its own error.
+    #[error("path `{path}`: plugin `{plugin}`: {case}: {message}")]
+    Reported {
+        /// Plugin name.
+        plugin: String,
+        /// The origin path.
+        path: String,
+        /// The error's case: `invalid-config`, `invalid-path` or `failed`.
+        case: String,
+        /// The plugin's message.
+        message: String,
+    },
+    /// A transformer returned something that is not a valid relative path.
+    #[error("path `{path}`: plugin `{plugin}` returned `{output}`, which is not a valid relative path ({reason})")]
+    InvalidOutput {
+        /// Plugin name.
+        plugin: String,
+        /// The origin path.
+        path: String,
+        /// What it returned.
+        output: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A transformer returned a path longer than the host accepts.
+    #[error("path `{path}`: plugin `{plugin}`: returned a path of {length} bytes, over the limit of {limit}")]
+    OutputTooLong {
+        /// Plugin name.
+        plugin: String,
+        /// The origin path.
+        path: String,
+        /// Its length in bytes.
+        length: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Planning stopped before this path (the cycle was cancelled or ran out of time).
+    #[error("planning was cancelled")]
+    Cancelled,
+    /// A mapper other than the plugin stack failed (test mappers, wrappers).
+    #[error("{message}")]
+    Other {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl MapError {
+    /// The plugin that failed, if a plugin did.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            MapError::TimeExhausted { plugin, .. }
+            | MapError::MemoryExhausted { plugin, .. }
+            | MapError::Trap { plugin, .. }
+            | MapError::Unavailable { plugin, .. }
+            | MapError::Reported { plugin, .. }
+            | MapError::InvalidOutput { plugin, .. }
+            | MapError::OutputTooLong { plugin, .. } => Some(plugin),
+            MapError::Cancelled | MapError::Other { .. } => None,
+        }
+    }
+
+    /// The failure class, a stable word for logs and metrics: `timeout`, `memory-exceeded`,
+    /// `trap`, `unavailable`, `plugin-error`, `invalid-output`, `output-too-long`, `cancelled`,
+    /// `other`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            MapError::TimeExhausted { .. } => "timeout",
+            MapError::MemoryExhausted { .. } => "memory-exceeded",
+            MapError::Trap { .. } => "trap",
+            MapError::Unavailable { .. } => "unavailable",
+            MapError::Reported { .. } => "plugin-error",
+            MapError::InvalidOutput { .. } => "invalid-output",
+            MapError::OutputTooLong { .. } => "output-too-long",
+            MapError::Cancelled => "cancelled",
+            MapError::Other { .. } => "other",
+        }
+    }
+}
+
+/// The tuple-struct constructor `MapError(message)` of the type's first shape, kept so callers
+/// still written against it build while they move to a variant: it makes a
+/// [`MapError::Other`]. Transitional: remove once no caller uses it (the planning gate in
+/// `engine/engine/src/destination.rs` wants [`MapError::Cancelled`]).
+#[doc(hidden)]
+#[allow(non_snake_case)]
+pub fn MapError(message: String) -> MapError {
+    MapError::Other { message }
+}
 
 /// Rewrites mount-relative origin paths for one destination: `Ok(None)` when a filter excludes
 /// the path, otherwise the destination path (relative to the destination mount).
@@ -149,7 +280,12 @@ mod tests {
             assert_eq!(ctx.destination_mount, "dst/");
             match path {
                 "skip" => Ok(None),
-                "bad" => Err(MapError("plugin `x`: boom".into())),
+                "bad" => Err(MapError::Reported {
+                    plugin: "x".into(),
+                    path: path.into(),
+                    case: "failed".into(),
+                    message: "boom".into(),
+                }),
                 p => Ok(Some(format!("eu/{p}"))),
             }
         };
@@ -164,5 +300,8 @@ mod tests {
         assert_eq!(m.map(&SecretPath::new("other/", "app"), KvVersion::V2), Mapping::OutOfScope);
         assert_eq!(m.targets.len(), 1);
         assert_eq!(m.failures.len(), 1);
+        let failure = &m.failures[0].1;
+        assert_eq!((failure.plugin(), failure.class()), (Some("x"), "plugin-error"));
+        assert_eq!(failure.to_string(), "path `bad`: plugin `x`: failed: boom");
     }
 }

@@ -1,6 +1,6 @@
 //! Executing `versions = "all"` for one KV v2 key: read both metadata documents, let
-//! `vsync_core::exact` decide, then run its steps against the destination (reference/vault-kv.md
-//! §2.2). Reading happens in [`inspect`], before any write of the cycle, so rebuilds count for
+//! `vsync_core::exact` decide, then run its steps against the destination (README "`versions =
+//! "all"`"). Reading happens in [`inspect`], before any write of the cycle, so rebuilds count for
 //! the mass-delete guard; writing in [`apply`].
 
 use std::sync::Arc;
@@ -400,7 +400,7 @@ where
         .map_err(|e| Fault::vault(format!("{what} {target}"), e))
 }
 
-/// The destination-mount preconditions of `versions = "all"` (reference/vault-kv.md §2.2):
+/// The destination-mount preconditions of `versions = "all"`:
 /// `max_versions` 0 (the key's window must rule) and `delete_version_after` <= 0 (the
 /// destination must not stamp its own deletion times). `Err` says how to fix the mount.
 pub async fn check_mount(dest: &VaultClient, mount: &str) -> Result<(), String> {

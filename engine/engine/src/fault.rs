@@ -1,4 +1,4 @@
-//! Fault classes (DESIGN section 8), decided where an error is created.
+//! Fault classes, decided where an error is created.
 //!
 //! Every error the engine reports is a [`Fault`]: a message with its context (never a token
 //! or a secret value: it is built from typed errors that carry neither) and a [`FaultClass`].

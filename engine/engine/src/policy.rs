@@ -1,5 +1,6 @@
 //! `vsync policy`: the least-privilege Vault policy (HCL) each role needs for the configured
-//! mounts and options, as tested in reference/vault-kv.md §1.7.
+//! mounts and options; `tests/e2e/main.rs` (`generated_policies_are_all_a_sync_needs`) runs a
+//! sync with tokens that hold exactly these policies.
 
 use std::fmt::Write as _;
 

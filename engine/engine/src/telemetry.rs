@@ -13,7 +13,7 @@
 //! long after it started (the first sync of a large mount may take a while), and a hot standby
 //! that waits on another process's lock is healthy (it is doing its job: waiting).
 //!
-//! `/healthz` is network-facing (DESIGN §9): its reasons come from a fixed vocabulary (`stale:
+//! `/healthz` is network-facing: its reasons come from a fixed vocabulary (`stale:
 //! last success 312 s ago`, the last fault's [`Fault::kind`], a Vault's `sealed` or
 //! `unreachable`), never a path, an address or an error text, which go to the logs. Each Vault's
 //! `sys/seal-status` probe is cached for [`PROBE_CACHE`] and at most one runs per Vault at a time,

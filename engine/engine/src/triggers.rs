@@ -22,7 +22,7 @@ impl Drop for RootWatch {
 
 /// Watches a side's root and pokes `trigger` when it changes.
 ///
-/// Follows Consul's watch rules (reference/consul-kv.md §2.3): compare versions (wake-ups can
+/// Follows Consul's blocking-query rules: compare versions (wake-ups can
 /// be spurious), reset when the index goes backwards, back off on errors (1 s x failures²,
 /// capped at 60 s), and never poll faster than every 250 ms.
 pub fn watch_root(store: StateStore, side: &'static str, trigger: Arc<Notify>) -> RootWatch {

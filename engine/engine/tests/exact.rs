@@ -1,5 +1,5 @@
-//! `versions = "all"` against real OpenBao dev servers through the library: the named cases of
-//! reference/vault-kv.md §2.3 with their write counts, adoption after lost state, and a seeded
+//! `versions = "all"` against real OpenBao dev servers through the library: named cases (S1, ...,
+//! each described where it is set up) with their write counts, adoption after lost state, and a seeded
 //! model-based sequence of origin operations interleaved with cycles, after each of which the
 //! destination must equal the origin on every reproducible field.
 //!

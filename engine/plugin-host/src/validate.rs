@@ -2,81 +2,34 @@
 //! world and API version, and runs the test vectors shipped beside it
 //! (`<name>.vectors.toml`), under the configured time and memory limits.
 //!
-//! Vectors file format:
-//! ```toml
-//! config = { from = "prod/", to = "eu/" }   # optional default config (JSON for `configure`)
-//! [context]                                  # optional default context
-//! destination = "eu"
-//! labels = { region = "eu" }
-//!
-//! [[vector]]
-//! path = "prod/app/db"
-//! expect = "eu/app/db"   # or: dropped = true | included = true | error = "invalid-config"
-//! ```
-//!
-//! `error` names a plugin error case (`invalid-config`, `invalid-path`, `failed`), a host
-//! verdict (`timeout`, `memory-exceeded`, `output-too-long`, `trap`), or text the error
-//! message contains.
+//! The vectors format is the SDK's, defined once in
+//! `plugin-sdk/src/testing/vectors/format.rs` (see its docs) and compiled in here as
+//! `format`, so `vsync plugin validate` and the SDK's native `testing::vectors` accept the same
+//! files. Beyond the plugin's own error cases, `error` here may also name a host verdict:
+//! `timeout`, `memory-exceeded`, `output-too-long` or `trap`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{CallError, Context, HostConfig, HostError, PluginHost, PluginKind};
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CtxSpec {
-    origin: Option<String>,
-    destination: Option<String>,
-    origin_mount: Option<String>,
-    destination_mount: Option<String>,
-    kv_version: Option<u8>,
-    labels: Option<BTreeMap<String, String>>,
-}
+#[path = "../../../plugin-sdk/src/testing/vectors/format.rs"]
+mod format;
 
-impl CtxSpec {
-    fn over(&self, base: &CtxSpec) -> Context {
-        let pick = |a: &Option<String>, b: &Option<String>, d: &str| a.clone().or_else(|| b.clone()).unwrap_or_else(|| d.to_owned());
+use format::{Expectation, Vector, VectorContext, VectorsFile};
+
+impl From<VectorContext> for Context {
+    fn from(c: VectorContext) -> Context {
         Context {
-            origin: pick(&self.origin, &base.origin, "origin"),
-            destination: pick(&self.destination, &base.destination, "test"),
-            origin_mount: pick(&self.origin_mount, &base.origin_mount, "secret/"),
-            destination_mount: pick(&self.destination_mount, &base.destination_mount, "secret/"),
-            kv_version: self.kv_version.or(base.kv_version).unwrap_or(2),
-            labels: self.labels.clone().or_else(|| base.labels.clone()).unwrap_or_default(),
+            origin: c.origin,
+            destination: c.destination,
+            origin_mount: c.origin_mount,
+            destination_mount: c.destination_mount,
+            kv_version: c.kv_version,
+            labels: c.labels,
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Vector {
-    #[serde(default)]
-    config: Option<toml::Table>,
-    #[serde(default)]
-    context: Option<CtxSpec>,
-    path: String,
-    #[serde(default)]
-    expect: Option<String>,
-    #[serde(default)]
-    dropped: Option<bool>,
-    #[serde(default)]
-    included: Option<bool>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VectorsFile {
-    #[serde(default)]
-    config: Option<toml::Table>,
-    #[serde(default)]
-    context: Option<CtxSpec>,
-    #[serde(default)]
-    vector: Vec<Vector>,
 }
 
 /// One vector's outcome.
@@ -229,7 +182,7 @@ fn component(file: &Path, cfg: &HostConfig) -> ComponentReport {
             return report;
         }
     };
-    let spec: VectorsFile = match toml::from_str(&text) {
+    let spec = match VectorsFile::parse(&text) {
         Ok(s) => s,
         Err(e) => {
             report.error = Some(format!("{}: {e}", vectors_path.display()));
@@ -239,103 +192,79 @@ fn component(file: &Path, cfg: &HostConfig) -> ComponentReport {
     if spec.vector.is_empty() {
         report.note = Some(format!("{} has no [[vector]]", vectors_path.display()));
     }
-    let base_ctx = spec.context.clone().unwrap_or_default();
+    let kind = report.kind.unwrap_or(PluginKind::Transformer);
     for (i, v) in spec.vector.iter().enumerate() {
-        report.vectors.push(run_vector(&host, &name, i + 1, v, spec.config.as_ref(), &base_ctx));
+        let (passed, message) = run_vector(&host, &name, kind, v, &spec);
+        report.vectors.push(VectorReport {
+            index: i + 1,
+            path: v.path.clone(),
+            passed,
+            message,
+        });
     }
     report
 }
 
-fn expectation(v: &Vector) -> Result<(), String> {
-    let set = [v.expect.is_some(), v.dropped.is_some(), v.included.is_some(), v.error.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count();
-    if set == 1 {
-        Ok(())
-    } else {
-        Err("a vector needs exactly one of `expect`, `dropped`, `included`, `error`".into())
-    }
-}
-
-fn error_matches(expected: &str, case: Option<&str>, message: &str) -> bool {
-    case == Some(expected) || message.contains(expected)
-}
-
-fn run_vector(host: &PluginHost, name: &str, index: usize, v: &Vector, default_config: Option<&toml::Table>, base: &CtxSpec) -> VectorReport {
-    let mut out = VectorReport {
-        index,
-        path: v.path.clone(),
-        passed: false,
-        message: String::new(),
+/// Runs one vector: whether it passed, and what happened.
+fn run_vector(host: &PluginHost, name: &str, kind: PluginKind, v: &Vector, file: &VectorsFile) -> (bool, String) {
+    let prepared = v
+        .expectation(kind == PluginKind::Filter)
+        .and_then(|want| Ok((want, v.config_json(file)?, Context::from(v.context(file)?))));
+    let (want, config, ctx) = match prepared {
+        Ok(p) => p,
+        Err(m) => return (false, m),
     };
-    if let Err(m) = expectation(v) {
-        out.message = m;
-        return out;
-    }
-    let config = v.config.as_ref().or(default_config).cloned().unwrap_or_default();
-    let config = serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
-    let ctx = v.context.clone().unwrap_or_default().over(base);
     let mut instance = match host.instantiate(name, &config) {
         Ok(i) => i,
         Err(HostError::Configure { error, .. }) => {
             let case = error.split(':').next();
-            (out.passed, out.message) = match &v.error {
-                Some(want) if error_matches(want, case, &error) => (true, format!("configure failed as expected: {error}")),
+            return match want {
+                Expectation::Error(w) if format::error_matches(w, case, &error) => (true, format!("configure failed as expected: {error}")),
                 _ => (false, format!("configure failed: {error}")),
             };
-            return out;
         }
-        Err(e) => {
-            out.message = e.to_string();
-            return out;
-        }
+        Err(e) => return (false, e.to_string()),
     };
-    let outcome: Result<Option<String>, CallError> = match instance.kind() {
+    let outcome = match kind {
         PluginKind::Transformer => instance.transform(&v.path, &ctx),
         PluginKind::Filter => instance.include(&v.path, &ctx).map(|inc| inc.then(|| v.path.clone())),
     };
-    (out.passed, out.message) = match (outcome, instance.kind()) {
-        (Err(e), _) => {
-            let case = match &e {
-                CallError::Guest { error, .. } => Some(error.case()),
-                CallError::Timeout { .. } => Some("timeout"),
-                CallError::MemoryExceeded { .. } => Some("memory-exceeded"),
-                CallError::OutputTooLong { .. } => Some("output-too-long"),
-                CallError::Trap { .. } | CallError::Restart { .. } => Some("trap"),
-            };
-            match &v.error {
-                Some(want) if error_matches(want, case, &e.to_string()) => (true, format!("failed as expected: {e}")),
-                _ => (false, format!("unexpected error: {e}")),
-            }
-        }
-        (Ok(got), kind) => {
-            let shown = got.clone().unwrap_or_else(|| "(none)".into());
-            if let Some(want) = &v.expect {
-                match &got {
-                    Some(g) if g == want => match vsync_core::validate_relative_path(g) {
-                        Ok(()) => (true, format!("-> {g}")),
-                        Err(e) => (false, format!("-> {g}, not a valid relative path: {e}")),
-                    },
-                    _ => (false, format!("expected `{want}`, got {shown}")),
-                }
-            } else if let Some(dropped) = v.dropped.or(v.included.map(|i| !i)) {
-                // `dropped = true` == `included = false`: a filter excludes, a transformer
-                // returns none. `included = true` is for filters only.
-                let wanted = if dropped { "dropped" } else { "included" };
-                let ok = got.is_none() == dropped && (dropped || kind == PluginKind::Filter);
-                let shown = match (kind, &got) {
-                    (PluginKind::Filter, Some(_)) => "included".to_owned(),
-                    (PluginKind::Filter, None) => "excluded".to_owned(),
-                    (PluginKind::Transformer, _) => shown,
-                };
-                (ok, format!("expected {wanted}, got {shown}"))
-            } else if let Some(e) = &v.error {
-                (false, format!("expected error `{e}`, got {shown}"))
-            } else {
-                (false, "no expectation".into())
-            }
-        }
+    match outcome {
+        Err(e) => judge_error(want, &e),
+        Ok(got) => judge_output(want, kind, got),
+    }
+}
+
+/// A call that failed: passed only if the vector expects this error.
+fn judge_error(want: Expectation<'_>, e: &CallError) -> (bool, String) {
+    let case = match e {
+        CallError::Guest { error, .. } => error.case(),
+        CallError::Timeout { .. } => "timeout",
+        CallError::MemoryExceeded { .. } => "memory-exceeded",
+        CallError::OutputTooLong { .. } => "output-too-long",
+        CallError::Trap { .. } | CallError::Restart { .. } => "trap",
     };
-    out
+    match want {
+        Expectation::Error(w) if format::error_matches(w, Some(case), &e.to_string()) => (true, format!("failed as expected: {e}")),
+        _ => (false, format!("unexpected error: {e}")),
+    }
+}
+
+/// A call that answered (`got`: the output path, or for a filter the path when included).
+fn judge_output(want: Expectation<'_>, kind: PluginKind, got: Option<String>) -> (bool, String) {
+    let shown = match (kind, &got) {
+        (PluginKind::Filter, Some(_)) => "included".to_owned(),
+        (PluginKind::Filter, None) => "excluded".to_owned(),
+        (PluginKind::Transformer, g) => g.clone().unwrap_or_else(|| "(none)".into()),
+    };
+    match (want, got) {
+        (Expectation::Path(w), Some(g)) if g == w => match vsync_core::validate_relative_path(&g) {
+            Ok(()) => (true, format!("-> {g}")),
+            Err(e) => (false, format!("-> {g}, not a valid relative path: {e}")),
+        },
+        (Expectation::Path(w), _) => (false, format!("expected `{w}`, got {shown}")),
+        (Expectation::Dropped, got) => (got.is_none(), format!("expected dropped, got {shown}")),
+        (Expectation::Included, got) => (got.is_some(), format!("expected included, got {shown}")),
+        (Expectation::Error(w), _) => (false, format!("expected error `{w}`, got {shown}")),
+    }
 }

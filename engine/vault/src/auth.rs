@@ -1,7 +1,7 @@
 //! Token lifecycle calls: look up and renew the client's own token, and AppRole and JWT logins.
 //!
-//! The policy (when to renew, when to log in again, when to give up) lives in the binary; this
-//! module only speaks the API. Tokens travel in headers and in login responses only; they are
+//! The policy (when to renew, when to log in again, when to give up) lives in
+//! `vsync-engine` (`engine/engine/src/tokens.rs`); this module only speaks the API. Tokens travel in headers and in login responses only; they are
 //! never part of an error.
 
 use std::time::Duration;

@@ -1,5 +1,4 @@
-//! Typed errors of the Vault client, one variant per class of server answer
-//! (reference/vault-kv.md section 5). Messages name the request (method and API path) but never
+//! Typed errors of the Vault client, one variant per class of server answer. Messages name the request (method and API path) but never
 //! carry a token or a secret value.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! KV operations: mount discovery, recursive listing, KV v2 metadata and versioned data,
-//! KV v1 values. Each call maps the server's answers to typed results (reference/vault-kv.md).
+//! KV v1 values. Each call maps the server's answers to typed results.
 //!
 //! "Empty" and "missing" are read strictly, because the origin scan turns them into deletes at
 //! every destination. KV says "nothing here" in exactly two ways: a 404 whose body is exactly
@@ -39,7 +39,7 @@ fn decode<'a, T: Deserialize<'a>>(request: &str, body: &'a [u8]) -> Result<T> {
     })
 }
 
-/// What a 404 answer means, by KV's conventions (reference/vault-kv.md sections 1.2, 1.4, 5).
+/// What a 404 answer means, by KV's conventions (one case per variant).
 #[derive(Debug, PartialEq, Eq)]
 enum NotFound {
     /// Exactly `{"errors":[]}`: nothing at this path.
@@ -554,7 +554,7 @@ impl VaultClient {
     /// KV v1 has no pagination, and an ACL `pagination_limit` does not cut its listing short:
     /// the policy's limit reaches the KV v1 handler as a `limit` parameter it does not know, so
     /// it answers with every key and the warning `Endpoint ignored these unrecognized
-    /// parameters: [limit]` (reference/vault-kv.md 3.1, observed on OpenBao 2.7.2). Asking
+    /// parameters: [limit]` (observed on OpenBao 2.7.2). Asking
     /// for pages would gain nothing and would be refused (403) for a `limit` above the policy's.
     async fn list_folder_whole<H>(&self, mount: &MountInfo, api: &str, hand_on: &mut H) -> Result<()>
     where

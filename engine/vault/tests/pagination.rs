@@ -1,4 +1,4 @@
-//! Listings that could be cut short, against real OpenBao (reference/vault-kv.md 1.2, 3.1):
+//! Listings that could be cut short, against real OpenBao:
 //! the LIST walk under an ACL `pagination_limit` (issue 18 item 1), servers that do not page
 //! (through the rewriting proxy, as a real OpenBao always pages KV v2), and KV v2 metadata
 //! without `current_version` or `versions` (item 10).

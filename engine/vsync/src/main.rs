@@ -2,7 +2,7 @@
 //! checked and converted in `vsync-config` (`Config::runtime`), the parts are built from it in
 //! [`compose`], and the runtime lives in `vsync-engine`.
 //!
-//! Exit codes (DESIGN section 7): 0 ok, 1 fatal error or failed check, 2 usage or config error,
+//! Exit codes (README "Exit codes"): 0 ok, 1 fatal error or failed check, 2 usage or config error,
 //! 3 a `--once` cycle that completed with per-secret failures.
 
 mod compose;

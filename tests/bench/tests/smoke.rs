@@ -31,7 +31,8 @@ fn the_harness_runs_every_scenario_at_200_secrets() {
     // The figures are there for each measured scenario.
     assert!(stdout.matches("ratio ").count() >= 5, "{stdout}");
     assert!(stdout.matches("peak RSS").count() >= 5, "{stdout}");
-    // Throttling is back-pressure: the quota's 429s fail no secret (DESIGN §8).
+    // Throttling is back-pressure: the quota's 429s fail no secret (README
+    // "Throttling is back-pressure").
     assert!(stdout.contains("exit Some(0), 0 failed secrets"), "{stdout}");
     // A no-change cycle makes no destination request, in any build.
     let no_change = stdout.split("no-change cycle, latest").nth(1).expect("no-change section");

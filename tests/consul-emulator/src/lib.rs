@@ -1,7 +1,7 @@
 //! Dev-only: an in-process Consul KV emulator on 127.0.0.1, for tests.
 //!
-//! It implements the KV and txn subset in `reference/consul-kv.md` §2 faithfully, in particular
-//! what emulators usually get wrong (§4.2): one global index shared by every write, per-entry
+//! It implements the KV and txn subset vsync uses (Consul's HTTP API: `/v1/kv`, `/v1/txn`,
+//! blocking queries) faithfully, in particular what emulators usually get wrong: one global index shared by every write, per-entry
 //! Create/Modify indexes, tombstones and the list-index rule, `X-Consul-Index` on 404s,
 //! blocking queries that return only when the index is strictly greater than `?index`, presence
 //! flags (`?recurse=false` recurses), CAS and DELETE quirks, idempotent writes that neither bump
@@ -203,7 +203,7 @@ impl Kv {
         self.entries.range(prefix.to_owned()..).take_while(move |(k, _)| k.starts_with(prefix))
     }
 
-    /// The list index of a prefix (§2.2): the max of the matched ModifyIndexes and of the
+    /// The list index of a prefix: the max of the matched ModifyIndexes and of the
     /// tombstones under it; the table index when that is 0 or the prefix is empty.
     fn list_index(&self, prefix: &str) -> u64 {
         if prefix.is_empty() {
@@ -217,7 +217,7 @@ impl Kv {
         }
     }
 
-    /// Sets a key; returns whether anything changed (identical writes change nothing, §2.4).
+    /// Sets a key; returns whether anything changed (identical writes change nothing).
     /// As Consul's `kvsSetTxn` for a plain write: the lock's session is kept, and the entry
     /// takes the request's LockIndex, 0 (so a write to a once-locked key is never identical).
     fn set(&mut self, key: &str, value: Vec<u8>, flags: u64, at: u64) -> bool {
@@ -338,7 +338,7 @@ impl Kv {
         doomed.iter().fold(false, |changed, k| self.delete(k, at) | changed)
     }
 
-    /// CAS rule shared by PUT `?cas` and txn `cas` (§2.4): 0 means "create only".
+    /// CAS rule shared by PUT `?cas` and txn `cas`: 0 means "create only".
     fn cas_ok(&self, key: &str, index: u64) -> bool {
         match self.entries.get(key) {
             None => index == 0,
@@ -632,7 +632,7 @@ fn not_found() -> Resp {
     respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", Bytes::new())
 }
 
-/// The metadata headers of reads (§2.1); one leader that is always in contact.
+/// The metadata headers of reads; one leader that is always in contact.
 fn read_meta(r: &mut Resp, consistency: &'static str) {
     let h = r.headers_mut();
     h.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
@@ -791,7 +791,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         .unwrap_or_default();
     let has = |name: &str| params.contains_key(name);
 
-    // The first present of `?token=`, `X-Consul-Token`, `Authorization: Bearer` (§2.1).
+    // The first present of `?token=`, `X-Consul-Token`, `Authorization: Bearer`.
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let token = params
         .get("token")
@@ -840,7 +840,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         return Ok(text(StatusCode::NOT_FOUND, "404 page not found"));
     };
     let key = percent_encoding::percent_decode_str(encoded_key).decode_utf8_lossy().into_owned();
-    // Key checks of current servers (§2.1): traversal, a leading `/`, surrounding spaces and
+    // Key checks of current servers: traversal, a leading `/`, surrounding spaces and
     // line feeds are refused; other unclean paths (`//`, `/./`) get Go's ServeMux redirect.
     let segments: Vec<&str> = key.split('/').collect();
     if key.starts_with('/') || segments.contains(&"..") || key.contains('\n') || key.trim() != key {
@@ -877,7 +877,7 @@ fn read(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>)
     let kv = shared.kv();
     let mut filtered = false;
     let (mut resp, index) = if has("keys") {
-        // `keys` implies a list and takes precedence over `recurse` (§2.2).
+        // `keys` implies a list and takes precedence over `recurse`.
         let sep = params.get("separator").or_else(|| params.get("seperator")).map(String::as_str).unwrap_or("");
         let mut out: Vec<String> = Vec::new();
         for (k, _) in kv.under(key) {
@@ -937,7 +937,7 @@ fn read(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>)
     (resp, Some(index))
 }
 
-/// A GET, blocking when `?index` > 0 (§2.3).
+/// A GET, blocking when `?index` > 0 (a blocking query).
 async fn get(shared: &Arc<Shared>, who: &Who, key: &str, params: &HashMap<String, String>) -> Result<Resp, DropConnection> {
     // An empty `index` or `wait` counts as absent, as in Consul's `parseWait`.
     let min_index: u64 = match params.get("index").filter(|s| !s.is_empty()) {
@@ -1192,7 +1192,7 @@ fn put(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String>, 
         if let Some(cas) = cas
             && !kv.cas_ok(key, cas)
         {
-            // A failed CAS is a 200 `false`, not an error status (§2.4).
+            // A failed CAS is a 200 `false`, not an error status.
             return json_resp(StatusCode::OK, &json!(false));
         }
         let at = kv.index + 1;
@@ -1232,7 +1232,7 @@ fn delete(shared: &Shared, who: &Who, key: &str, params: &HashMap<String, String
         (true, kv.delete_tree(key, at))
     } else {
         match (cas, kv.entries.get(key).map(|e| e.modify)) {
-            // CAS-deleting a missing key succeeds (§2.5).
+            // CAS-deleting a missing key succeeds.
             (Some(_), None) => (true, false),
             (Some(c), Some(m)) if c != m => (false, false),
             _ => (true, kv.delete(key, at)),
@@ -1279,7 +1279,7 @@ fn op_error(i: usize, what: impl Into<String>) -> Value {
     json!({"OpIndex": i, "What": what.into()})
 }
 
-/// `PUT /v1/txn` (§2.6): limits first (413), then Consul's two phases: the pre-checks (key
+/// `PUT /v1/txn`: limits first (413), then Consul's two phases: the pre-checks (key
 /// present, ACLs) and, only if they all pass, the ops against a copy of the store. Each phase
 /// reports every failing op; any failure rolls everything back with 409.
 fn txn(shared: &Shared, who: &Who, params: &HashMap<String, String>, body: &[u8]) -> Resp {

@@ -1,5 +1,5 @@
-//! The Consul KV contract suite, written from the documented behaviour
-//! (`reference/consul-kv.md` §2, cited per test, covering every item of §4.2), over raw HTTP.
+//! The Consul KV contract suite, written from Consul's documented KV, txn and blocking-query
+//! behaviour (each test's comment names the part of the API it pins), over raw HTTP.
 //!
 //! It always runs against the in-process emulator, and also against a real Consul when
 //! `CONSUL_HTTP_ADDR` is set (with `CONSUL_HTTP_TOKEN` if present), under a random
@@ -118,8 +118,8 @@ impl Target {
         (out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), out)
     }
 
-    /// Blocks on `key` from `index` until `done`, re-polling after spurious wake-ups (allowed by
-    /// §2.3), for at most `limit`. Returns the last answer and the time taken.
+    /// Blocks on `key` from `index` until `done`, re-polling after spurious wake-ups (which
+    /// Consul allows), for at most `limit`. Returns the last answer and the time taken.
     async fn block_until(&self, key: &str, extra: &str, index: u64, limit: Duration, done: impl Fn(&Answer) -> bool) -> (Answer, Duration) {
         let started = Instant::now();
         let mut index = index;
@@ -185,7 +185,7 @@ fn b64(v: &[u8]) -> String {
 }
 
 fn client() -> reqwest::Client {
-    // Redirects are answers to check, not to follow (§3: never follow them on PUT or DELETE).
+    // Redirects are answers to check, not to follow (never follow them on PUT or DELETE).
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
@@ -261,7 +261,7 @@ macro_rules! contract {
     };
 }
 
-// §2.2 (single mode), §2.1 (headers), §4.2 #2: a missing key is a 404 with an empty body that
+// Lists (single mode), reads (headers): a missing key is a 404 with an empty body that
 // still carries an index >= 1, and the read metadata headers.
 contract!(missing_key_is_404_with_index, |t| {
     let a = t.kv("GET", "nope", "", None).await;
@@ -275,7 +275,7 @@ contract!(missing_key_is_404_with_index, |t| {
     assert!(missing_list.index.is_some_and(|i| i >= 1));
 });
 
-// §2.4 (index bookkeeping), §2.2 (single index = ModifyIndex), §4.2 #1: one global index;
+// Writes (index bookkeeping), lists (single index = ModifyIndex): one global index;
 // CreateIndex kept across updates and renewed after delete and re-create; PUT has no index.
 contract!(global_index_and_create_index, |t| {
     t.put("a", b"1").await;
@@ -286,7 +286,7 @@ contract!(global_index_and_create_index, |t| {
     assert_eq!(e1["LockIndex"], json!(0));
     assert_eq!(e1["Flags"], json!(0));
     let put = t.kv("PUT", "other", "", Some(b"x")).await;
-    assert!(put.index.is_none(), "PUT answers no X-Consul-Index (§2.4)");
+    assert!(put.index.is_none(), "PUT answers no X-Consul-Index");
     assert_eq!(put.header("Content-Type"), Some("application/json"));
     let other = t.kv("GET", "other", "", None).await.entry();
     assert!(u(&other["ModifyIndex"]) > u(&e1["ModifyIndex"]), "indexes are global, not per key");
@@ -300,7 +300,7 @@ contract!(global_index_and_create_index, |t| {
     assert!(u(&e3["CreateIndex"]) > u(&e2["ModifyIndex"]), "a re-created key has a new CreateIndex");
 });
 
-// §2.1 (values), §2.2 (raw), §4.2 #9: standard padded base64 (not URL-safe), empty value is
+// Reads (values), lists (raw): standard padded base64 (not URL-safe), empty value is
 // null, binary values survive, raw mode answers the bytes with the documented headers.
 contract!(values_base64_null_and_binary, |t| {
     let bin = [0u8, 255, 254, 10, 0xfb, 0xff];
@@ -318,14 +318,14 @@ contract!(values_base64_null_and_binary, |t| {
     assert_eq!(raw.header("Content-Security-Policy"), Some("sandbox"));
     assert!(raw.index.is_some());
     assert_eq!(t.kv("GET", "nothing", "raw", None).await.status, 404);
-    // Flags are u64, beyond 2^53 too (§2.9 #16).
+    // Flags are u64, beyond 2^53 too.
     let big = u64::MAX - 1;
     assert_eq!(t.kv("PUT", "flagged", &format!("flags={big}"), Some(b"v")).await.json(), json!(true));
     assert_eq!(t.kv("GET", "flagged", "", None).await.entry()["Flags"], json!(big));
 });
 
-// §2.1 (presence flags), §4.2 #5: `recurse=false`, `keys=false` and `raw=false` all switch the
-// mode on; `keys` takes precedence over `recurse` and `raw` is ignored on lists (§2.2).
+// Reads (presence flags): `recurse=false`, `keys=false` and `raw=false` all switch the
+// mode on; `keys` takes precedence over `recurse` and `raw` is ignored on lists.
 contract!(presence_flags, |t| {
     t.put("p/a", b"1").await;
     t.put("p/b", b"2").await;
@@ -341,7 +341,7 @@ contract!(presence_flags, |t| {
     assert_eq!(list_raw[1]["Value"], json!(b64(b"2")), "raw ignored on a list");
 });
 
-// §2.2 (keys, keys + separator), §4.2 #9: sorted (byte order), greedy prefixes, separator
+// Lists (keys, keys + separator): sorted (byte order), greedy prefixes, separator
 // kept, duplicates removed, the misspelt `seperator`, 404 for an empty non-root prefix, 200 for
 // the root.
 contract!(keys_and_separator, |t| {
@@ -373,7 +373,7 @@ contract!(keys_and_separator, |t| {
     }
 });
 
-// §2.2 (list index), §4.2 #4: a list's index is the prefix's own maximum (not the global
+// Lists (list index): a list's index is the prefix's own maximum (not the global
 // index), deletes raise it through tombstones, and a never-used prefix follows the table index.
 contract!(list_index_rule, |t| {
     t.put("l/a", b"1").await;
@@ -397,7 +397,7 @@ contract!(list_index_rule, |t| {
     assert_eq!(keys_after, after.index.unwrap());
 });
 
-// §2.3 (activation, return rule), §4.2 #3: `index=0` does not block; an older index returns at
+// Blocking queries (activation, return rule): `index=0` does not block; an older index returns at
 // once; a current one returns within wait + jitter with the current state and normal status,
 // and within 1 s after a relevant write.
 contract!(blocking_queries, |t| {
@@ -429,7 +429,7 @@ contract!(blocking_queries, |t| {
     assert_eq!(woken.0.entry()["Value"], json!(b64(b"2")));
 });
 
-// §2.3: a missing key's watcher (from its 404 index) sees the key appear; a timeout on a missing
+// Blocking queries: a missing key's watcher (from its 404 index) sees the key appear; a timeout on a missing
 // key answers 404 with an index.
 contract!(blocking_on_a_missing_key, |t| {
     let miss = t.kv("GET", "later", "", None).await;
@@ -453,7 +453,7 @@ contract!(blocking_on_a_missing_key, |t| {
     assert!(appeared.1 < Duration::from_millis(1300), "{:?}", appeared.1);
 });
 
-// §2.3 (missed states), §2.5 (tombstones wake), §4.2 #12: deleting a watched key wakes it with a
+// Blocking queries (missed states), deletes (tombstones wake): deleting a watched key wakes it with a
 // 404 and a higher index; prefix watchers wake on writes and deletes of any key under it.
 contract!(deletes_and_prefix_changes_wake_watchers, |t| {
     t.put("d", b"1").await;
@@ -493,7 +493,7 @@ contract!(deletes_and_prefix_changes_wake_watchers, |t| {
     assert_eq!(a.0.json(), json!([t.key("dir/b"), t.key("dir/c")]));
 });
 
-// §2.3 (activation): `wait` is a Go duration; no unit or junk is 400, as is a bad `index`.
+// Blocking queries (activation): `wait` is a Go duration; no unit or junk is 400, as is a bad `index`.
 contract!(wait_and_index_parameters, |t| {
     t.put("q", b"1").await;
     for wait in ["1500ms", "1.5s", "1m30s", "2s"] {
@@ -507,7 +507,7 @@ contract!(wait_and_index_parameters, |t| {
     assert_eq!(t.kv("GET", "q", "index=-1", None).await.status, 400, "index is a u64");
 });
 
-// §2.4 (CAS, idempotent writes), §4.2 #6-7: cas=0 is create-only, a failed CAS is 200 false,
+// Writes (CAS, idempotent writes): cas=0 is create-only, a failed CAS is 200 false,
 // an identical write keeps ModifyIndex, flags count as content.
 contract!(cas_and_idempotent_writes, |t| {
     assert_eq!(t.kv("PUT", "c", "cas=0", Some(b"1")).await.json(), json!(true));
@@ -532,7 +532,7 @@ contract!(cas_and_idempotent_writes, |t| {
     assert_eq!(e["Flags"], json!(7));
 });
 
-// §2.4 (errors): missing key 400, conflicting flags 400, malformed numbers an error status,
+// Writes (errors): missing key 400, conflicting flags 400, malformed numbers an error status,
 // over-size 413 (the limit itself is allowed).
 contract!(put_errors_and_size_limit, |t| {
     assert_eq!(t.call("PUT", "/v1/kv/", "", Some(b"1".to_vec())).await.status, 400, "missing key name");
@@ -547,7 +547,7 @@ contract!(put_errors_and_size_limit, |t| {
     assert_eq!(t.kv("GET", "exact", "raw", None).await.body.len(), exact.len());
 });
 
-// §2.5, §4.2 #6: DELETE quirks.
+// DELETE quirks.
 contract!(delete_quirks, |t| {
     assert_eq!(t.kv("DELETE", "never", "", None).await.json(), json!(true), "plain delete of a missing key");
     assert_eq!(t.kv("DELETE", "never", "cas=5", None).await.json(), json!(true), "CAS delete of a missing key is true");
@@ -570,7 +570,7 @@ contract!(delete_quirks, |t| {
     assert_eq!(t.kv("GET", "tree", "keys", None).await.status, 404, "recurse=false recursed, greedily");
 });
 
-// §2.6, §4.2 #1, #8: txn: atomic, every failure reported with 409 and null Results, one index
+// Txn: atomic, every failure reported with 409 and null Results, one index
 // for all writes, no results for deletes, null values on set results.
 contract!(txn_semantics, |t| {
     let (a, b) = (t.key("t/a"), t.key("t/b"));
@@ -615,13 +615,13 @@ contract!(txn_semantics, |t| {
     assert_eq!(t.kv("GET", "t/b", "", None).await.status, 200, "the delete was rolled back too");
     assert_eq!(t.kv("GET", "t/", "recurse", None).await.index, Some(idx), "a rolled-back txn moves no index");
 
-    // An identical set keeps its ModifyIndex (§2.6).
+    // An identical set keeps its ModifyIndex.
     let same = t.txn(json!([{"KV": {"Verb": "set", "Key": a, "Value": b64(b"1")}}])).await;
     assert_eq!(same.status, 200);
     assert_eq!(same.json()["Results"][0]["KV"]["ModifyIndex"], json!(idx));
 });
 
-// §2.6 (verbs): cas, get, get-tree, check-index, check-not-exists, delete-tree, delete-cas.
+// Txn (verbs): cas, get, get-tree, check-index, check-not-exists, delete-tree, delete-cas.
 contract!(txn_verbs, |t| {
     let k = |s: &str| t.key(s);
     let created = t
@@ -688,7 +688,7 @@ contract!(txn_verbs, |t| {
     }
 });
 
-// §2.6 (limits, malformed body), §4.2 #8, #10: op count and sizes are 413 before anything is
+// Txn (limits, malformed body): op count and sizes are 413 before anything is
 // applied (the op limit is 64 or 128 depending on the version); a malformed body is 400.
 contract!(txn_limits_and_malformed_bodies, |t| {
     let ops = |n: usize| Value::Array((0..n).map(|i| json!({"KV": {"Verb": "set", "Key": t.key(&format!("n/{i}")), "Value": b64(b"v")}})).collect());
@@ -713,7 +713,7 @@ contract!(txn_limits_and_malformed_bodies, |t| {
     assert_eq!(missing_key.status, 409, "an op without a key is a per-op error");
 });
 
-// §2.1 (keys), §4.2 #11: leading `/`, `..` and surrounding spaces refused; `//` redirected to
+// Reads (keys): leading `/`, `..` and surrounding spaces refused; `//` redirected to
 // the clean path (or refused); percent-decoding of key segments.
 contract!(key_handling, |t| {
     let p = &t.prefix;
@@ -735,7 +735,7 @@ contract!(key_handling, |t| {
     assert_eq!(t.kv("GET", "sp", "keys", None).await.json(), json!([t.key("sp ace/x?y")]), "segments are percent-decoded");
 });
 
-// §2.7: an unknown datacenter is a 5xx error; `stale` with `consistent` is 400; `stale` alone
+// Datacenters and consistency: an unknown datacenter is a 5xx error; `stale` with `consistent` is 400; `stale` alone
 // is a normal read.
 contract!(datacenter_and_consistency, |t| {
     t.put("dc", b"1").await;
@@ -916,7 +916,7 @@ contract!(invalidation_releases_locks_after_lock_delay, |t| {
     assert_eq!(t.kv("GET", "d", "", None).await.status, 404, "Behavior \"delete\" deletes the held keys");
 });
 
-// Txn `check-session` (§2.6; agent/consul/state/kvs.go `kvsCheckSessionTxn`): passes while the
+// Txn `check-session` (agent/consul/state/kvs.go `kvsCheckSessionTxn`): passes while the
 // key is locked by that session (its result is the entry, value null); for another session's
 // lock, a released lock or a missing key the whole txn rolls back with 409 naming the op.
 contract!(txn_check_session, |t| {
@@ -996,7 +996,7 @@ async fn acl_targets() -> Vec<AclSetup> {
     out
 }
 
-// §2.1 (authentication), §2.2 (ACL effects on reads), §2.6 (ACL inside a txn), §4.2 #8: unknown
+// Reads (authentication), lists (ACL effects on reads), txn (ACL inside a txn): unknown
 // token 403; denied single read and write 403; lists filtered silently (all filtered: 404); a
 // denied txn op is a per-op 409 error; the token also works as `?token=` and `Bearer`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

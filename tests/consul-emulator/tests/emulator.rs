@@ -48,7 +48,7 @@ async fn timed(emu: &Emulator, path: &str, during: impl Future<Output = ()>) -> 
     (got, started.elapsed())
 }
 
-// §2.3: the emulator never wakes spuriously on its own, so "strictly greater" is observable: an
+// Blocking queries: the emulator never wakes spuriously on its own, so "strictly greater" is observable: an
 // equal index, identical writes and writes to other keys all leave the query blocked.
 #[tokio::test]
 async fn blocks_strictly_and_ignores_identical_and_unrelated_writes() {
@@ -70,7 +70,7 @@ async fn blocks_strictly_and_ignores_identical_and_unrelated_writes() {
     assert_eq!(got.index, Some(list));
 }
 
-// §2.3 (spurious wake-ups): the emulator models servers before 1.12, where any KV write wakes a
+// Blocking queries (spurious wake-ups): the emulator models servers before 1.12, where any KV write wakes a
 // missing key's watcher with a 404 and a higher index (the harder case for clients).
 #[tokio::test]
 async fn any_write_wakes_a_missing_keys_watcher() {
@@ -82,7 +82,7 @@ async fn any_write_wakes_a_missing_keys_watcher() {
     assert!(got.index.unwrap() > idx);
 }
 
-// §2.3 (activation): the default wait, the clamp to the maximum, and jitter below wait/16.
+// Blocking queries (activation): the default wait, the clamp to the maximum, and jitter below wait/16.
 #[tokio::test]
 async fn default_and_max_wait_with_jitter() {
     let emu = Emulator::start_with(EmulatorConfig {
@@ -107,7 +107,7 @@ async fn default_and_max_wait_with_jitter() {
     assert_eq!(call(&emu, "GET", "/v1/kv/k?wait=10", None, None).await.status, 400);
 }
 
-// §2.4, §2.6 (limits): every limit is configurable and answered 413 before anything applies.
+// Writes, txn (limits): every limit is configurable and answered 413 before anything applies.
 #[tokio::test]
 async fn configured_limits() {
     let emu = Emulator::start_with(EmulatorConfig { txn_max_ops: 4, kv_max_value_size: 100, txn_max_req_len: 1000, ..Default::default() });
@@ -133,7 +133,7 @@ async fn configured_limits() {
     assert_eq!(emu.keys(""), vec!["ok".to_owned()], "nothing else was written");
 }
 
-// §2.7: the configured datacenter is accepted, any other is 500 "No path to datacenter".
+// Datacenters and consistency: the configured datacenter is accepted, any other is 500 "No path to datacenter".
 #[tokio::test]
 async fn datacenter_name() {
     let emu = Emulator::start_with(EmulatorConfig { datacenter: "west".into(), ..Default::default() });
