@@ -153,16 +153,6 @@ impl MapError {
     }
 }
 
-/// The tuple-struct constructor `MapError(message)` of the type's first shape, kept so callers
-/// still written against it build while they move to a variant: it makes a
-/// [`MapError::Other`]. Transitional: remove once no caller uses it (the planning gate in
-/// `engine/engine/src/destination.rs` wants [`MapError::Cancelled`]).
-#[doc(hidden)]
-#[allow(non_snake_case)]
-pub fn MapError(message: String) -> MapError {
-    MapError::Other { message }
-}
-
 /// Rewrites mount-relative origin paths for one destination: `Ok(None)` when a filter excludes
 /// the path, otherwise the destination path (relative to the destination mount).
 pub trait PathMapper: Send {

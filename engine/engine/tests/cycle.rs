@@ -330,7 +330,7 @@ struct Rotating(std::sync::Arc<std::sync::atomic::AtomicU64>);
 
 impl vsync_core::PathMapper for Rotating {
     fn map_path(&mut self, path: &str, _: &vsync_core::PathContext) -> Result<Option<String>, vsync_core::MapError> {
-        let i: u64 = path.trim_start_matches('k').parse().map_err(|_| vsync_core::MapError(format!("odd path {path}")))?;
+        let i: u64 = path.trim_start_matches('k').parse().map_err(|_| vsync_core::MapError::Other { message: format!("odd path {path}") })?;
         let epoch = self.0.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Some(format!("t{}", (i + 7 * epoch) % 23)))
     }

@@ -1,4 +1,5 @@
-//! A thin async client for the Consul KV subset vsync needs (reference/consul-kv.md §2):
+//! A thin async client for the Consul KV subset vsync needs (pinned by the contract suite in
+//! `tests/consul-emulator`):
 //! single-key reads (plain and blocking), key listing, CAS writes and deletes, `/v1/txn`, and
 //! the sessions and locks behind one writer per side (create, renew, destroy; `?acquire`,
 //! `?release`; txn `check-session`).

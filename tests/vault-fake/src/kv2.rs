@@ -1,5 +1,5 @@
 //! KV v2 keys: versions, pruning, delete/undelete/destroy, metadata and mount config, with the
-//! rules of OpenBao 2.7.2 (`internal/builtin/logical/kv`, reference/vault-kv.md §1.2-§2.1).
+//! rules of OpenBao 2.7.2 (`internal/builtin/logical/kv`; each rule pinned by `tests/contract.rs`).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

@@ -3,8 +3,8 @@
 //!
 //! The fake is deterministic: no threads, no randomness, no wall clock (time comes from the
 //! clock it is given; ids and mount UUIDs from counters). It answers with the status codes,
-//! headers and JSON bodies that a real OpenBao 2.7.2 sends (reference/vault-kv.md), and the
-//! contract suite (`tests/contract.rs`) pins every behaviour against a real `bao` server.
+//! headers and JSON bodies that a real OpenBao 2.7.2 sends, and the contract suite
+//! (`tests/contract.rs`) pins every behaviour against a real `bao` server.
 //! Faults are injected with [`FakeVault::set_fault_hook`] and [`FakeVault::set_sealed`].
 //! See README.md for what is covered and the known deviations.
 

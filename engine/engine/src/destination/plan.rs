@@ -27,7 +27,7 @@ impl PathMapper for PlanningGate<'_> {
     fn map_path(&mut self, path: &str, context: &vsync_core::PathContext) -> Result<Option<String>, vsync_core::MapError> {
         if self.stopped || self.cancel.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
             self.stopped = true;
-            return Err(vsync_core::MapError("planning was cancelled".into()));
+            return Err(vsync_core::MapError::Cancelled);
         }
         self.inner.map_path(path, context)
     }

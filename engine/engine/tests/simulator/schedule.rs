@@ -240,6 +240,22 @@ impl Sim {
         let before = self.world.dest.snapshot("secret/");
         let crash = Arc::new(tokio::sync::Notify::new());
         self.world.faults(plan, &crash);
+        // A reader (`vsync verify`, a standby) loading the info while the cycle commits and
+        // collects parts must never see a corrupt info.
+        let store = self.world.store();
+        let racing = plan.is_some() && self.rng.bool();
+        let reader = async {
+            // Bounded: each load wakes the paused clock, and backoffs span virtual seconds.
+            for _ in 0..50 {
+                if let Err(f) = vsync_engine::destination::load_info(&store, "sim", 1).await
+                    && matches!(f.class, vsync_engine::FaultClass::Fatal(_))
+                {
+                    return f.to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            std::future::pending().await
+        };
         let origin_client = self.world.engine_origin();
         let spec = self.world.origin_spec();
         let round = async {
@@ -247,20 +263,6 @@ impl Sim {
             let info = origin::scan_with(&origin_client, &spec, Some(DIGEST_KEY), &clock).await.map_err(|e| e.to_string())?;
             let role = self.world.role().await;
             role.cycle(&origin_client, &info, World::flags()).await.map_err(|e| e.to_string())
-        };
-        // A reader (`vsync verify`, a standby) loading the info while the cycle commits and
-        // collects parts must never see a corrupt info.
-        let store = self.world.store();
-        let racing = plan.is_some() && self.rng.bool();
-        let reader = async {
-            loop {
-                if let Err(f) = vsync_engine::destination::load_info(&store, "sim", 1).await
-                    && matches!(f.class, vsync_engine::FaultClass::Fatal(_))
-                {
-                    return f.to_string();
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
         };
         let outcome = tokio::select! {
             biased;
