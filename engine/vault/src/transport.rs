@@ -8,6 +8,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -21,6 +23,22 @@ pub trait Transport: Send + Sync {
     /// Sends `request` and returns the answer's status, headers and (unread) body. An error
     /// means no answer arrived (refused, reset, timed out); any status is an answer.
     fn send<'a>(&'a self, request: Request<'a>) -> Exchange<'a>;
+
+    /// Answers received so far, by the HTTP version they came over (which one a server speaks
+    /// is settled per connection, by ALPN in the TLS handshake). A transport that speaks no
+    /// HTTP, such as an in-memory Vault, reports none.
+    fn protocol_counts(&self) -> ProtocolCounts {
+        ProtocolCounts::default()
+    }
+}
+
+/// Answers received, by HTTP version ([`Transport::protocol_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProtocolCounts {
+    /// Answers over HTTP/1.0 or HTTP/1.1.
+    pub http1: u64,
+    /// Answers over HTTP/2.
+    pub http2: u64,
 }
 
 /// One request, as the client composed it.
@@ -111,12 +129,23 @@ impl TransportError {
 pub struct ReqwestTransport {
     http: reqwest::Client,
     address: String,
+    /// Answers over HTTP/1.x and over HTTP/2, shared by clones.
+    versions: Arc<[AtomicU64; 2]>,
 }
 
 impl ReqwestTransport {
     /// A transport for `address` (`https://host:port`, no trailing slash) over `http`.
     pub fn new(http: reqwest::Client, address: String) -> Self {
-        Self { http, address }
+        Self { http, address, versions: Arc::default() }
+    }
+
+    fn answered(&self, version: reqwest::Version) {
+        let slot = match version {
+            reqwest::Version::HTTP_2 => 1,
+            reqwest::Version::HTTP_09 | reqwest::Version::HTTP_10 | reqwest::Version::HTTP_11 => 0,
+            _ => return,
+        };
+        self.versions[slot].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -138,13 +167,23 @@ impl Transport for ReqwestTransport {
                 req = req.header("Content-Type", *content_type).body(bytes.clone());
             }
             match req.send().await {
-                Ok(resp) => Ok(Response {
-                    status: resp.status(),
-                    headers: resp.headers().clone(),
-                    body: Body(BodyInner::Streaming(resp)),
-                }),
+                Ok(resp) => {
+                    self.answered(resp.version());
+                    Ok(Response {
+                        status: resp.status(),
+                        headers: resp.headers().clone(),
+                        body: Body(BodyInner::Streaming(resp)),
+                    })
+                }
                 Err(e) => Err(TransportError::new(e.without_url())),
             }
         })
+    }
+
+    fn protocol_counts(&self) -> ProtocolCounts {
+        ProtocolCounts {
+            http1: self.versions[0].load(Ordering::Relaxed),
+            http2: self.versions[1].load(Ordering::Relaxed),
+        }
     }
 }

@@ -24,6 +24,13 @@
 //! | `e2e`         | loopback full sync (`latest`, `all`) with the defaults and with `workers = 4`; a no-change run | raw copy at 4 in flight; one bare SCAN |
 //! | `e2e-rss`     | one loopback full sync (`latest`, defaults), for the process's peak RSS (not in `all`) | none |
 //!
+//! A transport scenario drives the library over TLS, to choose the HTTP version
+//! (`vsync_vault::HttpVersion`):
+//!
+//! | scenario      | measured                                          | in the same run                  |
+//! |---------------|---------------------------------------------------|----------------------------------|
+//! | `wan-tls`     | two `-dev-tls` servers, the destination behind the proxy at `--rtt-ms`; the raw copier (64 in flight) with `HttpVersion::Auto` (HTTP/2 by ALPN): seconds, secrets/s, TCP connections the proxy forwarded | the same copier with `HttpVersion::Http1Only` |
+//!
 //! `all` (the default) runs every scenario but `scale`. Every measured run is a process of its
 //! own (this executable, re-run as a child), since peak RSS is a high-water mark; each copy goes
 //! to a fresh destination mount; vsync and its baseline alternate, `--runs` times (default 3),
@@ -42,17 +49,29 @@ use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, OriginSpec, Versions
 use vsync_engine::{Alerter, Destination, Engine, Publisher, Role, RunOptions, Telemetry, Tripwire, origin, side_name};
 use vsync_state::{FileStore, StateStore};
 use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
-use vsync_vault::{DataRead, RequestCounts, SecretData, Token, VaultClient, VaultConfig};
+use vsync_vault::{DataRead, HttpVersion, RequestCounts, SecretData, Token, VaultClient, VaultConfig};
 
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const SCENARIOS: [&str; 12] = ["all", "full-latest", "full-all", "no-change", "incremental", "scan", "propagation", "scale", "wan", "throttled", "e2e", "e2e-rss"];
+const SCENARIOS: [&str; 13] = ["all", "full-latest", "full-all", "no-change", "incremental", "scan", "propagation", "scale", "wan", "throttled", "e2e", "e2e-rss", "wan-tls"];
 
 mod binary;
 mod endtoend;
+mod tls;
 
 pub(crate) fn client(address: &str, token: &str) -> Result<VaultClient, Error> {
     Ok(VaultClient::new(VaultConfig::new(address, Token::new(token)))?)
+}
+
+/// A client of a child: trusting `spec.ca_cert` (a TLS scenario) and speaking the HTTP version
+/// the spec asks for.
+fn child_client(spec: &ChildSpec, address: &str, token: &str) -> Result<VaultClient, Error> {
+    let mut config = VaultConfig::new(address, Token::new(token));
+    config.ca_cert = spec.ca_cert.clone();
+    if spec.http1_only {
+        config.http_version = HttpVersion::Http1Only;
+    }
+    Ok(VaultClient::new(config)?)
 }
 
 fn peak_rss_mb() -> f64 {
@@ -104,6 +123,12 @@ struct ChildSpec {
     store: PathBuf,
     keys_file: PathBuf,
     samples: usize,
+    /// CA bundle to trust (the TLS scenario's servers); built-in roots when unset.
+    #[serde(default)]
+    ca_cert: Option<PathBuf>,
+    /// Speak HTTP/1.1 only (`HttpVersion::Http1Only`); else `Auto`.
+    #[serde(default)]
+    http1_only: bool,
 }
 
 /// What a child reports (one JSON line on stdout).
@@ -229,8 +254,8 @@ async fn destination(spec: &ChildSpec, dest: &VaultClient, store: &StateStore) -
 }
 
 async fn child(spec: ChildSpec) -> Result<Measure, Error> {
-    let o = client(&spec.origin, &spec.origin_token)?;
-    let d = client(&spec.dest, DEV_ROOT_TOKEN)?;
+    let o = child_client(&spec, &spec.origin, &spec.origin_token)?;
+    let d = child_client(&spec, &spec.dest, DEV_ROOT_TOKEN)?;
     let mount = o.mount_info(&spec.origin_mount).await?;
     let ospec = origin_spec(spec.workers, Duration::from_secs(60));
     let mut m = Measure::default();
@@ -242,6 +267,8 @@ async fn child(spec: ChildSpec) -> Result<Measure, Error> {
             let paths = o.list_secrets(&mount).await?.into_iter().map(|s| s.path).collect();
             let versions = matches!(spec.task, Task::RawCopyVersions);
             m.secrets = copy_paths(&o, &d, &spec.origin_mount, &spec.dest_mount, paths, spec.workers, versions).await?;
+            let p = d.protocol_counts();
+            m.note = format!("destination answers: {} over HTTP/2, {} over HTTP/1.1", p.http2, p.http1);
         }
         Task::RawCopyKeys => {
             let paths = std::fs::read_to_string(&spec.keys_file)?.lines().map(str::to_owned).collect();
@@ -401,6 +428,8 @@ impl Harness {
             store: self.dir.path().join("state"),
             keys_file: self.dir.path().join("keys"),
             samples: self.samples,
+            ca_cert: None,
+            http1_only: false,
         }
     }
 
@@ -589,9 +618,11 @@ fn main() -> Result<(), Error> {
     };
     let origin = client(&h.a.addr(), DEV_ROOT_TOKEN)?;
     let started = Instant::now();
-    rt.block_on(seed(&origin, n, workers))?;
+    // `wan-tls` seeds servers of its own.
+    let seeded = if scenario == "wan-tls" { 0 } else { n };
+    rt.block_on(seed(&origin, seeded, workers))?;
     let seeding = started.elapsed().as_secs_f64();
-    println!("seeded {n} secrets in {seeding:.1} s ({:.0} writes/s, {} at a time); workers {workers}", n as f64 / seeding, workers * 4);
+    println!("seeded {seeded} secrets in {seeding:.1} s ({:.0} writes/s, {} at a time); workers {workers}", seeded as f64 / seeding, workers * 4);
 
     let mut latest = None;
     if run("full-latest") {
@@ -684,6 +715,9 @@ fn main() -> Result<(), Error> {
     }
     if run("throttled") {
         endtoend::throttled(&mut h, &rt)?;
+    }
+    if run("wan-tls") {
+        tls::wan_tls(&h, &rt, n, rtt)?;
     }
     if run("scale") {
         let (ours, base) = h.pairs(|h, run| {

@@ -1,0 +1,41 @@
+//! Which HTTP version the client speaks to a real OpenBao server in each
+//! [`HttpVersion`] mode, read from the transport's answer counts by version.
+
+#![allow(clippy::unwrap_used)]
+
+use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
+use vsync_vault::{HttpVersion, ProtocolCounts, Token, VaultClient, VaultConfig};
+
+async fn answers(bao: &Bao, mode: HttpVersion) -> ProtocolCounts {
+    let mut cfg = VaultConfig::new(bao.addr(), Token::new(DEV_ROOT_TOKEN));
+    cfg.ca_cert = bao.ca_cert();
+    cfg.http_version = mode;
+    let client = VaultClient::new(cfg).unwrap();
+    assert_eq!(client.protocol_counts(), ProtocolCounts::default());
+    client.mount_info("secret/").await.unwrap();
+    client.read_latest("secret/", "absent").await.unwrap();
+    client.protocol_counts()
+}
+
+#[tokio::test]
+async fn auto_speaks_http2_when_the_tls_server_offers_it_and_http1_only_does_not() {
+    let bao = Bao::dev_tls();
+    let auto = answers(&bao, HttpVersion::Auto).await;
+    assert!(auto.http2 >= 2 && auto.http1 == 0, "Auto over TLS: {auto:?}");
+    let h1 = answers(&bao, HttpVersion::Http1Only).await;
+    assert!(h1.http1 >= 2 && h1.http2 == 0, "Http1Only over TLS: {h1:?}");
+}
+
+#[tokio::test]
+async fn auto_stays_on_http1_over_plain_http() {
+    let bao = Bao::dev();
+    let auto = answers(&bao, HttpVersion::Auto).await;
+    assert!(auto.http1 >= 2 && auto.http2 == 0, "Auto over plain HTTP: {auto:?}");
+}
+
+#[test]
+fn auto_is_the_default() {
+    let cfg = VaultConfig::new("https://127.0.0.1:8200", Token::new("t"));
+    assert_eq!(cfg.http_version, HttpVersion::Auto);
+    assert_eq!(HttpVersion::default(), HttpVersion::Auto);
+}
