@@ -54,6 +54,11 @@ impl Proxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
+                // Forward each chunk as it comes: Nagle's algorithm would hold a small chunk
+                // back while an earlier one is unacknowledged (40 ms with delayed ACKs), a delay
+                // no real link adds to endpoints that set TCP_NODELAY, as Vault and reqwest do.
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 c.accepted.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut open) = c.open.lock() {
                     open.extend(client.try_clone().ok());
