@@ -454,8 +454,12 @@ impl VaultClient {
         let http = builder
             .build()
             .map_err(|e| VaultError::Config(format!("cannot build HTTP client: {e}")))?;
-        let transport = Arc::new(ReqwestTransport::new(http, address.clone()));
-        Self::over(config, address, transport, token_header)
+        let mut transport = ReqwestTransport::new(http, address.clone());
+        if config.http_version == HttpVersion::Auto && address.starts_with("https:") {
+            // HTTP/2 may be offered: let a first burst share one connection (see first_alone).
+            transport = transport.first_alone();
+        }
+        Self::over(config, address, Arc::new(transport), token_header)
     }
 
     /// Builds a client that sends its requests through `transport` (an in-memory Vault in

@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -131,12 +131,31 @@ pub struct ReqwestTransport {
     address: String,
     /// Answers over HTTP/1.x and over HTTP/2, shared by clones.
     versions: Arc<[AtomicU64; 2]>,
+    /// Held by the first exchange until it ends, when [`ReqwestTransport::first_alone`] is set.
+    first: Option<Arc<FirstExchange>>,
+}
+
+/// The first exchange of a transport goes alone ([`ReqwestTransport::first_alone`]).
+#[derive(Debug, Default)]
+struct FirstExchange {
+    gate: tokio::sync::Mutex<()>,
+    done: AtomicBool,
 }
 
 impl ReqwestTransport {
     /// A transport for `address` (`https://host:port`, no trailing slash) over `http`.
     pub fn new(http: reqwest::Client, address: String) -> Self {
-        Self { http, address, versions: Arc::default() }
+        Self { http, address, versions: Arc::default(), first: None }
+    }
+
+    /// Sends the first exchange alone: the requests sent meanwhile wait for it to end. Whether
+    /// a server speaks HTTP/2 is known only once a TLS handshake has chosen it (ALPN), so a
+    /// burst of N requests on a fresh client would otherwise open N connections even where one
+    /// multiplexed HTTP/2 connection carries them all; after the first answer they share its
+    /// connection (HTTP/2) or open their own (HTTP/1.1). Costs one exchange's wait, once.
+    pub fn first_alone(mut self) -> Self {
+        self.first = Some(Arc::default());
+        self
     }
 
     fn answered(&self, version: reqwest::Version) {
@@ -149,34 +168,51 @@ impl ReqwestTransport {
     }
 }
 
+impl ReqwestTransport {
+    async fn exchange(&self, request: Request<'_>) -> Result<Response, TransportError> {
+        let url = format!("{}/v1/{}", self.address, request.api_path);
+        let mut req = self.http.request(request.method.clone(), &url);
+        if let Some(timeout) = request.timeout {
+            req = req.timeout(timeout);
+        }
+        if !request.token.is_empty() {
+            req = req.header("X-Vault-Token", request.token.clone());
+        }
+        if !request.query.is_empty() {
+            req = req.query(request.query);
+        }
+        if let Some((bytes, content_type)) = request.body {
+            req = req.header("Content-Type", *content_type).body(bytes.clone());
+        }
+        match req.send().await {
+            Ok(resp) => {
+                self.answered(resp.version());
+                Ok(Response {
+                    status: resp.status(),
+                    headers: resp.headers().clone(),
+                    body: Body(BodyInner::Streaming(resp)),
+                })
+            }
+            Err(e) => Err(TransportError::new(e.without_url())),
+        }
+    }
+}
+
 impl Transport for ReqwestTransport {
     fn send<'a>(&'a self, request: Request<'a>) -> Exchange<'a> {
         Box::pin(async move {
-            let url = format!("{}/v1/{}", self.address, request.api_path);
-            let mut req = self.http.request(request.method.clone(), &url);
-            if let Some(timeout) = request.timeout {
-                req = req.timeout(timeout);
+            let Some(first) = self.first.as_ref().filter(|f| !f.done.load(Ordering::Acquire)) else {
+                return self.exchange(request).await;
+            };
+            let alone = first.gate.lock().await;
+            if first.done.load(Ordering::Acquire) {
+                drop(alone);
+                return self.exchange(request).await;
             }
-            if !request.token.is_empty() {
-                req = req.header("X-Vault-Token", request.token.clone());
-            }
-            if !request.query.is_empty() {
-                req = req.query(request.query);
-            }
-            if let Some((bytes, content_type)) = request.body {
-                req = req.header("Content-Type", *content_type).body(bytes.clone());
-            }
-            match req.send().await {
-                Ok(resp) => {
-                    self.answered(resp.version());
-                    Ok(Response {
-                        status: resp.status(),
-                        headers: resp.headers().clone(),
-                        body: Body(BodyInner::Streaming(resp)),
-                    })
-                }
-                Err(e) => Err(TransportError::new(e.without_url())),
-            }
+            // Answered or not, the next ones go: an unreachable server fails them together.
+            let result = self.exchange(request).await;
+            first.done.store(true, Ordering::Release);
+            result
         })
     }
 
