@@ -74,6 +74,16 @@ fn child_client(spec: &ChildSpec, address: &str, token: &str) -> Result<VaultCli
     Ok(VaultClient::new(config)?)
 }
 
+/// CPU time (user + system) a process has used so far: `/proc/<pid>/stat` (`self` for this
+/// one), in the kernel's fixed 100 ticks a second; 0 when unreadable.
+pub(crate) fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -144,6 +154,9 @@ pub(crate) struct Measure {
     latencies: Vec<f64>,
     #[serde(default)]
     note: String,
+    /// CPU time (user + system) of the child process, start to report.
+    #[serde(default)]
+    pub(crate) cpu_secs: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -324,6 +337,7 @@ async fn child(spec: ChildSpec) -> Result<Measure, Error> {
     m.origin = delta(o0, o.request_counts());
     m.dest = delta(d0, d.request_counts());
     m.rss_mb = peak_rss_mb();
+    m.cpu_secs = cpu_secs("self");
     Ok(m)
 }
 

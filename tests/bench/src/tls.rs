@@ -6,7 +6,8 @@
 //! `HttpVersion::Auto` (HTTP/2, which OpenBao offers by ALPN) and once with
 //! `HttpVersion::Http1Only`, alternating which goes first, `--runs` times. Printed: median
 //! seconds and secrets/s of each, the ratio, and the TCP connections the proxy forwarded in
-//! each run (connection reuse shows there).
+//! each run (connection reuse shows there), and the CPU time the copier and the two servers
+//! spent (this machine's cores are shared, so CPU can bound what latency alone would not).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use serde_json::json;
 use vsync_test_harness::{Bao, DEV_ROOT_TOKEN, Proxy};
 use vsync_vault::{HttpVersion, Token, VaultClient, VaultConfig};
 
-use crate::{Error, Harness, Measure, Task, median, seed};
+use crate::{Error, Harness, Measure, Task, cpu_secs, median, seed};
 
 /// In flight, like the raw copier the `wan` scenario compares vsync with.
 const IN_FLIGHT: usize = 64;
@@ -25,6 +26,8 @@ const IN_FLIGHT: usize = 64;
 struct Mode {
     runs: Vec<Measure>,
     connections: Vec<u64>,
+    /// CPU seconds of both servers, per run.
+    server_cpu: Vec<f64>,
 }
 
 /// A client of a TLS server trusting `ca`.
@@ -78,10 +81,12 @@ pub fn wan_tls(h: &Harness, rt: &tokio::runtime::Runtime, n: usize, rtt: Duratio
             let mut spec = h.spec(Task::RawCopy);
             (spec.origin, spec.dest, spec.dest_mount) = (a.addr(), far.clone(), format!("{mount}/"));
             (spec.workers, spec.ca_cert, spec.http1_only) = (IN_FLIGHT, Some(ca.clone()), http1_only);
-            let before = proxy.connections();
+            let servers = || [&a, &b].iter().map(|s| s.pid().map_or(0.0, |p| cpu_secs(&p.to_string()))).sum::<f64>();
+            let (before, cpu_before) = (proxy.connections(), servers());
             let m = h.run_child(&spec)?;
             let mode = if http1_only { &mut h1 } else { &mut h2 };
             mode.connections.push(proxy.connections() - before);
+            mode.server_cpu.push(servers() - cpu_before);
             mode.runs.push(m);
             rt.block_on(admin.sys("DELETE", &format!("sys/mounts/{mount}"), None))?;
         }
@@ -107,6 +112,7 @@ fn print_modes(h2: &Mode, h1: &Mode, rtt: Duration) {
             m.secs,
             m.secrets as f64 / m.secs
         );
-        println!("    {}", m.note);
+        let cpu = |v: Vec<f64>| v.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(", ");
+        println!("    {}; CPU s per run: copier {}, servers {}", m.note, cpu(mode.runs.iter().map(|r| r.cpu_secs).collect()), cpu(mode.server_cpu.clone()));
     }
 }
