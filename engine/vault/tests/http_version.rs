@@ -39,3 +39,28 @@ fn auto_is_the_default() {
     assert_eq!(cfg.http_version, HttpVersion::Auto);
     assert_eq!(HttpVersion::default(), HttpVersion::Auto);
 }
+
+/// A burst of requests on a fresh client over a long link: with `Auto` they share the one
+/// HTTP/2 connection the first exchange opened; with `Http1Only` each opens its own.
+#[tokio::test]
+async fn a_burst_shares_one_http2_connection_and_opens_many_over_http1() {
+    let bao = Bao::dev_tls();
+    let proxy = vsync_test_harness::Proxy::start(bao.port);
+    proxy.set_latency(std::time::Duration::from_millis(10), std::time::Duration::from_millis(10));
+    for (mode, one) in [(HttpVersion::Auto, true), (HttpVersion::Http1Only, false)] {
+        let mut cfg = VaultConfig::new(format!("https://127.0.0.1:{}", proxy.port()), Token::new(DEV_ROOT_TOKEN));
+        cfg.ca_cert = bao.ca_cert();
+        cfg.http_version = mode;
+        let client = VaultClient::new(cfg).unwrap();
+        let before = proxy.connections();
+        let reads = (0..16).map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.read_latest("secret/", &format!("absent{i}")).await })
+        });
+        for read in reads.collect::<Vec<_>>() {
+            read.await.unwrap().unwrap();
+        }
+        let opened = proxy.connections() - before;
+        assert_eq!(opened == 1, one, "{mode:?}: {opened} connections for 16 requests at once");
+    }
+}
