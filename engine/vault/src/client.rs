@@ -131,7 +131,7 @@ pub struct VaultConfig {
 /// by its clones). Over HTTP/2 it sends every request in flight over one connection; over
 /// HTTP/1.1 a connection carries one request at a time, so N requests in flight open N
 /// connections, each paying its TCP and TLS handshakes (two round trips on a long link) once.
-/// Measured by `vsync-bench wan-tls` (README, "Performance").
+/// Measured by `vsync-bench wan-tls` (figures and the choice of default: README, "Test it").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HttpVersion {

@@ -135,6 +135,11 @@ pub struct ReqwestTransport {
     first: Option<Arc<FirstExchange>>,
 }
 
+/// How long a request waits for a transport's first exchange to end
+/// ([`ReqwestTransport::first_alone`]): a TCP and a TLS handshake and one exchange take three
+/// round trips, under half a second between regions.
+const FIRST_EXCHANGE_WAIT: Duration = Duration::from_secs(2);
+
 /// The first exchange of a transport goes alone ([`ReqwestTransport::first_alone`]).
 #[derive(Debug, Default)]
 struct FirstExchange {
@@ -152,7 +157,8 @@ impl ReqwestTransport {
     /// a server speaks HTTP/2 is known only once a TLS handshake has chosen it (ALPN), so a
     /// burst of N requests on a fresh client would otherwise open N connections even where one
     /// multiplexed HTTP/2 connection carries them all; after the first answer they share its
-    /// connection (HTTP/2) or open their own (HTTP/1.1). Costs one exchange's wait, once.
+    /// connection (HTTP/2) or open their own (HTTP/1.1). Costs one exchange's wait, once, and
+    /// never more than two seconds (then the others go on their own connections).
     pub fn first_alone(mut self) -> Self {
         self.first = Some(Arc::default());
         self
@@ -204,7 +210,11 @@ impl Transport for ReqwestTransport {
             let Some(first) = self.first.as_ref().filter(|f| !f.done.load(Ordering::Acquire)) else {
                 return self.exchange(request).await;
             };
-            let alone = first.gate.lock().await;
+            // A first exchange that is slow to answer (a large SCAN is answered only once
+            // the server has it all) must not hold the others back: after a while they go.
+            let Ok(alone) = tokio::time::timeout(FIRST_EXCHANGE_WAIT, first.gate.lock()).await else {
+                return self.exchange(request).await;
+            };
             if first.done.load(Ordering::Acquire) {
                 drop(alone);
                 return self.exchange(request).await;
