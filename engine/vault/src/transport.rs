@@ -2,7 +2,7 @@
 //!
 //! Everything the client knows about Vault (path encoding, error classes, retries, back-pressure,
 //! paging, 404 shapes) sits above this seam; below it is one HTTP exchange. Production uses
-//! [`ReqwestTransport`] (TLS, connection reuse, HTTP/2 when offered). Tests and the simulator
+//! [`ReqwestTransport`] (TLS, connection reuse, HTTP/2 when allowed and offered). Tests and the simulator
 //! plug in an in-memory Vault that answers the same requests, so the whole client runs over it
 //! unchanged: a fault injected there takes the path a real server's would.
 
@@ -124,7 +124,7 @@ impl TransportError {
 }
 
 /// The production transport: a `reqwest` client (rustls, pooled connections, HTTP/2 over TLS
-/// when the server offers it) aimed at one server.
+/// when the client allows it and the server offers it) aimed at one server.
 #[derive(Debug, Clone)]
 pub struct ReqwestTransport {
     http: reqwest::Client,

@@ -33,11 +33,13 @@ async fn auto_stays_on_http1_over_plain_http() {
     assert!(auto.http1 >= 2 && auto.http2 == 0, "Auto over plain HTTP: {auto:?}");
 }
 
-#[test]
-fn auto_is_the_default() {
+#[tokio::test]
+async fn the_default_speaks_http1_to_a_tls_server_that_offers_http2() {
     let cfg = VaultConfig::new("https://127.0.0.1:8200", Token::new("t"));
-    assert_eq!(cfg.http_version, HttpVersion::Auto);
-    assert_eq!(HttpVersion::default(), HttpVersion::Auto);
+    assert_eq!(cfg.http_version, HttpVersion::Http1Only);
+    let bao = Bao::dev_tls();
+    let default = answers(&bao, cfg.http_version).await;
+    assert!(default.http1 >= 2 && default.http2 == 0, "default over TLS: {default:?}");
 }
 
 /// A burst of requests on a fresh client over a long link: with `Auto` they share the one

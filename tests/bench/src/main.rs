@@ -68,9 +68,7 @@ pub(crate) fn client(address: &str, token: &str) -> Result<VaultClient, Error> {
 fn child_client(spec: &ChildSpec, address: &str, token: &str) -> Result<VaultClient, Error> {
     let mut config = VaultConfig::new(address, Token::new(token));
     config.ca_cert = spec.ca_cert.clone();
-    if spec.http1_only {
-        config.http_version = HttpVersion::Http1Only;
-    }
+    config.http_version = if spec.http1_only { HttpVersion::Http1Only } else { HttpVersion::Auto };
     Ok(VaultClient::new(config)?)
 }
 
