@@ -17,10 +17,11 @@ mod types;
 
 pub use auth::{Login, TokenLease};
 pub use client::{
-    DEFAULT_BACKPRESSURE_BUDGET, DEFAULT_LIST_PAGE_SIZE, RequestCounts, RequestKind, RequestOutcome, RetryPolicy, Token, VaultClient,
+    DEFAULT_BACKPRESSURE_BUDGET, DEFAULT_LIST_PAGE_SIZE, HttpVersion, RequestCounts, RequestKind, RequestOutcome, RetryPolicy, Token, VaultClient,
     VaultConfig,
 };
 pub use error::{Result, VaultError};
+pub use transport::ProtocolCounts;
 pub use kv::MetadataSettings;
 pub use types::{
     DataRead, KvMetadata, ListedSecret, MountInfo, SecretData, VersionInfo, VersionMeta,

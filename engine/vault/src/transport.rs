@@ -2,12 +2,14 @@
 //!
 //! Everything the client knows about Vault (path encoding, error classes, retries, back-pressure,
 //! paging, 404 shapes) sits above this seam; below it is one HTTP exchange. Production uses
-//! [`ReqwestTransport`] (TLS, connection reuse, HTTP/2 when offered). Tests and the simulator
+//! [`ReqwestTransport`] (TLS, connection reuse, HTTP/2 when allowed and offered). Tests and the simulator
 //! plug in an in-memory Vault that answers the same requests, so the whole client runs over it
 //! unchanged: a fault injected there takes the path a real server's would.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -21,6 +23,22 @@ pub trait Transport: Send + Sync {
     /// Sends `request` and returns the answer's status, headers and (unread) body. An error
     /// means no answer arrived (refused, reset, timed out); any status is an answer.
     fn send<'a>(&'a self, request: Request<'a>) -> Exchange<'a>;
+
+    /// Answers received so far, by the HTTP version they came over (which one a server speaks
+    /// is settled per connection, by ALPN in the TLS handshake). A transport that speaks no
+    /// HTTP, such as an in-memory Vault, reports none.
+    fn protocol_counts(&self) -> ProtocolCounts {
+        ProtocolCounts::default()
+    }
+}
+
+/// Answers received, by HTTP version ([`Transport::protocol_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProtocolCounts {
+    /// Answers over HTTP/1.0 or HTTP/1.1.
+    pub http1: u64,
+    /// Answers over HTTP/2.
+    pub http2: u64,
 }
 
 /// One request, as the client composed it.
@@ -106,45 +124,112 @@ impl TransportError {
 }
 
 /// The production transport: a `reqwest` client (rustls, pooled connections, HTTP/2 over TLS
-/// when the server offers it) aimed at one server.
+/// when the client allows it and the server offers it) aimed at one server.
 #[derive(Debug, Clone)]
 pub struct ReqwestTransport {
     http: reqwest::Client,
     address: String,
+    /// Answers over HTTP/1.x and over HTTP/2, shared by clones.
+    versions: Arc<[AtomicU64; 2]>,
+    /// Held by the first exchange until it ends, when [`ReqwestTransport::first_alone`] is set.
+    first: Option<Arc<FirstExchange>>,
+}
+
+/// How long a request waits for a transport's first exchange to end
+/// ([`ReqwestTransport::first_alone`]): a TCP and a TLS handshake and one exchange take three
+/// round trips, under half a second between regions.
+const FIRST_EXCHANGE_WAIT: Duration = Duration::from_secs(2);
+
+/// The first exchange of a transport goes alone ([`ReqwestTransport::first_alone`]).
+#[derive(Debug, Default)]
+struct FirstExchange {
+    gate: tokio::sync::Mutex<()>,
+    done: AtomicBool,
 }
 
 impl ReqwestTransport {
     /// A transport for `address` (`https://host:port`, no trailing slash) over `http`.
     pub fn new(http: reqwest::Client, address: String) -> Self {
-        Self { http, address }
+        Self { http, address, versions: Arc::default(), first: None }
+    }
+
+    /// Sends the first exchange alone: the requests sent meanwhile wait for it to end. Whether
+    /// a server speaks HTTP/2 is known only once a TLS handshake has chosen it (ALPN), so a
+    /// burst of N requests on a fresh client would otherwise open N connections even where one
+    /// multiplexed HTTP/2 connection carries them all; after the first answer they share its
+    /// connection (HTTP/2) or open their own (HTTP/1.1). Costs one exchange's wait, once, and
+    /// never more than two seconds (then the others go on their own connections).
+    pub fn first_alone(mut self) -> Self {
+        self.first = Some(Arc::default());
+        self
+    }
+
+    fn answered(&self, version: reqwest::Version) {
+        let slot = match version {
+            reqwest::Version::HTTP_2 => 1,
+            reqwest::Version::HTTP_09 | reqwest::Version::HTTP_10 | reqwest::Version::HTTP_11 => 0,
+            _ => return,
+        };
+        self.versions[slot].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl ReqwestTransport {
+    async fn exchange(&self, request: Request<'_>) -> Result<Response, TransportError> {
+        let url = format!("{}/v1/{}", self.address, request.api_path);
+        let mut req = self.http.request(request.method.clone(), &url);
+        if let Some(timeout) = request.timeout {
+            req = req.timeout(timeout);
+        }
+        if !request.token.is_empty() {
+            req = req.header("X-Vault-Token", request.token.clone());
+        }
+        if !request.query.is_empty() {
+            req = req.query(request.query);
+        }
+        if let Some((bytes, content_type)) = request.body {
+            req = req.header("Content-Type", *content_type).body(bytes.clone());
+        }
+        match req.send().await {
+            Ok(resp) => {
+                self.answered(resp.version());
+                Ok(Response {
+                    status: resp.status(),
+                    headers: resp.headers().clone(),
+                    body: Body(BodyInner::Streaming(resp)),
+                })
+            }
+            Err(e) => Err(TransportError::new(e.without_url())),
+        }
     }
 }
 
 impl Transport for ReqwestTransport {
     fn send<'a>(&'a self, request: Request<'a>) -> Exchange<'a> {
         Box::pin(async move {
-            let url = format!("{}/v1/{}", self.address, request.api_path);
-            let mut req = self.http.request(request.method.clone(), &url);
-            if let Some(timeout) = request.timeout {
-                req = req.timeout(timeout);
+            let Some(first) = self.first.as_ref().filter(|f| !f.done.load(Ordering::Acquire)) else {
+                return self.exchange(request).await;
+            };
+            // A first exchange that is slow to answer (a large SCAN is answered only once
+            // the server has it all) must not hold the others back: after a while they go.
+            let Ok(alone) = tokio::time::timeout(FIRST_EXCHANGE_WAIT, first.gate.lock()).await else {
+                return self.exchange(request).await;
+            };
+            if first.done.load(Ordering::Acquire) {
+                drop(alone);
+                return self.exchange(request).await;
             }
-            if !request.token.is_empty() {
-                req = req.header("X-Vault-Token", request.token.clone());
-            }
-            if !request.query.is_empty() {
-                req = req.query(request.query);
-            }
-            if let Some((bytes, content_type)) = request.body {
-                req = req.header("Content-Type", *content_type).body(bytes.clone());
-            }
-            match req.send().await {
-                Ok(resp) => Ok(Response {
-                    status: resp.status(),
-                    headers: resp.headers().clone(),
-                    body: Body(BodyInner::Streaming(resp)),
-                }),
-                Err(e) => Err(TransportError::new(e.without_url())),
-            }
+            // Answered or not, the next ones go: an unreachable server fails them together.
+            let result = self.exchange(request).await;
+            first.done.store(true, Ordering::Release);
+            result
         })
+    }
+
+    fn protocol_counts(&self) -> ProtocolCounts {
+        ProtocolCounts {
+            http1: self.versions[0].load(Ordering::Relaxed),
+            http2: self.versions[1].load(Ordering::Relaxed),
+        }
     }
 }

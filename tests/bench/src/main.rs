@@ -24,6 +24,13 @@
 //! | `e2e`         | loopback full sync (`latest`, `all`) with the defaults and with `workers = 4`; a no-change run | raw copy at 4 in flight; one bare SCAN |
 //! | `e2e-rss`     | one loopback full sync (`latest`, defaults), for the process's peak RSS (not in `all`) | none |
 //!
+//! A transport scenario drives the library over TLS, to choose the HTTP version
+//! (`vsync_vault::HttpVersion`):
+//!
+//! | scenario      | measured                                          | in the same run                  |
+//! |---------------|---------------------------------------------------|----------------------------------|
+//! | `wan-tls`     | two `-dev-tls` servers, the destination behind the proxy at `--rtt-ms`; the raw copier (64 in flight) with `HttpVersion::Auto` (HTTP/2 by ALPN): seconds, secrets/s, TCP connections the proxy forwarded | the same copier with `HttpVersion::Http1Only` |
+//!
 //! `all` (the default) runs every scenario but `scale`. Every measured run is a process of its
 //! own (this executable, re-run as a child), since peak RSS is a high-water mark; each copy goes
 //! to a fresh destination mount; vsync and its baseline alternate, `--runs` times (default 3),
@@ -42,17 +49,37 @@ use vsync_core::{CycleFlags, DeletePolicy, DestinationSpec, OriginSpec, Versions
 use vsync_engine::{Alerter, Destination, Engine, Publisher, Role, RunOptions, Telemetry, Tripwire, origin, side_name};
 use vsync_state::{FileStore, StateStore};
 use vsync_test_harness::{Bao, DEV_ROOT_TOKEN};
-use vsync_vault::{DataRead, RequestCounts, SecretData, Token, VaultClient, VaultConfig};
+use vsync_vault::{DataRead, HttpVersion, RequestCounts, SecretData, Token, VaultClient, VaultConfig};
 
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const SCENARIOS: [&str; 12] = ["all", "full-latest", "full-all", "no-change", "incremental", "scan", "propagation", "scale", "wan", "throttled", "e2e", "e2e-rss"];
+const SCENARIOS: [&str; 13] = ["all", "full-latest", "full-all", "no-change", "incremental", "scan", "propagation", "scale", "wan", "throttled", "e2e", "e2e-rss", "wan-tls"];
 
 mod binary;
 mod endtoend;
+mod tls;
 
 pub(crate) fn client(address: &str, token: &str) -> Result<VaultClient, Error> {
     Ok(VaultClient::new(VaultConfig::new(address, Token::new(token)))?)
+}
+
+/// A client of a child: trusting `spec.ca_cert` (a TLS scenario) and speaking the HTTP version
+/// the spec asks for.
+fn child_client(spec: &ChildSpec, address: &str, token: &str) -> Result<VaultClient, Error> {
+    let mut config = VaultConfig::new(address, Token::new(token));
+    config.ca_cert = spec.ca_cert.clone();
+    config.http_version = if spec.http1_only { HttpVersion::Http1Only } else { HttpVersion::Auto };
+    Ok(VaultClient::new(config)?)
+}
+
+/// CPU time (user + system) a process has used so far: `/proc/<pid>/stat` (`self` for this
+/// one), in the kernel's fixed 100 ticks a second; 0 when unreadable.
+pub(crate) fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn peak_rss_mb() -> f64 {
@@ -104,6 +131,12 @@ struct ChildSpec {
     store: PathBuf,
     keys_file: PathBuf,
     samples: usize,
+    /// CA bundle to trust (the TLS scenario's servers); built-in roots when unset.
+    #[serde(default)]
+    ca_cert: Option<PathBuf>,
+    /// Speak HTTP/1.1 only (`HttpVersion::Http1Only`); else `Auto`.
+    #[serde(default)]
+    http1_only: bool,
 }
 
 /// What a child reports (one JSON line on stdout).
@@ -119,6 +152,9 @@ pub(crate) struct Measure {
     latencies: Vec<f64>,
     #[serde(default)]
     note: String,
+    /// CPU time (user + system) of the child process, start to report.
+    #[serde(default)]
+    pub(crate) cpu_secs: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -230,8 +266,8 @@ async fn destination(spec: &ChildSpec, dest: &VaultClient, store: &StateStore) -
 }
 
 async fn child(spec: ChildSpec) -> Result<Measure, Error> {
-    let o = client(&spec.origin, &spec.origin_token)?;
-    let d = client(&spec.dest, DEV_ROOT_TOKEN)?;
+    let o = child_client(&spec, &spec.origin, &spec.origin_token)?;
+    let d = child_client(&spec, &spec.dest, DEV_ROOT_TOKEN)?;
     let mount = o.mount_info(&spec.origin_mount).await?;
     let ospec = origin_spec(spec.workers, Duration::from_secs(60));
     let mut m = Measure::default();
@@ -243,6 +279,8 @@ async fn child(spec: ChildSpec) -> Result<Measure, Error> {
             let paths = o.list_secrets(&mount).await?.into_iter().map(|s| s.path).collect();
             let versions = matches!(spec.task, Task::RawCopyVersions);
             m.secrets = copy_paths(&o, &d, &spec.origin_mount, &spec.dest_mount, paths, spec.workers, versions).await?;
+            let p = d.protocol_counts();
+            m.note = format!("destination answers: {} over HTTP/2, {} over HTTP/1.1", p.http2, p.http1);
         }
         Task::RawCopyKeys => {
             let paths = std::fs::read_to_string(&spec.keys_file)?.lines().map(str::to_owned).collect();
@@ -298,6 +336,7 @@ async fn child(spec: ChildSpec) -> Result<Measure, Error> {
     m.origin = delta(o0, o.request_counts());
     m.dest = delta(d0, d.request_counts());
     m.rss_mb = peak_rss_mb();
+    m.cpu_secs = cpu_secs("self");
     Ok(m)
 }
 
@@ -403,6 +442,8 @@ impl Harness {
             store: self.dir.path().join("state"),
             keys_file: self.dir.path().join("keys"),
             samples: self.samples,
+            ca_cert: None,
+            http1_only: false,
         }
     }
 
@@ -591,9 +632,11 @@ fn main() -> Result<(), Error> {
     };
     let origin = client(&h.a.addr(), DEV_ROOT_TOKEN)?;
     let started = Instant::now();
-    rt.block_on(seed(&origin, n, workers))?;
+    // `wan-tls` seeds servers of its own.
+    let seeded = if scenario == "wan-tls" { 0 } else { n };
+    rt.block_on(seed(&origin, seeded, workers))?;
     let seeding = started.elapsed().as_secs_f64();
-    println!("seeded {n} secrets in {seeding:.1} s ({:.0} writes/s, {} at a time); workers {workers}", n as f64 / seeding, workers * 4);
+    println!("seeded {seeded} secrets in {seeding:.1} s ({:.0} writes/s, {} at a time); workers {workers}", seeded as f64 / seeding, workers * 4);
 
     let mut latest = None;
     if run("full-latest") {
@@ -686,6 +729,9 @@ fn main() -> Result<(), Error> {
     }
     if run("throttled") {
         endtoend::throttled(&mut h, &rt)?;
+    }
+    if run("wan-tls") {
+        tls::wan_tls(&h, &rt, n, rtt)?;
     }
     if run("scale") {
         let (ours, base) = h.pairs(|h, run| {

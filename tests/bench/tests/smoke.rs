@@ -25,6 +25,7 @@ fn the_harness_runs_every_scenario_at_200_secrets() {
         "wan, Origin side, RTT 20 ms, all",
         "wan, Destination side, RTT 20 ms, all, 5 versions a key",
         "throttled: 300 secrets",
+        "wan-tls, Destination side, RTT 20 ms, TLS, library raw copier at 64 in flight: 200 secrets",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
@@ -34,6 +35,10 @@ fn the_harness_runs_every_scenario_at_200_secrets() {
     // Throttling is back-pressure: the quota's 429s fail no secret (README
     // "Throttling is back-pressure").
     assert!(stdout.contains("exit Some(0), 0 failed secrets"), "{stdout}");
+    // Each HTTP mode of `wan-tls` really spoke its version to the TLS destination.
+    let tls = stdout.split("wan-tls,").nth(1).expect("wan-tls section");
+    assert!(tls.contains(" over HTTP/2, 0 over HTTP/1.1"), "Auto spoke HTTP/2: {tls}");
+    assert!(tls.contains("destination answers: 0 over HTTP/2, "), "Http1Only spoke HTTP/1.1: {tls}");
     // A no-change cycle makes no destination request, in any build.
     let no_change = stdout.split("no-change cycle, latest").nth(1).expect("no-change section");
     assert!(no_change.contains("(0 in all)"), "{no_change}");

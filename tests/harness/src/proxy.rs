@@ -2,7 +2,8 @@
 //! every chunk it forwards or cuts every connection (and refuses new ones) until restored.
 //! It also models a long link ([`Proxy::set_latency`]): every chunk arrives a fixed time after
 //! it was sent, per direction, without limiting bandwidth (a delay line, not a slow pipe).
-//! Threads only, so tests need no extra runtime; it stops when dropped.
+//! It counts the connections it forwards ([`Proxy::connections`]): a client's connection reuse
+//! shows there. Threads only, so tests need no extra runtime; it stops when dropped.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,6 +21,8 @@ struct Control {
     /// Server-to-client bytes a connection may carry before it is cut (0: unlimited).
     reply_limit: AtomicU64,
     stop: AtomicBool,
+    /// Connections accepted and forwarded to the target.
+    accepted: AtomicU64,
     open: Mutex<Vec<TcpStream>>,
 }
 
@@ -51,6 +54,12 @@ impl Proxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
+                // Forward each chunk as it comes: Nagle's algorithm would hold a small chunk
+                // back while an earlier one is unacknowledged (40 ms with delayed ACKs), a delay
+                // no real link adds to endpoints that set TCP_NODELAY, as Vault and reqwest do.
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                c.accepted.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut open) = c.open.lock() {
                     open.extend(client.try_clone().ok());
                     open.extend(server.try_clone().ok());
@@ -72,6 +81,11 @@ impl Proxy {
     /// `http://127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Client connections forwarded to the target so far (refused and cut ones not counted).
+    pub fn connections(&self) -> u64 {
+        self.control.accepted.load(Ordering::SeqCst)
     }
 
     /// Models a long link: chunks towards the server arrive `up` after they were sent, chunks
