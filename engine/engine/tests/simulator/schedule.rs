@@ -104,6 +104,12 @@ pub struct Sim {
     pub preloaded: std::collections::BTreeSet<&'static str>,
     /// Every value each path has held at the origin (I3 in `latest` mode).
     pub history: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    /// The origin role's view (its last scan, updated by events since).
+    view: Option<vsync_core::OriginInfo>,
+    /// Audit events of origin operations not yet delivered.
+    events: Vec<vsync_engine::audit::Change>,
+    /// Whether an event was lost since the last full scan.
+    events_lost: bool,
 }
 
 /// How a cycle ended.
@@ -132,7 +138,7 @@ impl Sim {
             page_size: [1, 2, 1000][rng.usize(0..3)],
         };
         let world = World::new(setup.clone()).await;
-        Sim { rng, world, trace: vec![format!("setup {setup:?}")], seed, values: 0, preloaded: Default::default(), history: Default::default() }
+        Sim { rng, world, trace: vec![format!("setup {setup:?}")], seed, values: 0, preloaded: Default::default(), history: Default::default(), view: None, events: Vec::new(), events_lost: false }
     }
 
     async fn run(&mut self, stats: &mut Stats) -> Result<(), String> {
@@ -152,9 +158,10 @@ impl Sim {
                     let plan = self.fault_plan();
                     // Half the rounds are library cycles of a long-lived role, half are whole
                     // `vsync run --once` processes (publish, load, status, observers).
-                    let ended = match self.rng.bool() {
-                        true => self.cycle(plan).await?,
-                        false => self.process_run(plan).await?,
+                    let ended = match self.rng.u8(0..3) {
+                        0 => self.cycle(plan).await?,
+                        1 => self.event_cycle(plan).await?,
+                        _ => self.process_run(plan).await?,
                     };
                     stats.cycles += 1;
                     stats.faulty_cycles += u64::from(plan.is_some());
@@ -236,6 +243,47 @@ impl Sim {
 
     /// One origin scan and one destination cycle, as one engine round.
     pub async fn cycle(&mut self, plan: Option<FaultPlan>) -> Result<Ended, String> {
+        self.round(plan, None).await
+    }
+
+    /// The origin's view updated from the audit events since the last round (some lost,
+    /// duplicated or reordered, as a socket feed may deliver them), then a destination cycle.
+    /// What a lost event hides, the next full scan finds; nothing may be written wrong or
+    /// deleted meanwhile.
+    async fn event_cycle(&mut self, plan: Option<FaultPlan>) -> Result<Ended, String> {
+        if self.view.is_none() {
+            return self.cycle(plan).await;
+        }
+        let mut delivered = Vec::new();
+        let mut lost = 0;
+        for change in std::mem::take(&mut self.events) {
+            match self.rng.u8(0..10) {
+                0 => lost += 1,
+                1 => {
+                    delivered.push(change.clone());
+                    delivered.push(change);
+                }
+                _ => delivered.push(change),
+            }
+        }
+        self.rng.shuffle(&mut delivered);
+        self.trace.push(format!("events: {} delivered, {lost} lost", delivered.len()));
+        // A lost event is found by the next full scan only: until then a clean cycle need not
+        // hold the key it announced (I2 waits for that scan).
+        self.events_lost |= lost > 0;
+        let ended = self.round(plan, Some(delivered)).await?;
+        // Events of a round that did not settle are gone too (the role rescans in full later).
+        self.events_lost |= !matches!(ended, Ended::Clean { .. });
+        Ok(ended)
+    }
+
+    async fn round(&mut self, plan: Option<FaultPlan>, incremental: Option<Vec<vsync_engine::audit::Change>>) -> Result<Ended, String> {
+        let view = self.view.clone();
+        let new_view = std::cell::RefCell::new(None);
+        let lost_events = incremental.is_some() && self.events_lost;
+        // An update from events reads only the keys they name: with none, a sealed origin
+        // is not touched.
+        let full_scan = incremental.is_none();
         let real = std::time::Instant::now();
         let before = self.world.dest.snapshot("secret/");
         let crash = Arc::new(tokio::sync::Notify::new());
@@ -260,7 +308,15 @@ impl Sim {
         let spec = self.world.origin_spec();
         let round = async {
             let clock = self.world.clock;
-            let info = origin::scan_with(&origin_client, &spec, Some(DIGEST_KEY), &clock).await.map_err(|e| e.to_string())?;
+            let info = match incremental {
+                Some(changes) => {
+                    let mut view = view.ok_or("no scan yet")?;
+                    origin::update(&origin_client, &spec, Some(DIGEST_KEY), &mut view, &changes, &clock).await.map_err(|e| e.to_string())?;
+                    Arc::new(view)
+                }
+                None => origin::scan_with(&origin_client, &spec, Some(DIGEST_KEY), &clock).await.map_err(|e| e.to_string())?,
+            };
+            *new_view.borrow_mut() = Some((*info).clone());
             let role = self.world.role().await;
             role.cycle(&origin_client, &info, World::flags()).await.map_err(|e| e.to_string())
         };
@@ -285,7 +341,7 @@ impl Sim {
             Some(Err(_)) => Ended::Failed,
             // The scan reads the origin, so it cannot pass sealed; a destination is only touched
             // when there is something to write (health probes report its seal).
-            Some(Ok(_)) if plan.is_some_and(|p| p.sealed == Some("origin")) => {
+            Some(Ok(_)) if full_scan && plan.is_some_and(|p| p.sealed == Some("origin")) => {
                 return Err("a cycle ended as if it had worked against a sealed origin".into());
             }
             Some(Ok(r)) if plan.is_some_and(|p| p.sealed == Some("destination")) && r.counts.added + r.counts.updated + r.counts.deleted + r.counts.rebuilt > 0 => {
@@ -297,7 +353,17 @@ impl Sim {
             }
         };
         self.trace.push(format!("cycle {plan:?}: {ended:?} [{:?} real]", real.elapsed()));
-        if let Ended::Clean { failed: 0, .. } = ended {
+        if let Some(v) = new_view.into_inner() {
+            self.view = Some(v);
+            if full_scan {
+                // The scan saw everything the pending events announce.
+                self.events.clear();
+                self.events_lost = false;
+            }
+        }
+        if let Ended::Clean { failed: 0, .. } = ended
+            && !lost_events
+        {
             check::live_origin_keys_are_present(self).await?;
         }
         check::writes_hold_origin_data(self, &before)?;
@@ -308,6 +374,8 @@ impl Sim {
     /// through the roles loop and its observers, started from the persisted state only.
     pub async fn process_run(&mut self, plan: Option<FaultPlan>) -> Result<Ended, String> {
         self.world.role = None; // the long-lived role's process ends first (its lock with it)
+        // Its scan is published; the event-fed view is the next full scan's (one origin view).
+        self.view = None;
         let before = self.world.dest.snapshot("secret/");
         let crash = Arc::new(tokio::sync::Notify::new());
         self.world.faults(plan, &crash);
@@ -389,6 +457,15 @@ impl Sim {
             _ => ("kv1 delete".into(), admin.delete_v1("kv1/", path).await),
         };
         let mount = if op >= 11 { "kv1/" } else { "secret/" };
+        let rest = match op {
+            0..=5 => format!("data/{path}"),
+            6 => format!("delete/{path}"),
+            7 => format!("undelete/{path}"),
+            8 => format!("destroy/{path}"),
+            9 | 10 => format!("metadata/{path}"),
+            _ => path.to_owned(),
+        };
+        self.events.push(vsync_engine::audit::Change { mount: mount.to_owned(), rest });
         self.trace.push(format!("origin {what} {mount}{path}: {}", result.map_or_else(|e| format!("refused ({e})"), |()| "ok".into())));
     }
 
