@@ -16,6 +16,7 @@ pub mod clock;
 pub mod cycle;
 pub mod digest;
 pub mod exact;
+pub mod inflight;
 pub mod info;
 pub mod mapping;
 pub mod orphans;

@@ -52,3 +52,46 @@ fn seeded_fault_schedules_keep_every_invariant() {
     }
     println!("{seeds} schedules in {:.1?}: {stats}", started.elapsed());
 }
+
+/// One origin scan and one cycle of the world's destination role.
+async fn scan_and_cycle(w: &mut world::World) -> Result<vsync_engine::CycleReport, vsync_engine::Fault> {
+    let origin = w.engine_origin();
+    let (spec, clock) = (w.origin_spec(), w.clock);
+    let info = vsync_engine::origin::scan_with(&origin, &spec, Some(world::DIGEST_KEY), &clock).await.unwrap();
+    w.role().await.cycle(&origin, &info, world::World::flags()).await
+}
+
+/// Regression of simulator seed 12499 (100,000-schedule run): a cycle that deleted the latest
+/// version of a copy and then failed to commit, after which the origin undeleted it. The
+/// origin was back to what the info recorded, so no later cycle compared that copy again and
+/// the destination kept the version deleted (`all`) or the key removed (`latest`), for good.
+#[test]
+fn a_copy_changed_by_a_failed_cycle_is_compared_again_when_the_origin_returns_to_the_record() {
+    use vsync_core::{DeletePolicy, VersionsMode};
+    use vsync_state::MemoryOp;
+    for versions in [VersionsMode::All, VersionsMode::Latest] {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        runtime.block_on(async {
+            let setup = world::Setup { versions, deletes: DeletePolicy::Mirror, workers: 1, scan: true, page_size: 1000 };
+            let mut w = world::World::new(setup).await;
+            let (admin, data) = (w.origin_admin.clone(), |n: u32| vsync_vault::SecretData::from_json(&format!(r#"{{"n":{n}}}"#)).unwrap());
+            admin.write_version("secret/", "k", &data(1), 0).await.unwrap();
+            admin.write_version("secret/", "k", &data(2), 1).await.unwrap();
+            let cycle = scan_and_cycle;
+            cycle(&mut w).await.unwrap();
+            tokio::time::advance(std::time::Duration::from_millis(5)).await;
+            admin.soft_delete_latest("secret/", "k").await.unwrap();
+            // The commit fails after the destination applied the delete.
+            w.memory.fail_next(MemoryOp::SwapRoot, 1);
+            assert!(cycle(&mut w).await.is_err(), "{versions:?}: the commit was to fail");
+            w.memory.fail_next(MemoryOp::SwapRoot, 0);
+            admin.undelete_versions("secret/", "k", &[2]).await.unwrap();
+            cycle(&mut w).await.unwrap();
+            let held = w.dest_admin.read_latest("secret/", "k").await.unwrap();
+            assert!(
+                matches!(&held, vsync_vault::DataRead::Live(d, _) if d.same_value(&data(2))),
+                "{versions:?}: the destination holds {held:?}, the origin's v2 is live again"
+            );
+        });
+    }
+}

@@ -4,7 +4,7 @@
 //! the cycle handled is removed.
 
 use vsync_core::cycle;
-use vsync_core::orphans;
+use vsync_core::{inflight, orphans};
 use vsync_core::{DestInfo, DestPath};
 use vsync_state::info as state_info;
 
@@ -17,9 +17,14 @@ impl Destination {
     /// Targets this cycle writes that the info does not record for their key are committed
     /// as orphans first: should the cycle fail after writing one, and the origin delete its
     /// key before the next cycle, that cycle still removes it (`vsync_core::orphans`).
+    ///
+    /// Keys whose recorded copies it changes are committed marked in flight in the same commit
+    /// (`vsync_core::inflight`): should the cycle fail after changing one, and the origin
+    /// return to what the info records, the next cycle still compares that copy again.
     pub(super) async fn journal_stage(&self, run: &mut CycleRun) -> Result<(), Fault> {
         run.journal = orphans::unrecorded_targets(&run.planned.plan, &run.dest.entries);
-        if !run.journal.is_empty() {
+        let marked = inflight::mark(&mut run.dest.entries, &run.planned.plan);
+        if !run.journal.is_empty() || marked > 0 {
             run.base = self.remember(&mut run.dest, &run.journal, run.base).await?;
         }
         Ok(())
@@ -31,7 +36,7 @@ impl Destination {
         let name = &self.spec.name;
         orphans::remember(&mut dest.entries, targets);
         dest.digests = dest.entries.digests();
-        let context = || format!("destination `{name}`: remembering the {} target(s) this cycle writes", targets.len());
+        let context = || format!("destination `{name}`: remembering the {} new target(s) and the copies this cycle changes", targets.len());
         let (mounts, hash) = (dest.origin_mounts.clone(), dest.config_hash.clone());
         state_info::commit_at(&self.store, &self.lock, base, mounts, hash, &dest.entries, &dest.digests, self.clock.now())
             .await
