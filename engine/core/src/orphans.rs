@@ -62,21 +62,55 @@ pub fn unrecorded_targets(plan: &Plan, entries: &Buckets<DestEntry>) -> Vec<Dest
         .collect()
 }
 
-/// After a cycle settled: drops the orphans of `remembered` targets that a key now records
-/// (its write succeeded). The others stay until a later plan removes or forgets them.
-pub fn resolve(entries: &mut Buckets<DestEntry>, remembered: &[DestPath], plan: &Plan) {
-    let writers: HashMap<&DestPath, &SecretPath> = plan
-        .writes
+/// The key each target of `plan`'s writes belongs to.
+fn writers(plan: &Plan) -> HashMap<&DestPath, &SecretPath> {
+    plan.writes
         .iter()
         .filter_map(|a| match a {
             Action::CopyV2 { key, target, .. } | Action::ExactV2 { key, target, .. } | Action::SyncV1 { key, target } => Some((target, key)),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Whether `target`'s writer in `plan` now records it (its write succeeded).
+fn recorded(entries: &Buckets<DestEntry>, writers: &HashMap<&DestPath, &SecretPath>, target: &DestPath) -> bool {
+    writers.get(target).is_some_and(|k| entries.get(k).is_some_and(|e| e.target == *target))
+}
+
+/// After a cycle settled: drops the orphans of `remembered` targets that a key now records
+/// (its write succeeded). The others stay until a later plan removes or forgets them.
+pub fn resolve(entries: &mut Buckets<DestEntry>, remembered: &[DestPath], plan: &Plan) {
+    let writers = writers(plan);
     for t in remembered {
-        let recorded = writers.get(t).is_some_and(|k| entries.get(k).is_some_and(|e| e.target == *t));
-        if recorded {
+        if recorded(entries, &writers, t) {
             entries.remove(&orphan_key(t));
+        }
+    }
+}
+
+/// The orphans `plan` forgets because a key of the new info is written to their target (the
+/// removal became a forget), as recorded before the cycle: taken before settling, for
+/// [`keep_unclaimed`].
+pub fn claimed_forgets(plan: &Plan, entries: &Buckets<DestEntry>) -> Vec<(SecretPath, DestEntry)> {
+    let writers = writers(plan);
+    plan.removals
+        .iter()
+        .filter_map(|a| match a {
+            Action::Forget { key } if is_orphan(key) => entries.get(key).filter(|e| writers.contains_key(&e.target)).map(|e| (key.clone(), e.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// After a cycle settled: an orphan forgotten for a key whose write did not record the target
+/// (skipped because the origin changed since the scan, or failed) is kept, or the copy an
+/// earlier cycle left there would be known to no one.
+pub fn keep_unclaimed(entries: &mut Buckets<DestEntry>, forgotten: Vec<(SecretPath, DestEntry)>, plan: &Plan) {
+    let writers = writers(plan);
+    for (key, entry) in forgotten {
+        if !recorded(entries, &writers, &entry.target) && entries.get(&key).is_none() {
+            entries.insert(key, entry);
         }
     }
 }

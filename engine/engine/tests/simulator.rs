@@ -8,6 +8,7 @@
 //! `delete_version_after` cost nothing.
 //!
 //! - `VSYNC_SIM_SEEDS=N` runs N schedules (CI default [`CI_SEEDS`]).
+//! - `VSYNC_SIM_FROM=F` starts at seed F (to resume a long run).
 //! - `VSYNC_SIM_SEED=S` replays one schedule and prints its trace.
 //!
 //! Invariants (issue 21): I1 after quiescence every destination equals the origin on every
@@ -42,9 +43,10 @@ fn seeded_fault_schedules_keep_every_invariant() {
         return;
     }
     let seeds = env_u64("VSYNC_SIM_SEEDS").unwrap_or(CI_SEEDS);
+    let from = env_u64("VSYNC_SIM_FROM").unwrap_or(0);
     let started = std::time::Instant::now();
     let mut stats = schedule::Stats::default();
-    for seed in 0..seeds {
+    for seed in from..from + seeds {
         match schedule::run_seed_counted(seed, &mut stats) {
             Ok(_) => {}
             Err(failure) => panic!("{}", failure.report(seed)),
@@ -94,4 +96,38 @@ fn a_copy_changed_by_a_failed_cycle_is_compared_again_when_the_origin_returns_to
             );
         });
     }
+}
+
+/// Regression of simulator seed 12073 (100,000-schedule run): a cycle wrote a new key and
+/// failed before committing (its target stayed as an orphan); the next cycle planned that key
+/// again, which turned the orphan's removal into a forget, but the key was deleted at the
+/// origin between the scan and the copy, so the write was skipped. The orphan was forgotten
+/// all the same, and the copy stayed at the destination, known to no one, for good.
+#[test]
+fn an_orphan_is_kept_when_the_key_that_claims_its_target_is_not_written() {
+    use vsync_core::{DeletePolicy, VersionsMode};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+    runtime.block_on(async {
+        let setup = world::Setup { versions: VersionsMode::All, deletes: DeletePolicy::Mirror, workers: 1, scan: true, page_size: 1000 };
+        let mut w = world::World::new(setup).await;
+        let (admin, data) = (w.origin_admin.clone(), |n: u32| vsync_vault::SecretData::from_json(&format!(r#"{{"n":{n}}}"#)).unwrap());
+        admin.write_v1("kv1/", "a", &data(1)).await.unwrap();
+        admin.write_v1("kv1/", "b", &data(2)).await.unwrap();
+        // The destination takes `a` and then fails on `b`, which fails the cycle.
+        w.dest.set_fault_hook(Some(std::sync::Arc::new(|r: &vsync_vault_fake::RequestView| {
+            (r.is_write && r.api_path.ends_with("kv1/b")).then(|| vsync_vault_fake::Injected::Status { status: 503, retry_after: None, message: "Vault is sealed".into() })
+        })));
+        assert!(scan_and_cycle(&mut w).await.is_err(), "the cycle was to fail");
+        w.dest.set_fault_hook(None);
+        assert!(w.dest.snapshot("kv1/").contains_key("a"), "the failed cycle wrote `a` first");
+        // The next cycle scans `a`, which the origin deletes before the copy.
+        let origin = w.engine_origin();
+        let (spec, clock) = (w.origin_spec(), w.clock);
+        let info = vsync_engine::origin::scan_with(&origin, &spec, Some(world::DIGEST_KEY), &clock).await.unwrap();
+        admin.delete_v1("kv1/", "a").await.unwrap();
+        w.role().await.cycle(&origin, &info, world::World::flags()).await.unwrap();
+        // The cycle after that must remove the copy the first one left.
+        scan_and_cycle(&mut w).await.unwrap();
+        assert!(!w.dest.snapshot("kv1/").contains_key("a"), "the copy of a deleted key stayed at the destination");
+    });
 }

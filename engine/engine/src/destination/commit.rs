@@ -50,8 +50,10 @@ impl Destination {
         let name = &self.spec.name;
         let plan = &run.planned.plan;
         let tasks = cycle::task_counts(plan, &run.writes, &run.removals);
+        let claimed = orphans::claimed_forgets(plan, &run.dest.entries);
         let counts = cycle::settle(&run.planned, origin, &mut run.dest.entries, &run.writes, &run.records, &run.removals);
         orphans::resolve(&mut run.dest.entries, &run.journal, plan);
+        orphans::keep_unclaimed(&mut run.dest.entries, claimed, plan);
         if counts.added + counts.updated + counts.deleted > 0 {
             // Settling inserted entries one by one: pack the maps again (a first sync's info is
             // then a third smaller for the rest of the process's life).
