@@ -35,8 +35,9 @@ pub fn is_in_flight(entry: &DestEntry) -> bool {
 }
 
 /// Marks the recorded entry of every key whose copy `plan` changes at the destination (writes,
-/// deletes, soft deletes; not records or forgets, which touch no Vault); returns how many
-/// entries it newly marked, 0 when the journal commit has nothing to add for them.
+/// deletes, soft deletes; not records or forgets, which touch no Vault, nor KV v1 values
+/// recorded without a digest, which every cycle compares anyway); returns how many entries it
+/// newly marked, 0 when the journal commit has nothing to add for them.
 pub fn mark(entries: &mut Buckets<DestEntry>, plan: &Plan) -> usize {
     let mut marked = 0;
     for action in plan.writes.iter().chain(&plan.removals) {
@@ -51,6 +52,9 @@ pub fn mark(entries: &mut Buckets<DestEntry>, plan: &Plan) -> usize {
         let Some(entry) = entries.get(key) else { continue };
         if entry.target != *target || is_in_flight(entry) {
             continue; // a new target is journalled as an orphan instead
+        }
+        if matches!(action, Action::SyncV1 { .. }) && entry.origin.digest.is_none() {
+            continue; // no digest to trust: every cycle compares the values anyway
         }
         let mut entry = entry.clone();
         match entry.exact {
