@@ -12,7 +12,7 @@ use vsync_core::{Clock, DestEntry, DestPath, ExactState, OriginEntry, SecretPath
 use vsync_vault::{DataRead, KvMetadata, MetadataSettings, SecretData, VaultClient, VaultError};
 
 use crate::fault::Fault;
-use crate::origin::v2_entry;
+use crate::entries::v2_entry;
 
 /// The two Vaults a key is replicated between, and the clock that tells which of their
 /// versions are deleted (a version whose `deletion_time` has passed). Cheap to clone: each

@@ -32,6 +32,7 @@ pub mod alert;
 pub mod audit;
 pub mod check;
 pub mod destination;
+mod entries;
 pub mod exact;
 pub mod fault;
 pub mod locks;

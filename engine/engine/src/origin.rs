@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use tracing::info;
-use vsync_core::digest::{MetadataDigest, value_hmac};
+use vsync_core::digest::value_hmac;
 use vsync_core::info::{BucketsBuilder, auto_bucket_count};
 use vsync_core::{Clock, Digest, KvVersion, OriginEntry, OriginInfo, OriginSpec, SecretPath, SystemClock};
 use vsync_state::info as state_info;
@@ -21,6 +21,7 @@ use vsync_state::{StateStore, StoreLock};
 use vsync_vault::{SecretData, VaultClient};
 
 use crate::audit::Change;
+use crate::entries::v2_entry;
 use crate::fault::Fault;
 
 /// The origin's side name in a state store.
@@ -294,39 +295,6 @@ fn v1_entry(digest: Option<Digest>) -> OriginEntry {
         created_time: String::new(),
         current_live: true,
         digest,
-    }
-}
-
-/// The origin entry of a KV v2 key's metadata, as of `now`.
-pub(crate) fn v2_entry(meta: &vsync_vault::KvMetadata, now: SystemTime) -> OriginEntry {
-    let digest = MetadataDigest {
-        current_version: meta.current_version,
-        oldest_version: meta.oldest_version,
-        created_time: &meta.created_time,
-        max_versions: meta.max_versions,
-        cas_required: meta.cas_required,
-        delete_version_after: &meta.delete_version_after,
-        custom_metadata: meta
-            .custom_metadata
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect(),
-        versions: meta
-            .versions
-            .iter()
-            // The deletion as of now: a version that `delete_version_after` expires changes the
-            // digest when it expires, so the change reaches the destinations.
-            .map(|(n, v)| (*n, v.created_time.as_str(), v.effective_deletion_time(now), v.destroyed))
-            .collect(),
-    }
-    .digest();
-    OriginEntry {
-        kind: KvVersion::V2,
-        current_version: meta.current_version,
-        created_time: meta.created_time.clone(),
-        current_live: meta.current_is_live_at(now),
-        digest: Some(digest),
     }
 }
 

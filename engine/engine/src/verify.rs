@@ -16,7 +16,7 @@ use vsync_vault::{DataRead, KvMetadata, VaultClient, VaultError};
 use crate::destination::load_info;
 use crate::exact::{Vaults, key_meta};
 use crate::fault::Fault;
-use crate::origin::v2_entry;
+use crate::entries::v2_entry;
 
 // The repair request's layout lives with the other documents of a side; `vsync verify
 // --repair` writes it, the destination's next cycle consumes it.
