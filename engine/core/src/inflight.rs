@@ -11,8 +11,9 @@
 //! - an exact replica (`versions = "all"`) gets the digest [`IN_FLIGHT_DIGEST`]: the next plan
 //!   inspects it exactly (its recorded version and creation time, which the inspection relies
 //!   on to tell foreign writes, stay true);
-//! - any other entry gets `current_version` [`IN_FLIGHT_VERSION`]: the next plan copies it
-//!   again (a CAS write that falls back to reading the copy) or retries its removal.
+//! - any other entry gets `current_version` [`IN_FLIGHT_VERSION`] and counts as having a copy
+//!   (a tombstone the cycle wrote over may have one now): the next plan copies it again (a CAS
+//!   write that falls back to reading the copy) or removes it.
 //!
 //! The mark changes the entry's bucket digest too, so the bucket is planned again. The settled
 //! commit records the real entry; a key whose action failed stays marked until a cycle
@@ -59,7 +60,12 @@ pub fn mark(entries: &mut Buckets<DestEntry>, plan: &Plan) -> usize {
         let mut entry = entry.clone();
         match entry.exact {
             Some(_) => entry.origin.digest = Some(IN_FLIGHT_DIGEST),
-            None => entry.origin.current_version = IN_FLIGHT_VERSION,
+            // A tombstone (no live version recorded) may have a copy now: count it as one, so
+            // the key's departure removes it.
+            None => {
+                entry.origin.current_version = IN_FLIGHT_VERSION;
+                entry.origin.current_live = true;
+            }
         }
         entries.insert(key.clone(), entry);
         marked += 1;
@@ -99,6 +105,20 @@ mod tests {
             assert_eq!(marked.origin.current_version == 3, exact);
             assert_eq!(mark(&mut entries, &plan), 0, "marking twice adds nothing to commit");
         }
+    }
+
+    #[test]
+    fn a_tombstone_written_over_counts_as_a_copy_once_marked() {
+        let mut entries = Buckets::new(1);
+        let key = SecretPath::new("secret/", "k");
+        let mut tombstone = entry(false);
+        tombstone.origin.current_live = false;
+        assert!(!tombstone.has_copy());
+        entries.insert(key.clone(), tombstone);
+        let mut plan = Plan::default();
+        plan.writes.push(Action::CopyV2 { key: key.clone(), version: 4, target: dp("k"), reason: CopyReason::Update });
+        assert_eq!(mark(&mut entries, &plan), 1);
+        assert!(entries.get(&key).unwrap().has_copy(), "a later departure of the key removes what this cycle wrote");
     }
 
     #[test]
