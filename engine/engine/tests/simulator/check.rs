@@ -73,7 +73,7 @@ fn deleted_by(deletion_time: &str, now: SystemTime) -> bool {
 
 /// I2: after a clean cycle with no failed secret, every origin key whose current version is
 /// live (and not about to expire) is present at the destination with that data.
-pub async fn live_origin_keys_are_present(sim: &Sim) -> Result<(), String> {
+pub fn live_origin_keys_are_present(sim: &Sim) -> Result<(), String> {
     let now = sim.world.now();
     let origin = sim.world.origin.snapshot("secret/");
     let dest = sim.world.dest.snapshot("secret/");

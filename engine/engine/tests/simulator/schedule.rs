@@ -1,12 +1,14 @@
 //! One schedule: a seeded sequence of origin operations, engine cycles (clean, faulty, or cut
 //! short by a crash) and time passing, then quiescence and the final invariants.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use vsync_core::{DeletePolicy, VersionsMode};
 use vsync_engine::origin;
 use vsync_vault::{MetadataSettings, SecretData, VaultError};
+use vsync_vault_fake::KeyState;
 
 use crate::check;
 use crate::world::{DIGEST_KEY, DEST_SIDE, FaultPlan, STORE_OPS, Setup, World};
@@ -284,26 +286,12 @@ impl Sim {
         // An update from events reads only the keys they name: with none, a sealed origin
         // is not touched.
         let full_scan = incremental.is_none();
-        let real = std::time::Instant::now();
         let before = self.world.dest.snapshot("secret/");
         let crash = Arc::new(tokio::sync::Notify::new());
         self.world.faults(plan, &crash);
-        // A reader (`vsync verify`, a standby) loading the info while the cycle commits and
-        // collects parts must never see a corrupt info.
         let store = self.world.store();
         let racing = plan.is_some() && self.rng.bool();
-        let reader = async {
-            // Bounded: each load wakes the paused clock, and backoffs span virtual seconds.
-            for _ in 0..50 {
-                if let Err(f) = vsync_engine::destination::load_info(&store, "sim", 1).await
-                    && matches!(f.class, vsync_engine::FaultClass::Fatal(_))
-                {
-                    return f.to_string();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            std::future::pending().await
-        };
+        let reader = racing_reader(&store);
         let origin_client = self.world.engine_origin();
         let spec = self.world.origin_spec();
         let round = async {
@@ -333,26 +321,11 @@ impl Sim {
             self.world.role = None;
             self.trace.push(format!("the lock of {DEST_SIDE} was lost"));
         }
-        let ended = match outcome {
-            None => {
-                self.world.role = None;
-                Ended::Crashed
-            }
-            Some(Err(_)) => Ended::Failed,
-            // The scan reads the origin, so it cannot pass sealed; a destination is only touched
-            // when there is something to write (health probes report its seal).
-            Some(Ok(_)) if full_scan && plan.is_some_and(|p| p.sealed == Some("origin")) => {
-                return Err("a cycle ended as if it had worked against a sealed origin".into());
-            }
-            Some(Ok(r)) if plan.is_some_and(|p| p.sealed == Some("destination")) && r.counts.added + r.counts.updated + r.counts.deleted + r.counts.rebuilt > 0 => {
-                return Err(format!("a cycle reported changes at a sealed destination: {:?}", r.counts));
-            }
-            Some(Ok(report)) => {
-                let c = &report.counts;
-                Ended::Clean { failed: c.failed, changed: c.added + c.updated + c.deleted + c.rebuilt + c.adopted }
-            }
-        };
-        self.trace.push(format!("cycle {plan:?}: {ended:?} [{:?} real]", real.elapsed()));
+        if outcome.is_none() {
+            self.world.role = None;
+        }
+        let ended = judge(outcome, plan, full_scan)?;
+        self.trace.push(format!("cycle {plan:?}: {ended:?}"));
         if let Some(v) = new_view.into_inner() {
             self.view = Some(v);
             if full_scan {
@@ -361,13 +334,19 @@ impl Sim {
                 self.events_lost = false;
             }
         }
+        self.check_after(&ended, lost_events, &before)?;
+        Ok(ended)
+    }
+
+    /// I2 after a clean cycle (unless a lost event hides a change until the next full scan),
+    /// and I3 after any.
+    fn check_after(&self, ended: &Ended, lost_events: bool, before: &BTreeMap<String, KeyState>) -> Result<(), String> {
         if let Ended::Clean { failed: 0, .. } = ended
             && !lost_events
         {
-            check::live_origin_keys_are_present(self).await?;
+            check::live_origin_keys_are_present(self)?;
         }
-        check::writes_hold_origin_data(self, &before)?;
-        Ok(ended)
+        check::writes_hold_origin_data(self, before)
     }
 
     /// One `vsync run --once` process: the origin and destination roles over the same store,
@@ -393,10 +372,7 @@ impl Sim {
             Some(Ok(other)) => return Err(format!("run --once ended with {other:?}")),
         };
         self.trace.push(format!("run --once {plan:?}: {ended:?}"));
-        if let Ended::Clean { failed: 0, .. } = ended {
-            check::live_origin_keys_are_present(self).await?;
-        }
-        check::writes_hold_origin_data(self, &before)?;
+        self.check_after(&ended, false, &before)?;
         Ok(ended)
     }
 
@@ -479,6 +455,41 @@ impl Sim {
             cas_required: self.rng.u8(0..4) == 0,
             delete_version_after: ["0s", "0s", "45s", "10m"][self.rng.usize(0..4)].to_owned(),
             custom_metadata: custom,
+        }
+    }
+}
+
+/// A reader (`vsync verify`, a standby) loading the destination info while a cycle commits and
+/// collects parts: it must never see a corrupt info. Resolves only with such a failure.
+async fn racing_reader(store: &vsync_state::StateStore) -> String {
+    // Bounded: each load wakes the paused clock, and backoffs span virtual seconds.
+    for _ in 0..50 {
+        if let Err(f) = vsync_engine::destination::load_info(store, "sim", 1).await
+            && matches!(f.class, vsync_engine::FaultClass::Fatal(_))
+        {
+            return f.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::future::pending().await
+}
+
+/// How a library round ended (`None`: the process crashed), and whether that is possible under
+/// its faults.
+fn judge(outcome: Option<Result<vsync_engine::CycleReport, String>>, plan: Option<FaultPlan>, full_scan: bool) -> Result<Ended, String> {
+    let sealed = plan.and_then(|p| p.sealed);
+    match outcome {
+        None => Ok(Ended::Crashed),
+        Some(Err(_)) => Ok(Ended::Failed),
+        // The scan reads the origin, so it cannot pass sealed; a destination is only touched
+        // when there is something to write (health probes report its seal).
+        Some(Ok(_)) if full_scan && sealed == Some("origin") => Err("a cycle ended as if it had worked against a sealed origin".into()),
+        Some(Ok(r)) => {
+            let c = &r.counts;
+            if sealed == Some("destination") && c.added + c.updated + c.deleted + c.rebuilt > 0 {
+                return Err(format!("a cycle reported changes at a sealed destination: {c:?}"));
+            }
+            Ok(Ended::Clean { failed: c.failed, changed: c.added + c.updated + c.deleted + c.rebuilt + c.adopted })
         }
     }
 }

@@ -234,8 +234,7 @@ impl World {
     pub async fn engine(&mut self) -> vsync_engine::Engine {
         let store = self.store();
         let origin_lock = store.lock_side(vsync_engine::ORIGIN_SIDE).await.expect("the origin's lock is free");
-        let destination = self.role().await;
-        let _ = destination;
+        self.role().await;
         let destination = self.role.take().expect("just started");
         vsync_engine::Engine {
             role: vsync_engine::Role::Run,
